@@ -1,0 +1,110 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for fleetpatch.rollout.rollout_finish: record rollbacks, write the summary, release the lock."""
+
+from __future__ import annotations
+
+import collections
+import typing as t
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
+    RunPaths,
+    append_event,
+    failures,
+    iso,
+    load_state,
+    record_outcome,
+    release_lock,
+    save_state,
+    utc_now,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
+
+ARGUMENT_SPEC = {
+    "run": {"type": "dict", "required": True},
+    "rollback_hosts": {"type": "list", "elements": "str", "default": []},
+    "rollback_result_var": {"type": "str", "default": "__rollout_rollback"},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        run = args["run"]
+        paths = RunPaths(run["state_dir"], run["run_id"])
+        check_mode = bool(self._task.check_mode or run.get("preview"))
+        state = load_state(paths)
+        if check_mode or state is None:
+            result.update(changed=False, status="preview" if check_mode else "not-started", paths=self._paths(paths), check_mode=check_mode)
+            return result
+        now = iso(utc_now())
+        rollback_failed = self._record_rollbacks(state, args, task_vars, now)
+        status = state.get("status", "running")
+        if args["rollback_hosts"]:
+            status = "rollback_failed" if rollback_failed else "rolled_back"
+        elif status == "running":
+            # The rollout play ended without a gate covering the last batch (killed or aborted).
+            status = "interrupted"
+        state["status"] = status
+        state["finished"] = now
+        summary = self._summary(state, run, status)
+        save_state(paths, state)
+        write_json_atomic(paths.summary, summary)
+        append_event(
+            paths,
+            {"ts": now, "event": "run.finished", "run_id": run["run_id"], "correlation_id": run.get("correlation_id"),
+             "status": status, "counts": summary["counts"], "failures": summary["failures"]},
+        )
+        release_lock(paths)
+        result.update(changed=False, status=status, summary=summary, paths=self._paths(paths), failed=False)
+        return result
+
+    @staticmethod
+    def _paths(paths: RunPaths) -> dict[str, str]:
+        return {"run_dir": paths.run_dir, "plan": paths.plan, "state": paths.state, "events": paths.events, "summary": paths.summary}
+
+    @staticmethod
+    def _record_rollbacks(state: dict[str, t.Any], args: dict[str, t.Any], task_vars: dict[str, t.Any], now: str) -> list[str]:
+        failed: list[str] = []
+        for host in args["rollback_hosts"]:
+            outcome = host_var(task_vars, host, args["rollback_result_var"])
+            previous = state.get("hosts", {}).get(host, {})
+            if isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable"):
+                record_outcome(state, host, "rolled_back", at=now, reason=previous.get("reason"),
+                               version=outcome.get("version"), wave=previous.get("wave"), batch=previous.get("batch"))
+            else:
+                message = outcome.get("msg") if isinstance(outcome, dict) else "no rollback result (unreachable?)"
+                record_outcome(state, host, "rollback_failed", at=now, reason=str(message)[:500],
+                               wave=previous.get("wave"), batch=previous.get("batch"))
+                failed.append(host)
+        return failed
+
+    @staticmethod
+    def _summary(state: dict[str, t.Any], run: dict[str, t.Any], status: str) -> dict[str, t.Any]:
+        plan = run["plan"]
+        hosts = state.get("hosts", {})
+        counts = collections.Counter(entry.get("outcome") for entry in hosts.values())
+        untouched = [host for host in plan["host_order"] if host not in hosts]
+        return {
+            "schema": 1,
+            "run_id": run["run_id"],
+            "patch_id": plan["patch_id"],
+            "target_version": run["patch"]["target_version"],
+            "status": status,
+            "fleet_size": plan["fleet_size"],
+            "counts": dict(sorted(counts.items())) | {"untouched": len(untouched)},
+            "failures": failures(state),
+            "error_budget": plan["error_budget"],
+            "halted": state.get("halted"),
+            "attempts": len(state.get("attempts", [])),
+            "hosts": {host: hosts[host] for host in sorted(hosts)},
+            "untouched": untouched,
+        }

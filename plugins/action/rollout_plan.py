@@ -1,0 +1,208 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for fleetpatch.rollout.rollout_plan: validate, compile, save, lock. Runs on the controller only."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+import uuid
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import (
+    ManifestError,
+    run_id_for,
+    validate_patch_manifest,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import (
+    PlanError,
+    compile_plan,
+    plan_json,
+    render_plan_text,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
+    LockError,
+    RunPaths,
+    acquire_lock,
+    append_event,
+    empty_state,
+    hosts_with_outcome,
+    iso,
+    load_state,
+    save_state,
+    utc_now,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import (
+    controller_identity,
+    host_var,
+    resolve_state_dir,
+)
+
+ARGUMENT_SPEC = {
+    "manifest": {"type": "raw", "required": True},
+    "targets": {"type": "list", "elements": "str", "required": True},
+    "policy": {"type": "dict", "default": {}},
+    "state_dir": {"type": "str"},
+    "preview": {"type": "bool", "default": False},
+    "break_lock": {"type": "bool", "default": False},
+    "lock_ttl": {"type": "int", "default": 1800},
+    "retry_quarantined": {"type": "bool", "default": False},
+    "replan": {"type": "bool", "default": False},
+}
+FLEET_VARS = ("fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment")
+
+
+class RolloutPlanError(Exception):
+    """Input that must stop the run before any host is touched."""
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            result.update(self._plan(args, task_vars))
+        except (RolloutPlanError, ManifestError, PlanError, LockError) as exc:
+            result.update(failed=True, msg=str(exc))
+        return result
+
+    def _load_manifest(self, manifest: t.Any) -> tuple[dict[str, t.Any], str]:
+        if isinstance(manifest, dict):
+            return validate_patch_manifest(manifest), "<inline>"
+        if not isinstance(manifest, str) or not manifest:
+            raise RolloutPlanError("manifest must be a path to a patch manifest file or a mapping")
+        path = os.path.abspath(os.path.expanduser(manifest))
+        if not os.path.isfile(path):
+            raise RolloutPlanError(f"patch manifest {path} does not exist")
+        try:
+            data = self._loader.load_from_file(path)
+        except AnsibleError as exc:
+            raise RolloutPlanError(f"patch manifest {path} is not valid YAML/JSON: {exc}") from exc
+        return validate_patch_manifest(data, source=f"patch manifest {path}"), path
+
+    def _collect_hosts(self, targets: list[str], task_vars: dict[str, t.Any]) -> tuple[dict[str, dict[str, t.Any]], list[str]]:
+        hosts: dict[str, dict[str, t.Any]] = {}
+        edges: list[str] = []
+        for host in targets:
+            if host_var(task_vars, host, "fleet_role", "node") == "edge":
+                edges.append(host)
+                continue
+            attributes = {name: host_var(task_vars, host, name) for name in FLEET_VARS}
+            hosts[host] = {name: value for name, value in attributes.items() if value is not None}
+            if not host_var(task_vars, host, "fleetpatch_host_root"):
+                raise RolloutPlanError(f"host {host!r}: variable 'fleetpatch_host_root' is missing")
+        return hosts, edges
+
+    def _plan(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        manifest, manifest_path = self._load_manifest(args["manifest"])
+        hosts, edges = self._collect_hosts(args["targets"], task_vars)
+        plan = compile_plan(hosts, args["policy"], manifest["patch_id"])
+        plan_text = render_plan_text(plan)
+        run_id = run_id_for(manifest["patch_id"])
+        state_dir = resolve_state_dir(args["state_dir"])
+        paths = RunPaths(state_dir, run_id)
+        preview = bool(args["preview"] or self._task.check_mode)
+        warnings: list[str] = []
+        if edges:
+            warnings.append(f"{len(edges)} edge host(s) excluded from the rollout targets: {', '.join(sorted(edges))}")
+        common = {
+            "changed": False,
+            "run_id": run_id,
+            "patch": manifest,
+            "manifest_path": manifest_path,
+            "plan": plan,
+            "plan_text": plan_text,
+            "serial": plan["serial"],
+            "host_order": plan["host_order"],
+            "preview": preview,
+            "state_dir": state_dir,
+            "run_dir": paths.run_dir,
+            "plan_path": paths.plan,
+            "events_path": paths.events,
+            "summary_path": paths.summary,
+        }
+        previous = load_state(paths)
+        skip_hosts: list[str] = []
+        if previous and not args["retry_quarantined"]:
+            skip_hosts = [host for host in hosts_with_outcome(previous, "quarantined") if host in hosts]
+        common["skip_hosts"] = skip_hosts
+        if previous and previous.get("plan_fingerprint") != plan["fingerprint"] and not args["replan"]:
+            raise RolloutPlanError(
+                f"run {run_id} was started with a different plan (fingerprint {previous.get('plan_fingerprint', '?')[:12]},"
+                f" now {plan['fingerprint'][:12]}): the inventory or policy changed. Re-run with rollout_replan=true to"
+                " continue this patch with the new plan"
+            )
+        if preview:
+            common["warnings"] = warnings
+            return common
+
+        identity = controller_identity(task_vars)
+        lock = acquire_lock(
+            paths,
+            hosts=plan["host_order"],
+            owner=identity["owner"],
+            controller=identity["controller"],
+            pid=identity["pid"],
+            ttl_seconds=args["lock_ttl"],
+            break_stale=args["break_lock"],
+        )
+        warnings.extend(lock["notes"])
+        content = plan_json(plan)
+        existing = None
+        if os.path.exists(paths.plan):
+            with open(paths.plan, "r", encoding="utf-8") as handle:
+                existing = handle.read()
+        if existing != content:
+            write_file_atomic(paths.plan, content)
+        state = previous or empty_state(run_id, manifest["patch_id"], plan["fingerprint"])
+        state["plan_fingerprint"] = plan["fingerprint"]
+        attempt = {
+            "correlation_id": str(uuid.uuid4()),
+            "started": iso(utc_now()),
+            "owner": identity["owner"],
+            "pid": identity["pid"],
+            "awx_job_id": identity["awx_job_id"],
+            "resumed": previous is not None,
+        }
+        state.setdefault("attempts", []).append(attempt)
+        state["status"] = "running"
+        state["halted"] = None
+        save_state(paths, state)
+        append_event(
+            paths,
+            {
+                "ts": attempt["started"],
+                "event": "run.started",
+                "run_id": run_id,
+                "correlation_id": attempt["correlation_id"],
+                "patch_id": manifest["patch_id"],
+                "resumed": attempt["resumed"],
+                "owner": identity["owner"],
+                "lock_notes": lock["notes"],
+            },
+        )
+        append_event(
+            paths,
+            {
+                "ts": iso(utc_now()),
+                "event": "plan.compiled",
+                "run_id": run_id,
+                "correlation_id": attempt["correlation_id"],
+                "fingerprint": plan["fingerprint"],
+                "fleet_size": plan["fleet_size"],
+                "waves": len(plan["waves"]),
+                "batches": len(plan["batches"]),
+                "error_budget": plan["error_budget"],
+                "skip_hosts": skip_hosts,
+            },
+        )
+        common.update(correlation_id=attempt["correlation_id"], warnings=warnings, lock=lock["lock"], resumed=attempt["resumed"])
+        return common
+

@@ -1,0 +1,112 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: the decision a wave gate takes after a batch. Not a public API.
+
+Pure functions over plain data: the action plugin gathers apply results and health, this module decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+RESPONSES = ("quarantine", "hold", "halt", "rollback_wave", "rollback_all")
+ROLLBACK_RESPONSES = ("rollback_wave", "rollback_all")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostVerdict:
+    host: str
+    outcome: str  # patched | failed | unreachable | unhealthy | skipped
+    reason: str = ""
+    changed: bool = False
+    version: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    action: str  # continue | quarantine | hold | halt | rollback_wave | rollback_all
+    reasons: tuple[str, ...]
+    failed_hosts: tuple[str, ...]
+    failures_total: int
+    budget_limit: int
+    budget_spent: bool
+
+    def as_dict(self) -> dict[str, t.Any]:
+        data = dataclasses.asdict(self)
+        data.update(reasons=list(self.reasons), failed_hosts=list(self.failed_hosts))
+        return data
+
+
+def classify_host(
+    host: str,
+    apply_result: t.Mapping[str, t.Any] | None,
+    health: t.Mapping[str, t.Any] | None,
+    *,
+    target_version: str,
+    skipped: bool = False,
+) -> HostVerdict:
+    """Turn one host's apply result and controller health probe into a verdict."""
+    if skipped:
+        return HostVerdict(host, "skipped", "skipped (quarantined by an earlier attempt)")
+    if apply_result is None:
+        return HostVerdict(host, "unreachable", "no apply result (host unreachable or removed from the play)")
+    if apply_result.get("unreachable"):
+        return HostVerdict(host, "unreachable", str(apply_result.get("msg", "unreachable")).strip()[:500])
+    if apply_result.get("failed"):
+        return HostVerdict(host, "failed", str(apply_result.get("msg", "apply failed")).strip()[:500], bool(apply_result.get("changed")))
+    changed = bool(apply_result.get("changed"))
+    version = apply_result.get("version")
+    if health is not None and not health.get("ok", False):
+        detail = health.get("reason") or f"status {health.get('status')}"
+        return HostVerdict(host, "unhealthy", f"health check failed: {detail}", changed, version)
+    if health is not None and health.get("version") not in (None, target_version):
+        return HostVerdict(
+            host, "unhealthy", f"health reports version {health.get('version')}, expected {target_version}", changed, version
+        )
+    return HostVerdict(host, "patched", "", changed, version)
+
+
+def budget_spent(failures: int, limit: int, halt_when: str) -> bool:
+    """ONE error budget for the whole run: 'exceeded' halts when failures > limit, 'reached' when failures >= limit."""
+    if halt_when == "reached":
+        return failures >= limit
+    return failures > limit
+
+
+def decide(
+    *,
+    verdicts: t.Sequence[HostVerdict],
+    failures_total: int,
+    budget_limit: int,
+    halt_when: str,
+    response: str,
+    wave_name: str,
+) -> GateDecision:
+    """Decide what happens after a batch.
+
+    failures_total is the number of hosts of the whole run (merged by host, this batch included) whose latest
+    outcome is a failure. The configured response applies to failures in this batch; a spent budget
+    overrides a softer response with halt (or keeps a rollback response).
+    """
+    if response not in RESPONSES:
+        raise ValueError(f"unknown response {response!r}; expected one of {', '.join(RESPONSES)}")
+    failed = tuple(sorted(v.host for v in verdicts if v.outcome in ("failed", "unreachable", "unhealthy")))
+    spent = budget_spent(failures_total, budget_limit, halt_when)
+    comparison = ">" if halt_when == "exceeded" else ">="
+    budget_text = (
+        f"error budget: {failures_total} failed host(s) across the run, limit {budget_limit}"
+        f" (halts when failures {comparison} {budget_limit})"
+    )
+    reasons: list[str] = []
+    for verdict in verdicts:
+        if verdict.host in failed:
+            reasons.append(f"{verdict.host}: {verdict.outcome}: {verdict.reason}")
+    if not failed and not spent:
+        return GateDecision("continue", (f"{wave_name}: all hosts in batch healthy", budget_text), (), failures_total, budget_limit, False)
+    if spent:
+        action = response if response in ROLLBACK_RESPONSES else "halt"
+        reasons.append(f"{budget_text}: spent")
+        return GateDecision(action, tuple(reasons), failed, failures_total, budget_limit, True)
+    reasons.append(budget_text)
+    return GateDecision(response, tuple(reasons), failed, failures_total, budget_limit, False)

@@ -1,0 +1,90 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: patch manifest validation. Not a public API."""
+
+from __future__ import annotations
+
+import re
+import typing as t
+
+PATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+URL_SCHEMES = ("http://", "https://", "file://")
+
+REQUIRED = ("patch_id", "service", "target_version", "artifact")
+KNOWN = frozenset(REQUIRED) | {
+    "base_version",
+    "description",
+    "reason",
+    "change_type",
+    "classification",
+    "severity",
+    "approvals",
+    "requested_by",
+    "approved_by",
+    "references",
+    "build",
+}
+ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature"})
+
+
+class ManifestError(ValueError):
+    """A patch manifest that must not be used."""
+
+
+def _require_str(data: t.Mapping[str, t.Any], key: str, pattern: re.Pattern[str], where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{where}{key} is required and must be a non-empty string")
+    if not pattern.match(value):
+        raise ManifestError(f"{where}{key} {value!r} does not match {pattern.pattern}")
+    return value
+
+
+def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest") -> dict[str, t.Any]:
+    """Return a normalised copy of a patch manifest or raise ManifestError naming the bad field."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - KNOWN)
+    if unknown:
+        raise ManifestError(f"{source}: unknown field(s) {', '.join(unknown)}")
+    prefix = f"{source}: "
+    manifest = dict(data)
+    manifest["patch_id"] = _require_str(data, "patch_id", PATCH_ID_RE, prefix)
+    manifest["service"] = _require_str(data, "service", SERVICE_RE, prefix)
+    manifest["target_version"] = _require_str(data, "target_version", VERSION_RE, prefix)
+    if data.get("base_version") is not None:
+        manifest["base_version"] = _require_str(data, "base_version", VERSION_RE, prefix)
+    artifact = data.get("artifact")
+    if not isinstance(artifact, dict):
+        raise ManifestError(f"{prefix}artifact is required and must be a mapping")
+    unknown = sorted(set(artifact) - ARTIFACT_KNOWN)
+    if unknown:
+        raise ManifestError(f"{prefix}artifact has unknown field(s) {', '.join(unknown)}")
+    sha256 = artifact.get("sha256")
+    if not isinstance(sha256, str) or not SHA256_RE.match(sha256.lower()):
+        raise ManifestError(f"{prefix}artifact.sha256 must be 64 hexadecimal characters")
+    normalized_artifact = dict(artifact, sha256=sha256.lower())
+    url = artifact.get("url")
+    path = artifact.get("path")
+    if url is None and path is None:
+        raise ManifestError(f"{prefix}artifact needs a url or a path")
+    if url is not None and (not isinstance(url, str) or not url.startswith(URL_SCHEMES)):
+        raise ManifestError(f"{prefix}artifact.url must start with one of {', '.join(URL_SCHEMES)}")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise ManifestError(f"{prefix}artifact.path must be an absolute path")
+    size = artifact.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ManifestError(f"{prefix}artifact.size must be a positive integer")
+    if "name" not in normalized_artifact:
+        source_name = (url or path or "").rstrip("/").rsplit("/", 1)[-1]
+        normalized_artifact["name"] = source_name or f"{manifest['service']}-{manifest['target_version']}"
+    manifest["artifact"] = normalized_artifact
+    return manifest
+
+
+def run_id_for(patch_id: str) -> str:
+    """The controller run id for a patch: running the same patch again resumes the same run."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", patch_id)

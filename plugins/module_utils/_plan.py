@@ -1,0 +1,557 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: pure rollout planning (canary, waves, batches, budgets). Not a public API.
+
+Everything here is plain data in, plain data out: no Ansible imports, no clock, no randomness, so the same
+inventory, policy and patch id always give a byte-identical plan.
+
+Terms used below:
+
+* *plan order*: hosts sorted by their group at every planning level (explicit ``order`` first, then natural
+  sort of the group names), then by hostname (natural sort, so ``web-2`` comes before ``web-10``).
+* *group of a level*: the hosts sharing one value of ``fleet_<level>`` (``region=eu-west``). Disruption budgets
+  count hosts per such group. ``wave_boundary`` cuts waves where the path of groups down to that level changes
+  (``region=eu-west/tenant=acme``), so a wave never spans two of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+import typing as t
+from collections import Counter
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
+
+SCHEMA = 1
+LEVELS = ("region", "tenant", "segment", "environment")
+RESPONSES = ("quarantine", "hold", "halt", "rollback_wave", "rollback_all")
+HALT_WHEN = ("exceeded", "reached")
+CANARY = "canary"
+
+_DEFAULT_LEVELS = ("region", "tenant", "segment")
+_DEFAULT_WAVES = ("25%", "100%")
+_POLICY_KEYS = (
+    "bake_seconds",
+    "canary",
+    "canary_response",
+    "disruption_budget",
+    "error_budget",
+    "halt_when",
+    "levels",
+    "max_concurrency",
+    "order",
+    "response",
+    "wave_boundary",
+    "waves",
+)
+_CANARY_KEYS = ("groups", "size")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_COUNT = re.compile(r"^\s*(\d+)\s*$")
+_DIGITS = re.compile(r"(\d+)")
+
+Size = t.Union[int, str]  # a count (5) or a normalized percent ("25%", "2.5%")
+
+
+class PlanError(ValueError):
+    """Invalid inventory, policy or plan. The message names the host and variable, or the policy key, at fault."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _type_name(value: t.Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _var(level: str) -> str:
+    return f"fleet_{level}"
+
+
+def natural_key(text: str) -> tuple[t.Any, ...]:
+    """Sort key that compares digit runs as numbers: ``web-2`` < ``web-10``; ties broken by the raw text."""
+    parts = _DIGITS.split(text)
+    return (tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), text)
+
+
+def _parse_size(value: t.Any, where: str, *, minimum: int) -> Size:
+    """Validate a count or percent; return it normalized (int, or ``"N%"`` without trailing zeros)."""
+    if isinstance(value, str):
+        percent = _PERCENT.match(value)
+        if percent:
+            number = Decimal(percent.group(1))
+            text = str(int(number)) if number == number.to_integral_value() else str(number.normalize())
+            if number > 100:
+                raise PlanError(f"{where}: percent {text}% is outside 0-100")
+            if minimum > 0 and number == 0:
+                raise PlanError(f"{where}: percent 0% would select no host; use at least 1 host")
+            return f"{text}%"
+        count = _COUNT.match(value)
+        if count:
+            value = int(count.group(1))
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < minimum:
+            raise PlanError(f"{where}: count {value} must be at least {minimum}")
+        return value
+    shown = repr(value) if isinstance(value, str) else _type_name(value)
+    raise PlanError(f"{where}: expected a count such as 5 or a percent such as '25%', got {shown}")
+
+
+def _percent(size: str) -> Fraction:
+    return Fraction(Decimal(size[:-1]))
+
+
+def _resolve(size: Size, total: int, *, rounding: str, at_least_one: bool) -> int:
+    """Turn a normalized size into a host count out of total (exact arithmetic, no float drift)."""
+    if isinstance(size, int):
+        return size
+    exact = _percent(size) * total / 100
+    count = math.ceil(exact) if rounding == "ceil" else math.floor(exact)
+    if at_least_one and exact > 0:
+        count = max(count, 1)
+    return count
+
+
+def _level(value: t.Any, where: str) -> str:
+    if not isinstance(value, str) or value not in LEVELS:
+        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        raise PlanError(f"{where}: unknown level {shown}; expected one of {', '.join(LEVELS)}")
+    return str(value)
+
+
+def _mapping(value: t.Any, where: str) -> Mapping[t.Any, t.Any]:
+    if not isinstance(value, Mapping):
+        raise PlanError(f"{where} must be a mapping, got {_type_name(value)}")
+    return value
+
+
+def _list(value: t.Any, where: str) -> list[t.Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise PlanError(f"{where} must be a list, got {_type_name(value)}")
+    return list(value)
+
+
+def _unknown_keys(data: Mapping[t.Any, t.Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(str(key) for key in data if key not in allowed)
+    if unknown:
+        names = ", ".join(repr(key) for key in unknown)
+        noun = "key" if len(unknown) == 1 else "keys"
+        raise PlanError(f"{where}: unknown {noun} {names}; allowed: {', '.join(allowed)}")
+
+
+def _choice(value: t.Any, choices: tuple[str, ...], where: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        raise PlanError(f"{where}: expected one of {', '.join(choices)}, got {shown}")
+    return str(value)
+
+
+def _parse_selector(value: t.Any, where: str) -> tuple[tuple[str, str], ...]:
+    """``"region=eu-west,tenant=acme"`` -> ``(("region", "eu-west"), ("tenant", "acme"))`` in LEVELS order."""
+    if not isinstance(value, str) or not value.strip():
+        raise PlanError(f"{where} must be a selector such as 'region=eu-west', got {_type_name(value)}")
+    pairs: dict[str, str] = {}
+    for part in value.split(","):
+        level, sep, group = (item.strip() for item in part.partition("="))
+        if not sep or not level or not group:
+            raise PlanError(f"{where}: {value!r} is not a selector such as 'region=eu-west' or 'region=eu-west,tenant=acme'")
+        level = _level(level, where)
+        if level in pairs:
+            raise PlanError(f"{where}: level {level!r} appears twice in {value!r}")
+        pairs[level] = group
+    return tuple((level, pairs[level]) for level in LEVELS if level in pairs)
+
+
+def _selector_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{level}={group}" for level, group in pairs)
+
+
+def _number(value: t.Any, where: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (math.inf, -math.inf):
+        raise PlanError(f"{where} must be a number of seconds, got {_type_name(value)}")
+    if value < 0:
+        raise PlanError(f"{where} must be >= 0, got {value}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# policy
+
+
+def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
+    """Fill defaults and validate; the result is explicit, JSON-serialisable and idempotent under this function."""
+    data = _mapping({} if policy is None else policy, "policy")
+    _unknown_keys(data, _POLICY_KEYS, "policy")
+
+    levels: list[str] = []
+    for index, item in enumerate(_list(data.get("levels", list(_DEFAULT_LEVELS)), "policy.levels")):
+        level = _level(item, f"policy.levels[{index}]")
+        if level in levels:
+            raise PlanError(f"policy.levels[{index}]: level {level!r} is listed twice")
+        levels.append(level)
+    if not levels:
+        raise PlanError("policy.levels must name at least one level")
+
+    order: dict[str, list[str]] = {}
+    for key, groups in _mapping(data.get("order") or {}, "policy.order").items():
+        level = _level(key, "policy.order")
+        if level not in levels:
+            raise PlanError(f"policy.order.{level}: level {level!r} is not in policy.levels")
+        names: list[str] = []
+        for index, name in enumerate(_list(groups, f"policy.order.{level}")):
+            if not isinstance(name, str) or not name:
+                raise PlanError(f"policy.order.{level}[{index}] must be a non-empty string, got {_type_name(name)}")
+            if name in names:
+                raise PlanError(f"policy.order.{level}[{index}]: {name!r} is listed twice")
+            names.append(str(name))
+        order[level] = names
+
+    canary_data = _mapping(data.get("canary", {"size": 1}), "policy.canary")
+    _unknown_keys(canary_data, _CANARY_KEYS, "policy.canary")
+    canary_size = _parse_size(canary_data.get("size", 1), "policy.canary.size", minimum=0)
+    canary_groups: list[str] = []
+    for index, item in enumerate(_list(canary_data.get("groups") or [], "policy.canary.groups")):
+        text = _selector_text(_parse_selector(item, f"policy.canary.groups[{index}]"))
+        if text in canary_groups:
+            raise PlanError(f"policy.canary.groups[{index}]: {text!r} is listed twice")
+        canary_groups.append(text)
+
+    waves = [
+        _parse_size(item, f"policy.waves[{index}]", minimum=1)
+        for index, item in enumerate(_list(data.get("waves", list(_DEFAULT_WAVES)), "policy.waves"))
+    ]
+    if not waves:
+        raise PlanError("policy.waves must list at least one wave size, such as ['25%', '100%']")
+
+    wave_boundary = data.get("wave_boundary")
+    if wave_boundary is not None:
+        wave_boundary = _level(wave_boundary, "policy.wave_boundary")
+        if wave_boundary not in levels:
+            raise PlanError(f"policy.wave_boundary: level {wave_boundary!r} is not in policy.levels")
+
+    disruption_budget: dict[str, Size] = {}
+    for key, spec in _mapping(data.get("disruption_budget") or {}, "policy.disruption_budget").items():
+        level = _level(key, "policy.disruption_budget")
+        disruption_budget[level] = _parse_size(spec, f"policy.disruption_budget.{level}", minimum=1)
+
+    max_concurrency = data.get("max_concurrency")
+    if max_concurrency is not None:
+        max_concurrency = _parse_size(max_concurrency, "policy.max_concurrency", minimum=1)
+
+    response = _choice(data.get("response", "halt"), RESPONSES, "policy.response")
+    return {
+        "levels": levels,
+        "order": order,
+        "canary": {"size": canary_size, "groups": canary_groups},
+        "waves": waves,
+        "wave_boundary": wave_boundary,
+        "disruption_budget": disruption_budget,
+        "max_concurrency": max_concurrency,
+        "error_budget": _parse_size(data.get("error_budget", 0), "policy.error_budget", minimum=0),
+        "halt_when": _choice(data.get("halt_when", "exceeded"), HALT_WHEN, "policy.halt_when"),
+        "bake_seconds": _number(data.get("bake_seconds", 0), "policy.bake_seconds"),
+        "response": response,
+        # the canary follows the general response unless told otherwise
+        "canary_response": _choice(data.get("canary_response", response), RESPONSES, "policy.canary_response"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# budgets
+
+
+def error_budget_limit(spec: int | str, fleet_size: int) -> int:
+    """Failures the whole run may absorb: a count, or a percent of the fleet rounded down."""
+    size = _parse_size(spec, "policy.error_budget", minimum=0)
+    if isinstance(fleet_size, bool) or not isinstance(fleet_size, int) or fleet_size < 0:
+        raise PlanError(f"fleet_size must be a count >= 0, got {fleet_size!r}")
+    return _resolve(size, fleet_size, rounding="floor", at_least_one=False)
+
+
+def error_budget_spent(failures: int, limit: int, halt_when: str = "exceeded") -> bool:
+    """Whether the run must halt: ``exceeded`` halts when failures > limit, ``reached`` when failures >= limit.
+
+    A run without failures never spends its budget, so ``reached`` with a limit of 0 halts on the first failure.
+    """
+    mode = _choice(halt_when, HALT_WHEN, "halt_when")
+    for name, value in (("failures", failures), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise PlanError(f"{name} must be a count >= 0, got {value!r}")
+    if failures == 0:
+        return False
+    return failures > limit if mode == "exceeded" else failures >= limit
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compiling
+
+
+def _required_levels(policy: Mapping[str, t.Any]) -> list[str]:
+    used = set(policy["levels"]) | set(policy["disruption_budget"])
+    for selector in policy["canary"]["groups"]:
+        used.update(level for level, _group in _parse_selector(selector, "policy.canary.groups"))
+    return [level for level in LEVELS if level in used]
+
+
+def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]]:
+    """Return hostname -> {level: group} for the levels the policy uses; first error in natural host order."""
+    fleet = _mapping(hosts, "hosts")
+    names = []
+    for name in fleet:
+        if not isinstance(name, str) or not name:
+            raise PlanError(f"hosts: every hostname must be a non-empty string, got {_type_name(name)}")
+        names.append(str(name))
+    if not names:
+        raise PlanError("hosts: the fleet is empty; there is nothing to plan")
+    attributes: dict[str, dict[str, str]] = {}
+    for name in sorted(names, key=natural_key):
+        variables = fleet[name]
+        if not isinstance(variables, Mapping):
+            raise PlanError(f"host {name!r}: variables must be a mapping, got {_type_name(variables)}")
+        attributes[name] = {}
+        for level in levels:
+            if _var(level) not in variables:
+                raise PlanError(f"host {name!r}: variable {_var(level)!r} is missing")
+            value = variables[_var(level)]
+            if not isinstance(value, str):
+                raise PlanError(f"host {name!r}: variable {_var(level)!r} must be a non-empty string, got {_type_name(value)}")
+            if not value:
+                raise PlanError(f"host {name!r}: variable {_var(level)!r} must be a non-empty string, got an empty string")
+            attributes[name][level] = str(value)
+    return attributes
+
+
+def _group_path(attrs: Mapping[str, str], levels: t.Sequence[str]) -> str:
+    return "/".join(f"{level}={attrs[level]}" for level in levels)
+
+
+def _plan_order(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> list[str]:
+    ranks = {level: {name: index for index, name in enumerate(names)} for level, names in policy["order"].items()}
+
+    def key(host: str) -> tuple[t.Any, ...]:
+        groups = []
+        for level in policy["levels"]:
+            value = attributes[host][level]
+            rank = ranks.get(level, {}).get(value)
+            groups.append((0, rank, ()) if rank is not None else (1, 0, natural_key(value)))
+        return (tuple(groups), natural_key(host))
+
+    return sorted(attributes, key=key)
+
+
+class _Budgets:
+    """Per-batch limits: hosts of one group per level (disruption budget) and hosts per batch (max concurrency)."""
+
+    def __init__(self, attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> None:
+        self.attributes = attributes
+        self.specs: dict[str, Size] = {level: policy["disruption_budget"][level] for level in LEVELS if level in policy["disruption_budget"]}
+        self.limits: dict[str, dict[str, int]] = {}
+        for level, spec in self.specs.items():
+            sizes = Counter(attrs[level] for attrs in attributes.values())
+            self.limits[level] = {group: _resolve(spec, count, rounding="floor", at_least_one=True) for group, count in sizes.items()}
+        spec = policy["max_concurrency"]
+        self.concurrency_spec: Size | None = spec
+        self.concurrency = None if spec is None else _resolve(spec, len(attributes), rounding="floor", at_least_one=True)
+
+    def fits(self, batch: list[str], counts: Mapping[str, Counter[str]], host: str) -> bool:
+        if self.concurrency is not None and len(batch) >= self.concurrency:
+            return False
+        return all(counts[level][self.attributes[host][level]] < self.limits[level][self.attributes[host][level]] for level in self.limits)
+
+    def split(self, hosts: list[str]) -> list[list[str]]:
+        """First fit in plan order: each host joins the earliest batch of the wave it fits in."""
+        batches: list[tuple[list[str], dict[str, Counter[str]]]] = []
+        for host in hosts:
+            for batch, counts in batches:
+                if self.fits(batch, counts, host):
+                    break
+            else:
+                batch, counts = [], {level: Counter() for level in self.limits}
+                batches.append((batch, counts))
+            batch.append(host)
+            for level in self.limits:
+                counts[level][self.attributes[host][level]] += 1
+        return [batch for batch, _counts in batches]
+
+    def check_canary(self, hosts: list[str]) -> None:
+        """The canary is one batch: a budget it breaks on its own is a policy error, not something to split."""
+        if self.concurrency is not None and len(hosts) > self.concurrency:
+            raise PlanError(f"canary has {len(hosts)} hosts but policy.max_concurrency allows {self.concurrency}{self._why(self.concurrency_spec, None)}")
+        for level, limits in self.limits.items():
+            counts = Counter(self.attributes[host][level] for host in hosts)
+            for group in sorted(counts, key=natural_key):
+                if counts[group] > limits[group]:
+                    raise PlanError(
+                        f"canary puts {counts[group]} hosts in {level}={group} but policy.disruption_budget.{level} allows "
+                        f"{limits[group]}{self._why(self.specs[level], group)}"
+                    )
+
+    def _why(self, spec: Size | None, group: str | None) -> str:
+        if not isinstance(spec, str):
+            return ""
+        return f" ({spec} of its hosts)" if group is not None else f" ({spec} of the fleet)"
+
+
+def _pick_canary(order: list[str], attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> list[str]:
+    canary = policy["canary"]
+    size = _resolve(canary["size"], len(order), rounding="ceil", at_least_one=True)
+    if size > len(order):
+        raise PlanError(f"policy.canary.size: {size} hosts is more than the fleet of {len(order)} hosts")
+    pinned: set[str] = set()
+    for index, text in enumerate(canary["groups"]):
+        pairs = _parse_selector(text, f"policy.canary.groups[{index}]")
+        matches = {host for host in order if all(attributes[host][level] == group for level, group in pairs)}
+        if not matches:
+            raise PlanError(f"policy.canary.groups[{index}]: no host matches {text!r}")
+        pinned |= matches
+    # pinned groups first, then the rest of the fleet, both in plan order
+    candidates = [host for host in order if host in pinned] + [host for host in order if host not in pinned]
+    chosen = set(candidates[:size])
+    return [host for host in order if host in chosen]
+
+
+def _fill_waves(remaining: list[str], attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any], fleet_size: int) -> list[list[str]]:
+    sizes = [_resolve(spec, fleet_size, rounding="ceil", at_least_one=True) for spec in policy["waves"]]
+    if sum(sizes) < len(remaining):
+        raise PlanError(f"policy.waves cover {sum(sizes)} of {len(remaining)} hosts after the canary; add a final wave such as '100%'")
+    boundary = policy["wave_boundary"]
+    cut_levels = policy["levels"][: policy["levels"].index(boundary) + 1] if boundary else []
+    waves: list[list[str]] = []
+    position = 0
+    while position < len(remaining):
+        # the sizes cover the fleet; only boundary cuts can run past them, and then the last size repeats
+        size = sizes[min(len(waves), len(sizes) - 1)]
+        wave = remaining[position : position + size]
+        if cut_levels:
+            first = _group_path(attributes[wave[0]], cut_levels)
+            wave = list(itertools.takewhile(lambda host: _group_path(attributes[host], cut_levels) == first, wave))
+        waves.append(wave)
+        position += len(wave)
+    return waves
+
+
+def _fingerprint(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any], patch_id: str) -> str:
+    hosts = {host: {_var(level): value for level, value in attrs.items()} for host, attrs in attributes.items()}
+    payload = canonical_json({"hosts": hosts, "patch_id": patch_id, "policy": policy})
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, t.Any] | None, patch_id: str) -> dict[str, t.Any]:
+    """Validate everything, then compile the canary, waves and batches. Deterministic for equal inputs."""
+    normalized = normalize_policy(policy)
+    if not isinstance(patch_id, str) or not patch_id:
+        raise PlanError(f"patch_id must be a non-empty string, got {_type_name(patch_id) if not isinstance(patch_id, str) else 'an empty string'}")
+    patch_id = str(patch_id)
+    attributes = _validate_hosts(hosts, _required_levels(normalized))
+    fleet_size = len(attributes)
+    order = _plan_order(attributes, normalized)
+    budgets = _Budgets(attributes, normalized)
+
+    canary = _pick_canary(order, attributes, normalized)
+    budgets.check_canary(canary)
+    chosen = set(canary)
+    filled = _fill_waves([host for host in order if host not in chosen], attributes, normalized, fleet_size)
+
+    bake = normalized["bake_seconds"]
+    gates = ["health", "error_budget"] + ([f"bake:{bake}s"] if bake > 0 else [])
+    named = ([(CANARY, [canary], normalized["canary_response"])] if canary else []) + [
+        (f"wave-{number}", budgets.split(hosts_of_wave), normalized["response"]) for number, hosts_of_wave in enumerate(filled, start=1)
+    ]
+
+    waves: list[dict[str, t.Any]] = []
+    batches: list[dict[str, t.Any]] = []
+    for wave_index, (name, wave_batches, response) in enumerate(named):
+        indexes = []
+        for position, batch_hosts in enumerate(wave_batches):
+            indexes.append(len(batches))
+            batches.append({"index": len(batches), "wave": wave_index, "hosts": batch_hosts, "last_in_wave": position == len(wave_batches) - 1})
+        wave_hosts = [host for batch_hosts in wave_batches for host in batch_hosts]
+        groups: dict[str, list[str]] = {}
+        for host in wave_hosts:
+            groups.setdefault(_group_path(attributes[host], normalized["levels"]), []).append(host)
+        waves.append(
+            {
+                "index": wave_index,
+                "name": name,
+                "hosts": wave_hosts,
+                "groups": groups,
+                "batches": indexes,
+                "bake_seconds": bake,
+                "response": response,
+                "gates": list(gates),
+            }
+        )
+
+    return {
+        "schema": SCHEMA,
+        "patch_id": patch_id,
+        "policy": normalized,
+        "fleet_size": fleet_size,
+        "levels": list(normalized["levels"]),
+        "error_budget": {
+            "spec": normalized["error_budget"],
+            "limit": error_budget_limit(normalized["error_budget"], fleet_size),
+            "halt_when": normalized["halt_when"],
+        },
+        "waves": waves,
+        "batches": batches,
+        "serial": [len(batch["hosts"]) for batch in batches],
+        "host_order": [host for batch in batches for host in batch["hosts"]],
+        "fingerprint": _fingerprint(attributes, normalized, patch_id),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading plans
+
+
+def _batches(plan: t.Any) -> list[Mapping[str, t.Any]]:
+    if not isinstance(plan, Mapping) or not isinstance(plan.get("batches"), (list, tuple)):
+        raise PlanError(f"plan must be the mapping compile_plan returns, with a 'batches' list; got {_type_name(plan)}")
+    return list(plan["batches"])
+
+
+def plan_json(plan: Mapping[str, t.Any]) -> str:
+    """Canonical JSON of the plan (sorted keys, compact): identical inputs give identical bytes."""
+    return canonical_json(plan)
+
+
+def serial_batches(plan: Mapping[str, t.Any]) -> list[int]:
+    """Batch sizes in plan order, ready for a play's ``serial:``."""
+    return [len(batch["hosts"]) for batch in _batches(plan)]
+
+
+def host_batch_index(plan: Mapping[str, t.Any]) -> dict[str, int]:
+    """Hostname -> index of the batch that patches it."""
+    return {host: int(batch["index"]) for batch in _batches(plan) for host in batch["hosts"]}
+
+
+def render_plan_text(plan: Mapping[str, t.Any]) -> str:
+    """A compact table (wave, batch, group, hosts) for previews and logs."""
+    batches = _batches(plan)
+    waves = {wave["index"]: wave for wave in plan.get("waves", [])}
+    group_of = {host: group for wave in waves.values() for group, hosts in wave["groups"].items() for host in hosts}
+    budget = plan.get("error_budget", {})
+    rows = [("wave", "batch", "group", "hosts")]
+    for batch in batches:
+        wave = waves.get(batch["wave"], {})
+        by_group: dict[str, list[str]] = {}
+        for host in batch["hosts"]:
+            by_group.setdefault(group_of.get(host, "-"), []).append(host)
+        for position, (group, hosts) in enumerate(by_group.items()):
+            first = position == 0
+            rows.append((str(wave.get("name", batch["wave"])) if first else "", str(batch["index"]) if first else "", group, ", ".join(hosts)))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = [
+        f"plan {plan.get('patch_id', '?')}: {plan.get('fleet_size', '?')} hosts, {len(waves)} waves, {len(batches)} batches, "
+        f"serial {serial_batches(plan)}, error budget {budget.get('limit', '?')} ({budget.get('halt_when', '?')}), "
+        f"fingerprint {str(plan.get('fingerprint', '?'))[:12]}"
+    ]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"

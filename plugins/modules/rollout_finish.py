@@ -1,0 +1,62 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rollout_finish
+short_description: Record rollbacks, write the run summary and release the rollout lock
+version_added: 0.1.0
+description:
+  - Runs once on the controller at the end of C(playbooks/rollout.yml). Records the outcome of every rollback, writes
+    C(runs/<run_id>/summary.json) atomically, appends the C(run.finished) event and releases the lock.
+  - This is an action plugin; it runs on the controller only.
+author: fleetpatch developers
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details: In check mode nothing is written.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  run:
+    description: The registered result of M(fleetpatch.rollout.rollout_plan).
+    type: dict
+    required: true
+  rollback_hosts:
+    description: Hosts that the rollback play handled.
+    type: list
+    elements: str
+    default: []
+  rollback_result_var:
+    description: Host variable that holds each host's rollback result.
+    type: str
+    default: __rollout_rollback
+"""
+
+EXAMPLES = r"""
+- name: Finish the run
+  fleetpatch.rollout.rollout_finish:
+    run: "{{ __rollout_run }}"
+    rollback_hosts: "{{ groups['fleetpatch_rollback_hosts'] | default([]) }}"
+"""
+
+RETURN = r"""
+status:
+  description: V(rolled_out), V(halted), V(held), V(rolled_back), V(rollback_failed), V(interrupted) or V(preview).
+  returned: always
+  type: str
+summary:
+  description: Counts per outcome, failures, budget, halt reasons and per-host outcomes.
+  returned: when not in check mode
+  type: dict
+paths:
+  description: Paths of the run directory, plan, state, events and summary.
+  returned: always
+  type: dict
+"""

@@ -1,0 +1,129 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rollout_plan
+short_description: Compile, validate and save a staged rollout plan on the controller
+version_added: 0.1.0
+description:
+  - Validates the patch manifest, the fleet attributes of every target host and the rollout policy, then compiles the
+    plan (canary, waves, batches, disruption budgets, one error budget) with the pure planner in
+    C(plugins/module_utils/_plan.py).
+  - The plan is byte-identical for the same inventory attributes, policy and patch id. It is saved as
+    C(runs/<run_id>/plan.json) in the controller state directory, where C(run_id) is the patch id, so running the same
+    patch again resumes the same run.
+  - Takes a lock over the planned hosts. A live lock of another run over any of them refuses the run; a stale lock is
+    reported and only broken with O(break_lock=true) (or taken over when it belongs to an earlier attempt of this run).
+  - This is an action plugin; it runs on the controller only and never touches a target host.
+author: fleetpatch developers
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details: In check mode, and with O(preview=true), the plan is compiled and returned but nothing is written and no lock is taken.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  manifest:
+    description: Path to the patch manifest (YAML or JSON), or the manifest as a mapping.
+    type: raw
+    required: true
+  targets:
+    description: Inventory hostnames to patch. Hosts with C(fleet_role=edge) are left out with a warning.
+    type: list
+    elements: str
+    required: true
+  policy:
+    description: The rollout policy. See the README for every key.
+    type: dict
+    default: {}
+  state_dir:
+    description: Controller state directory. Defaults to C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
+    type: str
+  preview:
+    description: Compile and return the plan; write nothing, lock nothing.
+    type: bool
+    default: false
+  break_lock:
+    description: Break a stale lock of another run over the same hosts.
+    type: bool
+    default: false
+  lock_ttl:
+    description: Seconds the lock stays valid without a heartbeat.
+    type: int
+    default: 1800
+  retry_quarantined:
+    description: Do not skip hosts that an earlier attempt of this run quarantined.
+    type: bool
+    default: false
+  replan:
+    description: Continue an earlier attempt of this patch even though the plan fingerprint changed.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Preview the plan for a patch
+  fleetpatch.rollout.rollout_plan:
+    manifest: /srv/patches/myapp-1.0.1.yml
+    targets: "{{ query('ansible.builtin.inventory_hostnames', 'fleet_nodes') }}"
+    policy:
+      canary: {size: 1, groups: ["region=eu-west"]}
+      waves: ["25%", "100%"]
+      disruption_budget: {segment: 1}
+      error_budget: "5%"
+    preview: true
+  register: plan
+"""
+
+RETURN = r"""
+run_id:
+  description: Run id (the patch id made filesystem-safe).
+  returned: success
+  type: str
+plan:
+  description: The compiled plan (waves, batches, serial sizes, host order, error budget, fingerprint).
+  returned: success
+  type: dict
+plan_text:
+  description: The plan as a human-readable table.
+  returned: success
+  type: str
+serial:
+  description: Batch sizes in plan order, for the rollout play's C(serial).
+  returned: success
+  type: list
+  elements: int
+host_order:
+  description: Hosts in plan order.
+  returned: success
+  type: list
+  elements: str
+skip_hosts:
+  description: Hosts an earlier attempt quarantined; the apply step skips them.
+  returned: success
+  type: list
+  elements: str
+preview:
+  description: Whether this was a preview (nothing written).
+  returned: success
+  type: bool
+plan_path:
+  description: Where the plan is saved.
+  returned: success
+  type: str
+events_path:
+  description: The run's JSON-lines event file.
+  returned: success
+  type: str
+correlation_id:
+  description: Id of this attempt, present in every event it writes.
+  returned: when not a preview
+  type: str
+"""

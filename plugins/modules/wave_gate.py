@@ -1,0 +1,80 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: wave_gate
+short_description: Decide after every rollout batch whether to continue, hold, halt or roll back
+version_added: 0.1.0
+description:
+  - Runs once per batch on the controller (C(run_once), C(delegate_to=localhost)). Reads every batch host's apply result,
+    probes each host's C(fleetpatch_health_url) concurrently, merges the outcomes into the run state by host, and
+    checks the single error budget of the whole run.
+  - Failures in the batch trigger the wave's response (quarantine, hold, halt, rollback_wave, rollback_all). A spent
+    budget halts (or keeps a rollback response). The decision, with every reason and measured value, is written to the
+    run's event log.
+  - After the last batch of a wave it waits the wave's bake time, then probes the wave's hosts again.
+  - This is an action plugin; it runs on the controller only.
+author: fleetpatch developers
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details: In check mode the decision is computed and returned, nothing is written and the bake time is skipped.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  run:
+    description: The registered result of M(fleetpatch.rollout.rollout_plan).
+    type: dict
+    required: true
+  result_var:
+    description: Name of the host variable that holds each host's apply result.
+    type: str
+    default: __rollout_apply
+  health_timeout:
+    description: Seconds to wait for each health URL.
+    type: float
+    default: 5.0
+  bake_seconds:
+    description: Override the plan's bake time for this gate.
+    type: float
+"""
+
+EXAMPLES = r"""
+- name: Gate the batch
+  fleetpatch.rollout.wave_gate:
+    run: "{{ hostvars['localhost']['__rollout_run'] }}"
+  delegate_to: localhost
+  run_once: true
+  register: gate
+"""
+
+RETURN = r"""
+action:
+  description: V(continue), V(quarantine), V(hold), V(halt), V(rollback_wave) or V(rollback_all).
+  returned: success
+  type: str
+stop:
+  description: Whether no new host may start.
+  returned: success
+  type: bool
+decision:
+  description: The decision with its reasons, failed hosts, failures across the run and the budget limit.
+  returned: success
+  type: dict
+rollback_hosts:
+  description: Hosts to roll back.
+  returned: success
+  type: list
+  elements: str
+health:
+  description: Health probe per host (ok, status, version, latency_ms, reason).
+  returned: success
+  type: dict
+"""

@@ -1,0 +1,89 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: helpers shared by the controller-side action plugins. Not a public API."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import getpass
+import json
+import os
+import socket
+import time
+import typing as t
+import urllib.error
+import urllib.request
+
+DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
+
+
+def resolve_state_dir(value: str | None) -> str:
+    chosen = value or os.environ.get("FLEETPATCH_STATE_DIR") or DEFAULT_STATE_DIR
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+def controller_identity(task_vars: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """Who runs this rollout: user, controller host, playbook process id and, under AWX, the job id."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # pylint: disable=broad-except
+        user = str(os.getuid())
+    job_id = task_vars.get("awx_job_id") or task_vars.get("tower_job_id")
+    owner = f"{user}@{socket.gethostname()}"
+    if job_id:
+        owner += f" (AWX job {job_id})"
+    return {
+        "owner": owner,
+        "controller": socket.gethostname(),
+        # Action plugins run in a worker forked from ansible-playbook: the parent is the run's process.
+        "pid": os.getppid(),
+        "awx_job_id": job_id,
+    }
+
+
+def host_var(task_vars: t.Mapping[str, t.Any], host: str, name: str, default: t.Any = None) -> t.Any:
+    hostvars = task_vars.get("hostvars", {})
+    try:
+        return hostvars[host].get(name, default)
+    except KeyError:
+        return default
+
+
+def probe_health(url: str, *, timeout: float) -> dict[str, t.Any]:
+    """GET a health URL; healthy means HTTP 200 and a JSON body whose status is 'ok' (when it has one)."""
+    started = time.monotonic()
+    result: dict[str, t.Any] = {"url": url, "ok": False, "status": None, "version": None}
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator-provided URL
+            body = response.read(65536)
+            result["status"] = response.status
+    except urllib.error.HTTPError as exc:
+        result["status"] = exc.code
+        body = exc.read(65536) if hasattr(exc, "read") else b""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        result["reason"] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        result["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+        return result
+    result["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+    payload: t.Any = None
+    try:
+        payload = json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, ValueError):
+        payload = None
+    if isinstance(payload, dict):
+        result["version"] = payload.get("version")
+        result["body_status"] = payload.get("status")
+    healthy_body = not isinstance(payload, dict) or payload.get("status", "ok") == "ok"
+    result["ok"] = result["status"] == 200 and healthy_body
+    if not result["ok"]:
+        result["reason"] = f"HTTP {result['status']}" + (f", status {payload.get('status')!r}" if isinstance(payload, dict) else "")
+    return result
+
+
+def probe_many(urls: t.Mapping[str, str], *, timeout: float, workers: int = 32) -> dict[str, dict[str, t.Any]]:
+    """Probe every host's health URL concurrently; returns host -> probe result."""
+    if not urls:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(urls))) as pool:
+        futures = {host: pool.submit(probe_health, url, timeout=timeout) for host, url in urls.items()}
+        return {host: future.result() for host, future in futures.items()}
