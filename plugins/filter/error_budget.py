@@ -13,7 +13,7 @@ description:
   - A count is returned as is; a percent such as V(5%) is taken of the fleet size and rounded down, so V(5%) of
     19 hosts is V(0) and of 20 hosts is V(1).
   - The same function gives the C(error_budget.limit) of a plan compiled by
-    the C(fleetpatch.rollout.rollout_plan) action. With C(halt_when=exceeded) the rollout halts once the failures are
+    M(fleetpatch.rollout.rollout_plan). With C(halt_when=exceeded) the rollout halts once the failures are
     more than the limit; with C(halt_when=reached) once they are equal to it. A run with no failures never halts.
 options:
   _input:

@@ -9,13 +9,13 @@ short_description: Batch sizes of a compiled rollout plan, for a play's C(serial
 version_added: 0.1.0
 author: fleetpatch developers
 description:
-  - Returns the size of every batch of a plan compiled by the C(fleetpatch.rollout.rollout_plan) action, in plan order.
+  - Returns the size of every batch of a plan compiled by M(fleetpatch.rollout.rollout_plan), in plan order.
   - Give the result to a play's C(serial) keyword over the plan's hosts, added in the plan's C(host_order), so that
     every Ansible batch is exactly one plan batch (canary first, then each wave split by its budgets).
 options:
   _input:
     description:
-      - The plan, as returned by the C(fleetpatch.rollout.rollout_plan) action or read back from C(runs/<run_id>/plan.json).
+      - The plan, as returned by M(fleetpatch.rollout.rollout_plan) or read back from C(runs/<run_id>/plan.json).
     type: dict
     required: true
 seealso:

@@ -47,9 +47,6 @@ NAME_PART_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 
-EDGE_TENANT = "shared"
-EDGE_SEGMENT = "edge"
-EDGE_ENVIRONMENT = "shared"
 
 MATCH_KEYS = ("host", "role", "region", "tenant", "segment", "environment")
 FAULT_KINDS = ("unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails")
@@ -72,6 +69,8 @@ class DemoFleetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FleetHost:
+    """One demo host. An edge serves a whole region, so it has no tenant, segment or environment ("")."""
+
     name: str
     role: str
     region: str
@@ -184,9 +183,9 @@ def build_layout(
             name=edge_name(region),
             role="edge",
             region=region,
-            tenant=EDGE_TENANT,
-            segment=EDGE_SEGMENT,
-            environment=EDGE_ENVIRONMENT,
+            tenant="",
+            segment="",
+            environment="",
             address=next(addresses),
         )
         for region in regions
@@ -249,6 +248,8 @@ def validate_faults(faults: t.Any) -> list[dict[str, t.Any]]:
             raise DemoFleetError(f"{where}: kind {kind!r} is not one of {', '.join(FAULT_KINDS)}")
         where = f"{where} ({kind})"
         params = FAULT_PARAMS[kind]
+        # None is how an argument spec reports an option that was not given
+        fault = {key: value for key, value in fault.items() if value is not None}
         unknown = sorted(set(fault) - {"kind", "match", "description"} - set(params))
         if unknown:
             raise DemoFleetError(f"{where}: unknown field(s) {', '.join(unknown)}")
@@ -289,10 +290,13 @@ def validate_faults(faults: t.Any) -> list[dict[str, t.Any]]:
 
 
 def fault_matches(fault: t.Mapping[str, t.Any], host: FleetHost) -> bool:
-    """Every key of match must match (AND); a list is any-of; values are shell-style patterns."""
+    """Every key of match must match (AND); a list is any-of; values are shell-style patterns.
+
+    A host without the attribute (an edge has no tenant) never matches a pattern on it.
+    """
     attributes = host.attributes()
     for key, patterns in fault["match"].items():
-        if not any(fnmatch.fnmatchcase(attributes[key], pattern) for pattern in patterns):
+        if not attributes[key] or not any(fnmatch.fnmatchcase(attributes[key], pattern) for pattern in patterns):
             return False
     return True
 
@@ -320,7 +324,8 @@ def resolve_faults(faults: t.Sequence[t.Mapping[str, t.Any]], hosts: t.Sequence[
             elif kind == "slow":
                 current["delay_ms"] = max(current.get("delay_ms", 0), fault["delay_ms"])
             elif kind == "disk_full":
-                current["free_bytes"] = min(current.get("free_bytes", fault["free_bytes"]), fault["free_bytes"])
+                previous = current.get(kind, {}).get("free_bytes", fault["free_bytes"])
+                current[kind] = {"free_bytes": min(previous, fault["free_bytes"])}
             else:
                 current[kind] = True
     return {name: effective[name] for name in sorted(effective)}
@@ -470,7 +475,8 @@ def corrupt_bytes(data: bytes) -> bytes:
 
 def dump_yaml(data: t.Any) -> str:
     if HAS_YAML:
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, width=1000)
     return pretty_json(data)  # pragma: no cover
 
 
@@ -505,10 +511,9 @@ def host_vars(
 ) -> dict[str, t.Any]:
     base = f"http://{host.address}:{port}"
     host_vars_: dict[str, t.Any] = {
-        "fleet_region": host.region,
-        "fleet_tenant": host.tenant,
-        "fleet_segment": host.segment,
-        "fleet_environment": host.environment,
+        f"fleet_{level}": getattr(host, level) for level in ("region", "tenant", "segment", "environment") if getattr(host, level)
+    }
+    host_vars_.update({
         "fleet_role": host.role,
         "fleetpatch_host_root": f"{fleet_dir}/hosts/{host.name}",
         "fleetpatch_service": service,
@@ -517,7 +522,7 @@ def host_vars(
         "fleetpatch_restart_command": [python, f"{fleet_dir}/bin/fleetctl.py", "restart", host.name],
         "fleet_address": host.address,
         "fleet_port": port,
-    }
+    })
     if host.role == "node":
         host_vars_["fleet_edge"] = edge_name(host.region)
     else:

@@ -67,7 +67,10 @@ class PlanError(ValueError):
 
 
 def _type_name(value: t.Any) -> str:
-    return "null" if value is None else type(value).__name__
+    """Name of the builtin type behind value, so Ansible's tagged subclasses read as ``str``, ``list``..."""
+    if value is None:
+        return "None"
+    return next(cls.__name__ for cls in type(value).__mro__ if cls.__module__ == "builtins")
 
 
 def _var(level: str) -> str:

@@ -77,7 +77,7 @@ fp_bootstrap_venv() {
     fi
     have="${have:-none}"
     fp_log "installing requirements-dev.txt into ${FP_VENV} (sha256 ${want:0:12}, last install ${have:0:12})"
-    "${FP_VENV}/bin/python" -m pip install --disable-pip-version-check -r "$requirements"
+    "${FP_VENV}/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     printf '%s\n' "$want" >"$stamp"
 }
 

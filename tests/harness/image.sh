@@ -40,7 +40,7 @@ main() {
     rm -rf "${rootfs}/var/cache/apt/archives/"*.deb "${rootfs}/var/lib/apt/lists/"*
     fp_log "importing ${FP_IMAGE}"
     tar -C "$rootfs" --numeric-owner -c . |
-        podman import --change 'CMD ["sleep", "infinity"]' - "$FP_IMAGE" >/dev/null
+        podman import --quiet --change 'CMD ["sleep", "infinity"]' - "$FP_IMAGE" >/dev/null
     fp_log "built ${FP_IMAGE} ($(podman image inspect --format '{{.Size}}' "$FP_IMAGE") bytes)"
 }
 

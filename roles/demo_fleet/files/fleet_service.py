@@ -649,7 +649,12 @@ class Fleet:
         if command == "ping":
             return {"ok": True, "pid": os.getpid()}
         if command == "status":
-            hosts = {name: self.hosts[name].summary()} if name else {n: h.summary() for n, h in self.hosts.items()}
+            if request.get("brief"):
+                hosts: dict[str, t.Any] = {}
+            elif name:
+                hosts = {name: self.hosts[name].summary()}
+            else:
+                hosts = {n: h.summary() for n, h in self.hosts.items()}
             return {
                 "ok": True,
                 "pid": os.getpid(),

@@ -1,0 +1,1188 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: host-side release logic (safe unpack, tree digests, atomic switch, host manifest). Not a public API."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+import typing as t
+import urllib.error
+import urllib.request
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
+    CHUNK_SIZE,
+    append_jsonl,
+    fsync_directory,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
+
+RELEASE_METADATA = ".fleetpatch-release.json"
+RELEASE_SCHEMA = 1
+MANIFEST_SCHEMA = 1
+FREE_SPACE_MARGIN = 16 * 1024 * 1024
+HEALTH_BODY_LIMIT = 64 * 1024
+URL_SCHEMES = ("http://", "https://", "file://")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# versions and service names become one path component each
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_TMP_MARK = ".tmp-"
+# transport failures from urllib / http.client; the module maps ansible's own URL errors onto OSError
+_URL_ERRORS = (OSError, http.client.HTTPException, ValueError)
+
+
+class ReleaseError(Exception):
+    """A host step that cannot or must not go ahead; str() is the message for the operator."""
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+@dataclasses.dataclass(frozen=True)
+class HostLayout:
+    """Paths under ``fleetpatch_host_root`` for one service (see docs/architecture.md)."""
+
+    root: str
+    service: str
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ReleaseError("host root must not be empty")
+        check_name(self.service, what="service")
+        # "/srv/fp/" and "/srv/fp" must give the same paths in manifests and results
+        object.__setattr__(self, "root", os.path.normpath(self.root))
+
+    @property
+    def apps_dir(self) -> str:
+        return f"{self.root}/apps/{self.service}"
+
+    @property
+    def releases_dir(self) -> str:
+        return f"{self.root}/apps/{self.service}/releases"
+
+    @property
+    def current_link(self) -> str:
+        return f"{self.root}/apps/{self.service}/current"
+
+    @property
+    def cache_dir(self) -> str:
+        return f"{self.root}/cache/sha256"
+
+    def cache_path(self, sha256: str) -> str:
+        return f"{self.cache_dir}/{sha256}"
+
+    def release_path(self, version: str) -> str:
+        return f"{self.releases_dir}/{version}"
+
+    @property
+    def state_dir(self) -> str:
+        return f"{self.root}/state"
+
+    @property
+    def manifest_path(self) -> str:
+        return f"{self.root}/state/{self.service}.manifest.json"
+
+    @property
+    def audit_path(self) -> str:
+        return f"{self.root}/state/audit.jsonl"
+
+
+def check_name(value: t.Any, *, what: str) -> str:
+    """Return value if it is safe as a single path component (service names, versions)."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ReleaseError(
+            f"{what} {value!r} is not valid: use letters, digits, '.', '_', '+' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def check_sha256(value: t.Any) -> str:
+    """Return the lower-case hex digest, or raise when value is not 64 hex digits."""
+    digest = value.lower() if isinstance(value, str) else ""
+    if not _SHA256.match(digest):
+        raise ReleaseError(f"sha256 {value!r} is not a 64 hex digit digest")
+    return digest
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------------------- artifacts
+
+
+def verify_artifact(path: str, *, sha256: str, size: int | None = None) -> None:
+    """Raise unless path is a regular file with the given digest (and size, when given)."""
+    if not os.path.isfile(path):
+        raise ReleaseError(f"artifact {path} does not exist")
+    if size is not None:
+        actual_size = os.path.getsize(path)
+        if actual_size != size:
+            raise ReleaseError(f"artifact {path} is {actual_size} bytes, expected {size}")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ReleaseError(f"artifact {path} has sha256 {actual}, expected {sha256}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One validated tar member. kind: skip (the archive root), dir, file, hardlink, symlink."""
+
+    name: str
+    kind: str
+    path: str = ""
+    mode: int = 0o644
+    size: int = 0
+    target: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactPlan:
+    """Every member of an artifact, validated, in archive order."""
+
+    artifact: str
+    entries: tuple[Entry, ...]
+    total_size: int
+
+
+def _refuse(artifact: str, member: str, reason: str) -> ReleaseError:
+    return ReleaseError(f"refusing to unpack {artifact}: member {member!r} {reason}")
+
+
+def _member_path(artifact: str, name: str) -> str:
+    """Normalised relative path of a member name; '' for the archive root itself."""
+    if not name or "\x00" in name:
+        raise _refuse(artifact, name, "has an empty or invalid name")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+        raise _refuse(artifact, name, "has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise _refuse(artifact, name, "leaves the release tree ('..')")
+    return "/".join(parts)
+
+
+def _symlink_stays_inside(path: str, target: str, kinds: t.Mapping[str, str]) -> bool:
+    """Resolve target relative to the link's directory, refusing to walk through another symlink."""
+    if not target or target.startswith("/"):
+        return False
+    parts = path.split("/")[:-1]
+    components = target.split("/")
+    for index, component in enumerate(components):
+        if component in ("", "."):
+            continue
+        if component == "..":
+            if not parts:
+                return False
+            parts.pop()
+            continue
+        parts.append(component)
+        # a symlink in the middle would make the lexical answer wrong
+        if index < len(components) - 1 and kinds.get("/".join(parts)) == "symlink":
+            return False
+    return True
+
+
+def validate_members(artifact: str, members: t.Iterable[tarfile.TarInfo]) -> ArtifactPlan:
+    """Check every member before anything is written; raise ReleaseError naming the first bad one."""
+    entries: list[Entry] = []
+    kinds: dict[str, str] = {}
+    total = 0
+    for member in members:
+        path = _member_path(artifact, member.name)
+        if not path:
+            if not member.isdir():
+                raise _refuse(artifact, member.name, "is not a directory but names the release root")
+            entries.append(Entry(name=member.name, kind="skip"))
+            continue
+        if path == RELEASE_METADATA:
+            raise _refuse(artifact, member.name, f"uses the reserved name {RELEASE_METADATA}")
+        if member.isreg():
+            kind = "file"
+        elif member.isdir():
+            kind = "dir"
+        elif member.issym():
+            kind = "symlink"
+        elif member.islnk():
+            kind = "hardlink"
+        elif member.ischr() or member.isblk():
+            raise _refuse(artifact, member.name, "is a device file")
+        elif member.isfifo():
+            raise _refuse(artifact, member.name, "is a fifo")
+        else:
+            raise _refuse(artifact, member.name, "has an unsupported member type")
+        if path in kinds and not (kind == "dir" and kinds[path] == "dir"):
+            raise _refuse(artifact, member.name, "appears more than once")
+        target = ""
+        if kind == "hardlink":
+            try:
+                target = _member_path(artifact, member.linkname)
+            except ReleaseError:
+                target = ""
+            if not target:
+                raise _refuse(artifact, member.name, f"is a hardlink pointing outside the release tree ({member.linkname})")
+            if kinds.get(target) != "file":
+                raise _refuse(artifact, member.name, f"is a hardlink to {member.linkname!r}, which is not a regular file earlier in the archive")
+        elif kind == "symlink":
+            target = member.linkname
+        kinds[path] = kind
+        size = member.size if kind == "file" else 0
+        if kind == "hardlink":
+            size = next(entry.size for entry in reversed(entries) if entry.path == target)
+        total += size
+        entries.append(Entry(name=member.name, kind=kind, path=path, mode=member.mode, size=size, target=target))
+    for entry in entries:
+        if entry.kind == "skip":
+            continue
+        parts = entry.path.split("/")
+        for depth in range(1, len(parts)):
+            parent_kind = kinds.get("/".join(parts[:depth]))
+            if parent_kind not in (None, "dir"):
+                raise _refuse(artifact, entry.name, f"lies inside {'/'.join(parts[:depth])!r}, which is a {parent_kind}")
+        if entry.kind == "symlink" and not _symlink_stays_inside(entry.path, entry.target, kinds):
+            raise _refuse(artifact, entry.name, f"is a symlink pointing outside the release tree ({entry.target})")
+    return ArtifactPlan(artifact=artifact, entries=tuple(entries), total_size=total)
+
+
+def inspect_artifact(artifact_path: str) -> ArtifactPlan:
+    """Read the tar headers of an artifact and validate every member (read only)."""
+    try:
+        with tarfile.open(artifact_path, "r:*") as tar:
+            return validate_members(artifact_path, tar.getmembers())
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ReleaseError(f"cannot read artifact {artifact_path} as a tar archive: {exc}") from exc
+
+
+def ensure_free_space(directory: str, needed: int, *, what: str) -> None:
+    """Raise unless the filesystem holding directory has needed bytes plus a safety margin available."""
+    info = os.statvfs(directory)
+    available = info.f_bavail * info.f_frsize
+    required = needed + FREE_SPACE_MARGIN
+    if available < required:
+        raise ReleaseError(
+            f"not enough free space in {directory} to {what}: need {required} bytes "
+            f"({needed} + {FREE_SPACE_MARGIN} margin), {available} available"
+        )
+
+
+def _existing_parent(path: str) -> str:
+    """path, or its nearest existing ancestor (free space is a property of the filesystem)."""
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_stale_tmp(directory: str) -> list[str]:
+    """Remove ``.<name>.tmp-*`` leftovers of killed runs (one apply runs per host at a time)."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if name.startswith(".") and _TMP_MARK in name:
+            _remove_path(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _write_member(dest: str, source: t.BinaryIO, mode: int) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
+            handle.write(chunk)
+        handle.flush()
+        os.fchmod(handle.fileno(), (mode & 0o755) | 0o600)
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def _extract_into(tmp: str, artifact_path: str, plan: ArtifactPlan) -> tuple[dict[str, str], dict[str, str]]:
+    files: dict[str, str] = {}
+    links: dict[str, str] = {}
+    directories = {tmp}
+    with tarfile.open(artifact_path, "r:*") as tar:
+        members = iter(tar)
+        for entry in plan.entries:
+            member = next(members, None)
+            if member is None or member.name != entry.name:
+                raise ReleaseError(f"artifact {artifact_path} changed while it was unpacked")
+            if entry.kind == "skip":
+                continue
+            dest = os.path.join(tmp, entry.path)
+            parent = os.path.dirname(dest)
+            if parent not in directories:
+                os.makedirs(parent, mode=0o755, exist_ok=True)
+                directories.add(parent)
+            if entry.kind == "dir":
+                os.makedirs(dest, mode=0o755, exist_ok=True)
+                os.chmod(dest, (entry.mode & 0o755) | 0o700)
+                directories.add(dest)
+            elif entry.kind == "file":
+                source = tar.extractfile(member)
+                if source is None:
+                    raise ReleaseError(f"cannot read member {entry.name!r} of {artifact_path}")
+                with source:
+                    files[entry.path] = _write_member(dest, source, entry.mode)
+            elif entry.kind == "hardlink":
+                # a copy, so that editing one path of a release can never change another
+                with open(os.path.join(tmp, entry.target), "rb") as source:
+                    files[entry.path] = _write_member(dest, source, entry.mode)
+            else:
+                os.symlink(entry.target, dest)
+                links[entry.path] = entry.target
+        if next(members, None) is not None:
+            raise ReleaseError(f"artifact {artifact_path} changed while it was unpacked")
+    for directory in directories:
+        fsync_directory(directory)
+    return files, links
+
+
+def extract_release(
+    layout: HostLayout, *, version: str, artifact_path: str, sha256: str, plan: ArtifactPlan | None = None
+) -> str:
+    """Unpack an artifact whose digest the caller has verified into releases/<version>, atomically.
+
+    Replaces an existing releases/<version> that is not the current release (it was found broken or built
+    from another artifact by the caller).
+    """
+    version = check_name(version, what="version")
+    sha256 = check_sha256(sha256)
+    final = layout.release_path(version)
+    os.makedirs(layout.releases_dir, exist_ok=True)
+    remove_stale_tmp(layout.releases_dir)
+    if plan is None:
+        plan = inspect_artifact(artifact_path)
+    ensure_free_space(layout.releases_dir, plan.total_size, what=f"unpack {version}")
+    if os.path.lexists(final) and current_version(layout) == version:
+        raise ReleaseError(f"release {final} is the current release; refusing to replace it")
+    tmp = tempfile.mkdtemp(prefix=f".{version}{_TMP_MARK}", dir=layout.releases_dir)
+    aside = ""
+    try:
+        files, links = _extract_into(tmp, artifact_path, plan)
+        metadata = {
+            "schema": RELEASE_SCHEMA,
+            "version": version,
+            "artifact_sha256": sha256,
+            "files": files,
+            "links": links,
+        }
+        write_json_atomic(os.path.join(tmp, RELEASE_METADATA), metadata)
+        os.chmod(tmp, 0o755)
+        fsync_directory(tmp)
+        if os.path.lexists(final):
+            aside = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}replaced-{secrets.token_hex(4)}")
+            os.rename(final, aside)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if aside:
+                os.rename(aside, final)
+                aside = ""
+            raise
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ReleaseError(f"cannot unpack {artifact_path} into {final}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_directory(layout.releases_dir)
+    if aside:
+        _remove_path(aside)
+    return final
+
+
+def unpack_release(layout: HostLayout, *, version: str, artifact_path: str, sha256: str) -> str:
+    """Verify the artifact, then return releases/<version>, unpacking it unless it already verifies."""
+    version = check_name(version, what="version")
+    sha256 = check_sha256(sha256)
+    verify_artifact(artifact_path, sha256=sha256)
+    final = layout.release_path(version)
+    if os.path.lexists(final):
+        metadata, problems = inspect_release(final)
+        if not problems and metadata and metadata.get("artifact_sha256") == sha256:
+            return final
+    return extract_release(layout, version=version, artifact_path=artifact_path, sha256=sha256)
+
+
+# -------------------------------------------------------------------------------------------- releases
+
+
+def read_release_metadata(release_dir: str) -> dict[str, t.Any] | None:
+    """The release's .fleetpatch-release.json, or None when absent or unreadable (no tree hashing)."""
+    try:
+        data = read_json(os.path.join(release_dir, RELEASE_METADATA))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _metadata_problems(release_dir: str, metadata: t.Any) -> list[str]:
+    if not isinstance(metadata, dict):
+        return [f"metadata {RELEASE_METADATA} is not a JSON object"]
+    problems = []
+    if metadata.get("version") != os.path.basename(os.path.normpath(release_dir)):
+        problems.append(f"metadata version {metadata.get('version')!r} does not match the release directory name")
+    if not isinstance(metadata.get("artifact_sha256"), str) or not _SHA256.match(metadata["artifact_sha256"]):
+        problems.append("metadata artifact_sha256 is missing or invalid")
+    files = metadata.get("files")
+    links = metadata.get("links", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        problems.append("metadata files is missing or invalid")
+    if not isinstance(links, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in links.items()):
+        problems.append("metadata links is invalid")
+    return problems
+
+
+def inspect_release(release_dir: str) -> tuple[dict[str, t.Any] | None, list[str]]:
+    """Hash a release tree once against its metadata; return (metadata, problems). [] means it verifies."""
+    if os.path.islink(release_dir) or not os.path.isdir(release_dir):
+        return None, [f"release directory {release_dir} does not exist"]
+    meta_path = os.path.join(release_dir, RELEASE_METADATA)
+    try:
+        metadata = read_json(meta_path)
+    except (OSError, ValueError) as exc:
+        return None, [f"metadata {RELEASE_METADATA} is unreadable: {exc}"]
+    if metadata is None:
+        return None, [f"metadata {RELEASE_METADATA} is missing"]
+    problems = _metadata_problems(release_dir, metadata)
+    if problems:
+        return (metadata if isinstance(metadata, dict) else None), problems
+    expected_files: dict[str, str] = metadata["files"]
+    expected_links: dict[str, str] = metadata.get("links", {})
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(release_dir):
+        rel_dir = os.path.relpath(dirpath, release_dir)
+        for name in sorted(dirnames + filenames):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel == RELEASE_METADATA:
+                continue
+            full = os.path.join(dirpath, name)
+            mode = os.lstat(full).st_mode
+            if stat.S_ISLNK(mode):
+                if rel not in expected_links:
+                    problems.append(f"unexpected symlink {rel}")
+                elif os.readlink(full) != expected_links[rel]:
+                    problems.append(f"modified symlink {rel}")
+                seen.add(rel)
+            elif stat.S_ISREG(mode):
+                if rel not in expected_files:
+                    problems.append(f"unexpected file {rel}")
+                elif sha256_file(full) != expected_files[rel]:
+                    problems.append(f"modified file {rel}")
+                seen.add(rel)
+            elif stat.S_ISDIR(mode):
+                if rel in expected_files or rel in expected_links:
+                    problems.append(f"{rel} is a directory")
+                    seen.add(rel)
+            else:
+                problems.append(f"unexpected special file {rel}")
+    for rel in sorted(set(expected_files) - seen):
+        problems.append(f"missing file {rel}")
+    for rel in sorted(set(expected_links) - seen):
+        problems.append(f"missing symlink {rel}")
+    return metadata, problems
+
+
+def verify_release(release_dir: str) -> list[str]:
+    """Problems found in a release tree (missing, changed or extra files, bad metadata); [] means it verifies."""
+    return inspect_release(release_dir)[1]
+
+
+def list_releases(layout: HostLayout) -> list[str]:
+    """Versions unpacked on the host, oldest first (temporary directories excluded)."""
+    try:
+        names = os.listdir(layout.releases_dir)
+    except FileNotFoundError:
+        return []
+    versions = [
+        name for name in names
+        if not name.startswith(".") and os.path.isdir(os.path.join(layout.releases_dir, name))
+        and not os.path.islink(os.path.join(layout.releases_dir, name))
+    ]
+    return sorted(versions, key=version_key)
+
+
+def plan_prune(versions: t.Iterable[str], *, keep: int, protect: t.Iterable[str | None]) -> list[str]:
+    """Versions to delete so that at most keep remain (more if protected ones push past it), oldest first."""
+    ordered = sorted(set(versions), key=version_key, reverse=True)
+    kept = {version for version in protect if version in ordered}
+    for version in ordered:
+        if len(kept) >= keep:
+            break
+        kept.add(version)
+    return [version for version in reversed(ordered) if version not in kept]
+
+
+def remove_release(layout: HostLayout, version: str) -> None:
+    """Delete releases/<version>: renamed out of the way first, so no half-deleted release keeps its name."""
+    version = check_name(version, what="version")
+    if current_version(layout) == version:
+        raise ReleaseError(f"release {version} is the current release; refusing to remove it")
+    path = layout.release_path(version)
+    if not os.path.lexists(path):
+        return
+    doomed = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}prune-{secrets.token_hex(4)}")
+    os.rename(path, doomed)
+    _remove_path(doomed)
+
+
+# ---------------------------------------------------------------------------------------- switch, state
+
+
+def switch_current(layout: HostLayout, version: str) -> None:
+    """Point current at releases/<version> with rename(2) of a temporary relative symlink."""
+    version = check_name(version, what="version")
+    target = layout.release_path(version)
+    if os.path.islink(target) or not os.path.isdir(target):
+        raise ReleaseError(f"release {version} does not exist at {target}")
+    current = layout.current_link
+    if os.path.lexists(current) and not os.path.islink(current):
+        raise ReleaseError(f"{current} exists and is not a symlink; refusing to replace it")
+    apps_dir = layout.apps_dir
+    for name in os.listdir(apps_dir):
+        if name.startswith(f"current{_TMP_MARK}"):
+            _remove_path(os.path.join(apps_dir, name))
+    tmp = os.path.join(apps_dir, f"current{_TMP_MARK}{secrets.token_hex(6)}")
+    os.symlink(f"releases/{version}", tmp)
+    try:
+        os.replace(tmp, current)
+    except OSError as exc:
+        _remove_path(tmp)
+        raise ReleaseError(f"cannot switch {current} to {version}: {exc}") from exc
+    fsync_directory(apps_dir)
+
+
+def remove_current(layout: HostLayout) -> None:
+    """Remove the current link (used to undo a first install whose restart failed)."""
+    if os.path.islink(layout.current_link):
+        os.unlink(layout.current_link)
+        fsync_directory(layout.apps_dir)
+
+
+def current_version(layout: HostLayout) -> str | None:
+    """Version the current link points at, None when there is no link."""
+    current = layout.current_link
+    if os.path.islink(current):
+        target = os.readlink(current)
+        resolved = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        if os.path.dirname(resolved) != os.path.normpath(layout.releases_dir):
+            raise ReleaseError(f"{current} points to {target}, outside {layout.releases_dir}")
+        return os.path.basename(resolved)
+    if os.path.lexists(current):
+        raise ReleaseError(f"{current} exists and is not a symlink")
+    return None
+
+
+def read_host_state(layout: HostLayout) -> dict[str, t.Any]:
+    """{"current_version", "current_release", "manifest"} as found on disk (no hashing)."""
+    version = current_version(layout)
+    release = layout.release_path(version) if version is not None else None
+    try:
+        manifest = read_json(layout.manifest_path)
+    except ValueError as exc:
+        raise ReleaseError(f"host manifest {layout.manifest_path} is not valid JSON: {exc}") from exc
+    if manifest is not None and not isinstance(manifest, dict):
+        raise ReleaseError(f"host manifest {layout.manifest_path} is not a JSON object")
+    return {"current_version": version, "current_release": release, "manifest": manifest}
+
+
+def _release_ref(layout: HostLayout, ref: t.Mapping[str, t.Any] | None) -> dict[str, t.Any] | None:
+    """{version, artifact_sha256, release} of a manifest entry; the path always comes from the layout."""
+    if not ref or not ref.get("version"):
+        return None
+    version = check_name(ref["version"], what="recorded version")
+    return {"version": version, "artifact_sha256": ref.get("artifact_sha256"), "release": layout.release_path(version)}
+
+
+def record_install(
+    layout: HostLayout,
+    *,
+    version: str,
+    sha256: str | None,
+    patch_id: str | None,
+    previous: dict[str, t.Any] | None,
+    action: str,
+    now: str | None = None,
+) -> dict[str, t.Any]:
+    """Write the host manifest atomically and append one audit line; return the manifest."""
+    version = check_name(version, what="version")
+    now = now or utc_now()
+    prev = _release_ref(layout, previous)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "service": layout.service,
+        "version": version,
+        "artifact_sha256": sha256,
+        "release": layout.release_path(version),
+        "patch_id": patch_id,
+        "installed_at": now,
+        "previous": prev,
+    }
+    write_json_atomic(layout.manifest_path, manifest)
+    append_audit(layout, action=action, from_version=prev["version"] if prev else None, to_version=version,
+                 sha256=sha256, patch_id=patch_id, now=now)
+    return manifest
+
+
+def append_audit(
+    layout: HostLayout, *, action: str, from_version: str | None, to_version: str | None,
+    sha256: str | None, patch_id: str | None, now: str | None = None,
+) -> dict[str, t.Any]:
+    record = {
+        "ts": now or utc_now(),
+        "service": layout.service,
+        "action": action,
+        "from_version": from_version,
+        "to_version": to_version,
+        "sha256": sha256,
+        "patch_id": patch_id,
+    }
+    append_jsonl(layout.audit_path, record, durable=True)
+    return record
+
+
+# --------------------------------------------------------------------------------------- side effects
+
+
+class HostOps:
+    """The side effects an apply needs besides the filesystem: commands, URLs, clock.
+
+    The module passes an AnsibleModule-backed subclass; tests use this stdlib one or a fake.
+    """
+
+    def __init__(self, *, check_mode: bool = False) -> None:
+        self.check_mode = check_mode
+        self.warnings: list[str] = []
+
+    def run(self, argv: t.Sequence[str]) -> tuple[int, str, str]:
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+        except OSError as exc:
+            return 127, "", f"cannot run {argv[0]}: {exc}"
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
+        # plain urllib for tests and standalone callers; the module goes through ansible's open_url
+        opener = urllib.request.build_opener()
+        return opener.open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> str:
+        return utc_now()
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def _remove_partials(directory: str, sha256: str) -> None:
+    for name in os.listdir(directory):
+        if name.startswith(f".{sha256}.") and name.endswith(".part"):
+            _remove_path(os.path.join(directory, name))
+
+
+def fetch_artifact(
+    ops: HostOps, *, url: str, dest: str, sha256: str, size: int | None = None,
+    headers: t.Mapping[str, str] | None = None, timeout: float = 30,
+) -> int:
+    """Download url to dest through a temporary file next to it; only a verified file is renamed into place."""
+    directory = os.path.dirname(dest)
+    os.makedirs(directory, exist_ok=True)
+    _remove_partials(directory, sha256)
+    if size is not None:
+        ensure_free_space(directory, size, what="download the artifact")
+    fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".part", dir=directory)
+    try:
+        digest = hashlib.sha256()
+        total = 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with ops.open_url(url, headers=headers or {}, timeout=timeout) as response:
+                    for chunk in iter(lambda: response.read(CHUNK_SIZE), b""):
+                        total += len(chunk)
+                        if size is not None and total > size:
+                            raise ReleaseError(f"artifact from {url} is larger than the declared {size} bytes")
+                        digest.update(chunk)
+                        out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            except urllib.error.HTTPError as exc:
+                raise ReleaseError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+            except _URL_ERRORS as exc:
+                raise ReleaseError(f"cannot download {url}: {exc}") from exc
+        if size is not None and total != size:
+            raise ReleaseError(f"artifact from {url} is {total} bytes, declared {size}")
+        actual = digest.hexdigest()
+        if actual != sha256:
+            raise ReleaseError(f"artifact from {url} has sha256 {actual}, expected {sha256}; it was not cached")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        _remove_path(tmp)
+        raise
+    fsync_directory(directory)
+    return total
+
+
+def check_health(
+    ops: HostOps, url: str, *, expected_version: str, timeout: float = 10, retries: int = 5, delay: float = 0.5
+) -> dict[str, t.Any]:
+    """GET url until it answers 200 with JSON version == expected_version, at most retries times."""
+    status: int | None = None
+    seen_version = None
+    error = None
+    latency_ms = None
+    attempts = 0
+    for attempt in range(1, max(1, retries) + 1):
+        attempts = attempt
+        started = ops.monotonic()
+        body = b""
+        try:
+            with ops.open_url(url, headers={}, timeout=timeout) as response:
+                status = getattr(response, "status", None) or response.getcode()
+                body = response.read(HEALTH_BODY_LIMIT)
+        except urllib.error.HTTPError as exc:
+            status, error = exc.code, f"HTTP {exc.code}"
+            exc.close()
+        except _URL_ERRORS as exc:
+            status, error = None, str(exc) or type(exc).__name__
+        latency_ms = round((ops.monotonic() - started) * 1000, 1)
+        if status == 200:
+            try:
+                document = json.loads(body.decode("utf-8"))
+            except ValueError:
+                document = None
+            if not isinstance(document, dict):
+                error = "response is not a JSON object"
+            else:
+                seen_version = document.get("version")
+                reported = document.get("status", "ok")
+                if seen_version == expected_version and reported == "ok":
+                    return {"ok": True, "status": status, "version": seen_version, "attempts": attempts,
+                            "latency_ms": latency_ms}
+                error = f"reports version {seen_version!r} and status {reported!r}, expected version {expected_version!r}"
+        elif status is not None and error is None:
+            error = f"HTTP {status}"
+        if attempt < retries:
+            ops.sleep(delay)
+    return {"ok": False, "status": status, "version": seen_version, "attempts": attempts,
+            "latency_ms": latency_ms, "error": error}
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyRequest:
+    """Validated options of one patch_apply execution."""
+
+    version: str
+    sha256: str
+    state: str = "present"
+    artifact_url: str | None = None
+    artifact_size: int | None = None
+    url_headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    timeout: float = 30
+    patch_id: str | None = None
+    restart_command: tuple[str, ...] | None = None
+    health_url: str | None = None
+    health_timeout: float = 10
+    health_retries: int = 5
+    health_delay: float = 0.5
+    require_rollback_point: bool = True
+    keep_releases: int = 3
+
+
+def parse_command(value: t.Any) -> tuple[str, ...] | None:
+    """A restart command given as an argv list or a string split with shlex."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ReleaseError(f"restart_command {value!r} cannot be split: {exc}") from exc
+    elif isinstance(value, (list, tuple)):
+        for arg in value:
+            # YAML turns a bare true/yes into a boolean; running "True" would only fail later, on every host
+            if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+                raise ReleaseError(f"restart_command argument {arg!r} is not a string; quote it")
+        argv = [str(arg) for arg in value]
+    else:
+        raise ReleaseError("restart_command must be a list of arguments or a string")
+    if not argv:
+        raise ReleaseError("restart_command must not be empty")
+    return tuple(argv)
+
+
+def build_request(params: t.Mapping[str, t.Any]) -> ApplyRequest:
+    """Validate module-style parameters into an ApplyRequest."""
+    def number(name: str, default: float, minimum: float) -> t.Any:
+        value = params.get(name)
+        value = default if value is None else value
+        if value < minimum:
+            raise ReleaseError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    url = params.get("artifact_url") or None
+    if url is not None and not url.startswith(URL_SCHEMES):
+        raise ReleaseError(f"artifact_url {url!r} must start with one of {', '.join(URL_SCHEMES)}")
+    size = params.get("artifact_size")
+    if size is not None and size < 0:
+        raise ReleaseError(f"artifact_size must not be negative, got {size}")
+    state = params.get("state") or "present"
+    if state not in ("present", "rollback"):
+        raise ReleaseError(f"state must be present or rollback, got {state!r}")
+    headers = params.get("url_headers") or {}
+    return ApplyRequest(
+        version=check_name(params.get("version"), what="version"),
+        sha256=check_sha256(params.get("sha256")),
+        state=state,
+        artifact_url=url,
+        artifact_size=size,
+        url_headers={str(key): str(value) for key, value in headers.items()},
+        timeout=number("timeout", 30, 1),
+        patch_id=params.get("patch_id"),
+        restart_command=parse_command(params.get("restart_command")),
+        health_url=params.get("health_url") or None,
+        health_timeout=number("health_timeout", 10, 0.001),
+        health_retries=number("health_retries", 5, 1),
+        health_delay=number("health_delay", 0.5, 0),
+        require_rollback_point=bool(params.get("require_rollback_point", True)),
+        keep_releases=number("keep_releases", 3, 1),
+    )
+
+
+def _side(version: str | None, sha256: str | None, release: str | None) -> dict[str, t.Any]:
+    return {"version": version, "sha256": sha256, "release": release}
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    """What one execution did or (in check mode) would do; as_dict() is the module result."""
+
+    changed: bool = False
+    version: str | None = None
+    previous_version: str | None = None
+    sha256: str | None = None
+    release: str | None = None
+    rollback_point: dict[str, t.Any] | None = None
+    actions: list[str] = dataclasses.field(default_factory=list)
+    health: dict[str, t.Any] | None = None
+    reverted: bool = False
+    before: dict[str, t.Any] = dataclasses.field(default_factory=lambda: _side(None, None, None))
+    after: dict[str, t.Any] = dataclasses.field(default_factory=lambda: _side(None, None, None))
+    extra: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+
+    def act(self, action: str) -> None:
+        self.actions.append(action)
+        self.changed = True
+
+    def as_dict(self) -> dict[str, t.Any]:
+        result = {
+            "changed": self.changed,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "sha256": self.sha256,
+            "release": self.release,
+            "rollback_point": self.rollback_point,
+            "actions": list(self.actions),
+            "health": self.health,
+            "reverted": self.reverted,
+            "diff": {"before": dict(self.before), "after": dict(self.after)},
+        }
+        result.update(self.extra)
+        return result
+
+
+def _summarise(problems: list[str], limit: int = 5) -> str:
+    shown = "; ".join(problems[:limit])
+    return shown if len(problems) <= limit else f"{shown}; and {len(problems) - limit} more"
+
+
+def _recorded_sha(manifest: t.Mapping[str, t.Any] | None, version: str | None, release: str | None) -> str | None:
+    """Artifact digest of an installed release: from the manifest when it describes it, else its metadata."""
+    if version is None:
+        return None
+    if manifest and manifest.get("version") == version and manifest.get("artifact_sha256"):
+        return manifest["artifact_sha256"]
+    metadata = read_release_metadata(release) if release else None
+    return metadata.get("artifact_sha256") if metadata else None
+
+
+def _run_health(ops: HostOps, request: ApplyRequest, result: ApplyResult, expected: str) -> None:
+    if not request.health_url:
+        return
+    result.health = check_health(ops, request.health_url, expected_version=expected, timeout=request.health_timeout,
+                                 retries=request.health_retries, delay=request.health_delay)
+    if not result.health["ok"]:
+        raise ReleaseError(
+            f"health check {request.health_url} failed after {result.health['attempts']} attempt(s): "
+            f"{result.health.get('error')} (expected version {expected})"
+        )
+
+
+def _ensure_artifact(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> str | None:
+    """Path of the verified artifact in the cache; None in check mode when it would be downloaded."""
+    path = layout.cache_path(request.sha256)
+    if os.path.isfile(path):
+        try:
+            verify_artifact(path, sha256=request.sha256, size=request.artifact_size)
+            return path
+        except ReleaseError as exc:
+            if not request.artifact_url:
+                raise ReleaseError(f"{exc}; the cached copy is corrupt and no artifact_url was given") from exc
+            ops.warn(f"{exc}; downloading it again")
+    elif not request.artifact_url:
+        raise ReleaseError(f"artifact {request.sha256} is not in {layout.cache_dir} and no artifact_url was given")
+    result.act("download artifact")
+    if ops.check_mode:
+        return None
+    fetch_artifact(ops, url=request.artifact_url, dest=path, sha256=request.sha256, size=request.artifact_size,
+                   headers=request.url_headers, timeout=request.timeout)
+    return path
+
+
+def _restart_or_revert(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, previous: dict[str, t.Any] | None
+) -> None:
+    if not request.restart_command:
+        return
+    result.act("restart")
+    if ops.check_mode:
+        return
+    rc, out, err = ops.run(request.restart_command)
+    if rc == 0:
+        return
+    result.extra.update(rc=rc, stdout=out, stderr=err)
+    result.reverted = True
+    failed = f"restart command failed (rc={rc}): {(err or out).strip()[-2000:]}"
+    target = _side(request.version, request.sha256, layout.release_path(request.version))
+    if previous and os.path.isdir(layout.release_path(previous["version"])):
+        result.actions.append(f"switch current {request.version} -> {previous['version']}")
+        switch_current(layout, previous["version"])
+        rc2, _out2, err2 = ops.run(request.restart_command)
+        result.extra["revert_rc"] = rc2
+        result.actions.append("record manifest")
+        record_install(layout, version=previous["version"], sha256=previous.get("artifact_sha256"),
+                       patch_id=request.patch_id, previous={"version": request.version, "artifact_sha256": request.sha256,
+                                                            "release": target["release"]},
+                       action="revert", now=ops.now())
+        result.version = previous["version"]
+        result.sha256 = previous.get("artifact_sha256")
+        result.release = layout.release_path(previous["version"])
+        result.after = _side(result.version, result.sha256, result.release)
+        tail = "" if rc2 == 0 else f"; the restart after switching back also failed (rc={rc2}): {err2.strip()[-2000:]}"
+        raise ReleaseError(f"{failed}; switched back to {previous['version']}{tail}")
+    result.actions.append("remove current")
+    remove_current(layout)
+    append_audit(layout, action="revert", from_version=request.version, to_version=None, sha256=request.sha256,
+                 patch_id=request.patch_id, now=ops.now())
+    result.version = result.sha256 = result.release = None
+    result.after = _side(None, None, None)
+    raise ReleaseError(f"{failed}; no previous release to switch back to, so the current link was removed")
+
+
+def _complete_present(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, previous: dict[str, t.Any] | None
+) -> None:
+    """Restart (reverting on failure), record, health, prune: the tail shared by a fresh and a resumed switch."""
+    _restart_or_revert(layout, request, ops, result, previous)
+    result.act("record manifest")
+    if not ops.check_mode:
+        record_install(layout, version=request.version, sha256=request.sha256, patch_id=request.patch_id,
+                       previous=previous, action="install", now=ops.now())
+    # nothing was switched in check mode, so the service would answer for the old version
+    if not ops.check_mode:
+        _run_health(ops, request, result, request.version)
+    existing = set(list_releases(layout)) | {request.version}
+    for version in plan_prune(existing, keep=request.keep_releases,
+                              protect=[request.version, previous["version"] if previous else None]):
+        result.act(f"prune {version}")
+        if not ops.check_mode:
+            remove_release(layout, version)
+
+
+def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> None:
+    host = read_host_state(layout)
+    cur_version, cur_release, manifest = host["current_version"], host["current_release"], host["manifest"]
+    target_release = layout.release_path(request.version)
+    result.version, result.sha256, result.release = request.version, request.sha256, target_release
+    result.after = _side(request.version, request.sha256, target_release)
+    result.previous_version = cur_version
+
+    if cur_version == request.version:
+        metadata, problems = inspect_release(target_release)
+        result.before = _side(cur_version, metadata.get("artifact_sha256") if metadata else None, cur_release)
+        if problems:
+            raise ReleaseError(f"current release {cur_version} does not verify: {_summarise(problems)}")
+        if metadata["artifact_sha256"] != request.sha256:
+            raise ReleaseError(
+                f"version {cur_version} is installed from artifact {metadata['artifact_sha256']}, not {request.sha256}; "
+                "a published version must not change, publish a new version instead"
+            )
+        if manifest and manifest.get("version") == cur_version and manifest.get("artifact_sha256") == request.sha256:
+            prev = _release_ref(layout, manifest.get("previous"))
+            result.rollback_point = {"version": prev["version"], "release": prev["release"], "verified": None} if prev else None
+            _run_health(ops, request, result, request.version)
+            return
+        # killed between the switch and the manifest: finish that run
+        previous = None
+        if manifest and manifest.get("version") and manifest.get("version") != cur_version:
+            previous = _release_ref(layout, manifest)
+        result.before = _side(previous["version"], previous["artifact_sha256"], previous["release"]) if previous else _side(None, None, None)
+        result.previous_version = previous["version"] if previous else None
+        if previous:
+            result.rollback_point = {"version": previous["version"], "release": previous["release"],
+                                     "verified": not verify_release(layout.release_path(previous["version"]))}
+        else:
+            result.rollback_point = {"version": None, "release": None, "verified": False}
+        _complete_present(layout, request, ops, result, previous)
+        return
+
+    previous = None
+    if cur_version is not None:
+        metadata, problems = inspect_release(cur_release)
+        result.rollback_point = {"version": cur_version, "release": cur_release, "verified": not problems}
+        if problems:
+            message = f"rollback point {cur_version} ({cur_release}) cannot be verified: {_summarise(problems)}"
+            if request.require_rollback_point:
+                raise ReleaseError(f"{message}; refusing to patch this host")
+            ops.warn(message)
+        sha = metadata.get("artifact_sha256") if metadata else _recorded_sha(manifest, cur_version, cur_release)
+        previous = {"version": cur_version, "artifact_sha256": sha, "release": cur_release}
+        result.before = _side(cur_version, sha, cur_release)
+    else:
+        result.rollback_point = {"version": None, "release": None, "verified": False}
+        if request.require_rollback_point:
+            raise ReleaseError(
+                f"{layout.service} has no current release ({layout.current_link} is missing), so there is no rollback "
+                "point; set require_rollback_point=false to allow a first install"
+            )
+
+    ready = False
+    if os.path.lexists(target_release):
+        metadata, problems = inspect_release(target_release)
+        ready = not problems and metadata is not None and metadata.get("artifact_sha256") == request.sha256
+    if not ready:
+        artifact = _ensure_artifact(layout, request, ops, result)
+        plan = inspect_artifact(artifact) if artifact else None
+        result.act(f"unpack {request.version}")
+        if plan is not None:
+            ensure_free_space(_existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
+        if not ops.check_mode:
+            extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
+                            sha256=request.sha256, plan=plan)
+    result.act(f"switch current {cur_version or '(none)'} -> {request.version}")
+    if not ops.check_mode:
+        os.makedirs(layout.apps_dir, exist_ok=True)
+        switch_current(layout, request.version)
+    _complete_present(layout, request, ops, result, previous)
+
+
+def apply_rollback(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> None:
+    host = read_host_state(layout)
+    cur_version, cur_release, manifest = host["current_version"], host["current_release"], host["manifest"]
+    recorded = manifest if manifest and manifest.get("version") else None
+
+    resume = False
+    if cur_version == request.version:
+        if recorded and recorded["version"] == cur_version:
+            target = _release_ref(layout, recorded.get("previous"))
+        else:
+            # killed between a switch and its manifest: the manifest still describes the release before
+            target = _release_ref(layout, recorded)
+        if not target or target["version"] == cur_version:
+            raise ReleaseError(f"no previous release of {layout.service} is recorded in {layout.manifest_path}; "
+                               "nothing to roll back to")
+        rolled_from = {"version": cur_version, "artifact_sha256": _recorded_sha(recorded, cur_version, cur_release),
+                       "release": cur_release}
+    elif (cur_version is not None and recorded and recorded["version"] == request.version
+          and (_release_ref(layout, recorded.get("previous")) or {}).get("version") == cur_version):
+        # killed between switching back and recording the rollback: finish it
+        resume = True
+        target = t.cast(dict, _release_ref(layout, recorded.get("previous")))
+        rolled_from = t.cast(dict, _release_ref(layout, recorded))
+    else:
+        sha = _recorded_sha(recorded, cur_version, cur_release)
+        result.version, result.previous_version, result.sha256, result.release = cur_version, cur_version, sha, cur_release
+        result.before = result.after = _side(cur_version, sha, cur_release)
+        if cur_version is not None:
+            _run_health(ops, request, result, cur_version)
+        return
+
+    target_version = check_name(target["version"], what="previous version")
+    target_release = layout.release_path(target_version)
+    metadata, problems = inspect_release(target_release)
+    result.rollback_point = {"version": target_version, "release": target_release, "verified": not problems}
+    result.previous_version = rolled_from["version"]
+    result.before = _side(rolled_from["version"], rolled_from["artifact_sha256"], rolled_from["release"])
+    if problems:
+        raise ReleaseError(f"rollback point {target_version} ({target_release}) cannot be verified: "
+                           f"{_summarise(problems)}; refusing to roll back")
+    sha = t.cast(dict, metadata)["artifact_sha256"]
+    result.version, result.sha256, result.release = target_version, sha, target_release
+    result.after = _side(target_version, sha, target_release)
+    if not resume:
+        result.act(f"switch current {cur_version} -> {target_version}")
+        if not ops.check_mode:
+            switch_current(layout, target_version)
+    if request.restart_command:
+        result.act("restart")
+        if not ops.check_mode:
+            rc, out, err = ops.run(request.restart_command)
+            if rc != 0:
+                result.extra.update(rc=rc, stdout=out, stderr=err)
+                raise ReleaseError(f"restart command failed after rolling back to {target_version} (rc={rc}): "
+                                   f"{(err or out).strip()[-2000:]}")
+    result.act("record manifest")
+    if not ops.check_mode:
+        record_install(layout, version=target_version, sha256=sha, patch_id=request.patch_id, previous=rolled_from,
+                       action="rollback", now=ops.now())
+        _run_health(ops, request, result, target_version)
+
+
+def run_apply(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> ApplyResult:
+    """One host step: state=present installs request.version, state=rollback leaves it for the recorded previous."""
+    try:
+        if request.state == "rollback":
+            apply_rollback(layout, request, ops, result)
+        else:
+            apply_present(layout, request, ops, result)
+    except OSError as exc:
+        # permissions, a full disk, a read-only mount: report it with what was done so far
+        raise ReleaseError(f"{layout.service}: filesystem error under {layout.root}: {exc}") from exc
+    return result

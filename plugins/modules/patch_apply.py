@@ -1,0 +1,367 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: patch_apply
+short_description: Install a verified release on a host, or roll it back, in one step
+version_added: 0.1.0
+description:
+  - Does one host's whole step of a fleetpatch rollout in one execution.
+  - With O(state=present) it verifies the host's rollback point, makes sure the artifact is in the host's
+    content-addressed cache (downloading it from O(artifact_url) when absent), unpacks it safely into
+    C(apps/<service>/releases/<version>), switches C(apps/<service>/current) to it with an atomic rename, runs
+    O(restart_command), records the host manifest and audit line, checks O(health_url), and prunes old releases.
+  - With O(state=rollback) it switches back to the release recorded as previous in the host manifest.
+  - Every step is resumable; a host killed at any moment holds either the old or the new complete state,
+    and the next execution finishes the job.
+  - The controller decides; this module only acts. It never reverts on a failed health check (the wave gate
+    decides that), only when O(restart_command) fails.
+author:
+  - fleetpatch developers (@fleetpatch)
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Walks the same path as a real run and returns the same RV(actions) and RV(diff); the artifact is checked
+        when it is already cached. Health is only checked in check mode when nothing would change.
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+options:
+  root:
+    description:
+      - The host root that holds everything fleetpatch manages (C(fleetpatch_host_root)).
+    type: path
+    required: true
+  service:
+    description:
+      - Name of the service, one path component.
+    type: str
+    required: true
+  version:
+    description:
+      - With O(state=present), the version to install.
+      - With O(state=rollback), the version to roll back from; a host that does not run it is left alone.
+    type: str
+    required: true
+  sha256:
+    description:
+      - Hex sha256 digest (64 digits) of the release artifact (a tar archive, optionally compressed).
+    type: str
+    required: true
+  artifact_url:
+    description:
+      - Where to get the artifact when C(cache/sha256/<digest>) is absent or corrupt.
+      - V(http://), V(https://) and V(file://) URLs are supported. The download goes to a temporary file in
+        the cache directory and is renamed into place only after its digest (and O(artifact_size)) matched.
+    type: str
+  artifact_size:
+    description:
+      - Declared size of the artifact in bytes; a download or cached copy of another size is refused.
+    type: int
+  url_headers:
+    description:
+      - HTTP headers sent with the artifact download, for example an authorization token.
+    type: dict
+  timeout:
+    description:
+      - Timeout in seconds of the artifact download connection.
+    type: int
+    default: 30
+  state:
+    description:
+      - V(present) installs O(version).
+      - V(rollback) switches back to the release recorded as previous in the host manifest, after verifying it.
+    type: str
+    choices: [present, rollback]
+    default: present
+  patch_id:
+    description:
+      - Patch identifier recorded in the host manifest and the audit line.
+    type: str
+  restart_command:
+    description:
+      - Command that restarts the service after the switch, as a list of arguments or a string split with
+        shell quoting rules (no shell is involved).
+      - With O(state=present), a non-zero exit switches back to the previous release, runs the command again,
+        records that, and fails with RV(reverted=true).
+    type: raw
+  health_url:
+    description:
+      - >-
+        URL whose GET answers 200 with a JSON object C({"status": "ok", "version": ...}) when the service is healthy.
+      - Checked after the switch and restart until it reports the expected version or O(health_retries) is spent;
+        the outcome is returned in RV(health). A failed check fails the task but does not revert.
+      - Also checked when nothing changes, so a re-run reports the current health.
+    type: str
+  health_timeout:
+    description:
+      - Timeout in seconds of each health request.
+    type: float
+    default: 10
+  health_retries:
+    description:
+      - Maximum number of health requests.
+    type: int
+    default: 5
+  health_delay:
+    description:
+      - Seconds to wait between two health requests.
+    type: float
+    default: 0.5
+  require_rollback_point:
+    description:
+      - With O(state=present), refuse a host whose current release cannot be verified against its recorded
+        digests, before anything is touched.
+      - Also refuse a host that has no current release at all; set V(false) to allow a first install.
+    type: bool
+    default: true
+  keep_releases:
+    description:
+      - After a successful change with O(state=present), keep at most this many release directories
+        (newest versions first). The current release and the rollback point are always kept.
+    type: int
+    default: 3
+notes:
+  - The host layout is described in the collection's C(docs/architecture.md).
+seealso:
+  - name: fleetpatch architecture
+    description: Host layout and the contracts between plan, gate and apply.
+    link: https://example.invalid/fleetpatch/rollout/docs
+"""
+
+EXAMPLES = r"""
+- name: Install 1.0.1 on this host
+  fleetpatch.rollout.patch_apply:
+    root: "{{ fleetpatch_host_root }}"
+    service: web
+    version: 1.0.1
+    sha256: "{{ patch.artifact.sha256 }}"
+    artifact_url: "{{ patch.artifact.url }}"
+    artifact_size: "{{ patch.artifact.size }}"
+    url_headers:
+      Authorization: "Bearer {{ artifact_token }}"
+    patch_id: "{{ patch.id }}"
+    restart_command: "{{ fleetpatch_restart_command }}"
+    health_url: "{{ fleetpatch_health_url }}"
+  register: fleetpatch_apply
+
+- name: First install on an empty host, no rollback point yet
+  fleetpatch.rollout.patch_apply:
+    root: /srv/fleetpatch
+    service: web
+    version: 1.0.0
+    sha256: 9f2c6a0d2f6cbb9c5fd3c4e0c1f4c0f0b76f5f2b7d6cfd7c9d3e3a4b5c6d7e8f
+    artifact_url: file:///srv/artifacts/web-1.0.0.tar.gz
+    require_rollback_point: false
+    restart_command: [systemctl, restart, web]
+
+- name: Roll this host back from 1.0.1
+  fleetpatch.rollout.patch_apply:
+    root: "{{ fleetpatch_host_root }}"
+    service: web
+    version: 1.0.1
+    sha256: "{{ patch.artifact.sha256 }}"
+    state: rollback
+    restart_command: "{{ fleetpatch_restart_command }}"
+    health_url: "{{ fleetpatch_health_url }}"
+"""
+
+RETURN = r"""
+changed:
+  description: Whether anything on the host changed (or would change in check mode).
+  returned: always
+  type: bool
+  sample: true
+version:
+  description:
+    - Version current on the host after this execution (what it would be in check mode).
+    - After RV(reverted=true) this is the release switched back to.
+  returned: always
+  type: str
+  sample: 1.0.1
+previous_version:
+  description:
+    - Version that was current before this execution's change; equal to RV(version) when nothing changed.
+    - With O(state=rollback), the version rolled back from.
+  returned: always
+  type: str
+  sample: 1.0.0
+sha256:
+  description: Artifact digest of RV(version).
+  returned: always
+  type: str
+  sample: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f
+release:
+  description: Release directory of RV(version).
+  returned: always
+  type: str
+  sample: /srv/fleetpatch/apps/web/releases/1.0.1
+rollback_point:
+  description:
+    - The release this host can go back to.
+    - With O(state=present), the release that was current before the change; with O(state=rollback), the
+      release rolled back to.
+    - C(verified) is V(null) when this execution had no reason to hash it (nothing changed).
+  returned: always
+  type: dict
+  sample: {version: 1.0.0, release: /srv/fleetpatch/apps/web/releases/1.0.0, verified: true}
+  contains:
+    version:
+      description: Version of the rollback point, V(null) on a first install.
+      type: str
+      returned: always
+    release:
+      description: Its release directory.
+      type: str
+      returned: always
+    verified:
+      description: Whether every file of it matched its recorded digest.
+      type: bool
+      returned: always
+actions:
+  description: What was done (or would be done in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [download artifact, unpack 1.0.1, switch current 1.0.0 -> 1.0.1, restart, record manifest, prune 0.9.0]
+health:
+  description: Outcome of the health check; V(null) when O(health_url) is not set or the check was not run.
+  returned: always
+  type: dict
+  sample: {ok: true, status: 200, version: 1.0.1, attempts: 2, latency_ms: 3.1}
+  contains:
+    ok:
+      description: Whether the service answered 200 with the expected version.
+      type: bool
+      returned: always
+    status:
+      description: HTTP status of the last request, V(null) when it did not connect.
+      type: int
+      returned: always
+    version:
+      description: Version the service reported last.
+      type: str
+      returned: always
+    attempts:
+      description: Number of requests made.
+      type: int
+      returned: always
+    latency_ms:
+      description: Duration of the last request in milliseconds.
+      type: float
+      returned: always
+    error:
+      description: Why the check failed.
+      type: str
+      returned: when RV(health.ok) is false
+reverted:
+  description: Whether O(restart_command) failed and the host was switched back to its previous release.
+  returned: always
+  type: bool
+  sample: false
+rc:
+  description: Exit code of the failed O(restart_command).
+  returned: when O(restart_command) failed
+  type: int
+  sample: 1
+stdout:
+  description: Standard output of the failed O(restart_command).
+  returned: when O(restart_command) failed
+  type: str
+stderr:
+  description: Standard error of the failed O(restart_command).
+  returned: when O(restart_command) failed
+  type: str
+revert_rc:
+  description: Exit code of O(restart_command) run again after switching back (RV(reverted=true)).
+  returned: when the host was reverted to a previous release
+  type: int
+  sample: 0
+diff:
+  description: Installed release before and after, as data.
+  returned: always
+  type: dict
+  sample:
+    before: {version: 1.0.0, sha256: 9f2c6a0d2f6cbb9c5fd3c4e0c1f4c0f0b76f5f2b7d6cfd7c9d3e3a4b5c6d7e8f, release: /srv/fleetpatch/apps/web/releases/1.0.0}
+    after: {version: 1.0.1, sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, release: /srv/fleetpatch/apps/web/releases/1.0.1}
+"""
+
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import SSLValidationError, open_url
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
+    ApplyResult,
+    HostLayout,
+    HostOps,
+    ReleaseError,
+    build_request,
+    run_apply,
+)
+
+
+class ModuleOps(HostOps):
+    """Commands through run_command, URLs through open_url (proxies, certificates), warnings to the task."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        super().__init__(check_mode=module.check_mode)
+        self._module = module
+
+    def run(self, argv: t.Sequence[str]) -> tuple[int, str, str]:
+        try:
+            return self._module.run_command(list(argv), handle_exceptions=False, expand_user_and_vars=False)
+        except OSError as exc:
+            return 127, "", f"cannot run {argv[0]}: {exc}"
+
+    def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
+        try:
+            return open_url(url, headers=dict(headers), timeout=timeout)
+        except (UrlsConnectionError, SSLValidationError) as exc:
+            raise OSError(str(exc)) from exc
+
+    def warn(self, message: str) -> None:
+        super().warn(message)
+        self._module.warn(message)
+
+
+def main() -> None:
+    argument_spec = dict(
+        root=dict(type="path", required=True),
+        service=dict(type="str", required=True),
+        version=dict(type="str", required=True),
+        sha256=dict(type="str", required=True),
+        artifact_url=dict(type="str"),
+        artifact_size=dict(type="int"),
+        url_headers=dict(type="dict", no_log=True),
+        timeout=dict(type="int", default=30),
+        state=dict(type="str", default="present", choices=["present", "rollback"]),
+        patch_id=dict(type="str"),
+        restart_command=dict(type="raw"),
+        health_url=dict(type="str"),
+        health_timeout=dict(type="float", default=10),
+        health_retries=dict(type="int", default=5),
+        health_delay=dict(type="float", default=0.5),
+        require_rollback_point=dict(type="bool", default=True),
+        keep_releases=dict(type="int", default=3),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    result = ApplyResult()
+    try:
+        layout = HostLayout(root=module.params["root"], service=module.params["service"])
+        run_apply(layout, build_request(module.params), ModuleOps(module), result)
+    except ReleaseError as exc:
+        module.fail_json(msg=str(exc), **result.as_dict())
+    module.exit_json(**result.as_dict())
+
+
+if __name__ == "__main__":
+    main()

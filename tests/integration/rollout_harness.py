@@ -1,0 +1,194 @@
+"""Drive fleetpatch playbooks on a real demo fleet through ansible-runner, and read what they left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import typing as t
+import urllib.request
+
+import ansible_runner
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
+ANSIBLE_CFG = os.path.join(REPO_ROOT, "ansible.cfg")
+_SUBNETS = itertools.count(1)
+
+
+def envvars(**extra: str) -> dict[str, str]:
+    env = {
+        "ANSIBLE_CONFIG": ANSIBLE_CFG,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_COLLECTIONS_PATH": os.path.join(REPO_ROOT, "collections"),
+    }
+    env.update(extra)
+    return env
+
+
+class RunResult:
+    def __init__(self, runner: t.Any, private_dir: str) -> None:
+        self.runner = runner
+        self.status = runner.status
+        self.rc = runner.rc
+        self.events = list(runner.events)
+        self.stdout = runner.stdout.read() if runner.stdout else ""
+        self.private_dir = private_dir
+
+    def task_results(self, action: str) -> dict[str, dict[str, t.Any]]:
+        """Final per-host results of tasks whose action ends with `action` (last one wins)."""
+        found: dict[str, dict[str, t.Any]] = {}
+        for event in self.events:
+            data = event.get("event_data", {})
+            if event.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable") and str(
+                data.get("task_action", "")
+            ).endswith(action):
+                found[data["host"]] = dict(data.get("res", {}), _event=event["event"])
+        return found
+
+
+def run_playbook(
+    playbook: str,
+    *,
+    inventory: str | None = None,
+    extravars: dict[str, t.Any] | None = None,
+    cmdline: str | None = None,
+    cancel_callback: t.Callable[[], bool] | None = None,
+    env: dict[str, str] | None = None,
+) -> RunResult:
+    private_dir = tempfile.mkdtemp(prefix="fleetpatch-runner-")
+    kwargs: dict[str, t.Any] = {
+        "private_data_dir": private_dir,
+        "playbook": os.path.join(PLAYBOOKS, playbook),
+        "extravars": extravars or {},
+        "envvars": envvars(**(env or {})),
+        "quiet": True,
+        "settings": {"suppress_env_files": True},
+    }
+    if inventory:
+        kwargs["inventory"] = inventory
+    if cmdline:
+        kwargs["cmdline"] = cmdline
+    if cancel_callback:
+        kwargs["cancel_callback"] = cancel_callback
+    runner = ansible_runner.run(**kwargs)
+    result = RunResult(runner, private_dir)
+    shutil.rmtree(private_dir, ignore_errors=True)
+    return result
+
+
+class DemoFleet:
+    """One demo fleet on its own loopback subnet and ports, built and torn down by the collection's playbooks."""
+
+    def __init__(self, base: str, **params: t.Any) -> None:
+        index = next(_SUBNETS) + (os.getpid() % 50) * 4
+        self.path = os.path.join(base, "fleet")
+        self.state_dir = os.path.join(base, "controller")
+        self.params = {
+            "demo_fleet_dir": self.path,
+            "demo_fleet_cidr": f"127.{90 + index // 250}.{index % 250}.0/24",
+            "demo_fleet_port": 20000 + index,
+            "demo_fleet_origin_port": 30000 + index,
+        }
+        self.params.update(params)
+
+    @property
+    def inventory(self) -> str:
+        return os.path.join(self.path, "inventory", "demo.fleet.yml")
+
+    def manifest(self, version: str = "1.0.1") -> str:
+        return os.path.join(self.path, "patches", f"myapp-{version}.yml")
+
+    def create(self, **overrides: t.Any) -> RunResult:
+        self.params.update(overrides)
+        result = run_playbook("demo_fleet.yml", extravars=self.params)
+        assert result.status == "successful", result.stdout[-4000:]
+        return result
+
+    def teardown(self) -> None:
+        run_playbook("demo_fleet_teardown.yml", extravars={"demo_fleet_dir": self.path})
+
+    def fleet(self) -> dict[str, t.Any]:
+        with open(os.path.join(self.path, "fleet.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def inventory_hosts(self) -> dict[str, dict[str, t.Any]]:
+        import yaml  # noqa: PLC0415 - pyyaml ships with ansible-core
+
+        with open(self.inventory, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)["hosts"]
+
+    def nodes(self) -> list[str]:
+        return sorted(name for name, hv in self.inventory_hosts().items() if hv.get("fleet_role", "node") == "node")
+
+    def host_root(self, host: str) -> str:
+        return self.inventory_hosts()[host]["fleetpatch_host_root"]
+
+    def host_manifest(self, host: str, service: str = "myapp") -> dict[str, t.Any]:
+        with open(os.path.join(self.host_root(host), "state", f"{service}.manifest.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def current_version(self, host: str, service: str = "myapp") -> str:
+        with open(os.path.join(self.host_root(host), "apps", service, "current", "VERSION"), encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    def releases(self, host: str, service: str = "myapp") -> list[str]:
+        return sorted(os.listdir(os.path.join(self.host_root(host), "apps", service, "releases")))
+
+    def health(self, host: str) -> dict[str, t.Any]:
+        url = self.inventory_hosts()[host]["fleetpatch_health_url"]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+                return dict(json.load(response), http_status=response.status)
+        except urllib.error.HTTPError as exc:
+            return dict(json.load(exc), http_status=exc.code)
+
+    def versions(self) -> dict[str, str]:
+        return {host: self.host_manifest(host)["version"] for host in self.nodes()}
+
+    def run_dir(self, run_id: str) -> str:
+        return os.path.join(self.state_dir, "runs", run_id)
+
+    def events(self, run_id: str) -> list[dict[str, t.Any]]:
+        path = os.path.join(self.run_dir(run_id), "events.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    def summary(self, run_id: str) -> dict[str, t.Any]:
+        with open(os.path.join(self.run_dir(run_id), "summary.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def rollout(self, *, policy: dict[str, t.Any] | None = None, version: str = "1.0.1", cmdline: str | None = None,
+                cancel_callback: t.Callable[[], bool] | None = None, **extra: t.Any) -> RunResult:
+        extravars = {
+            "rollout_patch_manifest": self.manifest(version),
+            "rollout_state_dir": self.state_dir,
+            "rollout_policy": policy or {},
+        }
+        extravars.update(extra)
+        return run_playbook("rollout.yml", inventory=self.inventory, extravars=extravars, cmdline=cmdline, cancel_callback=cancel_callback)
+
+
+def tree_snapshot(*roots: str) -> dict[str, str]:
+    """Path -> content digest (or link target) of every entry under roots; equal snapshots mean nothing changed."""
+    snapshot: dict[str, str] = {}
+    for root in roots:
+        for directory, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                path = os.path.join(directory, name)
+                if os.path.islink(path):
+                    snapshot[path] = "link:" + os.readlink(path)
+                elif os.path.isfile(path):
+                    if "/log/" in path or path.endswith(".pid"):
+                        continue
+                    with open(path, "rb") as handle:
+                        snapshot[path] = hashlib.sha256(handle.read()).hexdigest()
+                else:
+                    snapshot[path] = "dir"
+    return snapshot

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._gate import (
+    HostVerdict,
+    budget_spent,
+    classify_host,
+    decide,
+)
+
+
+@pytest.mark.parametrize(
+    ("failures", "limit", "halt_when", "spent"),
+    [
+        (0, 0, "exceeded", False),
+        (1, 0, "exceeded", True),
+        (0, 0, "reached", True),
+        (2, 2, "exceeded", False),
+        (3, 2, "exceeded", True),
+        (1, 2, "reached", False),
+        (2, 2, "reached", True),
+    ],
+)
+def test_budget_boundary(failures: int, limit: int, halt_when: str, spent: bool) -> None:
+    assert budget_spent(failures, limit, halt_when) is spent
+
+
+@pytest.mark.parametrize(
+    ("apply_result", "health", "skipped", "outcome"),
+    [
+        (None, None, False, "unreachable"),
+        ({"unreachable": True, "msg": "ssh: connect refused"}, None, False, "unreachable"),
+        ({"failed": True, "msg": "sha256 mismatch"}, None, False, "failed"),
+        ({"changed": True, "version": "1.0.1"}, {"ok": False, "status": 503}, False, "unhealthy"),
+        ({"changed": True, "version": "1.0.1"}, {"ok": True, "status": 200, "version": "1.0.0"}, False, "unhealthy"),
+        ({"changed": True, "version": "1.0.1"}, {"ok": True, "status": 200, "version": "1.0.1"}, False, "patched"),
+        ({"changed": False, "version": "1.0.1"}, None, False, "patched"),
+        (None, None, True, "skipped"),
+    ],
+)
+def test_classify_host(apply_result, health, skipped: bool, outcome: str) -> None:
+    verdict = classify_host("web-1", apply_result, health, target_version="1.0.1", skipped=skipped)
+    assert verdict.outcome == outcome
+
+
+def test_unhealthy_reason_names_the_measured_value() -> None:
+    verdict = classify_host("web-1", {"version": "1.0.1"}, {"ok": True, "status": 200, "version": "1.0.0"}, target_version="1.0.1")
+    assert verdict.reason == "health reports version 1.0.0, expected 1.0.1"
+
+
+def _verdicts(*outcomes: str) -> list[HostVerdict]:
+    return [HostVerdict(f"h{i}", outcome, "why") for i, outcome in enumerate(outcomes)]
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "failures_total", "limit", "response", "action", "spent"),
+    [
+        (("patched", "patched"), 0, 0, "halt", "continue", False),
+        (("patched", "failed"), 1, 2, "quarantine", "quarantine", False),
+        (("patched", "failed"), 1, 2, "hold", "hold", False),
+        (("patched", "failed"), 1, 2, "rollback_wave", "rollback_wave", False),
+        (("failed",), 3, 2, "quarantine", "halt", True),
+        (("failed",), 3, 2, "hold", "halt", True),
+        (("failed",), 3, 2, "rollback_all", "rollback_all", True),
+        (("unreachable",), 1, 0, "quarantine", "halt", True),
+        # A budget spent by earlier batches halts even a clean batch: no new host starts.
+        (("patched",), 3, 2, "quarantine", "halt", True),
+    ],
+)
+def test_decide(outcomes, failures_total: int, limit: int, response: str, action: str, spent: bool) -> None:
+    decision = decide(
+        verdicts=_verdicts(*outcomes), failures_total=failures_total, budget_limit=limit, halt_when="exceeded", response=response, wave_name="wave-1"
+    )
+    assert (decision.action, decision.budget_spent) == (action, spent)
+
+
+def test_decision_reasons_show_value_and_threshold() -> None:
+    decision = decide(verdicts=_verdicts("failed"), failures_total=2, budget_limit=1, halt_when="exceeded", response="halt", wave_name="wave-1")
+    assert decision.reasons[-1] == "error budget: 2 failed host(s) across the run, limit 1 (halts when failures > 1): spent"
+    assert decision.failed_hosts == ("h0",)
+
+
+def test_unknown_response_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown response 'explode'"):
+        decide(verdicts=[], failures_total=0, budget_limit=0, halt_when="exceeded", response="explode", wave_name="w")
