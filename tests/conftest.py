@@ -1,11 +1,14 @@
-"""Make `ansible_collections.fleetpatch.rollout` importable from a plain checkout."""
+"""Make `ansible_collections.fleetpatch.rollout` importable from a plain checkout, the way Ansible itself loads it."""
 
 from __future__ import annotations
 
 import os
-import sys
+
+from ansible.plugins.loader import init_plugin_loader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS_PATH = os.path.join(REPO_ROOT, "collections")
-if COLLECTIONS_PATH not in sys.path:
-    sys.path.insert(0, COLLECTIONS_PATH)
+
+# Installs ansible-core's collection finder, so that both plain imports and the plugin loader resolve
+# fleetpatch.rollout through collections/ansible_collections/fleetpatch/rollout (a link to the repo root).
+init_plugin_loader([COLLECTIONS_PATH])

@@ -63,7 +63,8 @@ class ActionModule(ActionBase):
             raise GateError(f"cannot tell which plan batch is running: play batch maps to batches {sorted(indexes)}")
         return indexes.pop()
 
-    def _verdicts(self, hosts: list[str], run: dict[str, t.Any], result_var: str, task_vars: dict[str, t.Any], timeout: float):
+    def _verdicts(self, hosts: list[str], run: dict[str, t.Any], result_var: str, task_vars: dict[str, t.Any], timeout: float,
+                  *, probe: bool = True):
         target = run["patch"]["target_version"]
         skip = set(run.get("skip_hosts", []))
         results = {host: host_var(task_vars, host, result_var) for host in hosts}
@@ -71,7 +72,7 @@ class ActionModule(ActionBase):
         for host in hosts:
             outcome = results[host]
             url = host_var(task_vars, host, "fleetpatch_health_url")
-            if url and host not in skip and isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable"):
+            if probe and url and host not in skip and isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable"):
                 to_probe[host] = url
         health = probe_many(to_probe, timeout=timeout)
         verdicts = [
@@ -91,7 +92,8 @@ class ActionModule(ActionBase):
         state = load_state(paths) or empty_state(run["run_id"], plan["patch_id"], plan["fingerprint"])
         now = iso(utc_now())
 
-        verdicts, health = self._verdicts(batch["hosts"], run, args["result_var"], task_vars, args["health_timeout"])
+        # In check mode no host changed, so probing would only report the old version.
+        verdicts, health = self._verdicts(batch["hosts"], run, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
         decision = self._decide(state, verdicts, plan, wave, now, batch_index=index)
 
         baked = 0.0

@@ -7,7 +7,8 @@ DOCUMENTATION = r"""
 name: error_budget
 short_description: Failures a rollout may absorb, from a count or a percent of the fleet
 version_added: 0.1.0
-author: fleetpatch developers
+author:
+  - fleetpatch developers (@fleetpatch)
 description:
   - Turns an error budget into the number of failed hosts a whole rollout may absorb.
   - A count is returned as is; a percent such as V(5%) is taken of the fleet size and rounded down, so V(5%) of

@@ -7,7 +7,8 @@ DOCUMENTATION = r"""
 name: plan_batches
 short_description: Batch sizes of a compiled rollout plan, for a play's C(serial)
 version_added: 0.1.0
-author: fleetpatch developers
+author:
+  - fleetpatch developers (@fleetpatch)
 description:
   - Returns the size of every batch of a plan compiled by M(fleetpatch.rollout.rollout_plan), in plan order.
   - Give the result to a play's C(serial) keyword over the plan's hosts, added in the plan's C(host_order), so that
@@ -24,9 +25,11 @@ seealso:
 """
 
 EXAMPLES = r"""
+# rollout: the result of fleetpatch.rollout.rollout_plan, registered on localhost by an earlier play
 - name: Patch the fleet one plan batch at a time
   hosts: fleetpatch_plan_hosts
-  serial: "{{ hostvars['localhost'].fleetpatch_plan | fleetpatch.rollout.plan_batches }}"
+  order: inventory
+  serial: "{{ hostvars['localhost']['rollout']['plan'] | fleetpatch.rollout.plan_batches }}"
   tasks:
     - name: Apply the patch
       fleetpatch.rollout.patch_apply:

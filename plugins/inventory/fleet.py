@@ -7,7 +7,8 @@ DOCUMENTATION = r"""
 name: fleet
 short_description: A patchable fleet from one YAML file, grouped by region, tenant, segment and environment
 version_added: 0.1.0
-author: fleetpatch developers
+author:
+  - fleetpatch developers (@fleetpatch)
 description:
   - Reads one YAML file whose name ends with C(fleet.yml) or C(fleet.yaml) and adds its hosts, in file order.
   - Every host gets the variables of O(defaults), then its own variables on top. Hosts carry the variables the

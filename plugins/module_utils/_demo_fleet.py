@@ -431,7 +431,7 @@ def build_release_tarball(service: str, version: str) -> bytes:
     """A gzip'd tar whose bytes depend only on the arguments: sorted members, fixed mtimes, uid/gid 0,
     no user names, gzip header mtime 0 and no file name."""
     members = release_members(service, version)
-    directories = sorted({"/".join(path.split("/")[:depth]) for path, _, _ in members for depth in range(1, path.count("/") + 1)})
+    directories = sorted({"/".join(path.split("/")[:depth]) for path, _content, _mode in members for depth in range(1, path.count("/") + 1)})
     entries: list[tuple[str, bytes | None, int]] = [(directory, None, 0o755) for directory in directories]
     entries += members
     entries.sort(key=lambda entry: entry[0])

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-RESPONSES = ("quarantine", "hold", "halt", "rollback_wave", "rollback_all")
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import RESPONSES, error_budget_spent
+
 ROLLBACK_RESPONSES = ("rollback_wave", "rollback_all")
 
 
@@ -68,10 +69,11 @@ def classify_host(
 
 
 def budget_spent(failures: int, limit: int, halt_when: str) -> bool:
-    """ONE error budget for the whole run: 'exceeded' halts when failures > limit, 'reached' when failures >= limit."""
-    if halt_when == "reached":
-        return failures >= limit
-    return failures > limit
+    """ONE error budget for the whole run: 'exceeded' halts when failures > limit, 'reached' when failures >= limit.
+
+    Zero failures never spend a budget, so a limit of 0 in 'reached' mode halts on the first failure.
+    """
+    return error_budget_spent(failures, limit, halt_when)
 
 
 def decide(

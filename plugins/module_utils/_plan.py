@@ -23,7 +23,7 @@ import re
 import typing as t
 from collections import Counter
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
@@ -176,7 +176,7 @@ def _selector_text(pairs: tuple[tuple[str, str], ...]) -> str:
 
 
 def _number(value: t.Any, where: str) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (math.inf, -math.inf):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise PlanError(f"{where} must be a number of seconds, got {_type_name(value)}")
     if value < 0:
         raise PlanError(f"{where} must be >= 0, got {value}")
@@ -448,8 +448,10 @@ def _fingerprint(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[st
 def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, t.Any] | None, patch_id: str) -> dict[str, t.Any]:
     """Validate everything, then compile the canary, waves and batches. Deterministic for equal inputs."""
     normalized = normalize_policy(policy)
-    if not isinstance(patch_id, str) or not patch_id:
-        raise PlanError(f"patch_id must be a non-empty string, got {_type_name(patch_id) if not isinstance(patch_id, str) else 'an empty string'}")
+    if not isinstance(patch_id, str):
+        raise PlanError(f"patch_id must be a non-empty string, got {_type_name(patch_id)}")
+    if not patch_id:
+        raise PlanError("patch_id must be a non-empty string, got an empty string")
     patch_id = str(patch_id)
     attributes = _validate_hosts(hosts, _required_levels(normalized))
     fleet_size = len(attributes)

@@ -8,7 +8,8 @@ DOCUMENTATION = r"""
 module: demo_fleet
 short_description: Build or tear down the embedded demo fleet on the controller
 version_added: 0.1.0
-author: fleetpatch developers
+author:
+  - fleetpatch developers (@fleetpatch)
 description:
   - Builds, in one execution, a complete fleet to roll patches out to, on the machine the module runs on
     (delegate it to C(localhost)) and without containers or virtual machines.
@@ -42,7 +43,7 @@ attributes:
     details: The diff summarises the fleet (hosts, versions, faults, supervisor) before and after.
   idempotent:
     support: full
-    details: The same options give RV(changed=false) while the supervisor runs.
+    details: The same options give C(changed=false) while the supervisor runs.
 options:
   path:
     description:
@@ -274,11 +275,11 @@ actions:
   sample: ["build artifact myapp-1.0.0.tar.gz", "install myapp 1.0.0 on 18 hosts", "start supervisor"]
 """
 
+import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import typing as t
@@ -321,11 +322,15 @@ TMPFS_SOURCE = "fleetpatch-demo"
 TMPFS_BUILD_SIZE = 256 * 1024 * 1024
 
 
+Runner = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
+
+
 class Supervisor:
     """The running fleet_service.py process of one fleet directory, found by pidfile or by /proc."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run_command: Runner) -> None:
         self.path = path
+        self.run_command = run_command
         self.run_dir = os.path.join(path, "run")
         self.pidfile = os.path.join(self.run_dir, "service.pid")
         self.script = os.path.join(path, "bin", "fleet_service.py")
@@ -367,8 +372,6 @@ class Supervisor:
 
     def request(self, payload: dict[str, t.Any], *, timeout: float = 30.0) -> dict[str, t.Any] | None:
         """One request over the control socket; None when nobody answers."""
-        import json
-
         try:
             dir_fd = os.open(self.run_dir, os.O_RDONLY)
         except OSError:
@@ -436,46 +439,28 @@ class Supervisor:
             return ""
 
     def start(self, python: str, endpoints: list[tuple[str, int]]) -> int:
+        """Start the supervisor as a daemon; it returns once every host listens (or failed to)."""
         os.makedirs(self.run_dir, exist_ok=True)
-        os.makedirs(os.path.dirname(self.log), exist_ok=True)
-        with open(self.log, "ab") as log:
-            process = subprocess.Popen(  # pylint: disable=consider-using-with
-                [python, self.script, "--dir", self.path],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.path,
-                close_fds=True,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            code = process.poll()
-            if code is not None:
-                raise DemoFleetError(f"the demo fleet supervisor exited with {code} while starting; {self.log}:\n{self.log_tail()}")
-            try:
-                with open(self.pidfile, encoding="utf-8") as handle:
-                    if handle.read().strip() == str(process.pid):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise DemoFleetError(f"the demo fleet supervisor did not get ready within {START_TIMEOUT:g}s; {self.log}:\n{self.log_tail()}")
-            time.sleep(0.02)
-        waiting = list(endpoints)
-        while waiting:
-            address, port = waiting[-1]
-            try:
-                socket.create_connection((address, port), timeout=1.0).close()
-                waiting.pop()
-                continue
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise DemoFleetError(f"{address}:{port} does not answer after the supervisor started; {self.log}:\n{self.log_tail()}")
-            time.sleep(0.02)
-        return process.pid
+        rc, out, err = self.run_command(
+            [python, self.script, "--dir", self.path, "--daemon", "--log", self.log, "--timeout", str(int(START_TIMEOUT))]
+        )
+        if rc != 0:
+            raise DemoFleetError(f"the demo fleet supervisor did not start (rc={rc}): {err.strip()}\n{self.log_tail()}")
+        try:
+            pid = int(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise DemoFleetError(f"the demo fleet supervisor printed no pid: {out!r} {err!r}") from None
+        deadline = time.monotonic() + 10.0
+        for address, port in endpoints:
+            while True:
+                try:
+                    socket.create_connection((address, port), timeout=1.0).close()
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise DemoFleetError(f"{address}:{port} does not answer after the supervisor started: {exc}") from exc
+                    time.sleep(0.02)
+        return pid
 
 
 def mounts_under(path: str) -> list[str]:
@@ -503,12 +488,6 @@ def remove_tree(path: str) -> None:
     shutil.rmtree(path)
 
 
-def run_command(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise DemoFleetError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
-
-
 def tmpfs_used(path: str) -> int:
     stat = os.statvfs(path)
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
@@ -520,13 +499,19 @@ def page_round(size: int) -> int:
 
 
 class DemoFleet:
-    def __init__(self, params: dict[str, t.Any], *, check_mode: bool) -> None:
+    def __init__(self, params: dict[str, t.Any], *, check_mode: bool, run_command: Runner) -> None:
         self.params = params
         self.check_mode = check_mode
-        self.path = os.path.abspath(os.path.expanduser(params["path"]))
+        self.path = os.path.abspath(params["path"])
         self.python = params["python"] or sys.executable
         self.actions: list[str] = []
-        self.supervisor = Supervisor(self.path)
+        self.run_command = run_command
+        self.supervisor = Supervisor(self.path, run_command)
+
+    def run(self, argv: list[str]) -> None:
+        rc, out, err = self.run_command(argv)
+        if rc != 0:
+            raise DemoFleetError(f"{' '.join(argv)} failed (rc={rc}): {err.strip() or out.strip()}")
 
     # ------------------------------------------------------------------ helpers
 
@@ -598,7 +583,7 @@ class DemoFleet:
                 self.supervisor.stop()
             for mount_point in mounts_under(self.path):
                 if self.act(f"unmount {mount_point}"):
-                    run_command(["umount", mount_point])
+                    self.run(["umount", mount_point])
             if self.act(f"remove {self.path}"):
                 remove_tree(self.path)
         return {
@@ -731,7 +716,7 @@ class DemoFleet:
             "python": self.python,
             "origin": {"address": layout.origin_address, "port": params["origin_port"], "url": origin_url, "artifacts_dir": self.p("origin", "artifacts")},
             "artifacts": {version: {k: v for k, v in artifact.items() if k != "data"} for version, artifact in artifacts.items()},
-            "manifests": {version: path for version, path in manifests.items()},
+            "manifests": dict(manifests),
             "inventory": inventory_path,
             "faults": faults,
             "faults_by_host": effective,
@@ -801,7 +786,7 @@ class DemoFleet:
             roots = [os.path.join(hosts_dir, name) for name in stale]
             for root in roots:
                 for mount_point in mounts_under(root):
-                    run_command(["umount", mount_point])
+                    self.run(["umount", mount_point])
             with ThreadPoolExecutor(max_workers=INSTALL_WORKERS) as pool:
                 list(pool.map(shutil.rmtree, roots))
 
@@ -813,7 +798,7 @@ class DemoFleet:
             if name in missing and name not in mounted and self.act(f"mount a tmpfs on hosts/{name} (fault disk_full)"):
                 root = os.path.join(hosts_dir, name)
                 os.makedirs(root, exist_ok=True)
-                run_command(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BUILD_SIZE},mode=0755", TMPFS_SOURCE, root])
+                self.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BUILD_SIZE},mode=0755", TMPFS_SOURCE, root])
                 mounted.add(name)
         if missing and self.act(f"install {self.params['service']} {self.params['base_version']} on {len(missing)} host(s)"):
             os.makedirs(hosts_dir, exist_ok=True)
@@ -830,7 +815,7 @@ class DemoFleet:
                     self.move_to_tmpfs(root)
                 recorded = tmpfs_state.get(name, {}).get("free_bytes")
                 if (recorded != free or not is_mount) and self.act(f"size the tmpfs of hosts/{name} to leave {free} bytes free"):
-                    run_command(["mount", "-o", f"remount,size={page_round(tmpfs_used(root) + free)}", root])
+                    self.run(["mount", "-o", f"remount,size={page_round(tmpfs_used(root) + free)}", root])
                     tmpfs_state[name] = {"free_bytes": free}
             elif is_mount and self.act(f"move hosts/{name} off its tmpfs (fault disk_full removed)"):
                 self.move_off_tmpfs(root)
@@ -842,20 +827,18 @@ class DemoFleet:
             if current != tmpfs_state:
                 write_file_atomic(self.p("run", "tmpfs.json"), pretty_json(tmpfs_state))
 
-    @staticmethod
-    def move_to_tmpfs(root: str) -> None:
+    def move_to_tmpfs(self, root: str) -> None:
         staging = os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.plain")
         os.rename(root, staging)
         os.makedirs(root)
-        run_command(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BUILD_SIZE},mode=0755", TMPFS_SOURCE, root])
+        self.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BUILD_SIZE},mode=0755", TMPFS_SOURCE, root])
         shutil.copytree(staging, root, symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(staging)
 
-    @staticmethod
-    def move_off_tmpfs(root: str) -> None:
+    def move_off_tmpfs(self, root: str) -> None:
         staging = os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.plain")
         shutil.copytree(root, staging, symlinks=True)
-        run_command(["umount", root])
+        self.run(["umount", root])
         os.rmdir(root)
         os.rename(staging, root)
 
@@ -949,7 +932,9 @@ def main() -> None:
     )
     if not HAS_NETADDR:
         module.fail_json(msg=missing_required_lib("netaddr"))
-    fleet = DemoFleet(module.params, check_mode=module.check_mode)
+    fleet = DemoFleet(
+        module.params, check_mode=module.check_mode, run_command=lambda argv: module.run_command(argv, check_rc=False)
+    )
     try:
         result = fleet.absent() if module.params["state"] == "absent" else fleet.present()
     except (DemoFleetError, ReleaseError, OSError) as exc:

@@ -60,7 +60,7 @@ main() {
     fp_collection_files | (cd "$FP_REPO_ROOT" && tar --null --no-recursion -T - -cf -) | tar -C "$collection" -xf -
     fp_log "copied $(find "$collection" -type f | wc -l) files to ${collection}"
 
-    (cd "$collection" && ansible-test sanity --python 3.11 --local --color "$@") || rc=$?
+    (cd "$collection" && ansible-test sanity --python 3.11 --local "$@") || rc=$?
 
     # keep ansible-test's output (junit, bot reports) where CI and humans look for it
     if [[ -d "${collection}/tests/output" ]]; then

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import typing as t
 import urllib.request
@@ -17,6 +18,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
 ANSIBLE_CFG = os.path.join(REPO_ROOT, "ansible.cfg")
 _SUBNETS = itertools.count(1)
+# ansible-runner finds ansible-playbook on PATH: use the one installed beside this interpreter (the venv).
+_BIN = os.path.dirname(sys.executable)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 def envvars(**extra: str) -> dict[str, str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import itertools
+import fcntl
 import json
+import random
 import os
 import shutil
 import signal
@@ -34,8 +35,9 @@ PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
 ANSIBLE_CFG = os.path.join(REPO_ROOT, "ansible.cfg")
 VENV_BIN = os.path.dirname(sys.executable)
 MODULE = "fleetpatch.rollout.demo_fleet"
-# 127.78.<n>.0/24 and ports 181xx/183xx are this file's; other suites use other ranges
-_NETS = itertools.count((os.getpid() % 40) * 6)
+# 127.78.<n>.0/24 and ports 18100+n / 18400+n are this file's; other suites use other ranges. A net is
+# claimed with an flock so that concurrent pytest runs never build two fleets on the same addresses.
+LOCK_DIR = os.path.join(tempfile.gettempdir(), "fleetpatch-demo-fleet-test-nets")
 
 SMALL = {
     "demo_fleet_regions": ["eu-west", "us-east"],
@@ -85,8 +87,15 @@ def run_playbook(playbook: str, extravars: dict[str, t.Any], *, cmdline: str | N
         shutil.rmtree(private, ignore_errors=True)
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes, float]:
-    """GET without any proxy: (status, lower-cased headers, body, seconds)."""
+class Reply(t.NamedTuple):
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    seconds: float
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> Reply:
+    """GET without any proxy."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     started = time.monotonic()
@@ -94,7 +103,7 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5
         conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
         response = conn.getresponse()
         body = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body, time.monotonic() - started
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body, time.monotonic() - started)
     finally:
         conn.close()
 
@@ -115,9 +124,23 @@ def refuses(address: str, port: int) -> bool:
     return False
 
 
+def claim_net(candidates: t.Sequence[int]) -> tuple[int, int]:
+    """(net, lock fd) of the first free candidate, in random order; the lock holds until the fd closes."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    for net in random.sample(list(candidates), len(candidates)):
+        fd = os.open(os.path.join(LOCK_DIR, f"{net}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return net, fd
+    raise RuntimeError("no free 127.78.x.0/24 test network")
+
+
 class Fleet:
-    def __init__(self, base: str, **params: t.Any) -> None:
-        net = next(_NETS) % 250
+    def __init__(self, base: str, *, nets: t.Sequence[int] = range(250), **params: t.Any) -> None:
+        net, self.lock_fd = claim_net(nets)
         self.path = os.path.join(base, "fleet")
         self.port = 18100 + net
         self.params: dict[str, t.Any] = {
@@ -155,6 +178,9 @@ class Fleet:
         run = self.teardown()
         if run.status != "successful" or os.path.exists(self.path):
             self.force_cleanup()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     @property
     def data(self) -> dict[str, t.Any]:
@@ -173,8 +199,8 @@ class Fleet:
         return f"http://{self.data['hosts'][host]['address']}:{self.port}{path}"
 
     def health(self, host: str) -> tuple[int, dict[str, t.Any], float]:
-        status, _, body, elapsed = http_get(self.url(host, "/health"))
-        return status, json.loads(body), elapsed
+        reply = http_get(self.url(host, "/health"))
+        return reply.status, json.loads(reply.body), reply.seconds
 
     def switch(self, host: str, version: str) -> None:
         """What patch_apply does on disk: unpack the release and switch current (no restart)."""
@@ -227,7 +253,7 @@ def test_every_host_answers_with_the_base_version_on_its_own_address(fleet: Flee
     addresses = [entry["address"] for entry in data["hosts"].values()]
     assert len(set(addresses)) == len(addresses) and data["origin"]["address"] not in addresses
     for host, entry in data["hosts"].items():
-        status, body, _ = fleet.health(host)
+        status, body = fleet.health(host)[:2]
         assert status == 200, body
         assert (body["status"], body["host"], body["version"]) == ("ok", host, "1.0.0")
         with open(os.path.join(entry["root"], "state", "myapp.manifest.json"), encoding="utf-8") as handle:
@@ -248,12 +274,13 @@ def test_origin_serves_what_the_manifests_promise(fleet: Fleet) -> None:
         assert manifest["patch_id"] == f"FP-DEMO-myapp-{version}"
         assert (manifest["target_version"], manifest["base_version"]) == (version, "1.0.0")
         artifact = manifest["artifact"]
-        status, headers, body, _ = http_get(artifact["url"])
+        status, headers, body = http_get(artifact["url"])[:3]
         assert status == 200 and int(headers["content-length"]) == artifact["size"] == len(body)
         assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
         with open(artifact["path"], "rb") as handle:
             assert handle.read() == body
-        status, _, by_digest, _ = http_get(f"{data['origin']['url']}/sha256/{artifact['sha256']}")
+        reply = http_get(f"{data['origin']['url']}/sha256/{artifact['sha256']}")
+        status, by_digest = reply.status, reply.body
         assert status == 200 and by_digest == body
 
 
@@ -304,7 +331,7 @@ def test_restart_loads_the_switched_version(fleet: Fleet) -> None:
         done = fleet.restart(host)
         assert done.returncode == 0, done.stderr
         assert time.monotonic() - started >= 0.05
-        status, body, _ = fleet.health(host)
+        status, body = fleet.health(host)[:2]
         assert (status, body["version"]) == (200, "1.0.1")
         assert fleet.health("eu-west-acme-api-prod-01")[1]["version"] == "1.0.0"
     finally:
@@ -333,20 +360,21 @@ def test_edge_and_origin_serve_byte_ranges(fleet: Fleet) -> None:
         blob = handle.read()
     size = len(blob)
     for url in (fleet.url("edge-eu-west", f"/cache/sha256/{artifact['sha256']}"), f"{fleet.data['origin']['url']}/sha256/{artifact['sha256']}"):
-        status, headers, body, _ = http_get(url)
+        status, headers, body = http_get(url)[:3]
         assert (status, body, headers["accept-ranges"]) == (200, blob, "bytes")
-        status, headers, body, _ = http_get(url, {"Range": "bytes=100-1123"})
+        status, headers, body = http_get(url, {"Range": "bytes=100-1123"})[:3]
         assert (status, body, headers["content-range"], headers["content-length"]) == (206, blob[100:1124], f"bytes 100-1123/{size}", "1024")
-        status, headers, body, _ = http_get(url, {"Range": f"bytes={size - 10}-"})
+        status, headers, body = http_get(url, {"Range": f"bytes={size - 10}-"})[:3]
         assert (status, body) == (206, blob[-10:])
-        status, headers, body, _ = http_get(url, {"Range": "bytes=-7"})
+        status, headers, body = http_get(url, {"Range": "bytes=-7"})[:3]
         assert (status, body, headers["content-range"]) == (206, blob[-7:], f"bytes {size - 7}-{size - 1}/{size}")
-        status, headers, body, _ = http_get(url, {"Range": f"bytes={size}-"})
+        status, headers, body = http_get(url, {"Range": f"bytes={size}-"})[:3]
         assert (status, body, headers["content-range"]) == (416, b"", f"bytes */{size}")
     # a cache miss is filled from the origin, like a pull-through cache
     cached = os.path.join(fleet.data["hosts"]["edge-us-east"]["root"], "cache", "sha256", artifact["sha256"])
     os.unlink(cached)
-    status, _, body, _ = http_get(fleet.url("edge-us-east", f"/cache/sha256/{artifact['sha256']}"))
+    reply = http_get(fleet.url("edge-us-east", f"/cache/sha256/{artifact['sha256']}"))
+    status, body = reply.status, reply.body
     assert (status, body) == (200, blob)
     with open(cached, "rb") as handle:
         assert handle.read() == blob
@@ -357,7 +385,7 @@ def test_edge_and_origin_serve_byte_ranges(fleet: Fleet) -> None:
 def test_metrics_count_requests(fleet: Fleet) -> None:
     host = "us-east-acme-api-prod-01"
     before = json.loads(http_get(fleet.url(host, "/metrics"))[2])
-    for _ in range(5):
+    for _attempt in range(5):
         fleet.health(host)
     http_get(fleet.url(host, "/nope"))
     after = json.loads(http_get(fleet.url(host, "/metrics"))[2])
@@ -390,7 +418,7 @@ def test_faults_act_and_change_without_restarting_the_supervisor(make_fleet: t.C
     assert fleet.health(sick)[0] == 200
     fleet.switch(sick, "1.0.1")
     assert fleet.restart(sick).returncode == 0
-    status, body, _ = fleet.health(sick)
+    status, body = fleet.health(sick)[:2]
     assert (status, body["status"], body["version"]) == (503, "unhealthy", "1.0.1")
 
     # slow
@@ -415,7 +443,7 @@ def test_faults_act_and_change_without_restarting_the_supervisor(make_fleet: t.C
 
     # corrupt_edge_artifact: right size, wrong digest, on disk and on the wire; the other edge is fine
     artifact = fleet.data["artifacts"]["1.0.1"]
-    status, headers, body, _ = http_get(fleet.url("edge-us-east", f"/cache/sha256/{artifact['sha256']}"))
+    status, headers, body = http_get(fleet.url("edge-us-east", f"/cache/sha256/{artifact['sha256']}"))[:3]
     assert status == 200 and len(body) == artifact["size"] and hashlib.sha256(body).hexdigest() != artifact["sha256"]
     assert hashlib.sha256(http_get(fleet.url("edge-eu-west", f"/cache/sha256/{artifact['sha256']}"))[2]).hexdigest() == artifact["sha256"]
 
@@ -425,7 +453,7 @@ def test_faults_act_and_change_without_restarting_the_supervisor(make_fleet: t.C
     assert cleared.result["pid"] == pid
     assert "make the supervisor reload faults.json" in cleared.result["actions"]
     assert not any("install" in action or "supervisor (pid" in action for action in cleared.result["actions"])
-    status, body, _ = fleet.health(sick)
+    status, body = fleet.health(sick)[:2]
     assert (status, body["version"]) == (200, "1.0.1")
     assert fleet.health(slow)[2] < 0.3
     assert fleet.health(down)[0] == 200
@@ -501,11 +529,11 @@ def test_a_200_node_fleet(make_fleet: t.Callable[..., Fleet]) -> None:
         demo_fleet_tenants=["t1", "t2", "t3", "t4", "t5"],
         demo_fleet_segments=["s1", "s2", "s3", "s4", "s5"],
         demo_fleet_hosts_per_cell=2,
-        demo_fleet_cidr=f"127.78.{250 + next(_NETS) % 5}.0/24",
+        nets=range(250, 255),
     )
     result = fleet.build().result
     assert (result["nodes"], result["hosts"]) == (200, 204)
     for host in fleet.data["hosts"]:
-        status, body, _ = fleet.health(host)
+        status, body = fleet.health(host)[:2]
         assert (status, body["host"], body["version"]) == (200, host, "1.0.0")
     assert fleet.build().result["changed"] is False

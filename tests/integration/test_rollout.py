@@ -93,7 +93,7 @@ def test_canary_failure_stops_with_every_other_host_untouched(make_fleet, canary
     decision = gate_decisions(fleet)[-1]
     assert (decision["wave"], decision["action"]) == ("canary", canary_response)
     assert decision["failed_hosts"] == [CANARY_HOST]
-    assert any("health check failed: HTTP 503" in reason for reason in decision["reasons"])
+    assert any(CANARY_HOST in reason and "HTTP 503" in reason for reason in decision["reasons"])
     summary = fleet.summary(RUN_ID)
     if canary_response == "halt":
         assert summary["status"] == "halted"

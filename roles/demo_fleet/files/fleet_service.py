@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # Copyright (c) fleetpatch developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Supervisor of the fleetpatch demo fleet: one process that plays every demo host's service.
@@ -22,6 +22,7 @@ import math
 import os
 import re
 import resource
+import select
 import signal
 import sys
 import time
@@ -56,7 +57,7 @@ CORRUPT_XOR = 0x5A
 
 
 def version_key(version: str) -> tuple[t.Any, ...]:
-    core, _, _build = version.partition("+")
+    core = version.partition("+")[0]
     main, dash, pre = core.partition("-")
     parts = [(1, int(token)) if token.isdigit() else (0, token) for token in _TOKEN.findall(main)]
     pre_key: tuple[t.Any, ...] = (
@@ -321,7 +322,7 @@ class Host(Endpoint):
         return not reason, body
 
     def summary(self) -> dict[str, t.Any]:
-        healthy, _ = self.health()
+        healthy = self.health()[0]
         return {
             "role": self.role,
             "address": self.address,
@@ -361,7 +362,7 @@ class Host(Endpoint):
                 return Response.json(503, {"host": self.name, "status": "unhealthy", "reason": self.failure})
             return Response.json(200, {"host": self.name, "service": self.service, "version": self.version, "started_at": self.started_at})
         if path == "/metrics":
-            healthy, _ = self.health()
+            healthy = self.health()[0]
             labels = f'host="{self.name}"'
             extra = [
                 "# HELP fleet_service_up 1 when /health answers 200.",
@@ -560,11 +561,11 @@ class Fleet:
                 started = time.monotonic()
                 parts = line.decode("latin-1").strip().split()
                 headers: dict[str, str] = {}
-                for _ in range(MAX_HEADERS):
+                for _count in range(MAX_HEADERS):
                     raw = await reader.readline()
                     if raw in (b"\r\n", b"\n", b""):
                         break
-                    key, _, value = raw.decode("latin-1").partition(":")
+                    key, _sep, value = raw.decode("latin-1").partition(":")
                     headers[key.strip().lower()] = value.strip()
                 if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                     await self.respond(writer, endpoint, Response.json(400, {"error": "bad request line"}), started, head=False, keep_alive=False)
@@ -684,8 +685,22 @@ def raise_fd_limit() -> None:
             pass
 
 
-async def main_async(fleet_dir: str) -> int:
-    fleet = Fleet(fleet_dir)
+def notify(fd: int | None, message: str) -> None:
+    """Tell the waiting parent (--daemon) how the start went; it prints and exits accordingly."""
+    if fd is not None:
+        try:
+            os.write(fd, (message + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+async def main_async(fleet_dir: str, ready_fd: int | None) -> int:
+    try:
+        fleet = Fleet(fleet_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        log(f"cannot start: bad configuration in {fleet_dir}/service.json: {exc!r}")
+        notify(ready_fd, f"error: bad configuration in {fleet_dir}/service.json: {exc!r}")
+        return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, fleet.stopping.set)
@@ -694,19 +709,76 @@ async def main_async(fleet_dir: str) -> int:
         await fleet.start()
     except OSError as exc:
         log(f"cannot start: {exc}")
+        notify(ready_fd, f"error: cannot start: {exc}")
         await fleet.stop()
         return 1
+    notify(ready_fd, f"ready {os.getpid()}")
     await fleet.watch_faults()
     await fleet.stop()
     return 0
 
 
+def daemonize(log_path: str, timeout: float) -> tuple[int | None, int | None]:
+    """Fork into a new session with stdio on log_path, like a classic daemon.
+
+    Returns (exit code, None) in the parent, which waits until the child is serving (it prints the child's
+    pid) or failed, and (None, fd to report readiness on) in the child.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            readable = select.select([read_fd], [], [], max(0.0, remaining))[0] if remaining > 0 else []
+            if not readable:
+                os.kill(pid, signal.SIGKILL)
+                print(f"fleet_service: not serving after {timeout:g}s; see {log_path}", file=sys.stderr)
+                return 1, None
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+        os.close(read_fd)
+        message = data.decode("utf-8", "replace").strip()
+        if message.startswith("ready "):
+            print(message.split()[1])
+            return 0, None
+        print(f"fleet_service: {message or 'exited before it was serving'}; see {log_path}", file=sys.stderr)
+        return 1, None
+    os.close(read_fd)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    return None, write_fd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True, help="the demo fleet directory (holds service.json)")
+    parser.add_argument(
+        "--daemon", action="store_true", help="detach into a new session; exit 0 (printing the pid) once every host listens"
+    )
+    parser.add_argument("--log", help="with --daemon: file for the daemon's output (default <dir>/log/service.log)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="with --daemon: seconds to wait for the start")
     args = parser.parse_args(argv)
+    fleet_dir = os.path.abspath(args.dir)
+    ready_fd = None
+    if args.daemon:
+        log_path = os.path.abspath(args.log or os.path.join(fleet_dir, "log", "service.log"))
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        code, ready_fd = daemonize(log_path, args.timeout)
+        if code is not None:
+            return code
     raise_fd_limit()
-    return asyncio.run(main_async(os.path.abspath(args.dir)))
+    return asyncio.run(main_async(fleet_dir, ready_fd))
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ def test_host_without_variables(tmp_path: pathlib.Path) -> None:
     assert members(inventory) == {"fleet_nodes": ["lonely"]}
 
 
+PLUGIN = "plugin: fleetpatch.rollout.fleet\n"
 ERROR_CASES: list[tuple[str, str, type[Exception], str]] = [
     (
         "hosts not a mapping",
@@ -194,9 +195,9 @@ ERROR_CASES: list[tuple[str, str, type[Exception], str]] = [
         AnsibleError,
         "Required config 'hosts' for 'ansible_collections.fleetpatch.rollout.plugins.inventory.fleet' inventory plugin not provided.",
     ),
-    ("host variables not a mapping", "plugin: fleetpatch.rollout.fleet\nhosts: {web-1: [1]}\n", AnsibleParserError, "{path}: hosts.web-1 must be a mapping of host variables, got list"),
-    ("host variables a string", "plugin: fleetpatch.rollout.fleet\nhosts: {web-1: eu-west}\n", AnsibleParserError, "{path}: hosts.web-1 must be a mapping of host variables, got str"),
-    ("hostname not a string", "plugin: fleetpatch.rollout.fleet\nhosts: {1: {}}\n", AnsibleParserError, "{path}: hosts: every hostname must be a non-empty string, got 1"),
+    ("host variables not a mapping", PLUGIN + "hosts: {web-1: [1]}\n", AnsibleParserError, "{path}: hosts.web-1 must be a mapping of host variables, got list"),
+    ("host variables a string", PLUGIN + "hosts: {web-1: eu-west}\n", AnsibleParserError, "{path}: hosts.web-1 must be a mapping of host variables, got str"),
+    ("hostname not a string", PLUGIN + "hosts: {1: {}}\n", AnsibleParserError, "{path}: hosts: every hostname must be a non-empty string, got 1"),
     (
         "unknown role",
         "plugin: fleetpatch.rollout.fleet\nhosts: {ok: {}, web-1: {fleet_role: edgy}}\n",

@@ -24,6 +24,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 SERVICE_SCRIPT = os.path.join(REPO_ROOT, "roles", "demo_fleet", "files", "fleet_service.py")
 
+LEVELS = "host, role, region, tenant, segment, environment"
 DEFAULTS: dict[str, t.Any] = {
     "regions": ["eu-west", "us-east"],
     "tenants": ["acme", "globex"],
@@ -130,7 +131,10 @@ def test_allocate_addresses_in_order() -> None:
         ({"hosts_per_cell": 100}, "hosts_per_cell must be an integer from 1 to 99, got 100"),
         ({"tenants": [f"t{i}" for i in range(100)], "hosts_per_cell": 20}, "the demo fleet would have 8002 hosts; at most 4000 are supported"),
         # eu + west-acme ... and eu-west + acme ... would give the same names
-        ({"regions": ["eu", "eu-west"], "tenants": ["west-acme", "acme"]}, "host name eu-west-acme-web-prod-01 would be generated twice; use distinct region/tenant names"),
+        (
+            {"regions": ["eu", "eu-west"], "tenants": ["west-acme", "acme"]},
+            "host name eu-west-acme-web-prod-01 would be generated twice; use distinct region/tenant names",
+        ),
     ],
 )
 def test_layout_errors(overrides: dict[str, t.Any], message: str) -> None:
@@ -163,14 +167,17 @@ def test_version_errors(kwargs: dict[str, t.Any], message: str) -> None:
     [
         ("slow", "faults must be a list"),
         (["slow"], "faults[0] must be a mapping"),
-        ([{"kind": "boom", "match": {"host": "x"}}], "faults[0]: kind 'boom' is not one of unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails"),
+        (
+            [{"kind": "boom", "match": {"host": "x"}}],
+            "faults[0]: kind 'boom' is not one of unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails",
+        ),
         ([{"kind": "slow", "match": {"host": "x"}}], "faults[0] (slow): delay_ms is required"),
         ([{"kind": "slow", "delay_ms": -1, "match": {"host": "x"}}], "faults[0] (slow): delay_ms must be a non-negative integer"),
         ([{"kind": "slow", "delay_ms": True, "match": {"host": "x"}}], "faults[0] (slow): delay_ms must be a non-negative integer"),
         ([{"kind": "unhealthy_after", "match": {"host": "x"}}], "faults[0] (unhealthy_after): version is required"),
-        ([{"kind": "unreachable"}], "faults[0] (unreachable): match is required and must be a non-empty mapping of host, role, region, tenant, segment, environment"),
-        ([{"kind": "unreachable", "match": {}}], "faults[0] (unreachable): match is required and must be a non-empty mapping of host, role, region, tenant, segment, environment"),
-        ([{"kind": "unreachable", "match": {"zone": "a"}}], "faults[0] (unreachable): match has unknown key(s) zone; use host, role, region, tenant, segment, environment"),
+        ([{"kind": "unreachable"}], f"faults[0] (unreachable): match is required and must be a non-empty mapping of {LEVELS}"),
+        ([{"kind": "unreachable", "match": {}}], f"faults[0] (unreachable): match is required and must be a non-empty mapping of {LEVELS}"),
+        ([{"kind": "unreachable", "match": {"zone": "a"}}], f"faults[0] (unreachable): match has unknown key(s) zone; use {LEVELS}"),
         ([{"kind": "unreachable", "match": {"host": ""}}], "faults[0] (unreachable): match.host must be a non-empty string or a list of them"),
         ([{"kind": "unreachable", "match": {"host": "x"}, "delay_ms": 5}], "faults[0] (unreachable): unknown field(s) delay_ms"),
     ],

@@ -15,7 +15,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._gate import (
     [
         (0, 0, "exceeded", False),
         (1, 0, "exceeded", True),
-        (0, 0, "reached", True),
+        (0, 0, "reached", False),
+        (1, 0, "reached", True),
         (2, 2, "exceeded", False),
         (3, 2, "exceeded", True),
         (1, 2, "reached", False),

@@ -388,6 +388,8 @@ def test_every_batch_respects_every_budget(policy: dict[str, t.Any]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # errors
 
+EXPECTED_LEVELS = "; expected one of region, tenant, segment, environment"
+
 ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
     ("empty fleet", {}, None, "p-1", "hosts: the fleet is empty; there is nothing to plan"),
     ("hosts not a mapping", ["web-1"], None, "p-1", "hosts must be a mapping, got list"),
@@ -421,11 +423,11 @@ ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
         "policy: unknown key 'wave'; allowed: bake_seconds, canary, canary_response, disruption_budget, error_budget, "
         "halt_when, levels, max_concurrency, order, response, wave_boundary, waves",
     ),
-    ("unknown level", FLEET16, {"levels": ["region", "zone"]}, "p-1", "policy.levels[1]: unknown level 'zone'; expected one of region, tenant, segment, environment"),
+    ("unknown level", FLEET16, {"levels": ["region", "zone"]}, "p-1", "policy.levels[1]: unknown level 'zone'" + EXPECTED_LEVELS),
     ("duplicate level", FLEET16, {"levels": ["region", "region"]}, "p-1", "policy.levels[1]: level 'region' is listed twice"),
     ("no levels", FLEET16, {"levels": []}, "p-1", "policy.levels must name at least one level"),
     ("levels not a list", FLEET16, {"levels": "region"}, "p-1", "policy.levels must be a list, got str"),
-    ("order on unknown level", FLEET16, {"order": {"zone": ["a"]}}, "p-1", "policy.order: unknown level 'zone'; expected one of region, tenant, segment, environment"),
+    ("order on unknown level", FLEET16, {"order": {"zone": ["a"]}}, "p-1", "policy.order: unknown level 'zone'" + EXPECTED_LEVELS),
     ("order on unused level", FLEET16, {"order": {"environment": ["prod"]}}, "p-1", "policy.order.environment: level 'environment' is not in policy.levels"),
     ("order twice", FLEET16, {"order": {"region": ["eu-west", "eu-west"]}}, "p-1", "policy.order.region[1]: 'eu-west' is listed twice"),
     ("unknown canary key", FLEET16, {"canary": {"count": 1}}, "p-1", "policy.canary: unknown key 'count'; allowed: groups, size"),
@@ -447,9 +449,9 @@ ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
         "p-1",
         "policy.waves cover 8 of 16 hosts after the canary; add a final wave such as '100%'",
     ),
-    ("boundary not a level", FLEET16, {"wave_boundary": "rack"}, "p-1", "policy.wave_boundary: unknown level 'rack'; expected one of region, tenant, segment, environment"),
+    ("boundary not a level", FLEET16, {"wave_boundary": "rack"}, "p-1", "policy.wave_boundary: unknown level 'rack'" + EXPECTED_LEVELS),
     ("boundary not in levels", FLEET16, {"wave_boundary": "environment"}, "p-1", "policy.wave_boundary: level 'environment' is not in policy.levels"),
-    ("budget unknown level", FLEET16, {"disruption_budget": {"rack": 1}}, "p-1", "policy.disruption_budget: unknown level 'rack'; expected one of region, tenant, segment, environment"),
+    ("budget unknown level", FLEET16, {"disruption_budget": {"rack": 1}}, "p-1", "policy.disruption_budget: unknown level 'rack'" + EXPECTED_LEVELS),
     ("budget zero", FLEET16, {"disruption_budget": {"region": 0}}, "p-1", "policy.disruption_budget.region: count 0 must be at least 1"),
     ("budget percent over 100", FLEET16, {"disruption_budget": {"tenant": "150%"}}, "p-1", "policy.disruption_budget.tenant: percent 150% is outside 0-100"),
     ("max_concurrency zero", FLEET16, {"max_concurrency": 0}, "p-1", "policy.max_concurrency: count 0 must be at least 1"),
@@ -459,7 +461,13 @@ ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
     ("bake negative", FLEET16, {"bake_seconds": -1}, "p-1", "policy.bake_seconds must be >= 0, got -1"),
     ("bake text", FLEET16, {"bake_seconds": "30s"}, "p-1", "policy.bake_seconds must be a number of seconds, got str"),
     ("response", FLEET16, {"response": "panic"}, "p-1", "policy.response: expected one of quarantine, hold, halt, rollback_wave, rollback_all, got 'panic'"),
-    ("canary response", FLEET16, {"canary_response": None}, "p-1", "policy.canary_response: expected one of quarantine, hold, halt, rollback_wave, rollback_all, got None"),
+    (
+        "canary response",
+        FLEET16,
+        {"canary_response": None},
+        "p-1",
+        "policy.canary_response: expected one of quarantine, hold, halt, rollback_wave, rollback_all, got None",
+    ),
     (
         "canary selector malformed",
         FLEET16,
@@ -467,8 +475,14 @@ ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
         "p-1",
         "policy.canary.groups[0]: 'eu-west' is not a selector such as 'region=eu-west' or 'region=eu-west,tenant=acme'",
     ),
-    ("canary selector level", FLEET16, {"canary": {"groups": ["zone=a"]}}, "p-1", "policy.canary.groups[0]: unknown level 'zone'; expected one of region, tenant, segment, environment"),
-    ("canary selector level twice", FLEET16, {"canary": {"groups": ["region=a,region=b"]}}, "p-1", "policy.canary.groups[0]: level 'region' appears twice in 'region=a,region=b'"),
+    ("canary selector level", FLEET16, {"canary": {"groups": ["zone=a"]}}, "p-1", "policy.canary.groups[0]: unknown level 'zone'" + EXPECTED_LEVELS),
+    (
+        "canary selector level twice",
+        FLEET16,
+        {"canary": {"groups": ["region=a,region=b"]}},
+        "p-1",
+        "policy.canary.groups[0]: level 'region' appears twice in 'region=a,region=b'",
+    ),
     (
         "duplicate canary groups, also when written in another order",
         FLEET16,
@@ -476,7 +490,13 @@ ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
         "p-1",
         "policy.canary.groups[1]: 'region=eu-west,tenant=acme' is listed twice",
     ),
-    ("canary group does not exist", FLEET16, {"canary": {"groups": ["region=eu-west", "region=ap-south"]}}, "p-1", "policy.canary.groups[1]: no host matches 'region=ap-south'"),
+    (
+        "canary group does not exist",
+        FLEET16,
+        {"canary": {"groups": ["region=eu-west", "region=ap-south"]}},
+        "p-1",
+        "policy.canary.groups[1]: no host matches 'region=ap-south'",
+    ),
     (
         "canary over a disruption budget",
         FLEET16,
