@@ -950,8 +950,8 @@ def _run_health(ops: HostOps, request: ApplyRequest, result: ApplyResult, expect
                                  retries=request.health_retries, delay=request.health_delay)
     if not result.health["ok"]:
         raise ReleaseError(
-            f"health check {request.health_url} failed after {result.health['attempts']} attempt(s): "
-            f"{result.health.get('error')} (expected version {expected})"
+            f"health check failed: {result.health.get('error')} "
+            f"({result.health['attempts']} attempt(s) on {request.health_url}, expected version {expected})"
         )
 
 

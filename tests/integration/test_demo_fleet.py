@@ -175,9 +175,10 @@ class Fleet:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
-        run = self.teardown()
-        if run.status != "successful" or os.path.exists(self.path):
-            self.force_cleanup()
+        if os.path.lexists(self.path):
+            run = self.teardown()
+            if run.status != "successful" or os.path.exists(self.path):
+                self.force_cleanup()
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None

@@ -31,9 +31,30 @@ def host(_testinfra_host: t.Any) -> t.Any:
     return testinfra.get_host(f"podman://{container}")
 
 
-@pytest.fixture(scope="session")
-def patch_manifest() -> dict[str, t.Any]:
-    """The patch manifest prepare.yml wrote in molecule's ephemeral directory."""
-    path = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "fleetpatch", "patch-FP-MOLECULE-1.yml")
+def _load(path: str) -> t.Any:
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return yaml.safe_load(handle)  # JSON is YAML too
+
+
+@pytest.fixture(scope="session")
+def scenario_dir() -> str:
+    """Controller-side files of the scenario (vars/scenario.yml: scenario_dir)."""
+    return os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "fleetpatch")
+
+
+@pytest.fixture(scope="session")
+def patch_manifest(scenario_dir: str) -> dict[str, t.Any]:
+    """The patch manifest prepare.yml wrote."""
+    return _load(os.path.join(scenario_dir, "patch-FP-MOLECULE-1.yml"))
+
+
+@pytest.fixture(scope="session")
+def run_summary(scenario_dir: str) -> dict[str, t.Any]:
+    """summary.json of the rollout run on the controller (converge.yml: rollout_state_dir)."""
+    return _load(os.path.join(scenario_dir, "state", "runs", "FP-MOLECULE-1", "summary.json"))
+
+
+@pytest.fixture(scope="session")
+def platform_names() -> list[str]:
+    """Names of the scenario's nodes, from molecule.yml."""
+    return [platform["name"] for platform in _load(os.environ["MOLECULE_FILE"])["platforms"]]

@@ -66,3 +66,16 @@ def test_audit_has_both_installs_and_nothing_else(host: t.Any, patch_manifest: d
     assert records[1]["sha256"] == patch_manifest["artifact"]["sha256"]
     assert records[1]["patch_id"] == patch_manifest["patch_id"]
     assert all(r["service"] == "myapp" for r in records)
+
+
+def test_controller_run_rolled_out_canary_first(run_summary: dict[str, t.Any], platform_names: list[str]) -> None:
+    assert run_summary["status"] == "rolled_out"
+    assert run_summary["target_version"] == TARGET
+    assert run_summary["counts"]["patched"] == len(platform_names)
+    hosts = run_summary["hosts"]
+    assert sorted(hosts) == sorted(platform_names)
+    assert {entry["outcome"] for entry in hosts.values()} == {"patched"}
+    canary = [name for name, entry in hosts.items() if entry["wave"] == "canary"]
+    assert len(canary) == 1
+    assert hosts[canary[0]]["batch"] == 0
+    assert all(entry["batch"] > 0 for name, entry in hosts.items() if name not in canary)

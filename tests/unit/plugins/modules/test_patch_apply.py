@@ -16,8 +16,12 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha256_file
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
+    ApplyResult,
     HostLayout,
+    HostOps,
+    build_request,
     read_host_state,
+    run_apply,
     switch_current,
     unpack_release,
     verify_release,
@@ -274,8 +278,8 @@ def test_health_failure_fails_without_revert(fleet: Fleet) -> None:
     finally:
         stuck.close()
     assert result["failed"] is True
-    assert result["msg"] == (f"health check {stuck.url} failed after 2 attempt(s): reports version '1.0.0' and status 'ok', "
-                             "expected version '1.0.1' (expected version 1.0.1)")
+    assert result["msg"] == ("health check failed: reports version '1.0.0' and status 'ok', expected version '1.0.1' "
+                             f"(2 attempt(s) on {stuck.url}, expected version 1.0.1)")
     assert result["health"]["ok"] is False and result["health"]["attempts"] == 2
     assert result["reverted"] is False and result["changed"] is True
     assert fleet.current() == "1.0.1"
@@ -298,10 +302,14 @@ def test_unverifiable_rollback_point_refused(fleet: Fleet) -> None:
 def test_unverifiable_rollback_point_allowed_when_not_required(fleet: Fleet) -> None:
     fleet.install("1.0.0")
     Path(fleet.layout.current_link, "bin/app").write_text("#!/bin/sh\necho hotfixed\n")
-    result = fleet.run(fleet.args("1.0.1", restart_command=TRUE, require_rollback_point=False))
+    # through the logic layer: under the test conftest's plugin loader, module warnings go to the display
+    ops = HostOps()
+    request = build_request(fleet.args("1.0.1", restart_command=TRUE, require_rollback_point=False))
+    result = run_apply(fleet.layout, request, ops, ApplyResult()).as_dict()
     assert result["changed"] is True and fleet.current() == "1.0.1"
     assert result["rollback_point"]["verified"] is False
-    assert "modified file bin/app" in json.dumps(result["warnings"])
+    assert ops.warnings == [f"rollback point 1.0.0 ({fleet.layout.releases_dir}/1.0.0) cannot be verified: modified file bin/app"]
+    assert fleet.manifest()["previous"]["version"] == "1.0.0"
 
 
 def test_wrong_digest_download_refused(fleet: Fleet) -> None:
