@@ -576,11 +576,12 @@ class DemoFleet:
 
     def absent(self) -> dict[str, t.Any]:
         exists = self.check_ownership()
-        before = self.summary(read_json(self.p("fleet.json")) if exists else None, bool(self.supervisor.pids()) if exists else False)
+        # a supervisor outlives its directory when someone removed that by hand: stop it all the same
+        pids = self.supervisor.pids()
+        before = self.summary(read_json(self.p("fleet.json")) if exists else None, bool(pids))
+        if pids and self.act(f"stop supervisor (pid {', '.join(map(str, pids))})"):
+            self.supervisor.stop()
         if exists:
-            pids = self.supervisor.pids()
-            if pids and self.act(f"stop supervisor (pid {', '.join(map(str, pids))})"):
-                self.supervisor.stop()
             for mount_point in mounts_under(self.path):
                 if self.act(f"unmount {mount_point}"):
                     self.run(["umount", mount_point])

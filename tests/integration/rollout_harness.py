@@ -79,6 +79,8 @@ def run_playbook(
         kwargs["cmdline"] = cmdline
     if cancel_callback:
         kwargs["cancel_callback"] = cancel_callback
+        # ansible-runner asks cancel_callback only when its pexpect wait times out (5 s by default).
+        kwargs["settings"]["pexpect_timeout"] = 0.1
     runner = ansible_runner.run(**kwargs)
     result = RunResult(runner, private_dir)
     shutil.rmtree(private_dir, ignore_errors=True)
