@@ -12,7 +12,7 @@ description:
   - Runs once on the controller at the end of C(playbooks/rollout.yml). Records the outcome of every rollback, writes
     C(runs/<run_id>/summary.json) atomically, appends the C(run.finished) event and releases the lock.
   - This is an action plugin; it runs on the controller only.
-author: fleetpatch developers
+author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
   - fleetpatch.rollout._attributes
 attributes:

@@ -18,7 +18,7 @@ description:
   - Takes a lock over the planned hosts. A live lock of another run over any of them refuses the run; a stale lock is
     reported and only broken with O(break_lock=true) (or taken over when it belongs to an earlier attempt of this run).
   - This is an action plugin; it runs on the controller only and never touches a target host.
-author: fleetpatch developers
+author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
   - fleetpatch.rollout._attributes
 attributes:

@@ -17,7 +17,7 @@ description:
     run's event log.
   - After the last batch of a wave it waits the wave's bake time, then probes the wave's hosts again.
   - This is an action plugin; it runs on the controller only.
-author: fleetpatch developers
+author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
   - fleetpatch.rollout._attributes
 attributes:
