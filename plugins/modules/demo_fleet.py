@@ -774,6 +774,8 @@ class DemoFleet:
         unpack_release(layout, version=version, artifact_path=artifact["path"], sha256=artifact["sha256"])
         switch_current(layout, version)
         record_install(layout, version=version, sha256=artifact["sha256"], patch_id=None, previous=None, action="install")
+        # A provisioned host has its whole layout, including the (empty) content-addressed cache.
+        os.makedirs(layout.cache_dir, exist_ok=True)
 
     def installed(self, root: str) -> bool:
         return os.path.exists(os.path.join(root, "state", f"{self.params['service']}.manifest.json"))
