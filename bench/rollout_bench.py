@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: fleetpatch's rollout against a hand-written builtin-module playbook on the same demo fleet.
 
 Both run the same per-host work (stage artifact, unpack, switch, restart, health) under the same batch sizes

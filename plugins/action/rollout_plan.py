@@ -205,4 +205,3 @@ class ActionModule(ActionBase):
         )
         common.update(correlation_id=attempt["correlation_id"], warnings=warnings, lock=lock["lock"], resumed=attempt["resumed"])
         return common
-

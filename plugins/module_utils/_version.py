@@ -15,7 +15,7 @@ def version_key(version: str) -> tuple[t.Any, ...]:
 
     ``1.2.10 > 1.2.9``; ``1.0.0-rc1 < 1.0.0``; a patch tag after ``+`` (build metadata) is ignored.
     """
-    core, _, _build = version.partition("+")
+    core, _sep, _build = version.partition("+")
     main, dash, pre = core.partition("-")
     parts: list[tuple[int, t.Any]] = []
     for token in _TOKEN.findall(main):

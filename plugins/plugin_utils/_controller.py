@@ -12,7 +12,8 @@ import socket
 import time
 import typing as t
 import urllib.error
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
 
@@ -54,7 +55,7 @@ def probe_health(url: str, *, timeout: float) -> dict[str, t.Any]:
     started = time.monotonic()
     result: dict[str, t.Any] = {"url": url, "ok": False, "status": None, "version": None}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator-provided URL
+        with open_url(url, timeout=timeout, validate_certs=True, follow_redirects="safe") as response:
             body = response.read(65536)
             result["status"] = response.status
     except urllib.error.HTTPError as exc:
