@@ -11,6 +11,7 @@ import uuid
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import (
     ManifestError,
@@ -40,6 +41,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller imp
     host_var,
     resolve_state_dir,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._probes import contexts_for
 
 ARGUMENT_SPEC = {
     "manifest": {"type": "raw", "required": True},
@@ -69,7 +71,7 @@ class ActionModule(ActionBase):
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         try:
             result.update(self._plan(args, task_vars))
-        except (RolloutPlanError, ManifestError, PlanError, LockError) as exc:
+        except (RolloutPlanError, ManifestError, PlanError, LockError, CheckError) as exc:
             result.update(failed=True, msg=str(exc))
         return result
 
@@ -104,6 +106,10 @@ class ActionModule(ActionBase):
         manifest, manifest_path = self._load_manifest(args["manifest"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
         plan = compile_plan(hosts, args["policy"], manifest["patch_id"])
+        checks = plan["policy"]["checks"]
+        # every check's templates rendered for every target host: a check that cannot run is an error now, not a pass later
+        names = {"run_id": run_id_for(manifest["patch_id"]), "patch_id": manifest["patch_id"], "target_version": manifest["target_version"]}
+        validate_targets(checks, contexts_for(plan["host_order"], checks, task_vars, names))
         plan_text = render_plan_text(plan)
         run_id = run_id_for(manifest["patch_id"])
         state_dir = resolve_state_dir(args["state_dir"])
@@ -127,6 +133,7 @@ class ActionModule(ActionBase):
             "plan_path": paths.plan,
             "events_path": paths.events,
             "summary_path": paths.summary,
+            "checks": overview(checks),
         }
         previous = load_state(paths)
         skip_hosts: list[str] = []

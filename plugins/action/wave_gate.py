@@ -4,13 +4,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import typing as t
 
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._analysis import compact, pick_control_hosts
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import HOST_KINDS, sample
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._gate import (
     GateDecision,
+    HostVerdict,
     classify_host,
     decide,
 )
@@ -27,6 +31,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     save_state,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, probe_many
 
 ARGUMENT_SPEC = {
@@ -34,6 +39,8 @@ ARGUMENT_SPEC = {
     "result_var": {"type": "str", "default": "__rollout_apply"},
     "health_timeout": {"type": "float", "default": 5.0},
     "bake_seconds": {"type": "float"},
+    "command_result_var": {"type": "str", "default": "__rollout_command_checks"},
+    "check_workers": {"type": "int", "default": _probes.DEFAULT_WORKERS},
 }
 STOPPING_ACTIONS = ("hold", "halt", "rollback_wave", "rollback_all")
 
@@ -94,7 +101,8 @@ class ActionModule(ActionBase):
 
         # In check mode no host changed, so probing would only report the old version.
         verdicts, health = self._verdicts(batch["hosts"], run, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
-        decision = self._decide(state, verdicts, plan, wave, now, batch_index=index)
+        verdicts, checks = self._run_checks(verdicts, run, state, wave["name"], args, task_vars, probe=not check_mode)
+        decision = self._decide(state, verdicts, plan, wave, now, batch_index=index, checks=checks)
 
         baked = 0.0
         bake = wave.get("bake_seconds", 0) if args["bake_seconds"] is None else args["bake_seconds"]
@@ -105,7 +113,8 @@ class ActionModule(ActionBase):
             # Health after the bake decides again: a host that degrades while baking stops the next wave.
             wave_hosts = [host for host in wave["hosts"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
             verdicts, health = self._verdicts(wave_hosts, run, args["result_var"], task_vars, args["health_timeout"])
-            decision = self._decide(state, verdicts, plan, wave, iso(utc_now()), batch_index=index)
+            verdicts, checks = self._run_checks(verdicts, run, state, wave["name"], args, task_vars)
+            decision = self._decide(state, verdicts, plan, wave, iso(utc_now()), batch_index=index, checks=checks)
 
         rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
         stop = decision.action in STOPPING_ACTIONS
@@ -152,10 +161,11 @@ class ActionModule(ActionBase):
                     "baked_seconds": baked,
                     "rollback_hosts": rollback_hosts,
                     **decision.as_dict(),
+                    **({"checks": checks} if checks else {}),
                 },
             )
             refresh_lock(paths)
-        return {
+        result = {
             "changed": False,
             "batch": index,
             "wave": wave["name"],
@@ -166,11 +176,133 @@ class ActionModule(ActionBase):
             "health": health,
             "baked_seconds": baked,
             "check_mode": check_mode,
+            "checks": checks,
             "msg": f"batch {index} ({wave['name']}): {decision.action}: " + "; ".join(decision.reasons),
+        }
+        stabilization = plan["policy"].get("stabilization") or {}
+        if last_batch and not stop and not check_mode and stabilization.get("seconds"):
+            result.update(self._stabilize(run, plan, state, paths, index, wave, args, task_vars))
+        return result
+
+    def _run_checks(self, verdicts, run: dict[str, t.Any], state: dict[str, t.Any], wave_name: str, args: dict[str, t.Any],
+                    task_vars: dict[str, t.Any], *, probe: bool = True, host_side: bool = True):
+        """The policy's checks on the hosts that passed so far; a host whose check fails becomes unhealthy.
+
+        host_side: also judge the command checks the hosts ran (their samples are in command_result_var).
+        """
+        plan = run["plan"]
+        checks = [check for check in plan["policy"].get("checks") or [] if host_side or check["kind"] not in HOST_KINDS]
+        if not checks or not probe:
+            return verdicts, None
+        hosts = [verdict.host for verdict in verdicts if verdict.outcome == "patched"]
+        touched = set(state["hosts"]) | {verdict.host for verdict in verdicts} | set(run.get("skip_hosts", []))
+        wanted = max([(check.get("baseline") or {}).get("control_hosts", 0) for check in checks] or [0])
+        host_samples = {}
+        for host in hosts:
+            found = host_var(task_vars, host, args["command_result_var"])
+            if isinstance(found, dict) and isinstance(found.get("samples"), dict):
+                host_samples[host] = found["samples"]
+            elif isinstance(found, dict) and (found.get("failed") or found.get("unreachable")):
+                why = str(found.get("msg") or "command checks did not run").strip()[:300]
+                host_samples[host] = {check["name"]: [sample("unavailable", None, why)] for check in checks if check["kind"] in HOST_KINDS}
+        results, outcome = _probes.evaluate(
+            checks,
+            hosts,
+            task_vars=task_vars,
+            run_context=_probes.run_names(run),
+            correlation_id=run.get("correlation_id") or run["run_id"],
+            wave=wave_name,
+            baselines=_probes.load_baselines(RunPaths(run["state_dir"], run["run_id"]).run_dir),
+            control_hosts=pick_control_hosts(plan["host_order"], exclude=touched, count=wanted),
+            host_samples=host_samples,
+            workers=args["check_workers"],
+        )
+        failing = outcome.host_failures
+        verdicts = [
+            HostVerdict(verdict.host, "unhealthy", failing[verdict.host], verdict.changed, verdict.version) if verdict.host in failing else verdict
+            for verdict in verdicts
+        ]
+        return verdicts, dict(outcome.as_dict(), results=[compact(result) for result in results])
+
+    def _stabilize(self, run: dict[str, t.Any], plan: dict[str, t.Any], state: dict[str, t.Any], paths: RunPaths, index: int,
+                   wave: dict[str, t.Any], args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        """After the last wave, keep checking every patched host; a breach applies the stabilization response."""
+        spec = plan["policy"]["stabilization"]
+        hosts = [host for host in plan["host_order"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
+        window = {"name": "stabilization", "response": spec["response"]}
+        append_event(paths, {"ts": iso(utc_now()), "event": "stabilization.started", "run_id": run["run_id"], "correlation_id": run.get("correlation_id"),
+                             "batch": index, "wave": window["name"], "status": "started",
+                             "message": f"checks keep running on {len(hosts)} host(s) for {spec['seconds']:g} s",
+                             "seconds": spec["seconds"], "interval": spec["interval"], "hosts": hosts,
+                             "checks": [check["name"] for check in plan["policy"]["checks"]]})
+        # the window is visible in state.json while it runs (events reach the log when the gate returns)
+        state["stabilization"] = {"started": iso(utc_now()), "seconds": spec["seconds"], "interval": spec["interval"], "hosts": hosts}
+        save_state(paths, state)
+        started = time.monotonic()
+        rounds = 0
+        while True:
+            rounds += 1
+            verdicts, health = self._verdicts(hosts, run, args["result_var"], task_vars, args["health_timeout"])
+            # command checks ran once per host with its batch; the window re-runs the controller's checks only
+            verdicts, checks = self._run_checks(verdicts, run, state, window["name"], args, task_vars, host_side=False)
+            breached = [verdict for verdict in verdicts if verdict.outcome != "patched"]
+            remaining = float(spec["seconds"]) - (time.monotonic() - started)
+            if breached or (checks and checks["status"] != "pass") or remaining <= 0:
+                break
+            time.sleep(min(float(spec["interval"]), remaining))
+        elapsed = round(time.monotonic() - started, 3)
+        now = iso(utc_now())
+        # only hosts that breached get a new outcome: the others keep the wave and batch that patched them
+        decision = self._decide(state, breached, plan, window, now, batch_index=index, checks=checks)
+        window_text = f"stabilization: {rounds} round(s) of checks over {elapsed:g} s of {spec['seconds']:g} s on {len(hosts)} host(s)"
+        decision = dataclasses.replace(decision, reasons=(window_text,) + decision.reasons)
+        rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
+        stop = decision.action in STOPPING_ACTIONS
+        state.setdefault("decisions", []).append(
+            {"at": now, "batch": index, "wave": window["name"], "action": decision.action, "reasons": list(decision.reasons)}
+        )
+        if stop:
+            state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": window["name"], "reasons": list(decision.reasons)}
+            state["status"] = {"hold": "held", "halt": "halted"}.get(decision.action, "rolling_back")
+        details = {"seconds": spec["seconds"], "elapsed": elapsed, "rounds": rounds, "checked_hosts": len(hosts)}
+        state["stabilization"].update(details, finished=now, action=decision.action)
+        save_state(paths, state)
+        append_event(
+            paths,
+            {
+                "ts": iso(utc_now()),
+                "event": "gate.decision",
+                "run_id": run["run_id"],
+                "correlation_id": run.get("correlation_id"),
+                "batch": index,
+                "wave": window["name"],
+                "last_in_wave": True,
+                "baked_seconds": 0,
+                "stabilization": details,
+                "rollback_hosts": rollback_hosts,
+                **decision.as_dict(),
+                **({"checks": checks} if checks else {}),
+            },
+        )
+        if rollback_hosts:
+            append_event(paths, {"ts": iso(utc_now()), "event": "rollback.decided", "batch": index, "wave": window["name"],
+                                 "status": decision.action, "message": f"{decision.action}: {len(rollback_hosts)} host(s) to roll back",
+                                 "hosts": rollback_hosts, "reasons": list(decision.reasons)})
+        refresh_lock(paths)
+        return {
+            "decision": decision.as_dict(),
+            "action": decision.action,
+            "stop": stop,
+            "rollback_hosts": rollback_hosts,
+            "health": health,
+            "checks": checks,
+            "stabilization": details,
+            "msg": f"stabilization after batch {index}: {decision.action}: " + "; ".join(decision.reasons),
         }
 
     @staticmethod
-    def _decide(state: dict[str, t.Any], verdicts, plan: dict[str, t.Any], wave: dict[str, t.Any], now: str, *, batch_index: int) -> GateDecision:
+    def _decide(state: dict[str, t.Any], verdicts, plan: dict[str, t.Any], wave: dict[str, t.Any], now: str, *, batch_index: int,
+                checks: dict[str, t.Any] | None = None) -> GateDecision:
         for verdict in verdicts:
             if verdict.outcome != "skipped":
                 record_outcome(state, verdict.host, verdict.outcome, at=now, reason=verdict.reason or None, batch=batch_index, wave=wave["name"])
@@ -182,6 +314,9 @@ class ActionModule(ActionBase):
             halt_when=budget["halt_when"],
             response=wave["response"],
             wave_name=wave["name"],
+            fleet_failures=(checks or {}).get("fleet_failures", ()),
+            inconclusive=(checks or {}).get("inconclusive", ()),
+            inconclusive_response=plan["policy"].get("inconclusive_response", "hold"),
         )
         if decision.action == "quarantine":
             for host in decision.failed_hosts:

@@ -25,15 +25,12 @@ seealso:
 """
 
 EXAMPLES = r"""
-# rollout: the result of fleetpatch.rollout.rollout_plan, registered on localhost by an earlier play
-- name: Patch the fleet one plan batch at a time
-  hosts: fleetpatch_plan_hosts
-  order: inventory
-  serial: "{{ hostvars['localhost']['rollout']['plan'] | fleetpatch.rollout.plan_batches }}"
-  tasks:
-    - name: Apply the patch
-      fleetpatch.rollout.patch_apply:
-        manifest: "{{ fleetpatch_manifest }}"
+# rollout: the registered result of fleetpatch.rollout.rollout_plan on localhost.
+# A later play can use the batch sizes as its serial:
+#   serial: "{{ hostvars['localhost']['rollout']['plan'] | fleetpatch.rollout.plan_batches }}"
+- name: Keep the batch sizes of the compiled plan
+  ansible.builtin.set_fact:
+    rollout_serial: "{{ rollout.plan | fleetpatch.rollout.plan_batches }}"
 
 - name: Show the batch sizes of a saved plan
   ansible.builtin.debug:

@@ -49,15 +49,16 @@ VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 
 
 MATCH_KEYS = ("host", "role", "region", "tenant", "segment", "environment")
-FAULT_KINDS = ("unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails")
+FAULT_KINDS = ("unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails", "error_rate")
 # kind -> {parameter: (required, type)}; "description" is allowed on every fault.
 FAULT_PARAMS: dict[str, dict[str, tuple[bool, type]]] = {
     "unhealthy_after": {"version": (True, str)},
-    "slow": {"delay_ms": (True, int)},
+    "slow": {"delay_ms": (True, int), "version": (False, str)},
     "unreachable": {},
     "corrupt_edge_artifact": {},
     "disk_full": {"free_bytes": (False, int)},
     "restart_fails": {},
+    "error_rate": {"percent": (True, int), "version": (False, str)},
 }
 CORRUPT_STRIDE = 4099
 CORRUPT_XOR = 0x5A
@@ -285,6 +286,8 @@ def validate_faults(faults: t.Any) -> list[dict[str, t.Any]]:
             entry[param] = value
         if kind == "disk_full":
             entry.setdefault("free_bytes", 0)
+        if kind == "error_rate" and entry["percent"] > 100:
+            raise DemoFleetError(f"{where}: percent must be between 0 and 100")
         normalised.append(entry)
     return normalised
 
@@ -322,13 +325,33 @@ def resolve_faults(faults: t.Sequence[t.Mapping[str, t.Any]], hosts: t.Sequence[
                 if previous is None or compare_versions(fault["version"], previous) < 0:
                     current[kind] = fault["version"]
             elif kind == "slow":
+                unconditional = ("delay_ms" in current and "slow_after" not in current) or "version" not in fault
                 current["delay_ms"] = max(current.get("delay_ms", 0), fault["delay_ms"])
+                _combine_after(current, "slow_after", None if unconditional else fault["version"])
+            elif kind == "error_rate":
+                # the harshest: the highest percent, from the earliest version (no version: from the start)
+                previous = current.get(kind)
+                unconditional = (previous is not None and "version" not in previous) or "version" not in fault
+                merged = {"percent": max(fault["percent"], (previous or {}).get("percent", 0))}
+                _combine_after(merged, "version", None if unconditional else fault["version"], previous=(previous or {}).get("version"))
+                current[kind] = merged
             elif kind == "disk_full":
                 previous = current.get(kind, {}).get("free_bytes", fault["free_bytes"])
                 current[kind] = {"free_bytes": min(previous, fault["free_bytes"])}
             else:
                 current[kind] = True
     return {name: effective[name] for name in sorted(effective)}
+
+
+def _combine_after(target: dict[str, t.Any], key: str, version: str | None, *, previous: str | None = None) -> None:
+    """Keep the earliest version in target[key]; None (an unconditional fault) removes it."""
+    previous = target.get(key, previous)
+    if version is None:
+        target.pop(key, None)
+    elif previous is None or compare_versions(version, previous) < 0:
+        target[key] = version
+    else:
+        target[key] = previous
 
 
 def render_faults_file(faults: t.Sequence[t.Mapping[str, t.Any]], effective: t.Mapping[str, t.Any]) -> str:

@@ -121,7 +121,8 @@ options:
       kind:
         description:
           - V(unhealthy_after) makes C(/health) answer 503 once the host runs O(faults[].version) or newer.
-          - V(slow) delays every answer of the host by O(faults[].delay_ms).
+          - V(slow) delays every answer of the host by O(faults[].delay_ms); with O(faults[].version), only once the host
+            runs that version or newer.
           - V(unreachable) stops the host's service from listening and points the host's inventory entry at a
             closed SSH port, so Ansible reports it UNREACHABLE at once.
           - V(corrupt_edge_artifact) corrupts the cached artifacts of the selected edges, on disk and therefore
@@ -130,9 +131,11 @@ options:
             what is installed. Needs root.
           - V(restart_fails) makes the host's restart command fail (exit 1); the service keeps running the
             version it had loaded.
+          - V(error_rate) makes O(faults[].percent) of the host's C(/api/items) answers (evenly spread) a 500;
+            with O(faults[].version), only once the host runs that version or newer.
         type: str
         required: true
-        choices: [unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails]
+        choices: [unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails, error_rate]
       match:
         description:
           - Host attributes to select on, any of C(host), C(role) (V(node) or V(edge)), C(region), C(tenant),
@@ -142,13 +145,18 @@ options:
         type: dict
         required: true
       version:
-        description: For V(unhealthy_after), the first unhealthy version.
+        description:
+          - For V(unhealthy_after), the first unhealthy version.
+          - For V(slow) and V(error_rate), the first version the fault applies to (all versions when not given).
         type: str
       delay_ms:
         description: For V(slow), milliseconds added to every answer.
         type: int
       free_bytes:
         description: For V(disk_full), bytes left free on the host root; V(0) when not given.
+        type: int
+      percent:
+        description: For V(error_rate), the percent (0 to 100) of API answers that are errors.
         type: int
       description:
         description: Free text, kept in C(faults.json).
@@ -918,12 +926,13 @@ def main() -> None:
                     kind=dict(
                         type="str",
                         required=True,
-                        choices=["unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails"],
+                        choices=["unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails", "error_rate"],
                     ),
                     match=dict(type="dict", required=True),
                     version=dict(type="str"),
                     delay_ms=dict(type="int"),
                     free_bytes=dict(type="int"),
+                    percent=dict(type="int"),
                     description=dict(type="str"),
                 ),
             ),

@@ -15,7 +15,14 @@ description:
   - Failures in the batch trigger the wave's response (quarantine, hold, halt, rollback_wave, rollback_all). A spent
     budget halts (or keeps a rollback response). The decision, with every reason and measured value, is written to the
     run's event log.
-  - After the last batch of a wave it waits the wave's bake time, then probes the wave's hosts again.
+  - Runs the policy's synthetic checks and metric queries (C(checks), see M(fleetpatch.rollout.synthetic_checks)) on the
+    batch's healthy hosts concurrently, compares with the pre-patch baseline and with hosts not patched yet, and judges
+    the command checks the hosts ran (O(command_result_var)). A host with a failed check is unhealthy; a failed metric
+    query applies the response to the batch; an inconclusive check (no data) applies the policy's
+    C(inconclusive_response), V(hold) by default, never continue.
+  - After the last batch of a wave it waits the wave's bake time, then probes and checks the wave's hosts again.
+  - After the last batch of the rollout, with C(stabilization.seconds) set, it keeps checking every host the run patched;
+    the first breach applies C(stabilization.response) (V(rollback_all) by default) and returns the hosts to roll back.
   - This is an action plugin; it runs on the controller only.
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
@@ -44,6 +51,14 @@ options:
   bake_seconds:
     description: Override the plan's bake time for this gate.
     type: float
+  command_result_var:
+    description: Name of the host variable that holds each host's M(fleetpatch.rollout.command_checks) result.
+    type: str
+    default: __rollout_command_checks
+  check_workers:
+    description: Maximum number of (check, host) pairs sampled at the same time.
+    type: int
+    default: 64
 """
 
 EXAMPLES = r"""
@@ -76,5 +91,15 @@ rollback_hosts:
 health:
   description: Health probe per host (ok, status, version, latency_ms, reason).
   returned: success
+  type: dict
+checks:
+  description:
+    - The check results of the decision (as M(fleetpatch.rollout.synthetic_checks) returns them), the conditions that
+      fired, the hosts whose checks failed, failed metric queries and inconclusive checks. V(null) without checks.
+  returned: success
+  type: dict
+stabilization:
+  description: The stabilization window after the last batch (seconds, elapsed, rounds, checked_hosts).
+  returned: when the policy sets a stabilization window and the last batch passed
   type: dict
 """

@@ -43,6 +43,7 @@ REASONS = {
     200: "OK",
     206: "Partial Content",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     416: "Range Not Satisfiable",
@@ -172,6 +173,7 @@ class Metrics:
         self.by_status: collections.Counter[int] = collections.Counter()
         self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.max_ms = 0.0
+        self.correlation_ids: collections.Counter[str] = collections.Counter()  # X-Correlation-ID values seen (first 64)
 
     def record(self, status: int, latency_ms: float) -> None:
         self.requests_total += 1
@@ -192,6 +194,7 @@ class Metrics:
         return {
             "requests_total": self.requests_total,
             "errors_total": self.errors_total,
+            "correlation_ids": dict(self.correlation_ids),
             "by_status": {str(code): count for code, count in sorted(self.by_status.items())},
             "latency_ms": {
                 "p50": quantile(0.50),
@@ -249,7 +252,7 @@ class Endpoint:
             await self.server.wait_closed()
             self.server = None
 
-    async def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
+    async def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes = b"") -> Response:
         raise NotImplementedError
 
     def metrics_response(self, query: dict[str, list[str]], extra: list[str]) -> Response:
@@ -276,6 +279,7 @@ class Host(Endpoint):
         self.state = "running"
         self.failure = ""
         self.lock = asyncio.Lock()
+        self.api_requests = 0  # /api requests seen while the error_rate fault applies
 
     @property
     def version_file(self) -> str:
@@ -335,6 +339,43 @@ class Host(Endpoint):
             "faults": self.faults,
         }
 
+    def api(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        """A small user journey: POST /login {"user"} answers a token; GET /api/items needs it as a Bearer token.
+
+        Fault error_rate answers 500 to that percent of /api requests (evenly spread) once the loaded version
+        is at least the fault's version.
+        """
+        fault = self.faults.get("error_rate")
+        if fault and path.startswith("/api/") and (not fault.get("version") or compare_versions(self.version or "", fault["version"]) >= 0):
+            self.api_requests += 1
+            percent = int(fault.get("percent", 100))
+            if (self.api_requests * percent) // 100 != ((self.api_requests - 1) * percent) // 100:
+                return Response.json(500, {"error": f"injected error (fault error_rate {percent}%)", "host": self.name, "version": self.version})
+        if self.version is None:
+            return Response.json(503, {"host": self.name, "status": "unhealthy", "reason": self.failure})
+        if path == "/login":
+            if method != "POST":
+                response = Response.json(405, {"error": "POST a JSON body {\"user\": NAME} to log in"})
+                response.headers["Allow"] = "POST"
+                return response
+            try:
+                user = json.loads(body or b"{}").get("user")
+            except (ValueError, AttributeError):
+                user = None
+            if not isinstance(user, str) or not user:
+                return Response.json(400, {"error": "expected a JSON body {\"user\": NAME}"})
+            return Response.json(200, {"token": self.token(user), "user": user, "expires_in": 300})
+        scheme, _sep, token = headers.get("authorization", "").partition(" ")
+        user = token.partition(".")[0]
+        if scheme.lower() != "bearer" or not user or token != self.token(user):
+            return Response.json(401, {"error": "log in first: POST /login, then send Authorization: Bearer <token>"})
+        items = [{"id": number, "name": f"item-{number}"} for number in range(1, 4)]
+        return Response.json(200, {"items": items, "user": user, "host": self.name, "version": self.version})
+
+    def token(self, user: str) -> str:
+        """Valid until the service restarts, like a session held in memory."""
+        return f"{user}.{sha256_bytes(f'{self.name}/{self.started_at}/{user}'.encode())[:24]}"
+
     async def restart(self) -> tuple[bool, str]:
         async with self.lock:
             self.state = "restarting"
@@ -350,10 +391,15 @@ class Host(Endpoint):
             log(f"restart {self.name}: {previous} -> {self.version}")
             return True, f"{self.name} restarted, running {self.version}"
 
-    async def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
+    async def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes = b"") -> Response:
         delay = self.faults.get("delay_ms") or 0
-        if delay:
+        if delay and not (self.faults.get("slow_after") and compare_versions(self.version or "", self.faults["slow_after"]) < 0):
             await asyncio.sleep(delay / 1000.0)
+        correlation_id = headers.get("x-correlation-id")
+        if correlation_id and (correlation_id in self.metrics.correlation_ids or len(self.metrics.correlation_ids) < 64):
+            self.metrics.correlation_ids[correlation_id] += 1
+        if path in ("/login", "/api/items"):
+            return self.api(method, path, headers, body)
         if path == "/health":
             healthy, body = self.health()
             return Response.json(200 if healthy else 503, body)
@@ -415,7 +461,7 @@ class Origin(Endpoint):
         self.artifacts_dir = spec["artifacts_dir"]
         self.artifacts: dict[str, str] = dict(spec.get("artifacts") or {})
 
-    async def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
+    async def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes = b"") -> Response:
         if path == "/health":
             return Response.json(200, {"status": "ok", "host": "origin", "artifacts": len(self.artifacts)})
         if path == "/metrics":
@@ -572,18 +618,17 @@ class Fleet:
                     break
                 method, target, protocol = parts
                 length = int(headers.get("content-length") or 0)
-                if length:
-                    await reader.readexactly(length)
+                body = await reader.readexactly(length) if length else b""
                 connection = headers.get("connection", "").lower()
                 keep_alive = connection != "close" if protocol == "HTTP/1.1" else connection == "keep-alive"
                 url = urllib.parse.urlsplit(target)
                 query = urllib.parse.parse_qs(url.query)
-                if method not in ("GET", "HEAD"):
+                if method not in ("GET", "HEAD") and not (method == "POST" and url.path == "/login"):
                     response = Response.json(405, {"error": f"method {method} not allowed"})
                     response.headers["Allow"] = "GET, HEAD"
                 else:
                     try:
-                        response = await endpoint.handle(method, urllib.parse.unquote(url.path), query, headers)
+                        response = await endpoint.handle(method, urllib.parse.unquote(url.path), query, headers, body)
                     except Exception as exc:  # a demo service answers 500 rather than dying
                         log(f"{endpoint.name}: error serving {target}: {exc!r}")
                         response = Response.json(500, {"error": str(exc)})
