@@ -84,12 +84,19 @@ def decide(
     halt_when: str,
     response: str,
     wave_name: str,
+    fleet_failures: t.Sequence[str] = (),
+    inconclusive: t.Sequence[str] = (),
+    inconclusive_response: str = "hold",
 ) -> GateDecision:
     """Decide what happens after a batch.
 
     failures_total is the number of hosts of the whole run (merged by host, this batch included) whose latest
     outcome is a failure. The configured response applies to failures in this batch; a spent budget
     overrides a softer response with halt (or keeps a rollback response).
+
+    fleet_failures are failed fleet-wide checks (metric queries): they apply the response too, but have no host to
+    quarantine, so quarantine becomes halt. inconclusive checks (no data) never continue: without failures they
+    apply inconclusive_response (hold by default).
     """
     if response not in RESPONSES:
         raise ValueError(f"unknown response {response!r}; expected one of {', '.join(RESPONSES)}")
@@ -104,11 +111,20 @@ def decide(
     for verdict in verdicts:
         if verdict.host in failed:
             reasons.append(f"{verdict.host}: {verdict.outcome}: {verdict.reason}")
-    if not failed and not spent:
+    reasons += [f"{wave_name}: {reason}" for reason in fleet_failures]
+    if not failed and not spent and not fleet_failures:
+        if inconclusive:
+            if inconclusive_response not in RESPONSES or inconclusive_response == "quarantine":
+                raise ValueError(f"unknown inconclusive response {inconclusive_response!r}; expected hold, halt, rollback_wave or rollback_all")
+            held = tuple(f"{wave_name}: inconclusive, no pass without data: {reason}" for reason in inconclusive)
+            return GateDecision(inconclusive_response, held + (budget_text,), (), failures_total, budget_limit, False)
         return GateDecision("continue", (f"{wave_name}: all hosts in batch healthy", budget_text), (), failures_total, budget_limit, False)
     if spent:
         action = response if response in ROLLBACK_RESPONSES else "halt"
         reasons.append(f"{budget_text}: spent")
         return GateDecision(action, tuple(reasons), failed, failures_total, budget_limit, True)
     reasons.append(budget_text)
+    if not failed and response == "quarantine":
+        # a fleet-wide check failed: there is no host to quarantine
+        return GateDecision("halt", tuple(reasons), failed, failures_total, budget_limit, False)
     return GateDecision(response, tuple(reasons), failed, failures_total, budget_limit, False)

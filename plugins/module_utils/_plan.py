@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
 
 SCHEMA = 1
@@ -40,17 +41,24 @@ _POLICY_KEYS = (
     "bake_seconds",
     "canary",
     "canary_response",
+    "checks",
     "disruption_budget",
     "error_budget",
     "halt_when",
+    "inconclusive_response",
     "levels",
     "max_concurrency",
     "order",
     "response",
+    "stabilization",
     "wave_boundary",
     "waves",
 )
 _CANARY_KEYS = ("groups", "size")
+# no data is never a pass: an inconclusive check can hold, halt or roll back, never continue
+INCONCLUSIVE_RESPONSES = ("hold", "halt", "rollback_wave", "rollback_all")
+STABILIZATION_RESPONSES = ("hold", "halt", "rollback_wave", "rollback_all")
+_STABILIZATION_KEYS = ("interval", "response", "seconds")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*(\d+)\s*$")
 _DIGITS = re.compile(r"(\d+)")
@@ -248,6 +256,19 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         max_concurrency = _parse_size(max_concurrency, "policy.max_concurrency", minimum=1)
 
     response = _choice(data.get("response", "halt"), RESPONSES, "policy.response")
+    try:
+        checks = normalize_checks(data.get("checks"), "policy.checks")
+    except CheckError as exc:
+        raise PlanError(str(exc)) from None
+    stabilization_data = _mapping(data.get("stabilization") or {}, "policy.stabilization")
+    _unknown_keys(stabilization_data, _STABILIZATION_KEYS, "policy.stabilization")
+    stabilization = {
+        "seconds": _number(stabilization_data.get("seconds", 0), "policy.stabilization.seconds"),
+        "interval": _number(stabilization_data.get("interval", 5), "policy.stabilization.interval"),
+        "response": _choice(stabilization_data.get("response", "rollback_all"), STABILIZATION_RESPONSES, "policy.stabilization.response"),
+    }
+    if stabilization["seconds"] and not checks:
+        raise PlanError("policy.stabilization.seconds: a stabilization window needs policy.checks to watch")
     return {
         "levels": levels,
         "order": order,
@@ -262,6 +283,9 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         "response": response,
         # the canary follows the general response unless told otherwise
         "canary_response": _choice(data.get("canary_response", response), RESPONSES, "policy.canary_response"),
+        "checks": checks,
+        "inconclusive_response": _choice(data.get("inconclusive_response", "hold"), INCONCLUSIVE_RESPONSES, "policy.inconclusive_response"),
+        "stabilization": stabilization,
     }
 
 
@@ -464,7 +488,7 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
     filled = _fill_waves([host for host in order if host not in chosen], attributes, normalized, fleet_size)
 
     bake = normalized["bake_seconds"]
-    gates = ["health", "error_budget"] + ([f"bake:{bake}s"] if bake > 0 else [])
+    gates = ["health", "error_budget"] + [f"check:{check['name']}" for check in normalized["checks"]] + ([f"bake:{bake}s"] if bake > 0 else [])
     named = ([(CANARY, [canary], normalized["canary_response"])] if canary else []) + [
         (f"wave-{number}", budgets.split(hosts_of_wave), normalized["response"]) for number, hosts_of_wave in enumerate(filled, start=1)
     ]

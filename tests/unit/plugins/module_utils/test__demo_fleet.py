@@ -169,7 +169,7 @@ def test_version_errors(kwargs: dict[str, t.Any], message: str) -> None:
         (["slow"], "faults[0] must be a mapping"),
         (
             [{"kind": "boom", "match": {"host": "x"}}],
-            "faults[0]: kind 'boom' is not one of unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails",
+            "faults[0]: kind 'boom' is not one of unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails, error_rate",
         ),
         ([{"kind": "slow", "match": {"host": "x"}}], "faults[0] (slow): delay_ms is required"),
         ([{"kind": "slow", "delay_ms": -1, "match": {"host": "x"}}], "faults[0] (slow): delay_ms must be a non-negative integer"),
@@ -180,6 +180,8 @@ def test_version_errors(kwargs: dict[str, t.Any], message: str) -> None:
         ([{"kind": "unreachable", "match": {"zone": "a"}}], f"faults[0] (unreachable): match has unknown key(s) zone; use {LEVELS}"),
         ([{"kind": "unreachable", "match": {"host": ""}}], "faults[0] (unreachable): match.host must be a non-empty string or a list of them"),
         ([{"kind": "unreachable", "match": {"host": "x"}, "delay_ms": 5}], "faults[0] (unreachable): unknown field(s) delay_ms"),
+        ([{"kind": "error_rate", "match": {"host": "x"}}], "faults[0] (error_rate): percent is required"),
+        ([{"kind": "error_rate", "percent": 101, "match": {"host": "x"}}], "faults[0] (error_rate): percent must be between 0 and 100"),
     ],
 )
 def test_fault_validation_errors(faults: t.Any, message: str) -> None:
@@ -237,6 +239,26 @@ def test_resolve_faults_combines_per_host() -> None:
         "eu-west-acme-web-prod-01": {"delay_ms": 700, "unhealthy_after": "1.0.10"},
         "eu-west-acme-web-prod-02": {"delay_ms": 100, "unhealthy_after": "1.0.10", "disk_full": {"free_bytes": 100}},
         "us-east-globex-api-prod-02": {"restart_fails": True, "unreachable": True},
+    }
+
+
+def test_resolve_faults_version_gated_faults_combine_to_the_harshest() -> None:
+    host = "eu-west-acme-web-prod-01"
+    faults = demo.validate_faults(
+        [
+            {"kind": "slow", "delay_ms": 100, "version": "1.0.2", "match": {"host": host}},
+            {"kind": "slow", "delay_ms": 50, "version": "1.0.1", "match": {"host": host}},
+            {"kind": "error_rate", "percent": 20, "version": "1.1.0", "match": {"host": host}},
+            {"kind": "error_rate", "percent": 50, "version": "1.0.1", "match": {"host": host}},
+            {"kind": "slow", "delay_ms": 10, "match": {"host": "eu-west-acme-web-prod-02"}},
+            {"kind": "slow", "delay_ms": 300, "version": "1.0.1", "match": {"host": "eu-west-acme-web-prod-02"}},
+            {"kind": "error_rate", "percent": 100, "match": {"host": "eu-west-acme-web-prod-02"}},
+        ]
+    )
+    assert demo.resolve_faults(faults, layout().hosts) == {
+        host: {"delay_ms": 100, "slow_after": "1.0.1", "error_rate": {"percent": 50, "version": "1.0.1"}},
+        # a fault without a version applies from the start: no version gate is left
+        "eu-west-acme-web-prod-02": {"delay_ms": 300, "error_rate": {"percent": 100}},
     }
 
 

@@ -85,3 +85,46 @@ def test_decision_reasons_show_value_and_threshold() -> None:
 def test_unknown_response_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown response 'explode'"):
         decide(verdicts=[], failures_total=0, budget_limit=0, halt_when="exceeded", response="explode", wave_name="w")
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "fleet_failures", "inconclusive", "response", "inconclusive_response", "failures_total", "action"),
+    [
+        # no data is never a pass: inconclusive holds by default, or applies its own response
+        (("patched",), (), ("check x: inconclusive: no data",), "rollback_wave", "hold", 0, "hold"),
+        (("patched",), (), ("check x: inconclusive: no data",), "halt", "rollback_all", 0, "rollback_all"),
+        # a failure outranks inconclusive checks
+        (("patched", "unhealthy"), (), ("check x: inconclusive: no data",), "rollback_wave", "hold", 1, "rollback_wave"),
+        # a failed fleet-wide check applies the response; there is no host to quarantine, so quarantine halts
+        (("patched",), ("check errors: fail: value 0.5 > max 0.05",), (), "rollback_all", "hold", 0, "rollback_all"),
+        (("patched",), ("check errors: fail: value 0.5 > max 0.05",), (), "quarantine", "hold", 0, "halt"),
+        # a spent budget still halts a batch whose checks were only inconclusive
+        (("patched",), (), ("check x: inconclusive: no data",), "quarantine", "hold", 3, "halt"),
+    ],
+)
+def test_decide_with_check_outcomes(outcomes, fleet_failures, inconclusive, response: str, inconclusive_response: str,
+                                    failures_total: int, action: str) -> None:
+    decision = decide(
+        verdicts=_verdicts(*outcomes), failures_total=failures_total, budget_limit=2, halt_when="exceeded", response=response,
+        wave_name="canary", fleet_failures=fleet_failures, inconclusive=inconclusive, inconclusive_response=inconclusive_response,
+    )
+    assert decision.action == action
+
+
+def test_inconclusive_reasons_say_no_pass_without_data() -> None:
+    decision = decide(verdicts=_verdicts("patched"), failures_total=0, budget_limit=0, halt_when="exceeded", response="halt",
+                      wave_name="canary", inconclusive=("check x on h0: inconclusive: no data (3 samples, none measured)",))
+    assert decision.reasons[0] == "canary: inconclusive, no pass without data: check x on h0: inconclusive: no data (3 samples, none measured)"
+    assert decision.failed_hosts == ()
+
+
+def test_fleet_failure_reason_names_the_wave() -> None:
+    decision = decide(verdicts=_verdicts("patched"), failures_total=0, budget_limit=0, halt_when="exceeded", response="halt",
+                      wave_name="wave-2", fleet_failures=("check errors: fail: value 0.5 > max 0.05",))
+    assert decision.reasons[0] == "wave-2: check errors: fail: value 0.5 > max 0.05"
+
+
+def test_inconclusive_cannot_quarantine() -> None:
+    with pytest.raises(ValueError, match="unknown inconclusive response 'quarantine'"):
+        decide(verdicts=[], failures_total=0, budget_limit=0, halt_when="exceeded", response="halt", wave_name="w",
+               inconclusive=("x",), inconclusive_response="quarantine")

@@ -420,10 +420,20 @@ ERROR_CASES: list[tuple[str, t.Any, t.Any, t.Any, str]] = [
         FLEET16,
         {"wave": ["100%"]},
         "p-1",
-        "policy: unknown key 'wave'; allowed: bake_seconds, canary, canary_response, disruption_budget, error_budget, "
-        "halt_when, levels, max_concurrency, order, response, wave_boundary, waves",
+        "policy: unknown key 'wave'; allowed: bake_seconds, canary, canary_response, checks, disruption_budget, error_budget, "
+        "halt_when, inconclusive_response, levels, max_concurrency, order, response, stabilization, wave_boundary, waves",
     ),
     ("unknown level", FLEET16, {"levels": ["region", "zone"]}, "p-1", "policy.levels[1]: unknown level 'zone'" + EXPECTED_LEVELS),
+    ("bad check", FLEET16, {"checks": [{"name": "items", "url": "http://x/", "expect": {"json": ["items["]}}]}, "p-1",
+     "policy.checks[0] (items).request.expect.json[0]: invalid JMESPath expression 'items[': incomplete expression at column 6"),
+    ("inconclusive cannot continue", FLEET16, {"inconclusive_response": "continue"}, "p-1",
+     "policy.inconclusive_response: expected one of hold, halt, rollback_wave, rollback_all, got 'continue'"),
+    ("stabilization without checks", FLEET16, {"stabilization": {"seconds": 60}}, "p-1",
+     "policy.stabilization.seconds: a stabilization window needs policy.checks to watch"),
+    ("stabilization unknown key", FLEET16, {"stabilization": {"minutes": 1}}, "p-1",
+     "policy.stabilization: unknown key 'minutes'; allowed: interval, response, seconds"),
+    ("stabilization cannot quarantine", FLEET16, {"stabilization": {"response": "quarantine"}}, "p-1",
+     "policy.stabilization.response: expected one of hold, halt, rollback_wave, rollback_all, got 'quarantine'"),
     ("duplicate level", FLEET16, {"levels": ["region", "region"]}, "p-1", "policy.levels[1]: level 'region' is listed twice"),
     ("no levels", FLEET16, {"levels": []}, "p-1", "policy.levels must name at least one level"),
     ("levels not a list", FLEET16, {"levels": "region"}, "p-1", "policy.levels must be a list, got str"),
@@ -548,6 +558,9 @@ DEFAULT_POLICY = {
     "bake_seconds": 0,
     "response": "halt",
     "canary_response": "halt",
+    "checks": [],
+    "inconclusive_response": "hold",
+    "stabilization": {"seconds": 0, "interval": 5, "response": "rollback_all"},
 }
 
 NORMALIZE_CASES: list[tuple[str, t.Any, dict[str, t.Any]]] = [
@@ -561,6 +574,10 @@ NORMALIZE_CASES: list[tuple[str, t.Any, dict[str, t.Any]]] = [
     ("integral float bake is an int", {"bake_seconds": 30.0}, {"bake_seconds": 30}),
     ("null order and budgets", {"order": None, "disruption_budget": None}, {}),
     ("all levels", {"levels": list(LEVELS), "order": {"environment": ["prod"]}}, {"levels": list(LEVELS), "order": {"environment": ["prod"]}}),
+    ("stabilization filled in", {"checks": [{"name": "p", "kind": "tcp", "address": "${host}", "port": 22}], "stabilization": {"seconds": 30.0}},
+     {"checks": [{"name": "p", "kind": "tcp", "address": "${host}", "port": 22, "samples": 3, "interval": 0, "timeout": 5, "max_error_rate": 0,
+                  "max_consecutive_errors": None, "must_have_data": True, "latency_ms": {}, "baseline": None}],
+      "stabilization": {"seconds": 30, "interval": 5, "response": "rollback_all"}}),
 ]
 
 

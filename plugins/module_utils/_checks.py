@@ -1,0 +1,818 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: synthetic check specs, templates and sample judging. Not a public API.
+
+Plain data in, plain data out. The controller does the I/O (``plugin_utils/_probes.py``), ``_analysis.py`` turns
+samples into pass / fail / inconclusive. Everything that can be wrong with a check spec is found by
+``normalize_checks`` (structure, regexes, JMESPath syntax and function names, template names) and by
+``validate_targets`` (templates rendered for every target host), both before any host is touched.
+
+Templates are ``${name}``, so they never collide with Jinja (``{{ }}``) or JSON braces; ``$${`` is a literal ``${``.
+Host checks know ``${host}``, ``${var.<host variable>}``, ``${capture.<name>}`` (captured by an earlier step of the
+same journey) and the run's ``${run_id}``, ``${patch_id}``, ``${target_version}``. Metric queries know the run's
+names plus ``${hosts_regex}`` (the checked hosts as an escaped PromQL regex alternation) and ``${wave}``.
+
+A sample is ``{"outcome": ok | error | nodata | unavailable, "latency_ms": float | None, "reason": str}`` (metric
+samples also carry ``value``): *error* is a bad answer (what a user would see), *nodata* an empty measurement,
+*unavailable* a measurement that could not be taken (the metrics server did not answer).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import typing as t
+import urllib.parse
+from collections.abc import Mapping
+
+try:
+    import jmespath
+    import jmespath.exceptions
+    import jmespath.functions
+except ImportError:  # pragma: no cover - jmespath is a controller requirement of the collection
+    jmespath = None
+
+CHECK_KINDS = ("http", "tcp", "dns", "command", "prometheus")
+CONTROLLER_KINDS = ("http", "tcp", "dns")  # run from the controller against every host
+FLEET_KINDS = ("prometheus",)  # run once per gate, not per host
+HOST_KINDS = ("command",)  # run on the host itself by a module
+OUTCOMES = ("ok", "error", "nodata", "unavailable")
+LATENCY_KEYS = ("p50", "p90", "p95", "p99", "max")
+ASSERT_OPS = ("equals", "not_equals", "min", "max", "matches", "truthy", "exists")
+CONDITION_OPS = ("equals", "not_equals", "min", "max")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+FAMILIES = ("any", "ipv4", "ipv6")
+RUN_NAMES = ("run_id", "patch_id", "target_version")
+HOST_NAMES = ("host",) + RUN_NAMES
+FLEET_NAMES = ("hosts_regex", "wave") + RUN_NAMES
+MISSING: t.Any = object()
+
+_COMMON_KEYS = (
+    "baseline",
+    "description",
+    "interval",
+    "kind",
+    "latency_ms",
+    "max_consecutive_errors",
+    "max_error_rate",
+    "must_have_data",
+    "name",
+    "samples",
+    "timeout",
+)
+_STEP_KEYS = ("body", "capture", "expect", "headers", "json", "method", "name", "url", "validate_certs")
+_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "http": tuple(sorted(_COMMON_KEYS + ("steps",) + tuple(key for key in _STEP_KEYS if key != "name"))),
+    "tcp": tuple(sorted(_COMMON_KEYS + ("address", "port"))),
+    "dns": tuple(sorted(_COMMON_KEYS + ("expect_addresses", "family", "hostname"))),
+    "command": tuple(sorted(_COMMON_KEYS + ("command", "expect_rc", "stdout_regex"))),
+    "prometheus": tuple(sorted(_COMMON_KEYS + ("condition", "query", "url"))),
+}
+_EXPECT_KEYS = ("body_regex", "json", "max_latency_ms", "status")
+_BASELINE_KEYS = ("control_hosts", "error_rate_delta", "latency_ratio", "min_delta_ms", "percentile")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TEMPLATE_RE = re.compile(r"\$(\$)?\{([^}]*)\}")
+_PROMQL_REGEX_SPECIALS = set(".^$*+?()[]{}|\\")
+_MAX_SAMPLES = 1000
+
+
+class CheckError(ValueError):
+    """A check spec that cannot be run. The message names the policy path of the offending value."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# small validators
+
+
+def _type_name(value: t.Any) -> str:
+    if value is None:
+        return "None"
+    return next(cls.__name__ for cls in type(value).__mro__ if cls.__module__ == "builtins")
+
+
+def _mapping(value: t.Any, where: str) -> Mapping[t.Any, t.Any]:
+    if not isinstance(value, Mapping):
+        raise CheckError(f"{where} must be a mapping, got {_type_name(value)}")
+    return value
+
+
+def _list(value: t.Any, where: str) -> list[t.Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise CheckError(f"{where} must be a list, got {_type_name(value)}")
+    return list(value)
+
+
+def _unknown_keys(data: Mapping[t.Any, t.Any], allowed: t.Sequence[str], where: str) -> None:
+    unknown = sorted(str(key) for key in data if key not in allowed)
+    if unknown:
+        names = ", ".join(repr(key) for key in unknown)
+        noun = "key" if len(unknown) == 1 else "keys"
+        raise CheckError(f"{where}: unknown {noun} {names}; allowed: {', '.join(allowed)}")
+
+
+def _string(value: t.Any, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise CheckError(f"{where} must be a string, got {_type_name(value)}")
+    if not value and not empty:
+        raise CheckError(f"{where} must be a non-empty string")
+    return str(value)
+
+
+def _bool(value: t.Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise CheckError(f"{where} must be true or false, got {_type_name(value)}")
+    return value
+
+
+def _int(value: t.Any, where: str, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckError(f"{where} must be an integer, got {_type_name(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise CheckError(f"{where} must be {bounds}, got {value}")
+    return int(value)
+
+
+def _number(value: t.Any, where: str, *, minimum: float = 0.0, positive: bool = False, maximum: float | None = None) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CheckError(f"{where} must be a number, got {_type_name(value)}")
+    if value < minimum or (positive and value <= 0) or (maximum is not None and value > maximum):
+        if positive:
+            bounds = "> 0"
+        elif maximum is not None:
+            bounds = f"between {minimum:g} and {maximum:g}"
+        else:
+            bounds = f">= {minimum:g}"
+        raise CheckError(f"{where} must be {bounds}, got {value}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _fraction(value: t.Any, where: str) -> int | float:
+    """A rate as a fraction 0..1, or a percent string such as '5%'."""
+    if isinstance(value, str):
+        match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$", value)
+        if not match:
+            raise CheckError(f"{where} must be a fraction such as 0.05 or a percent such as '5%', got {value!r}")
+        value = float(match.group(1)) / 100
+        if value > 1:
+            raise CheckError(f"{where} must be between 0 and 1 (0% to 100%), got {match.group(1)}%")
+        value = round(value, 6)
+    return _number(value, where, maximum=1.0)
+
+
+def _regex(value: t.Any, where: str) -> str:
+    text = _string(value, where)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise CheckError(f"{where}: invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JMESPath
+
+
+def _jmespath_functions() -> frozenset[str]:
+    return frozenset(jmespath.functions.Functions.FUNCTION_TABLE) if jmespath is not None else frozenset()
+
+
+def _function_names(node: t.Any) -> t.Iterator[str]:
+    if isinstance(node, dict):
+        if node.get("type") == "function_expression":
+            yield str(node.get("value"))
+        for child in node.get("children", []):
+            yield from _function_names(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _function_names(child)
+
+
+def jmespath_error(expression: str) -> str | None:
+    """Why expression is not valid JMESPath (syntax or an unknown function), or None."""
+    if jmespath is None:
+        return "the jmespath Python library is not installed on the controller"
+    try:
+        compiled = jmespath.compile(expression)
+    except jmespath.exceptions.EmptyExpressionError:
+        return "empty expression"
+    except jmespath.exceptions.IncompleteExpressionError as exc:
+        return f"incomplete expression at column {exc.lex_position}"
+    except jmespath.exceptions.LexerError as exc:
+        return f"{exc.message} at column {exc.lex_position}"
+    except jmespath.exceptions.ParseError as exc:
+        return f"{exc.msg} at column {exc.lex_position}"
+    known = _jmespath_functions()
+    for name in _function_names(compiled.parsed):
+        if name not in known:
+            return f"unknown function {name}()"
+    return None
+
+
+def _jmespath(value: t.Any, where: str) -> str:
+    text = _string(value, where)
+    problem = jmespath_error(text)
+    if problem:
+        raise CheckError(f"{where}: invalid JMESPath expression {text!r}: {problem}")
+    return text
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(expression: str) -> t.Any:
+    return jmespath.compile(expression)
+
+
+def search(expression: str, data: t.Any) -> t.Any:
+    """Evaluate a validated JMESPath expression; a type error at run time (length(5)) yields None."""
+    try:
+        return _compiled(expression).search(data)
+    except jmespath.exceptions.JMESPathError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# templates
+
+
+def template_names(text: str, where: str) -> list[str]:
+    """The ``${...}`` names used in text, in order; raises on an unterminated or empty placeholder."""
+    names = []
+    for match in _TEMPLATE_RE.finditer(text):
+        if match.group(1):
+            continue
+        name = match.group(2).strip()
+        if not name:
+            raise CheckError(f"{where}: empty template placeholder '${{}}' in {text!r}")
+        names.append(name)
+    stripped = _TEMPLATE_RE.sub("", text)
+    if "${" in stripped:
+        raise CheckError(f"{where}: unterminated template placeholder in {text!r}; write '$${{' for a literal '${{'")
+    return names
+
+
+def _check_names(text: str, where: str, *, allowed: tuple[str, ...], captures: t.Collection[str] | None) -> None:
+    for name in template_names(text, where):
+        namespace, dot, rest = name.partition(".")
+        if dot and namespace == "var" and captures is not None:
+            if not _IDENT_RE.match(rest):
+                raise CheckError(f"{where}: '${{{name}}}' does not name a host variable")
+            continue
+        if dot and namespace == "capture" and captures is not None:
+            if rest not in captures:
+                known = ", ".join(sorted(captures)) or "none"
+                raise CheckError(f"{where}: '${{{name}}}' is not captured by an earlier step (captured so far: {known})")
+            continue
+        if name not in allowed:
+            extra = ", var.<host variable>, capture.<name>" if captures is not None else ""
+            raise CheckError(f"{where}: unknown template name '${{{name}}}'; known: {', '.join(allowed)}{extra}")
+
+
+def render(text: str, context: Mapping[str, t.Any]) -> str:
+    """Fill ``${name}`` placeholders from context (``var.x`` and ``capture.x`` are flat keys); KeyError names a gap."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(1):
+            return "${" + match.group(2) + "}"
+        name = match.group(2).strip()
+        found = context.get(name, MISSING)
+        if found is MISSING:
+            raise KeyError(name)
+        if isinstance(found, str):
+            return found
+        return json.dumps(found, sort_keys=True) if isinstance(found, (dict, list)) else str(found)
+
+    return _TEMPLATE_RE.sub(value, text)
+
+
+def render_json(value: t.Any, context: Mapping[str, t.Any]) -> t.Any:
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, list):
+        return [render_json(item, context) for item in value]
+    if isinstance(value, dict):
+        return {key: render_json(item, context) for key, item in value.items()}
+    return value
+
+
+def promql_regex(hosts: t.Iterable[str]) -> str:
+    """Hosts as a regex alternation, escaped for RE2 inside a double-quoted PromQL string."""
+    return "|".join("".join("\\\\" + char if char in _PROMQL_REGEX_SPECIALS else char for char in host) for host in hosts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# spec normalisation
+
+
+def _latency(value: t.Any, where: str) -> dict[str, int | float]:
+    data = _mapping(value, where)
+    _unknown_keys(data, LATENCY_KEYS, where)
+    return {key: _number(data[key], f"{where}.{key}", positive=True) for key in LATENCY_KEYS if data.get(key) is not None}
+
+
+def _baseline(value: t.Any, where: str) -> dict[str, t.Any] | None:
+    if value is None or value is False:
+        return None
+    data = _mapping({} if value is True else value, where)
+    _unknown_keys(data, _BASELINE_KEYS, where)
+    ratio = data.get("latency_ratio", 1.2)
+    delta = data.get("error_rate_delta", 0)
+    baseline = {
+        "latency_ratio": None if ratio is None else _number(ratio, f"{where}.latency_ratio", minimum=1.0),
+        "percentile": _number(data.get("percentile", 95), f"{where}.percentile", minimum=1, maximum=100),
+        "min_delta_ms": _number(data.get("min_delta_ms", 50), f"{where}.min_delta_ms"),
+        "error_rate_delta": None if delta is None else _fraction(delta, f"{where}.error_rate_delta"),
+        "control_hosts": _int(data.get("control_hosts", 0), f"{where}.control_hosts", minimum=0, maximum=100),
+    }
+    if baseline["latency_ratio"] is None and baseline["error_rate_delta"] is None:
+        raise CheckError(f"{where}: compares nothing; set latency_ratio and/or error_rate_delta")
+    return baseline
+
+
+def _assertion(value: t.Any, where: str, *, ops: tuple[str, ...] = ASSERT_OPS) -> dict[str, t.Any]:
+    if isinstance(value, str):
+        return {"query": _jmespath(value, where), "truthy": True}
+    data = _mapping(value, where)
+    _unknown_keys(data, ("query",) + ops, where)
+    if "query" not in data:
+        raise CheckError(f"{where}: 'query' (a JMESPath expression) is required")
+    assertion: dict[str, t.Any] = {"query": _jmespath(data["query"], f"{where}.query")}
+    given = [op for op in ops if op in data]
+    if not given:
+        raise CheckError(f"{where}: give at least one of {', '.join(ops)}")
+    for op in given:
+        operand = data[op]
+        if op in ("min", "max"):
+            assertion[op] = _number(operand, f"{where}.{op}", minimum=-math.inf)
+        elif op == "matches":
+            assertion[op] = _regex(operand, f"{where}.{op}")
+        elif op in ("truthy", "exists"):
+            assertion[op] = _bool(operand, f"{where}.{op}")
+        else:
+            try:
+                json.dumps(operand)
+            except (TypeError, ValueError):
+                raise CheckError(f"{where}.{op} must be plain data (string, number, list, mapping)") from None
+            assertion[op] = operand
+    return assertion
+
+
+def _condition(value: t.Any, where: str) -> dict[str, t.Any]:
+    data = _mapping(value, where)
+    _unknown_keys(data, CONDITION_OPS, where)
+    if not data:
+        raise CheckError(f"{where}: give at least one of {', '.join(CONDITION_OPS)}")
+    return {op: _number(data[op], f"{where}.{op}", minimum=-math.inf) for op in CONDITION_OPS if op in data}
+
+
+def _status_list(value: t.Any, where: str) -> list[int]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    codes = [_int(item, f"{where}", minimum=100, maximum=599) for item in items]
+    if not codes:
+        raise CheckError(f"{where} must list at least one HTTP status")
+    return sorted(set(codes))
+
+
+def _step(value: t.Any, where: str, index: int, captured: set[str]) -> dict[str, t.Any]:
+    data = _mapping(value, where)
+    _unknown_keys(data, _STEP_KEYS, where)
+    name = data.get("name", f"step-{index + 1}")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CheckError(f"{where}.name must be letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
+    method = _string(data.get("method", "GET"), f"{where}.method").upper()
+    if method not in METHODS:
+        raise CheckError(f"{where}.method: expected one of {', '.join(METHODS)}, got {data.get('method')!r}")
+    if "url" not in data:
+        raise CheckError(f"{where}: 'url' is required")
+    url = _string(data["url"], f"{where}.url")
+    _check_names(url, f"{where}.url", allowed=HOST_NAMES, captures=captured)
+    if not re.match(r"^(https?://|\$\{)", url, re.IGNORECASE):
+        raise CheckError(f"{where}.url: expected an http:// or https:// URL, got {url!r}")
+    headers: dict[str, str] = {}
+    for key, header in _mapping(data.get("headers") or {}, f"{where}.headers").items():
+        if not isinstance(key, str) or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", key):
+            raise CheckError(f"{where}.headers: {key!r} is not a valid header name")
+        if isinstance(header, (int, float)) and not isinstance(header, bool):
+            header = str(header)
+        headers[str(key)] = _string(header, f"{where}.headers.{key}", empty=True)
+        _check_names(headers[str(key)], f"{where}.headers.{key}", allowed=HOST_NAMES, captures=captured)
+    if "body" in data and "json" in data:
+        raise CheckError(f"{where}: give 'body' or 'json', not both")
+    step: dict[str, t.Any] = {"name": name, "method": method, "url": url, "headers": headers}
+    if data.get("body") is not None:
+        step["body"] = _string(data["body"], f"{where}.body", empty=True)
+        _check_names(step["body"], f"{where}.body", allowed=HOST_NAMES, captures=captured)
+    if data.get("json") is not None:
+        try:
+            step["json"] = json.loads(json.dumps(data["json"]))
+        except (TypeError, ValueError):
+            raise CheckError(f"{where}.json must be plain data (string, number, list, mapping)") from None
+        for text in _strings_in(step["json"]):
+            _check_names(text, f"{where}.json", allowed=HOST_NAMES, captures=captured)
+    step["validate_certs"] = _bool(data.get("validate_certs", True), f"{where}.validate_certs")
+    expect_data = _mapping(data.get("expect") or {}, f"{where}.expect")
+    _unknown_keys(expect_data, _EXPECT_KEYS, f"{where}.expect")
+    expect: dict[str, t.Any] = {"status": _status_list(expect_data.get("status", 200), f"{where}.expect.status")}
+    if expect_data.get("body_regex") is not None:
+        expect["body_regex"] = _regex(expect_data["body_regex"], f"{where}.expect.body_regex")
+    expect["json"] = [
+        _assertion(item, f"{where}.expect.json[{number}]") for number, item in enumerate(_list(expect_data.get("json") or [], f"{where}.expect.json"))
+    ]
+    if expect_data.get("max_latency_ms") is not None:
+        expect["max_latency_ms"] = _number(expect_data["max_latency_ms"], f"{where}.expect.max_latency_ms", positive=True)
+    step["expect"] = expect
+    capture: dict[str, str] = {}
+    for key, query in _mapping(data.get("capture") or {}, f"{where}.capture").items():
+        if not isinstance(key, str) or not _IDENT_RE.match(key):
+            raise CheckError(f"{where}.capture: {key!r} is not a name (letters, digits, '_')")
+        capture[key] = _jmespath(query, f"{where}.capture.{key}")
+    step["capture"] = capture
+    captured.update(capture)
+    return step
+
+
+def _strings_in(value: t.Any) -> t.Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings_in(item)
+
+
+def _normalize_check(value: t.Any, where: str) -> dict[str, t.Any]:
+    data = _mapping(value, where)
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CheckError(f"{where}.name must be letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
+    where = f"{where} ({name})"
+    kind = data.get("kind", "http")
+    if kind not in CHECK_KINDS:
+        shown = repr(kind) if isinstance(kind, str) else _type_name(kind)
+        raise CheckError(f"{where}.kind: expected one of {', '.join(CHECK_KINDS)}, got {shown}")
+    _unknown_keys(data, _KIND_KEYS[kind], where)
+    check: dict[str, t.Any] = {
+        "name": name,
+        "kind": kind,
+        "samples": _int(data.get("samples", 3), f"{where}.samples", minimum=1, maximum=_MAX_SAMPLES),
+        "interval": _number(data.get("interval", 0), f"{where}.interval"),
+        "timeout": _number(data.get("timeout", 5), f"{where}.timeout", positive=True),
+        "max_error_rate": _fraction(data.get("max_error_rate", 0), f"{where}.max_error_rate"),
+        "max_consecutive_errors": (
+            None if data.get("max_consecutive_errors") is None
+            else _int(data["max_consecutive_errors"], f"{where}.max_consecutive_errors", minimum=0)
+        ),
+        "must_have_data": _bool(data.get("must_have_data", True), f"{where}.must_have_data"),
+        "latency_ms": _latency(data.get("latency_ms") or {}, f"{where}.latency_ms"),
+        "baseline": _baseline(data.get("baseline"), f"{where}.baseline"),
+    }
+    if data.get("description") is not None:
+        check["description"] = _string(data["description"], f"{where}.description", empty=True)
+    if kind in FLEET_KINDS + HOST_KINDS and check["baseline"] is not None:
+        raise CheckError(f"{where}.baseline: only http, tcp and dns checks compare against a baseline")
+    if kind == "prometheus" and check["latency_ms"]:
+        raise CheckError(f"{where}.latency_ms: a prometheus check has no latency thresholds; put the latency in the query")
+    getattr(_KindNormalizer, kind)(data, where, check)
+    return check
+
+
+class _KindNormalizer:
+    """Per-kind fields, added to the common ones."""
+
+    @staticmethod
+    def http(data: Mapping[str, t.Any], where: str, check: dict[str, t.Any]) -> None:
+        inline = {key: data[key] for key in _STEP_KEYS if key in data and key != "name"}
+        if "steps" in data:
+            if inline:
+                raise CheckError(f"{where}: give 'steps' or a single request ({', '.join(sorted(inline))}), not both")
+            raw = _list(data["steps"], f"{where}.steps")
+            if not raw:
+                raise CheckError(f"{where}.steps must list at least one request")
+            steps_where = f"{where}.steps"
+        else:
+            if "url" not in inline:
+                raise CheckError(f"{where}: an http check needs 'url' (one request) or 'steps' (a journey)")
+            raw = [dict(inline, name=check["name"])]
+            steps_where = f"{where}.request"
+        captured: set[str] = set()
+        steps = []
+        for index, item in enumerate(raw):
+            step_where = f"{steps_where}[{index}]" if "steps" in data else steps_where
+            steps.append(_step(item, step_where, index, captured))
+        names = [step["name"] for step in steps]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise CheckError(f"{where}.steps: step name(s) {', '.join(duplicates)} used twice")
+        check["steps"] = steps
+
+    @staticmethod
+    def tcp(data: Mapping[str, t.Any], where: str, check: dict[str, t.Any]) -> None:
+        for key in ("address", "port"):
+            if key not in data:
+                raise CheckError(f"{where}: '{key}' is required")
+        check["address"] = _string(data["address"], f"{where}.address")
+        _check_names(check["address"], f"{where}.address", allowed=HOST_NAMES, captures=())
+        port = data["port"]
+        if isinstance(port, str):
+            _check_names(port, f"{where}.port", allowed=HOST_NAMES, captures=())
+            if not template_names(port, f"{where}.port"):
+                port = _port(port, f"{where}.port")
+        else:
+            port = _port(port, f"{where}.port")
+        check["port"] = port
+
+    @staticmethod
+    def dns(data: Mapping[str, t.Any], where: str, check: dict[str, t.Any]) -> None:
+        if "hostname" not in data:
+            raise CheckError(f"{where}: 'hostname' (the name to resolve) is required")
+        check["hostname"] = _string(data["hostname"], f"{where}.hostname")
+        _check_names(check["hostname"], f"{where}.hostname", allowed=HOST_NAMES, captures=())
+        family = data.get("family", "any")
+        if family not in FAMILIES:
+            raise CheckError(f"{where}.family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+        check["family"] = family
+        addresses = _list(data.get("expect_addresses") or [], f"{where}.expect_addresses")
+        check["expect_addresses"] = [_string(item, f"{where}.expect_addresses[{index}]") for index, item in enumerate(addresses)]
+        for index, item in enumerate(check["expect_addresses"]):
+            _check_names(item, f"{where}.expect_addresses[{index}]", allowed=HOST_NAMES, captures=())
+
+    @staticmethod
+    def command(data: Mapping[str, t.Any], where: str, check: dict[str, t.Any]) -> None:
+        if "command" not in data:
+            raise CheckError(f"{where}: 'command' (an argv list or a string) is required")
+        command = data["command"]
+        if isinstance(command, str):
+            if not command.strip():
+                raise CheckError(f"{where}.command must not be empty")
+            check["command"] = command
+        else:
+            argv = _list(command, f"{where}.command")
+            if not argv:
+                raise CheckError(f"{where}.command must not be empty")
+            check["command"] = [_string(item, f"{where}.command[{index}]", empty=True) for index, item in enumerate(argv)]
+        check["expect_rc"] = _int(data.get("expect_rc", 0), f"{where}.expect_rc", minimum=0, maximum=255)
+        if data.get("stdout_regex") is not None:
+            check["stdout_regex"] = _regex(data["stdout_regex"], f"{where}.stdout_regex")
+
+    @staticmethod
+    def prometheus(data: Mapping[str, t.Any], where: str, check: dict[str, t.Any]) -> None:
+        for key in ("url", "query", "condition"):
+            if key not in data:
+                raise CheckError(f"{where}: '{key}' is required")
+        check["url"] = _string(data["url"], f"{where}.url")
+        _check_names(check["url"], f"{where}.url", allowed=RUN_NAMES, captures=None)
+        problem = url_problem(render(check["url"], dict.fromkeys(RUN_NAMES, "x")))
+        if problem:
+            raise CheckError(f"{where}.url: {check['url']!r}: {problem}")
+        check["query"] = _string(data["query"], f"{where}.query")
+        _check_names(check["query"], f"{where}.query", allowed=FLEET_NAMES, captures=None)
+        check["condition"] = _condition(data["condition"], f"{where}.condition")
+
+
+def _port(value: t.Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise CheckError(f"{where} must be a port number 1-65535, got {value!r}")
+    return int(value)
+
+
+def url_problem(url: str) -> str | None:
+    """Why url cannot be requested (scheme, host, port), or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "expected an http:// or https:// URL with a host"
+    if port == 0:
+        return "port 0 cannot be connected to"
+    if any(char.isspace() for char in url):
+        return "contains whitespace"
+    return None
+
+
+def normalize_checks(value: t.Any, where: str = "policy.checks") -> list[dict[str, t.Any]]:
+    """Validate and fill defaults; the result is JSON-serialisable and idempotent under this function."""
+    if value is None:
+        return []
+    checks = [_normalize_check(item, f"{where}[{index}]") for index, item in enumerate(_list(value, where))]
+    names = [check["name"] for check in checks]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise CheckError(f"{where}: check name(s) {', '.join(duplicates)} used twice")
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-host validation and rendering
+
+
+def referenced_vars(checks: t.Iterable[Mapping[str, t.Any]]) -> list[str]:
+    """Host variables the checks' templates read (``${var.x}`` -> ``x``), sorted."""
+    names: set[str] = set()
+    for check in checks:
+        for text in _template_fields(check):
+            names.update(name[4:] for name in template_names(text, check["name"]) if name.startswith("var."))
+    return sorted(names)
+
+
+def _template_fields(check: Mapping[str, t.Any]) -> t.Iterator[str]:
+    kind = check["kind"]
+    if kind == "http":
+        for step in check["steps"]:
+            yield step["url"]
+            yield from step["headers"].values()
+            if "body" in step:
+                yield step["body"]
+            if "json" in step:
+                yield from _strings_in(step["json"])
+    elif kind == "tcp":
+        yield check["address"]
+        if isinstance(check["port"], str):
+            yield check["port"]
+    elif kind == "dns":
+        yield check["hostname"]
+        yield from check["expect_addresses"]
+
+
+def host_context(host: str, variables: Mapping[str, t.Any], run: Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """Template names of one host: ``host``, the run's names, and ``var.<name>`` for the variables given."""
+    context: dict[str, t.Any] = {name: run[name] for name in RUN_NAMES if name in run}
+    context["host"] = host
+    context.update({f"var.{name}": value for name, value in variables.items() if value is not MISSING})
+    return context
+
+
+def _render_where(text: str, context: Mapping[str, t.Any], where: str, host: str) -> str:
+    try:
+        return render(text, context)
+    except KeyError as exc:
+        name = exc.args[0]
+        what = f"host variable {name[4:]!r} is not defined" if name.startswith("var.") else f"'${{{name}}}' has no value"
+        raise CheckError(f"{where}: {text!r} for host {host!r}: {what}") from None
+
+
+def render_target(check: Mapping[str, t.Any], context: Mapping[str, t.Any], where: str = "check") -> dict[str, t.Any]:
+    """What a controller-side check connects to for one host; raises CheckError when a template cannot be filled.
+
+    Steps after the first may use captures, which only exist at run time: their URLs are checked with the
+    captures replaced by a placeholder.
+    """
+    host = str(context.get("host", "?"))
+    kind = check["kind"]
+    if kind == "http":
+        urls = []
+        for index, step in enumerate(check["steps"]):
+            step_where = f"{where}.steps[{index}].url"
+            probe = dict(context)
+            for name in template_names(step["url"], step_where):
+                if name.startswith("capture."):
+                    probe[name] = "capture"
+            url = _render_where(step["url"], probe, step_where, host)
+            problem = url_problem(url)
+            if problem:
+                raise CheckError(f"{step_where}: {step['url']!r} renders to {url!r} for host {host!r}: {problem}")
+            for key, header in step["headers"].items():
+                if not any(name.startswith("capture.") for name in template_names(header, where)):
+                    _render_where(header, context, f"{where}.steps[{index}].headers.{key}", host)
+            urls.append(url)
+        return {"urls": urls}
+    if kind == "tcp":
+        address = _render_where(check["address"], context, f"{where}.address", host)
+        port = check["port"]
+        if isinstance(port, str):
+            port = _port(_render_where(port, context, f"{where}.port", host), f"{where}.port for host {host!r}")
+        if not address.strip():
+            raise CheckError(f"{where}.address: {check['address']!r} renders to an empty address for host {host!r}")
+        return {"address": address, "port": port}
+    if kind == "dns":
+        hostname = _render_where(check["hostname"], context, f"{where}.hostname", host)
+        if not hostname.strip():
+            raise CheckError(f"{where}.hostname: {check['hostname']!r} renders to an empty name for host {host!r}")
+        expected = [_render_where(item, context, f"{where}.expect_addresses", host) for item in check["expect_addresses"]]
+        return {"hostname": hostname, "expect_addresses": expected}
+    return {}
+
+
+def validate_targets(checks: t.Sequence[Mapping[str, t.Any]], contexts: Mapping[str, Mapping[str, t.Any]], where: str = "policy.checks") -> None:
+    """Render every controller-side check for every host; the first template that cannot be filled is an error."""
+    for index, check in enumerate(checks):
+        if check["kind"] not in CONTROLLER_KINDS:
+            continue
+        for host in contexts:
+            render_target(check, contexts[host], f"{where}[{index}] ({check['name']})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# judging answers
+
+
+def _short(value: t.Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def assertion_failure(assertion: Mapping[str, t.Any], document: t.Any) -> str | None:
+    """Why a JSON document fails one assertion, or None when it holds."""
+    query = assertion["query"]
+    value = search(query, document)
+    shown = f"json {query!r} = {_short(value)}"
+    for op in ASSERT_OPS:
+        if op not in assertion:
+            continue
+        expected = assertion[op]
+        if op == "equals" and value != expected:
+            return f"{shown}, expected == {_short(expected)}"
+        if op == "not_equals" and value == expected:
+            return f"{shown}, expected != {_short(expected)}"
+        if op in ("min", "max"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"{shown}, expected a number {'>=' if op == 'min' else '<='} {expected:g}"
+            if (op == "min" and value < expected) or (op == "max" and value > expected):
+                return f"{shown}, expected {'>=' if op == 'min' else '<='} {expected:g}"
+        if op == "matches" and (value is None or not re.search(expected, value if isinstance(value, str) else json.dumps(value))):
+            return f"{shown}, expected to match {expected!r}"
+        if op == "truthy" and bool(value not in (None, False, "", [], {})) is not expected:
+            return f"{shown}, expected {'a true' if expected else 'a false'} value"
+        if op == "exists" and (value is not None) is not expected:
+            return f"{shown}, expected {'a value' if expected else 'nothing'}"
+    return None
+
+
+def judge_http(step: Mapping[str, t.Any], *, status: int, body: bytes, latency_ms: float) -> tuple[str | None, dict[str, t.Any]]:
+    """(why the answer is an error or None, captured values) for one HTTP step."""
+    expect = step["expect"]
+    name = step["name"]
+    if status not in expect["status"]:
+        wanted = ", ".join(str(code) for code in expect["status"])
+        return f"{name}: HTTP {status}, expected {wanted}", {}
+    if "max_latency_ms" in expect and latency_ms > expect["max_latency_ms"]:
+        return f"{name}: took {latency_ms:.1f} ms, expected <= {expect['max_latency_ms']:g} ms", {}
+    text = body.decode("utf-8", "replace")
+    if "body_regex" in expect and not re.search(expect["body_regex"], text):
+        return f"{name}: body does not match {expect['body_regex']!r}", {}
+    if not expect["json"] and not step["capture"]:
+        return None, {}
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return f"{name}: body is not JSON", {}
+    for assertion in expect["json"]:
+        problem = assertion_failure(assertion, document)
+        if problem:
+            return f"{name}: {problem}", {}
+    captures: dict[str, t.Any] = {}
+    for key, query in step["capture"].items():
+        value = search(query, document)
+        if value is None:
+            return f"{name}: capture {key}: {query!r} found nothing", {}
+        captures[f"capture.{key}"] = value
+    return None, captures
+
+
+def judge_command(check: Mapping[str, t.Any], *, rc: int, stdout: str) -> str | None:
+    if rc != check["expect_rc"]:
+        return f"exit code {rc}, expected {check['expect_rc']}"
+    if "stdout_regex" in check and not re.search(check["stdout_regex"], stdout):
+        return f"output does not match {check['stdout_regex']!r}"
+    return None
+
+
+def judge_value(condition: Mapping[str, t.Any], value: float) -> str | None:
+    """Why a measured metric value breaks the condition, or None."""
+    for op in CONDITION_OPS:
+        if op not in condition:
+            continue
+        bound = condition[op]
+        if op == "min" and not value >= bound:
+            return f"value {value:g} < min {bound:g}"
+        if op == "max" and not value <= bound:
+            return f"value {value:g} > max {bound:g}"
+        if op == "equals" and value != bound:
+            return f"value {value:g} != {bound:g}"
+        if op == "not_equals" and value == bound:
+            return f"value {value:g} == {bound:g}"
+    return None
+
+
+def sample(outcome: str, latency_ms: float | None = None, reason: str = "", **extra: t.Any) -> dict[str, t.Any]:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown sample outcome {outcome!r}")
+    record: dict[str, t.Any] = {"outcome": outcome, "latency_ms": None if latency_ms is None else round(latency_ms, 3), "reason": reason}
+    record.update(extra)
+    return record
+
+
+def overview(checks: t.Sequence[Mapping[str, t.Any]]) -> dict[str, t.Any]:
+    """What the rollout role needs to know: check names, whether to capture a baseline, the host-side checks."""
+    return {
+        "names": [check["name"] for check in checks],
+        "baseline": any(check.get("baseline") for check in checks),
+        "command": [dict(check) for check in checks if check["kind"] in HOST_KINDS],
+    }

@@ -1,0 +1,123 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: command_checks
+short_description: Run the command checks of a rollout policy on a host and return their samples
+version_added: 0.2.0
+description:
+  - Runs every check of kind V(command) on the managed host, C(samples) times each, and returns the samples
+    (outcome, latency, reason) for M(fleetpatch.rollout.wave_gate) to judge with the other checks of the batch.
+  - One module execution per host runs all command checks. HTTP, TCP, DNS and metric checks need no module, the
+    controller runs them (M(fleetpatch.rollout.synthetic_checks)).
+  - A sample is an error when the exit code is not C(expect_rc) or the output does not match C(stdout_regex), or when
+    the command runs longer than C(timeout) seconds (it is then stopped, when the C(timeout) program is available on
+    the host).
+  - The module reports samples and never fails because a check failed; the gate decides.
+author: fleetpatch developers (@fleetpatch)
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details: In check mode no command runs and RV(samples) is empty.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: The module changes nothing itself; what the commands do is up to them (checks should only observe).
+options:
+  checks:
+    description:
+      - Checks of kind V(command), as in the rollout policy's C(checks) key; checks of other kinds are ignored.
+      - Each has C(name), C(command) (argv list, or a string split like a shell would, without a shell),
+        C(expect_rc) (default V(0)), C(stdout_regex), C(samples), C(interval) and C(timeout).
+    type: list
+    elements: dict
+    required: true
+seealso:
+  - module: fleetpatch.rollout.wave_gate
+  - module: fleetpatch.rollout.synthetic_checks
+"""
+
+EXAMPLES = r"""
+- name: Run the policy's command checks on this host
+  fleetpatch.rollout.command_checks:
+    checks:
+      - name: queue-drained
+        kind: command
+        command: [/usr/local/bin/queue-depth, --max, "10"]
+        samples: 3
+        interval: 1
+  register: command_checks
+"""
+
+RETURN = r"""
+samples:
+  description: Check name to its samples, each with outcome (V(ok) or V(error)), latency_ms and reason.
+  returned: always
+  type: dict
+  sample:
+    queue-drained:
+      - {outcome: ok, latency_ms: 12.5, reason: ""}
+      - {outcome: error, latency_ms: 10.1, reason: "exit code 1, expected 0"}
+"""
+
+import shlex
+import time
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import (
+    HOST_KINDS,
+    CheckError,
+    judge_command,
+    normalize_checks,
+    sample,
+)
+
+
+def run_check(module: AnsibleModule, check: dict[str, t.Any], timeout_bin: str | None) -> list[dict[str, t.Any]]:
+    command = check["command"]
+    argv = list(command) if isinstance(command, list) else command
+    if timeout_bin:
+        prefix = [timeout_bin, "--kill-after=1", f"{check['timeout']:g}"]
+        argv = prefix + (argv if isinstance(argv, list) else shlex.split(argv))
+    samples = []
+    for number in range(check["samples"]):
+        if number and check["interval"]:
+            time.sleep(check["interval"])
+        started = time.monotonic()
+        rc, stdout, stderr = module.run_command(argv, check_rc=False)
+        latency = (time.monotonic() - started) * 1000
+        if timeout_bin and rc in (124, 137):
+            samples.append(sample("error", latency, f"timed out after {check['timeout']:g} s"))
+            continue
+        problem = judge_command(check, rc=rc, stdout=stdout)
+        if problem and stderr.strip():
+            problem += f": {stderr.strip().splitlines()[-1][:200]}"
+        samples.append(sample("error" if problem else "ok", latency, problem or ""))
+    return samples
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={"checks": {"type": "list", "elements": "dict", "required": True}},
+        supports_check_mode=True,
+    )
+    try:
+        checks = [check for check in normalize_checks(module.params["checks"], "checks") if check["kind"] in HOST_KINDS]
+    except CheckError as exc:
+        module.fail_json(msg=str(exc))
+    if module.check_mode:
+        module.exit_json(changed=False, samples={})
+    timeout_bin = module.get_bin_path("timeout")
+    module.exit_json(changed=False, samples={check["name"]: run_check(module, check, timeout_bin) for check in checks})
+
+
+if __name__ == "__main__":
+    main()

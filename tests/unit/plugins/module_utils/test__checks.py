@@ -1,0 +1,375 @@
+from __future__ import annotations
+
+import json
+import typing as t
+
+import pytest
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import (
+    MISSING,
+    CheckError,
+    assertion_failure,
+    host_context,
+    jmespath_error,
+    judge_command,
+    judge_http,
+    judge_value,
+    normalize_checks,
+    overview,
+    promql_regex,
+    referenced_vars,
+    render,
+    render_target,
+    sample,
+    template_names,
+    validate_targets,
+)
+
+URL = "http://${var.fleet_address}:${var.fleet_port}"
+JOURNEY = {
+    "name": "journey",
+    "steps": [
+        {"name": "login", "method": "post", "url": f"{URL}/login", "json": {"user": "synthetic-${host}"}, "capture": {"token": "token"}},
+        {"name": "items", "url": f"{URL}/api/items", "headers": {"Authorization": "Bearer ${capture.token}"},
+         "expect": {"status": [200], "json": ["length(items) > `0`", {"query": "version", "exists": True}], "max_latency_ms": 500}},
+    ],
+}
+
+
+def http(**extra: t.Any) -> dict[str, t.Any]:
+    return {"name": "a", "url": "http://x/", **extra}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# normalisation
+
+
+def test_single_request_is_one_step_named_after_the_check() -> None:
+    (check,) = normalize_checks([{"name": "version", "url": f"{URL}/version", "latency_ms": {"p95": 250}}])
+    assert check == {
+        "name": "version",
+        "kind": "http",
+        "samples": 3,
+        "interval": 0,
+        "timeout": 5,
+        "max_error_rate": 0,
+        "max_consecutive_errors": None,
+        "must_have_data": True,
+        "latency_ms": {"p95": 250},
+        "baseline": None,
+        "steps": [
+            {"name": "version", "method": "GET", "url": f"{URL}/version", "headers": {}, "validate_certs": True,
+             "expect": {"status": [200], "json": []}, "capture": {}},
+        ],
+    }
+
+
+def test_journey_normalises_and_is_idempotent() -> None:
+    (check,) = normalize_checks([dict(JOURNEY, baseline=True, max_error_rate="5%")])
+    assert check["steps"][0]["method"] == "POST"
+    assert check["steps"][1]["expect"]["json"] == [{"query": "length(items) > `0`", "truthy": True}, {"query": "version", "exists": True}]
+    assert check["baseline"] == {"latency_ratio": 1.2, "percentile": 95, "min_delta_ms": 50, "error_rate_delta": 0, "control_hosts": 0}
+    assert check["max_error_rate"] == 0.05
+    assert normalize_checks([check]) == [check]
+    assert json.loads(json.dumps(check)) == check
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"name": "t", "kind": "tcp", "address": "${var.fleet_address}", "port": "8080"},
+         {"address": "${var.fleet_address}", "port": 8080}),
+        ({"name": "t", "kind": "tcp", "address": "${var.fleet_address}", "port": "${var.fleet_port}"},
+         {"address": "${var.fleet_address}", "port": "${var.fleet_port}"}),
+        ({"name": "d", "kind": "dns", "hostname": "${host}.example.internal", "expect_addresses": ["${var.fleet_address}"]},
+         {"hostname": "${host}.example.internal", "family": "any", "expect_addresses": ["${var.fleet_address}"]}),
+        ({"name": "c", "kind": "command", "command": ["systemctl", "is-active", "myapp"], "stdout_regex": "^active"},
+         {"command": ["systemctl", "is-active", "myapp"], "expect_rc": 0, "stdout_regex": "^active"}),
+        ({"name": "p", "kind": "prometheus", "url": "http://127.0.0.1:9090", "query": 'up{host=~"${hosts_regex}"}', "condition": {"min": 1}},
+         {"url": "http://127.0.0.1:9090", "query": 'up{host=~"${hosts_regex}"}', "condition": {"min": 1}}),
+    ],
+)
+def test_kind_fields(spec: dict[str, t.Any], expected: dict[str, t.Any]) -> None:
+    (check,) = normalize_checks([spec])
+    assert {key: check[key] for key in expected} == expected
+    assert normalize_checks([check]) == [check]
+
+
+P = "policy.checks[0] (a)"
+ERRORS: list[tuple[str, t.Any, str]] = [
+    ("not a list", "x", "policy.checks must be a list, got str"),
+    ("bad name", [{"name": "bad name!"}], "policy.checks[0].name must be letters, digits, '.', '_' or '-' (at most 64), got 'bad name!'"),
+    ("duplicate name", [http(), {"name": "a", "kind": "dns", "hostname": "x"}], "policy.checks: check name(s) a used twice"),
+    ("unknown kind", [{"name": "a", "kind": "smtp"}], f"{P}.kind: expected one of http, tcp, dns, command, prometheus, got 'smtp'"),
+    ("unknown key", [http(urll=1)], f"{P}: unknown key 'urll'; allowed: baseline, body, capture, description, expect, headers, interval, json, "
+     "kind, latency_ms, max_consecutive_errors, max_error_rate, method, must_have_data, name, samples, steps, timeout, url, validate_certs"),
+    ("no url", [{"name": "a"}], f"{P}: an http check needs 'url' (one request) or 'steps' (a journey)"),
+    ("url and steps", [http(steps=[])], f"{P}: give 'steps' or a single request (url), not both"),
+    ("empty steps", [{"name": "a", "steps": []}], f"{P}.steps must list at least one request"),
+    ("bad scheme", [http(url="ftp://x/")], f"{P}.request.url: expected an http:// or https:// URL, got 'ftp://x/'"),
+    ("bad method", [http(method="FETCH")], f"{P}.request.method: expected one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, got 'FETCH'"),
+    ("body and json", [http(body="x", json={})], f"{P}.request: give 'body' or 'json', not both"),
+    ("unknown template", [http(url="http://${var.x}:${nope}/")], f"{P}.request.url: unknown template name '${{nope}}'; known: host, run_id, "
+     "patch_id, target_version, var.<host variable>, capture.<name>"),
+    ("unterminated template", [http(url="http://${var.x/")],
+     f"{P}.request.url: unterminated template placeholder in 'http://${{var.x/'; write '$${{' for a literal '${{'"),
+    ("empty template", [http(url="http://${}/")], f"{P}.request.url: empty template placeholder '${{}}' in 'http://${{}}/'"),
+    ("capture not captured yet", [{"name": "a", "steps": [{"url": "http://x/${capture.token}"}]}],
+     f"{P}.steps[0].url: '${{capture.token}}' is not captured by an earlier step (captured so far: none)"),
+    ("capture captured later", [{"name": "a", "steps": [{"url": "http://x/", "headers": {"A": "${capture.t}"}, "capture": {"t": "t"}}]}],
+     f"{P}.steps[0].headers.A: '${{capture.t}}' is not captured by an earlier step (captured so far: none)"),
+    ("duplicate step", [{"name": "a", "steps": [{"name": "s", "url": "http://x/"}, {"name": "s", "url": "http://x/"}]}],
+     f"{P}.steps: step name(s) s used twice"),
+    ("bad header name", [http(headers={"bad header": "x"})], f"{P}.request.headers: 'bad header' is not a valid header name"),
+    ("incomplete jmespath", [http(expect={"json": ["foo["]})],
+     f"{P}.request.expect.json[0]: invalid JMESPath expression 'foo[': incomplete expression at column 4"),
+    ("jmespath syntax", [http(expect={"json": [{"query": "a..b", "equals": 1}]})],
+     f"{P}.request.expect.json[0].query: invalid JMESPath expression 'a..b': Expecting: ['quoted_identifier', 'unquoted_identifier', "
+     "'lbracket', 'lbrace'], got: dot at column 2"),
+    ("jmespath lexer", [http(expect={"json": ["`1"]})], f"{P}.request.expect.json[0]: invalid JMESPath expression '`1': Unclosed ` delimiter at column 0"),
+    ("jmespath unknown function", [http(capture={"t": "nope(x)"})],
+     f"{P}.request.capture.t: invalid JMESPath expression 'nope(x)': unknown function nope()"),
+    ("assertion without op", [http(expect={"json": [{"query": "a"}]})],
+     f"{P}.request.expect.json[0]: give at least one of equals, not_equals, min, max, matches, truthy, exists"),
+    ("assertion unknown op", [http(expect={"json": [{"query": "a", "gt": 1}]})],
+     f"{P}.request.expect.json[0]: unknown key 'gt'; allowed: query, equals, not_equals, min, max, matches, truthy, exists"),
+    ("bad status", [http(expect={"status": [200, 999]})], f"{P}.request.expect.status must be between 100 and 599, got 999"),
+    ("bad regex", [http(expect={"body_regex": "("})],
+     f"{P}.request.expect.body_regex: invalid regular expression '(': missing ), unterminated subpattern at position 0"),
+    ("bad capture name", [http(capture={"my-token": "t"})], f"{P}.request.capture: 'my-token' is not a name (letters, digits, '_')"),
+    ("zero samples", [http(samples=0)], f"{P}.samples must be between 1 and 1000, got 0"),
+    ("bool samples", [http(samples=True)], f"{P}.samples must be an integer, got bool"),
+    ("negative interval", [http(interval=-1)], f"{P}.interval must be >= 0, got -1"),
+    ("zero timeout", [http(timeout=0)], f"{P}.timeout must be > 0, got 0"),
+    ("rate over 100%", [http(max_error_rate="150%")], f"{P}.max_error_rate must be between 0 and 1 (0% to 100%), got 150%"),
+    ("rate over 1", [http(max_error_rate=1.5)], f"{P}.max_error_rate must be between 0 and 1, got 1.5"),
+    ("rate text", [http(max_error_rate="some")], f"{P}.max_error_rate must be a fraction such as 0.05 or a percent such as '5%', got 'some'"),
+    ("latency key", [http(latency_ms={"p42": 1})], f"{P}.latency_ms: unknown key 'p42'; allowed: p50, p90, p95, p99, max"),
+    ("latency zero", [http(latency_ms={"p95": 0})], f"{P}.latency_ms.p95 must be > 0, got 0"),
+    ("baseline ratio", [http(baseline={"latency_ratio": 0.5})], f"{P}.baseline.latency_ratio must be >= 1, got 0.5"),
+    ("baseline nothing", [http(baseline={"latency_ratio": None, "error_rate_delta": None})],
+     f"{P}.baseline: compares nothing; set latency_ratio and/or error_rate_delta"),
+    ("baseline key", [http(baseline={"ratio": 2})],
+     f"{P}.baseline: unknown key 'ratio'; allowed: control_hosts, error_rate_delta, latency_ratio, min_delta_ms, percentile"),
+    ("must_have_data", [http(must_have_data="no")], f"{P}.must_have_data must be true or false, got str"),
+    ("tcp port", [{"name": "a", "kind": "tcp", "address": "x", "port": 70000}], f"{P}.port must be a port number 1-65535, got 70000"),
+    ("tcp address", [{"name": "a", "kind": "tcp", "port": 1}], f"{P}: 'address' is required"),
+    ("dns family", [{"name": "a", "kind": "dns", "hostname": "x", "family": "ipx"}], f"{P}.family: expected one of any, ipv4, ipv6, got 'ipx'"),
+    ("command empty", [{"name": "a", "kind": "command", "command": []}], f"{P}.command must not be empty"),
+    ("command baseline", [{"name": "a", "kind": "command", "command": "true", "baseline": True}],
+     f"{P}.baseline: only http, tcp and dns checks compare against a baseline"),
+    ("prometheus baseline", [{"name": "a", "kind": "prometheus", "url": "http://p:9090", "query": "up", "condition": {"max": 1}, "baseline": True}],
+     f"{P}.baseline: only http, tcp and dns checks compare against a baseline"),
+    ("prometheus host template", [{"name": "a", "kind": "prometheus", "url": "http://p:9090", "query": 'up{host="${host}"}', "condition": {"max": 1}}],
+     f"{P}.query: unknown template name '${{host}}'; known: hosts_regex, wave, run_id, patch_id, target_version"),
+    ("prometheus var template", [{"name": "a", "kind": "prometheus", "url": "http://${var.prom}:9090", "query": "up", "condition": {"max": 1}}],
+     f"{P}.url: unknown template name '${{var.prom}}'; known: run_id, patch_id, target_version"),
+    ("prometheus bad url", [{"name": "a", "kind": "prometheus", "url": "prometheus:9090", "query": "up", "condition": {"max": 1}}],
+     f"{P}.url: 'prometheus:9090': expected an http:// or https:// URL with a host"),
+    ("prometheus no condition", [{"name": "a", "kind": "prometheus", "url": "http://p:9090", "query": "up"}], f"{P}: 'condition' is required"),
+    ("prometheus empty condition", [{"name": "a", "kind": "prometheus", "url": "http://p:9090", "query": "up", "condition": {}}],
+     f"{P}.condition: give at least one of equals, not_equals, min, max"),
+    ("prometheus latency", [{"name": "a", "kind": "prometheus", "url": "http://p:9090", "query": "up", "condition": {"max": 1}, "latency_ms": {"p95": 1}}],
+     f"{P}.latency_ms: a prometheus check has no latency thresholds; put the latency in the query"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
+def test_normalize_errors(spec: t.Any, message: str) -> None:
+    with pytest.raises(CheckError) as exc:
+        normalize_checks(spec)
+    assert str(exc.value) == message
+
+
+def test_check_error_is_a_value_error() -> None:
+    assert issubclass(CheckError, ValueError)
+
+
+def test_none_is_no_checks() -> None:
+    assert normalize_checks(None) == []
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ("items[?price > `10`].name | [0]", None),
+        ("length(items)", None),
+        ("", "empty expression"),
+        ("items[?", "incomplete expression at column 7"),
+        ("foo]", "Unexpected token: ] at column 3"),
+        ("sum_of(items)", "unknown function sum_of()"),
+        ("items[?length(name) > `1`].nope(x)", "unknown function nope()"),
+    ],
+)
+def test_jmespath_error(expression: str, problem: str | None) -> None:
+    assert jmespath_error(expression) == problem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# templates
+
+
+@pytest.mark.parametrize(
+    ("text", "context", "rendered"),
+    [
+        ("http://${var.a}:${var.p}/x", {"var.a": "127.0.0.1", "var.p": 8080}, "http://127.0.0.1:8080/x"),
+        ("${host}-$${literal}", {"host": "h1"}, "h1-${literal}"),
+        ("price: $5 ${var.x}", {"var.x": [1, 2]}, "price: $5 [1, 2]"),
+        ("no placeholders", {}, "no placeholders"),
+    ],
+)
+def test_render(text: str, context: dict[str, t.Any], rendered: str) -> None:
+    assert render(text, context) == rendered
+
+
+def test_render_names_the_missing_value() -> None:
+    with pytest.raises(KeyError) as exc:
+        render("${var.nope}", {})
+    assert exc.value.args == ("var.nope",)
+
+
+def test_template_names_skips_literals() -> None:
+    assert template_names("${host}/$${x}/${ var.a }", "w") == ["host", "var.a"]
+
+
+def test_promql_regex_escapes_for_a_double_quoted_string() -> None:
+    assert promql_regex(["web-01", "db.internal", "a+b"]) == "web-01|db\\\\.internal|a\\\\+b"
+
+
+def test_referenced_vars_and_overview() -> None:
+    checks = normalize_checks([
+        JOURNEY,
+        {"name": "port", "kind": "tcp", "address": "${var.fleet_address}", "port": "${var.fleet_port}", "baseline": {"latency_ratio": 2}},
+        {"name": "disk", "kind": "command", "command": "df -h /"},
+    ])
+    assert referenced_vars(checks) == ["fleet_address", "fleet_port"]
+    assert overview(checks) == {"names": ["journey", "port", "disk"], "baseline": True, "command": [checks[2]]}
+
+
+HOSTS = {
+    "h1": {"fleet_address": "127.0.0.1", "fleet_port": 8080},
+    "h2": {"fleet_address": "127.0.0.2", "fleet_port": MISSING},
+}
+
+
+def contexts() -> dict[str, dict[str, t.Any]]:
+    return {host: host_context(host, variables, {"run_id": "r1", "target_version": "1.0.1"}) for host, variables in HOSTS.items()}
+
+
+def test_render_target_fills_every_step_with_captures_as_placeholders() -> None:
+    (check,) = normalize_checks([JOURNEY])
+    assert render_target(check, contexts()["h1"]) == {"urls": ["http://127.0.0.1:8080/login", "http://127.0.0.1:8080/api/items"]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (JOURNEY, "policy.checks[0] (journey).steps[0].url: 'http://${var.fleet_address}:${var.fleet_port}/login' for host 'h2': "
+                  "host variable 'fleet_port' is not defined"),
+        ({"name": "p", "kind": "tcp", "address": "${var.fleet_address}", "port": "${var.fleet_port}"},
+         "policy.checks[0] (p).port: '${var.fleet_port}' for host 'h2': host variable 'fleet_port' is not defined"),
+        ({"name": "u", "url": "${var.fleet_address}/x"},
+         "policy.checks[0] (u).steps[0].url: '${var.fleet_address}/x' renders to '127.0.0.1/x' for host 'h1': expected an http:// or https:// URL "
+         "with a host"),
+        ({"name": "u", "url": "http://${var.fleet_address}:${run_id}/"},
+         "policy.checks[0] (u).steps[0].url: 'http://${var.fleet_address}:${run_id}/' renders to 'http://127.0.0.1:r1/' for host 'h1': "
+         "not a valid URL (Port could not be cast to integer value as 'r1')"),
+        ({"name": "u", "url": "http://${var.fleet_address}:${patch_id}/"},
+         "policy.checks[0] (u).steps[0].url: 'http://${var.fleet_address}:${patch_id}/' for host 'h1': '${patch_id}' has no value"),
+    ],
+)
+def test_validate_targets_errors(spec: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(CheckError) as exc:
+        validate_targets(normalize_checks([spec]), contexts())
+    assert str(exc.value) == message
+
+
+def test_validate_targets_ignores_fleet_and_host_side_checks() -> None:
+    checks = normalize_checks([
+        {"name": "p", "kind": "prometheus", "url": "http://127.0.0.1:9090", "query": "up", "condition": {"min": 1}},
+        {"name": "c", "kind": "command", "command": "true"},
+    ])
+    validate_targets(checks, contexts())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# judging
+
+
+DOC = {"status": "ok", "items": [{"id": 1}, {"id": 2}], "version": "1.0.1", "count": 2, "token": "t.abc"}
+
+
+@pytest.mark.parametrize(
+    ("assertion", "failure"),
+    [
+        ({"query": "status", "equals": "ok"}, None),
+        ({"query": "status", "equals": "down"}, "json 'status' = 'ok', expected == 'down'"),
+        ({"query": "version", "not_equals": "1.0.1"}, "json 'version' = '1.0.1', expected != '1.0.1'"),
+        ({"query": "count", "min": 3}, "json 'count' = 2, expected >= 3"),
+        ({"query": "count", "max": 1}, "json 'count' = 2, expected <= 1"),
+        ({"query": "status", "max": 1}, "json 'status' = 'ok', expected a number <= 1"),
+        ({"query": "version", "matches": r"^1\.1\."}, "json 'version' = '1.0.1', expected to match '^1\\\\.1\\\\.'"),
+        ({"query": "missing", "exists": True}, "json 'missing' = null, expected a value"),
+        ({"query": "length(items) > `0`", "truthy": True}, None),
+        ({"query": "items[?id > `5`]", "truthy": True}, "json 'items[?id > `5`]' = [], expected a true value"),
+        ({"query": "length(count)", "exists": True}, "json 'length(count)' = null, expected a value"),
+    ],
+)
+def test_assertion_failure(assertion: dict[str, t.Any], failure: str | None) -> None:
+    assert assertion_failure(assertion, DOC) == failure
+
+
+def _step(**expect: t.Any) -> dict[str, t.Any]:
+    (check,) = normalize_checks([{"name": "s", "url": "http://x/", "expect": expect, "capture": {"token": "token"}}])
+    return check["steps"][0]
+
+
+@pytest.mark.parametrize(
+    ("step", "status", "body", "latency", "problem"),
+    [
+        (_step(), 200, json.dumps(DOC).encode(), 5.0, None),
+        (_step(), 500, b'{"error": "boom"}', 5.0, "s: HTTP 500, expected 200"),
+        (_step(status=[200, 204]), 503, b"", 5.0, "s: HTTP 503, expected 200, 204"),
+        (_step(max_latency_ms=100), 200, json.dumps(DOC).encode(), 150.5, "s: took 150.5 ms, expected <= 100 ms"),
+        (_step(body_regex="items"), 200, b'{"token": "x"}', 5.0, "s: body does not match 'items'"),
+        (_step(), 200, b"<html>", 5.0, "s: body is not JSON"),
+        (_step(json=[{"query": "status", "equals": "ok"}]), 200, b'{"status": "down", "token": "x"}', 5.0,
+         "s: json 'status' = 'down', expected == 'ok'"),
+        (_step(), 200, b'{"status": "ok"}', 5.0, "s: capture token: 'token' found nothing"),
+    ],
+)
+def test_judge_http(step: dict[str, t.Any], status: int, body: bytes, latency: float, problem: str | None) -> None:
+    found, captures = judge_http(step, status=status, body=body, latency_ms=latency)
+    assert found == problem
+    assert captures == ({"capture.token": "t.abc"} if problem is None else {})
+
+
+@pytest.mark.parametrize(
+    ("rc", "stdout", "problem"),
+    [(0, "active\n", None), (3, "inactive\n", "exit code 3, expected 0"), (0, "failed\n", "output does not match '^active'")],
+)
+def test_judge_command(rc: int, stdout: str, problem: str | None) -> None:
+    (check,) = normalize_checks([{"name": "c", "kind": "command", "command": ["systemctl", "is-active", "x"], "stdout_regex": "^active"}])
+    assert judge_command(check, rc=rc, stdout=stdout) == problem
+
+
+@pytest.mark.parametrize(
+    ("condition", "value", "problem"),
+    [
+        ({"max": 0.05}, 0.01, None),
+        ({"max": 0.05}, 0.5, "value 0.5 > max 0.05"),
+        ({"min": 1}, 0, "value 0 < min 1"),
+        ({"equals": 1}, 2, "value 2 != 1"),
+        ({"not_equals": 0}, 0, "value 0 == 0"),
+        ({"min": 1, "max": 3}, 2, None),
+    ],
+)
+def test_judge_value(condition: dict[str, float], value: float, problem: str | None) -> None:
+    assert judge_value(condition, value) == problem
+
+
+def test_sample_shape() -> None:
+    assert sample("ok", 1.23456) == {"outcome": "ok", "latency_ms": 1.235, "reason": ""}
+    assert sample("nodata", None, "empty", series=0) == {"outcome": "nodata", "latency_ms": None, "reason": "empty", "series": 0}
+    with pytest.raises(ValueError, match="unknown sample outcome 'maybe'"):
+        sample("maybe")
