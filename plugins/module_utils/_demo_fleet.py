@@ -49,7 +49,10 @@ VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 
 
 MATCH_KEYS = ("host", "role", "region", "tenant", "segment", "environment")
-FAULT_KINDS = ("unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails", "error_rate")
+FAULT_KINDS = ("unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails", "cut_transfer",
+               "error_rate")
+# faults that only make sense on an edge (they act on its cache service)
+EDGE_FAULTS = ("corrupt_edge_artifact", "cut_transfer")
 # kind -> {parameter: (required, type)}; "description" is allowed on every fault.
 FAULT_PARAMS: dict[str, dict[str, tuple[bool, type]]] = {
     "unhealthy_after": {"version": (True, str)},
@@ -58,6 +61,7 @@ FAULT_PARAMS: dict[str, dict[str, tuple[bool, type]]] = {
     "corrupt_edge_artifact": {},
     "disk_full": {"free_bytes": (False, int)},
     "restart_fails": {},
+    "cut_transfer": {"after_bytes": (True, int), "times": (False, int)},
     "error_rate": {"percent": (True, int), "version": (False, str)},
 }
 CORRUPT_STRIDE = 4099
@@ -313,10 +317,10 @@ def resolve_faults(faults: t.Sequence[t.Mapping[str, t.Any]], hosts: t.Sequence[
     for index, fault in enumerate(faults):
         kind = fault["kind"]
         matched = [host for host in hosts if fault_matches(fault, host)]
-        if kind == "corrupt_edge_artifact":
+        if kind in EDGE_FAULTS:
             matched = [host for host in matched if host.role == "edge"]
         if not matched:
-            what = "edge" if kind == "corrupt_edge_artifact" else "host"
+            what = "edge" if kind in EDGE_FAULTS else "host"
             raise DemoFleetError(f"faults[{index}] ({kind}): match {json.dumps(fault['match'], sort_keys=True)} matches no {what}")
         for host in matched:
             current = effective.setdefault(host.name, {})
@@ -338,6 +342,9 @@ def resolve_faults(faults: t.Sequence[t.Mapping[str, t.Any]], hosts: t.Sequence[
             elif kind == "disk_full":
                 previous = current.get(kind, {}).get("free_bytes", fault["free_bytes"])
                 current[kind] = {"free_bytes": min(previous, fault["free_bytes"])}
+            elif kind == "cut_transfer":
+                # cut the first `times` file transfers of the edge after `after_bytes` body bytes each
+                current[kind] = {"after_bytes": fault["after_bytes"], "times": fault.get("times", 1)}
             else:
                 current[kind] = True
     return {name: effective[name] for name in sorted(effective)}

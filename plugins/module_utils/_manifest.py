@@ -27,7 +27,10 @@ KNOWN = frozenset(REQUIRED) | {
     "references",
     "build",
 }
-ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature"})
+ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "delta"})
+# artifact.delta: a delta bundle against base_version (fleetpatch.rollout.patch_bundle)
+DELTA_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "base_version"})
+SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 
 
 class ManifestError(ValueError):
@@ -41,6 +44,40 @@ def _require_str(data: t.Mapping[str, t.Any], key: str, pattern: re.Pattern[str]
     if not pattern.match(value):
         raise ManifestError(f"{where}{key} {value!r} does not match {pattern.pattern}")
     return value
+
+
+def _check_signature(signature: t.Any, where: str) -> None:
+    """A detached signature is carried inline, as the armored text ssh-keygen -Y sign prints."""
+    if signature is not None and (not isinstance(signature, str) or SIGNATURE_BEGIN not in signature):
+        raise ManifestError(f"{where} must be an armored SSH signature (the text of ssh-keygen -Y sign, {SIGNATURE_BEGIN} ...)")
+
+
+def _validate_delta(delta: t.Any, where: str) -> dict[str, t.Any]:
+    if not isinstance(delta, dict):
+        raise ManifestError(f"{where} must be a mapping")
+    unknown = sorted(set(delta) - DELTA_KNOWN)
+    if unknown:
+        raise ManifestError(f"{where} has unknown field(s) {', '.join(unknown)}")
+    sha256 = delta.get("sha256")
+    if not isinstance(sha256, str) or not SHA256_RE.match(sha256.lower()):
+        raise ManifestError(f"{where}.sha256 must be 64 hexadecimal characters")
+    base = delta.get("base_version")
+    if not isinstance(base, str) or not VERSION_RE.match(base):
+        raise ManifestError(f"{where}.base_version is required and must match {VERSION_RE.pattern}")
+    url, path = delta.get("url"), delta.get("path")
+    if url is None and path is None:
+        raise ManifestError(f"{where} needs a url or a path")
+    if url is not None and (not isinstance(url, str) or not url.startswith(URL_SCHEMES)):
+        raise ManifestError(f"{where}.url must start with one of {', '.join(URL_SCHEMES)}")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise ManifestError(f"{where}.path must be an absolute path")
+    size = delta.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ManifestError(f"{where}.size must be a positive integer")
+    _check_signature(delta.get("signature"), f"{where}.signature")
+    normalized = dict(delta, sha256=sha256.lower())
+    normalized.setdefault("name", (url or path or "").rstrip("/").rsplit("/", 1)[-1] or sha256.lower())
+    return normalized
 
 
 def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest") -> dict[str, t.Any]:
@@ -81,6 +118,9 @@ def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest") -> d
     if "name" not in normalized_artifact:
         source_name = (url or path or "").rstrip("/").rsplit("/", 1)[-1]
         normalized_artifact["name"] = source_name or f"{manifest['service']}-{manifest['target_version']}"
+    _check_signature(artifact.get("signature"), f"{prefix}artifact.signature")
+    if artifact.get("delta") is not None:
+        normalized_artifact["delta"] = _validate_delta(artifact["delta"], f"{prefix}artifact.delta")
     manifest["artifact"] = normalized_artifact
     return manifest
 

@@ -34,6 +34,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
 
 RELEASE_METADATA = ".fleetpatch-release.json"
+# first member of a fleetpatch bundle (plugins/module_utils/_bundle.py); a plain tarball never starts with it
+BUNDLE_METADATA = "fleetpatch-bundle.json"
 RELEASE_SCHEMA = 1
 MANIFEST_SCHEMA = 1
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
@@ -50,6 +52,10 @@ _URL_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 class ReleaseError(Exception):
     """A host step that cannot or must not go ahead; str() is the message for the operator."""
+
+
+class DeltaNotApplicable(ReleaseError):
+    """A delta bundle cannot build its release on this host (base missing or different, no zstd): use the full bundle."""
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -160,6 +166,8 @@ class ArtifactPlan:
     artifact: str
     entries: tuple[Entry, ...]
     total_size: int
+    # a fleetpatch bundle (_bundle.BundlePlan) instead of a plain release tarball
+    bundle: t.Any = None
 
 
 def _refuse(artifact: str, member: str, reason: str) -> ReleaseError:
@@ -264,6 +272,12 @@ def inspect_artifact(artifact_path: str) -> ArtifactPlan:
     """Read the tar headers of an artifact and validate every member (read only)."""
     try:
         with tarfile.open(artifact_path, "r:*") as tar:
+            first = tar.next()
+            if first is not None and first.name == BUNDLE_METADATA:
+                # imported here: _bundle builds on this module
+                from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import inspect_bundle
+
+                return inspect_bundle(artifact_path)
             return validate_members(artifact_path, tar.getmembers())
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ReleaseError(f"cannot read artifact {artifact_path} as a tar archive: {exc}") from exc
@@ -387,7 +401,16 @@ def extract_release(
     tmp = tempfile.mkdtemp(prefix=f".{version}{_TMP_MARK}", dir=layout.releases_dir)
     aside = ""
     try:
-        files, links = _extract_into(tmp, artifact_path, plan)
+        record: dict[str, t.Any] = {}
+        if plan.bundle is not None:
+            # imported here: _bundle builds on this module
+            from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import apply_bundle
+
+            # a delta records the full bundle's digest as the release's artifact_sha256 (same tree, same identity)
+            files, links, record = apply_bundle(plan.bundle, tmp, service=layout.service, version=version,
+                                                sha256=sha256, releases_dir=layout.releases_dir)
+        else:
+            files, links = _extract_into(tmp, artifact_path, plan)
         metadata = {
             "schema": RELEASE_SCHEMA,
             "version": version,
@@ -395,6 +418,7 @@ def extract_release(
             "files": files,
             "links": links,
         }
+        metadata.update(record)
         write_json_atomic(os.path.join(tmp, RELEASE_METADATA), metadata)
         os.chmod(tmp, 0o755)
         fsync_directory(tmp)
@@ -824,6 +848,28 @@ class ApplyRequest:
     health_delay: float = 0.5
     require_rollback_point: bool = True
     keep_releases: int = 3
+    # delta bundle against base_version: {sha256, base_version, size, url}; used when the host runs that base
+    delta: t.Mapping[str, t.Any] | None = None
+
+
+def parse_delta(value: t.Any) -> dict[str, t.Any] | None:
+    """The delta option of patch_apply: a delta bundle the host may build the release from."""
+    if not value:
+        return None
+    if not isinstance(value, t.Mapping):
+        raise ReleaseError("delta must be a mapping with sha256 and base_version (and optionally size and url)")
+    url = value.get("url") or None
+    if url is not None and not str(url).startswith(URL_SCHEMES):
+        raise ReleaseError(f"delta url {url!r} must start with one of {', '.join(URL_SCHEMES)}")
+    size = value.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ReleaseError(f"delta size must be a non-negative integer, got {size!r}")
+    return {
+        "sha256": check_sha256(value.get("sha256")),
+        "base_version": check_name(value.get("base_version"), what="delta base_version"),
+        "size": size,
+        "url": url,
+    }
 
 
 def parse_command(value: t.Any) -> tuple[str, ...] | None:
@@ -883,6 +929,7 @@ def build_request(params: t.Mapping[str, t.Any]) -> ApplyRequest:
         health_delay=number("health_delay", 0.5, 0),
         require_rollback_point=bool(params.get("require_rollback_point", True)),
         keep_releases=number("keep_releases", 3, 1),
+        delta=parse_delta(params.get("delta")),
     )
 
 
@@ -953,6 +1000,36 @@ def _run_health(ops: HostOps, request: ApplyRequest, result: ApplyResult, expect
             f"health check failed: {result.health.get('error')} "
             f"({result.health['attempts']} attempt(s) on {request.health_url}, expected version {expected})"
         )
+
+
+def _delta_artifact(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, cur_version: str | None
+) -> tuple[str, str] | None:
+    """(path, digest) of the verified delta bundle to build the release from ("" as path in check mode when it
+    would be downloaded), or None to use the full artifact: the host does not run the delta's base, the full
+    artifact is already cached, or the delta is neither cached nor downloadable."""
+    delta = request.delta
+    if not delta or cur_version != delta["base_version"] or os.path.isfile(layout.cache_path(request.sha256)):
+        return None
+    path = layout.cache_path(delta["sha256"])
+    if os.path.isfile(path):
+        try:
+            verify_artifact(path, sha256=delta["sha256"], size=delta["size"])
+            return path, delta["sha256"]
+        except ReleaseError as exc:
+            ops.warn(f"{exc}; not using the cached delta bundle")
+    if not delta["url"]:
+        return None
+    result.act("download delta bundle")
+    if ops.check_mode:
+        return "", delta["sha256"]
+    try:
+        fetch_artifact(ops, url=delta["url"], dest=path, sha256=delta["sha256"], size=delta["size"],
+                       headers=request.url_headers, timeout=request.timeout)
+    except ReleaseError as exc:
+        ops.warn(f"{exc}; using the full artifact instead")
+        return None
+    return path, delta["sha256"]
 
 
 def _ensure_artifact(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> str | None:
@@ -1098,14 +1175,28 @@ def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, resul
         metadata, problems = inspect_release(target_release)
         ready = not problems and metadata is not None and metadata.get("artifact_sha256") == request.sha256
     if not ready:
-        artifact = _ensure_artifact(layout, request, ops, result)
+        delta = _delta_artifact(layout, request, ops, result, cur_version)
+        artifact, digest = delta if delta else (_ensure_artifact(layout, request, ops, result), request.sha256)
         plan = inspect_artifact(artifact) if artifact else None
-        result.act(f"unpack {request.version}")
+        if plan is not None and plan.bundle is not None and plan.bundle.kind == "delta" and (
+                plan.bundle.metadata["delta"]["full_sha256"] != request.sha256):
+            raise ReleaseError(f"delta bundle {artifact} builds the release of artifact "
+                               f"{plan.bundle.metadata['delta']['full_sha256']}, not {request.sha256}")
+        result.act(f"unpack {request.version}" + (" from the delta bundle" if delta else ""))
         if plan is not None:
             ensure_free_space(_existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
         if not ops.check_mode:
-            extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
-                            sha256=request.sha256, plan=plan)
+            try:
+                extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
+                                sha256=digest, plan=plan)
+            except DeltaNotApplicable as exc:
+                if not delta:
+                    raise
+                ops.warn(f"{exc}; falling back to the full artifact")
+                result.act(f"unpack {request.version} from the full artifact (fallback)")
+                artifact = _ensure_artifact(layout, request, ops, result)
+                extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
+                                sha256=request.sha256)
     result.act(f"switch current {cur_version or '(none)'} -> {request.version}")
     if not ops.check_mode:
         os.makedirs(layout.apps_dir, exist_ok=True)

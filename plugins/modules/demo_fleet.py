@@ -131,11 +131,13 @@ options:
             what is installed. Needs root.
           - V(restart_fails) makes the host's restart command fail (exit 1); the service keeps running the
             version it had loaded.
+          - V(cut_transfer) makes the selected edges drop the connection after O(faults[].after_bytes) body bytes of
+            their first O(faults[].times) cache transfers (a reset mid-download). Only edges are selected.
           - V(error_rate) makes O(faults[].percent) of the host's C(/api/items) answers (evenly spread) a 500;
             with O(faults[].version), only once the host runs that version or newer.
         type: str
         required: true
-        choices: [unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails, error_rate]
+        choices: [unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails, cut_transfer, error_rate]
       match:
         description:
           - Host attributes to select on, any of C(host), C(role) (V(node) or V(edge)), C(region), C(tenant),
@@ -154,6 +156,12 @@ options:
         type: int
       free_bytes:
         description: For V(disk_full), bytes left free on the host root; V(0) when not given.
+        type: int
+      after_bytes:
+        description: For V(cut_transfer), body bytes sent before the connection drops.
+        type: int
+      times:
+        description: For V(cut_transfer), how many transfers are cut (per edge, counted from the last fault reload); V(1) when not given.
         type: int
       percent:
         description: For V(error_rate), the percent (0 to 100) of API answers that are errors.
@@ -926,12 +934,15 @@ def main() -> None:
                     kind=dict(
                         type="str",
                         required=True,
-                        choices=["unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails", "error_rate"],
+                        choices=["unhealthy_after", "slow", "unreachable", "corrupt_edge_artifact", "disk_full", "restart_fails",
+                                 "cut_transfer", "error_rate"],
                     ),
                     match=dict(type="dict", required=True),
                     version=dict(type="str"),
                     delay_ms=dict(type="int"),
                     free_bytes=dict(type="int"),
+                    after_bytes=dict(type="int"),
+                    times=dict(type="int"),
                     percent=dict(type="int"),
                     description=dict(type="str"),
                 ),

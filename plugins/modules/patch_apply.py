@@ -128,7 +128,35 @@ options:
         (newest versions first). The current release and the rollback point are always kept.
     type: int
     default: 3
+  delta:
+    description:
+      - A delta bundle (built by M(fleetpatch.rollout.patch_bundle)) that turns release O(delta.base_version) into
+        O(version). It is used only when the host currently runs O(delta.base_version) and the full artifact
+        O(sha256) is not already cached; it is taken from the cache (pre-staged by M(fleetpatch.rollout.prestage))
+        or downloaded from O(delta.url).
+      - Unchanged files are copied from the installed base release and changed ones rebuilt with zstd; every file
+        and the digest of the whole tree are checked against the bundle's manifest. When that fails (the base
+        differs, zstd is missing), the module falls back to the full artifact (O(artifact_url) or the cache).
+      - The release is recorded under the full artifact's digest O(sha256), exactly as a full install would be.
+    type: dict
+    suboptions:
+      sha256:
+        description: Hex sha256 digest of the delta bundle.
+        type: str
+        required: true
+      base_version:
+        description: The release the delta was made against.
+        type: str
+        required: true
+      size:
+        description: Declared size of the delta bundle in bytes.
+        type: int
+      url:
+        description: Where to download the delta bundle when it is not cached.
+        type: str
 notes:
+  - O(sha256) may name a plain release tarball or a fleetpatch bundle (M(fleetpatch.rollout.patch_bundle)); a bundle
+    is recognised by its first member and unpacked only after every member was checked against its manifest.
   - The host layout is described in the collection's C(docs/architecture.md).
 seealso:
   - name: fleetpatch architecture
@@ -352,6 +380,12 @@ def main() -> None:
         health_delay=dict(type="float", default=0.5),
         require_rollback_point=dict(type="bool", default=True),
         keep_releases=dict(type="int", default=3),
+        delta=dict(type="dict", options=dict(
+            sha256=dict(type="str", required=True),
+            base_version=dict(type="str", required=True),
+            size=dict(type="int"),
+            url=dict(type="str"),
+        )),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     result = ApplyResult()

@@ -137,6 +137,7 @@ class Response:
         self.content_type = content_type
         self.headers = headers or {}
         self.file = file  # (path, offset, length) streamed instead of body
+        self.cut_after: int | None = None  # fault cut_transfer: close the connection after this many body bytes
 
     @classmethod
     def json(cls, status: int, data: t.Any) -> Response:
@@ -173,10 +174,12 @@ class Metrics:
         self.by_status: collections.Counter[int] = collections.Counter()
         self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.max_ms = 0.0
+        self.bytes_total = 0  # response body bytes sent (for the origin: plus edge cache fills)
         self.correlation_ids: collections.Counter[str] = collections.Counter()  # X-Correlation-ID values seen (first 64)
 
-    def record(self, status: int, latency_ms: float) -> None:
+    def record(self, status: int, latency_ms: float, body_bytes: int = 0) -> None:
         self.requests_total += 1
+        self.bytes_total += body_bytes
         if status >= 500:
             self.errors_total += 1
         self.by_status[status] += 1
@@ -194,6 +197,7 @@ class Metrics:
         return {
             "requests_total": self.requests_total,
             "errors_total": self.errors_total,
+            "bytes_sent_total": self.bytes_total,
             "correlation_ids": dict(self.correlation_ids),
             "by_status": {str(code): count for code, count in sorted(self.by_status.items())},
             "latency_ms": {
@@ -279,6 +283,7 @@ class Host(Endpoint):
         self.state = "running"
         self.failure = ""
         self.lock = asyncio.Lock()
+        self.cuts_done = 0  # transfers cut so far by the cut_transfer fault (reset when faults reload)
         self.api_requests = 0  # /api requests seen while the error_rate fault applies
 
     @property
@@ -444,12 +449,19 @@ class Host(Endpoint):
                 return Response.json(404, {"error": f"{digest} is neither cached nor known to the origin"})
             with open(os.path.join(self.fleet.origin.artifacts_dir, name), "rb") as handle:
                 data = handle.read()
+            self.fleet.origin.metrics.bytes_total += len(data)  # a pull-through fill is origin traffic
             if self.faults.get("corrupt_edge_artifact"):
                 data = corrupt_bytes(data)
             os.makedirs(cache_dir, exist_ok=True)
             write_atomic(path, data)
             log(f"edge {self.name}: cache fill {digest} ({name})")
-        return file_response(path, range_header, etag=digest)
+        response = file_response(path, range_header, etag=digest)
+        cut = self.faults.get("cut_transfer")
+        if cut and response.file and self.cuts_done < cut.get("times", 1):
+            self.cuts_done += 1
+            response.cut_after = int(cut.get("after_bytes", 0))
+            log(f"edge {self.name}: cutting the transfer of {digest} after {response.cut_after} bytes (fault cut_transfer)")
+        return response
 
 
 class Origin(Endpoint):
@@ -573,6 +585,7 @@ class Fleet:
         self.faults_sha256 = sha256_bytes(raw) if raw else ""
         for name, host in self.hosts.items():
             host.faults = dict(per_host.get(name) or {})
+            host.cuts_done = 0
         return True
 
     async def apply_faults(self) -> dict[str, t.Any]:
@@ -653,9 +666,12 @@ class Fleet:
         ]
         lines += [f"{key}: {value}" for key, value in response.headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        sent = 0
         if not head:
             if response.file:
                 path, offset, remaining = response.file
+                if response.cut_after is not None:
+                    remaining = min(remaining, response.cut_after)
                 with open(path, "rb") as handle:
                     handle.seek(offset)
                     while remaining > 0:
@@ -664,11 +680,18 @@ class Fleet:
                             break
                         writer.write(chunk)
                         remaining -= len(chunk)
+                        sent += len(chunk)
                         await writer.drain()
+                if response.cut_after is not None:
+                    # the connection drops mid-body, like a reset: the client holds fewer bytes than announced
+                    endpoint.metrics.record(response.status, (time.monotonic() - started) * 1000.0, sent)
+                    writer.transport.abort()
+                    raise ConnectionResetError("transfer cut (fault cut_transfer)")
             else:
                 writer.write(response.body)
+                sent = len(response.body)
         await writer.drain()
-        endpoint.metrics.record(response.status, (time.monotonic() - started) * 1000.0)
+        endpoint.metrics.record(response.status, (time.monotonic() - started) * 1000.0, sent)
 
     # ----------------------------------------------------------------- control
 

@@ -169,7 +169,8 @@ def test_version_errors(kwargs: dict[str, t.Any], message: str) -> None:
         (["slow"], "faults[0] must be a mapping"),
         (
             [{"kind": "boom", "match": {"host": "x"}}],
-            "faults[0]: kind 'boom' is not one of unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails, error_rate",
+            "faults[0]: kind 'boom' is not one of unhealthy_after, slow, unreachable, corrupt_edge_artifact, disk_full, restart_fails, cut_transfer,"
+            " error_rate",
         ),
         ([{"kind": "slow", "match": {"host": "x"}}], "faults[0] (slow): delay_ms is required"),
         ([{"kind": "slow", "delay_ms": -1, "match": {"host": "x"}}], "faults[0] (slow): delay_ms must be a non-negative integer"),

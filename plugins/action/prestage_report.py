@@ -1,0 +1,102 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for fleetpatch.rollout.prestage_report: staged percent per region, readiness gate. Controller only."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import run_id_for
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import readiness_report, render_report
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
+    RunPaths,
+    append_event,
+    iso,
+    load_state,
+    record_outcome,
+    save_state,
+    utc_now,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
+
+ARGUMENT_SPEC = {
+    "hosts": {"type": "list", "elements": "str", "required": True},
+    "edges": {"type": "list", "elements": "str", "default": []},
+    "result_var": {"type": "str", "default": "__prestage_result"},
+    "patch": {"type": "dict", "required": True},
+    "state_dir": {"type": "str"},
+    "run": {"type": "dict"},
+    "unstaged": {"type": "str", "default": "skip", "choices": ["stage", "skip", "fail"]},
+    "fail_below": {"type": "float", "default": 0.0},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        check_mode = bool(self._task.check_mode)
+
+        def collect(hosts: list[str]) -> dict[str, dict[str, t.Any]]:
+            return {host: {"region": host_var(task_vars, host, "fleet_region"),
+                           "result": host_var(task_vars, host, args["result_var"])} for host in hosts}
+
+        report = readiness_report(collect(args["hosts"]))
+        if args["edges"]:
+            edges = readiness_report(collect(args["edges"]))
+            report["edges"] = {"ready": edges["ready"], "hosts": edges["hosts"], "not_ready": edges["not_ready"],
+                               "bytes_by_source": edges["bytes_by_source"]}
+        patch = args["patch"]
+        run = args["run"]
+        now = iso(utc_now())
+        # hosts the plan already skips (quarantined earlier) keep their outcome
+        already = set((run or {}).get("skip_hosts") or [])
+        skip = sorted(set(report["not_ready"]) - already) if run is not None and args["unstaged"] != "fail" else []
+        report.update(patch_id=patch.get("patch_id"), service=patch.get("service"), version=patch.get("target_version"),
+                      at=now, unstaged=args["unstaged"] if run is not None else None, skip_hosts=skip)
+        if run is not None:
+            paths = RunPaths(run["state_dir"], run["run_id"])
+            path = os.path.join(paths.run_dir, "readiness.json")
+        else:
+            path = os.path.join(resolve_state_dir(args["state_dir"]), "prestage", f"{run_id_for(patch['patch_id'])}.json")
+        if not check_mode and not (run or {}).get("preview"):
+            write_json_atomic(path, report)
+            if run is not None:
+                self._record(paths, run, report, skip, now)
+        lines = render_report(report)
+        result.update(changed=False, report=report, lines=lines, skip_hosts=skip, report_path=path, msg="; ".join(lines))
+        if report["percent"] < args["fail_below"]:
+            result.update(failed=True, msg=f"only {report['percent']}% of the hosts are staged, below fail_below "
+                                           f"{args['fail_below']}%: " + "; ".join(lines))
+        return result
+
+    @staticmethod
+    def _record(paths: RunPaths, run: dict[str, t.Any], report: dict[str, t.Any], skip: list[str], now: str) -> None:
+        """Hosts the readiness gate keeps out of the waves are recorded as not_staged (not a failure)."""
+        state = load_state(paths)
+        if state is not None and skip:
+            for host in skip:
+                record_outcome(state, host, "not_staged", at=now, reason=report["not_ready"][host])
+            save_state(paths, state)
+        append_event(paths, {
+            "ts": now,
+            "event": "prestage.readiness",
+            "run_id": run["run_id"],
+            "correlation_id": run.get("correlation_id"),
+            "ready": report["ready"],
+            "hosts": report["hosts"],
+            "percent": report["percent"],
+            "regions": {region: {"ready": bucket["ready"], "hosts": bucket["hosts"], "percent": bucket["percent"]}
+                        for region, bucket in report["regions"].items()},
+            "unstaged": report["unstaged"],
+            "skip_hosts": skip,
+            "not_ready": report["not_ready"],
+        })

@@ -1,0 +1,954 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: pre-staging artifacts into a host's content-addressed cache. Not a public API.
+
+One execution on one host: choose what to stage (the full artifact, or a delta bundle when the host runs its
+base), make sure it sits verified at ``cache/sha256/<digest>`` (downloading it from the region's edge, then the
+origin, with HTTP Range resume, retries and limits), record it in ``cache/meta/<digest>.json`` and apply the
+retention policy. A download only ever writes ``cache/sha256/.<digest>.part``; the final path appears by
+rename(2) after the digest (and the signature, when configured) verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import typing as t
+import urllib.error
+import urllib.parse
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
+    fsync_directory,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
+    URL_SCHEMES,
+    HostLayout,
+    HostOps,
+    ReleaseError,
+    _remove_path,
+    check_name,
+    check_sha256,
+    current_version,
+    ensure_free_space,
+    read_host_state,
+    read_release_metadata,
+    verify_release,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
+
+META_SCHEMA = 1
+PART_SUFFIX = ".part"
+READ_CHUNK = 256 * 1024
+LOCK_TIMEOUT = 120.0
+DELTA_MODES = ("auto", "both", "never")
+STATES = ("present", "verified")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def _bundle() -> t.Any:
+    """_bundle (signatures, bundle inspection), imported only when a download or a signature needs it: a run that
+    finds everything staged stays as cheap as hashing the cached file."""
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle as bundle
+
+    return bundle
+
+
+def find_tool(name: str) -> str | None:
+    """Same lookup as _bundle.find_tool (PATH plus the usual bin directories)."""
+    return shutil.which(name, path=os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/local/bin:/usr/bin:/bin")
+
+
+class StageError(ReleaseError):
+    """The artifact cannot be staged on this host; str() is the message for the operator."""
+
+
+class _Transient(Exception):
+    """Worth another attempt at the same source after a pause (reset, timeout, 5xx)."""
+
+
+class _SourceFailed(Exception):
+    """This source will not deliver (404, wrong size, too slow): try the next one."""
+
+
+class _GiveUp(Exception):
+    """Stop staging altogether (overall time limit)."""
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """One artifact to stage: the full one or a delta bundle."""
+
+    sha256: str
+    size: int
+    kind: str = "full"
+    name: str = ""
+    url: str | None = None
+    signature: str | None = None
+    base_version: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 30.0
+    min_throughput: int = 0
+    throughput_window: float = 10.0
+    max_time: float = 0.0
+    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRequest:
+    service: str
+    version: str
+    full: Artifact
+    delta: Artifact | None = None
+    edge_url: str | None = None
+    delta_mode: str = "auto"
+    state: str = "present"
+    allowed_signers: str | None = None
+    signer_identity: str | None = None
+    signature_namespace: str = "fleetpatch"
+    require_signature: bool = False
+    inspect_bundles: bool = True
+    keep: int = 3
+    policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
+
+
+def _artifact(value: t.Mapping[str, t.Any], *, kind: str, what: str) -> Artifact:
+    size = value.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise StageError(f"{what} size is required (the declared size in bytes) and must be positive, got {size!r}")
+    url = value.get("url") or None
+    if url is not None and not str(url).startswith(URL_SCHEMES):
+        raise StageError(f"{what} url {url!r} must start with one of {', '.join(URL_SCHEMES)}")
+    base = value.get("base_version")
+    return Artifact(
+        sha256=check_sha256(value.get("sha256")),
+        size=size,
+        kind=kind,
+        name=str(value.get("name") or ""),
+        url=url,
+        signature=value.get("signature") or None,
+        base_version=check_name(base, what=f"{what} base_version") if kind == "delta" else None,
+    )
+
+
+def build_stage_request(params: t.Mapping[str, t.Any]) -> StageRequest:
+    """Validate module-style parameters."""
+    def number(name: str, default: float, minimum: float) -> t.Any:
+        value = params.get(name)
+        value = default if value is None else value
+        if value < minimum:
+            raise StageError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    if params.get("delta_mode", "auto") not in DELTA_MODES:
+        raise StageError(f"delta_mode must be one of {', '.join(DELTA_MODES)}")
+    if params.get("state", "present") not in STATES:
+        raise StageError(f"state must be one of {', '.join(STATES)}")
+    edge_url = params.get("edge_url") or None
+    if edge_url is not None and not edge_url.startswith(URL_SCHEMES):
+        raise StageError(f"edge_url {edge_url!r} must start with one of {', '.join(URL_SCHEMES)}")
+    full = _artifact({key: params.get(key) for key in ("sha256", "size", "name", "url", "signature")}, kind="full", what="artifact")
+    delta = _artifact(params["delta"], kind="delta", what="delta") if params.get("delta") else None
+    headers = params.get("url_headers") or {}
+    return StageRequest(
+        service=check_name(params.get("service"), what="service"),
+        version=check_name(params.get("version"), what="version"),
+        full=full,
+        delta=delta,
+        edge_url=edge_url,
+        delta_mode=params.get("delta_mode") or "auto",
+        state=params.get("state") or "present",
+        allowed_signers=params.get("allowed_signers") or None,
+        signer_identity=params.get("signer_identity") or None,
+        signature_namespace=params.get("signature_namespace") or "fleetpatch",
+        require_signature=bool(params.get("require_signature")),
+        inspect_bundles=bool(params.get("inspect_bundles", True)),
+        keep=number("keep", 3, 0),
+        policy=FetchPolicy(
+            timeout=number("timeout", 30, 0.1),
+            retries=number("retries", 3, 0),
+            backoff=number("backoff", 1.0, 0),
+            backoff_max=number("backoff_max", 30.0, 0),
+            min_throughput=number("min_throughput", 0, 0),
+            throughput_window=number("throughput_window", 10.0, 0.1),
+            max_time=number("max_time", 0, 0),
+            headers={str(key): str(value) for key, value in headers.items()},
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+def meta_dir(layout: HostLayout) -> str:
+    return f"{layout.root}/cache/meta"
+
+
+def meta_path(layout: HostLayout, sha256: str) -> str:
+    return f"{meta_dir(layout)}/{sha256}.json"
+
+
+def part_path(layout: HostLayout, sha256: str) -> str:
+    return f"{layout.cache_dir}/.{sha256}{PART_SUFFIX}"
+
+
+def read_meta(layout: HostLayout, sha256: str) -> dict[str, t.Any] | None:
+    try:
+        data = read_json(meta_path(layout, sha256))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cached_entries(layout: HostLayout) -> list[dict[str, t.Any]]:
+    """Meta records of every cached artifact that has one (artifacts cached by other means have none)."""
+    entries = []
+    try:
+        names = sorted(os.listdir(meta_dir(layout)))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        sha = name[:-5] if name.endswith(".json") else ""
+        if len(sha) == 64 and os.path.isfile(layout.cache_path(sha)):
+            meta = read_meta(layout, sha)
+            if meta and meta.get("sha256") == sha:
+                entries.append(meta)
+    return entries
+
+
+@contextlib.contextmanager
+def cache_lock(layout: HostLayout, ops: HostOps, *, timeout: float = LOCK_TIMEOUT) -> t.Iterator[None]:
+    """One staging at a time per host (an flock on cache/.prestage.lock)."""
+    os.makedirs(os.path.dirname(layout.cache_dir), exist_ok=True)
+    fd = os.open(f"{os.path.dirname(layout.cache_dir)}/.prestage.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = ops.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if ops.monotonic() > deadline:
+                    raise StageError(f"another prestage holds {layout.root}/cache/.prestage.lock for more than {timeout:g}s") from None
+                ops.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------ transfer
+
+
+@dataclasses.dataclass
+class Transfer:
+    """What fetching one artifact did."""
+
+    sha256: str
+    kind: str
+    source: str | None = None
+    bytes: int = 0
+    bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)
+    resumed: bool = False
+    restarts: int = 0
+    attempts: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return dataclasses.asdict(self)
+
+
+def _header(response: t.Any, name: str) -> str | None:
+    headers = getattr(response, "headers", None)
+    if headers is not None and hasattr(headers, "get"):
+        return headers.get(name)
+    getter = getattr(response, "getheader", None)
+    return getter(name) if getter else None
+
+
+def _status(response: t.Any) -> int | None:
+    status = getattr(response, "status", None)
+    if status is None and hasattr(response, "getcode"):
+        status = response.getcode()
+    return status
+
+
+def _open(ops: HostOps, url: str, offset: int, size: int, policy: FetchPolicy) -> tuple[t.Any, int]:
+    """(readable, offset it starts at). A server that ignores Range starts again at 0.
+
+    A source that announces another total size than the declared one serves another artifact: it is skipped
+    before a byte is written.
+    """
+    if url.startswith("file://"):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            raise _SourceFailed(f"{path} does not exist") from None
+        except OSError as exc:
+            raise _Transient(str(exc)) from exc
+        actual = os.fstat(handle.fileno()).st_size
+        if actual != size:
+            handle.close()
+            raise _SourceFailed(f"{path} is {actual} bytes, the declared size is {size}")
+        handle.seek(offset)
+        return handle, offset
+    headers = dict(policy.headers)
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = ops.open_url(url, headers=headers, timeout=policy.timeout)
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+        exc.close()
+        if code == 416:
+            raise _Transient("HTTP 416 (range not satisfiable): the partial download does not fit, starting again") from None
+        if code in (408, 425, 429) or code >= 500:
+            raise _Transient(f"HTTP {code} {exc.reason}") from None
+        raise _SourceFailed(f"HTTP {code} {exc.reason}") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _Transient(str(exc) or type(exc).__name__) from exc
+    status = _status(response)
+    if offset and status == 206:
+        match = _CONTENT_RANGE.match(_header(response, "Content-Range") or "")
+        if not match or int(match.group(1)) != offset:
+            response.close()
+            raise _Transient(f"asked for bytes {offset}- and got Content-Range {_header(response, 'Content-Range')!r}")
+        if match.group(3) != "*" and int(match.group(3)) != size:
+            response.close()
+            raise _SourceFailed(f"serves {match.group(3)} bytes, the declared size is {size}")
+        return response, offset
+    if status not in (200, None):
+        response.close()
+        raise _SourceFailed(f"HTTP {status}")
+    length = _header(response, "Content-Length")
+    if length and length.isdigit() and int(length) != size:
+        response.close()
+        raise _SourceFailed(f"serves {length} bytes, the declared size is {size}")
+    return response, 0
+
+
+def _copy_body(
+    ops: HostOps, body: t.Any, part: str, *, offset: int, size: int, policy: FetchPolicy, deadline: float | None,
+) -> int:
+    """Append the body to part (truncated to offset first); return bytes written. Never writes past size."""
+    written = 0
+    window_start, window_bytes = ops.monotonic(), 0
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(part, flags, 0o600)
+    try:
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        while offset + written < size:
+            try:
+                chunk = body.read(min(READ_CHUNK, size - offset - written))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise _Transient(f"transfer broke after {offset + written} of {size} bytes: {exc or type(exc).__name__}") from exc
+            if not chunk:
+                raise _Transient(f"connection closed after {offset + written} of {size} bytes")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            written += len(chunk)
+            window_bytes += len(chunk)
+            now = ops.monotonic()
+            if deadline is not None and now > deadline:
+                raise _GiveUp(f"gave up after max_time {policy.max_time:g}s with {offset + written} of {size} bytes")
+            elapsed = now - window_start
+            if elapsed >= policy.throughput_window:
+                rate = window_bytes / elapsed
+                if policy.min_throughput and rate < policy.min_throughput:
+                    raise _SourceFailed(f"throughput {rate:.0f} B/s is below min_throughput {policy.min_throughput} B/s")
+                window_start, window_bytes = now, 0
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return written
+
+
+class Fetcher:
+    """Downloads into the .part file of one digest, source after source, resuming with HTTP Range."""
+
+    def __init__(self, ops: HostOps, layout: HostLayout, policy: FetchPolicy) -> None:
+        self.ops = ops
+        self.layout = layout
+        self.policy = policy
+        self.deadline = ops.monotonic() + policy.max_time if policy.max_time else None
+
+    def _pause(self, attempt: int) -> None:
+        delay = min(self.policy.backoff_max, self.policy.backoff * (2 ** (attempt - 1)))
+        if self.deadline is not None:
+            delay = min(delay, max(0.0, self.deadline - self.ops.monotonic()))
+        if delay > 0:
+            self.ops.sleep(delay)
+
+    def from_source(self, artifact: Artifact, name: str, url: str, transfer: Transfer) -> None:
+        """Complete the .part file from one source or raise _SourceFailed / _GiveUp / StageError."""
+        part = part_path(self.layout, artifact.sha256)
+        attempt = 0
+        while True:
+            offset = os.path.getsize(part) if os.path.isfile(part) else 0
+            if offset > artifact.size:
+                _remove_path(part)
+                offset = 0
+            if offset == artifact.size:
+                return
+            try:
+                ensure_free_space(self.layout.cache_dir, artifact.size - offset, what=f"stage {artifact.sha256[:12]}")
+            except ReleaseError as exc:
+                _remove_path(part)
+                raise StageError(str(exc)) from None
+            transfer.attempts += 1
+            try:
+                body, start = _open(self.ops, url, offset, artifact.size, self.policy)
+                if offset and start == 0:
+                    transfer.restarts += 1
+                elif offset:
+                    transfer.resumed = True
+                with body:
+                    written = _copy_body(self.ops, body, part, offset=start, size=artifact.size, policy=self.policy,
+                                         deadline=self.deadline)
+                transfer.bytes += written
+                transfer.bytes_by_source[name] = transfer.bytes_by_source.get(name, 0) + written
+                return
+            except _Transient as exc:
+                self._count_partial(part, offset, name, transfer)
+                attempt += 1
+                transfer.errors.append(f"{name} attempt {attempt}: {exc}")
+                if attempt > self.policy.retries:
+                    raise _SourceFailed(f"{exc} (after {attempt} attempts)") from None
+                if self.deadline is not None and self.ops.monotonic() >= self.deadline:
+                    raise _GiveUp(f"gave up after max_time {self.policy.max_time:g}s: {exc}") from None
+                self._pause(attempt)
+            except _SourceFailed:
+                self._count_partial(part, offset, name, transfer)
+                raise
+            except OSError as exc:
+                # the cache filesystem failed us (full, read-only): no partial file stays behind
+                _remove_path(part)
+                what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
+                raise StageError(f"cannot write {part}: {what}; the partial download was removed") from exc
+
+    @staticmethod
+    def _count_partial(part: str, offset: int, name: str, transfer: Transfer) -> None:
+        """Bytes a broken attempt added to the partial file still count as transferred."""
+        now = os.path.getsize(part) if os.path.isfile(part) else 0
+        if now > offset:
+            transfer.bytes += now - offset
+            transfer.bytes_by_source[name] = transfer.bytes_by_source.get(name, 0) + now - offset
+
+
+# ------------------------------------------------------------------------------------------ staging
+
+
+@dataclasses.dataclass
+class StageResult:
+    changed: bool = False
+    ready: bool = False
+    staged: dict[str, t.Any] | None = None
+    artifacts: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
+    transferred_bytes: int = 0
+    bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)
+    fallback_reason: str | None = None
+    removed: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
+    actions: list[str] = dataclasses.field(default_factory=list)
+    reason: str | None = None
+    before: list[str] = dataclasses.field(default_factory=list)
+    after: list[str] = dataclasses.field(default_factory=list)
+
+    def act(self, action: str) -> None:
+        self.actions.append(action)
+        self.changed = True
+
+    def add_transfer(self, transfer: Transfer) -> None:
+        self.transferred_bytes += transfer.bytes
+        for name, count in transfer.bytes_by_source.items():
+            self.bytes_by_source[name] = self.bytes_by_source.get(name, 0) + count
+
+    def as_dict(self, *, check_mode: bool) -> dict[str, t.Any]:
+        key = "would_remove" if check_mode else "removed"
+        return {
+            "changed": self.changed,
+            "ready": self.ready,
+            "staged": self.staged,
+            "artifacts": self.artifacts,
+            "transferred_bytes": self.transferred_bytes,
+            "bytes_by_source": dict(sorted(self.bytes_by_source.items())),
+            "fallback_reason": self.fallback_reason,
+            key: self.removed,
+            "actions": self.actions,
+            "reason": self.reason,
+            "diff": {"before": {"cached": self.before}, "after": {"cached": self.after}},
+        }
+
+
+class Stager:
+    def __init__(self, layout: HostLayout, request: StageRequest, ops: HostOps, *, zstd: str | None | bool = None,
+                 result: StageResult | None = None) -> None:
+        self.layout = layout
+        self.request = request
+        self.ops = ops
+        self.result = result if result is not None else StageResult()
+        self._warned: set[str] = set()
+        # None: look it up; False: known to be absent (tests)
+        self._zstd = find_tool("zstd") if zstd is None else (zstd or None)
+
+    # --------------------------------------------------------------- checks
+
+    def sources(self, artifact: Artifact) -> list[tuple[str, str]]:
+        found = []
+        if self.request.edge_url:
+            found.append(("edge", self.request.edge_url.rstrip("/") + "/" + artifact.sha256))
+        if artifact.url:
+            found.append(("origin", artifact.url))
+        return found
+
+    def _signature_needed(self, artifact: Artifact) -> bool:
+        if self.request.require_signature and not artifact.signature:
+            raise StageError(f"{artifact.kind} artifact {artifact.sha256} has no signature and require_signature is set")
+        if artifact.signature and not self.request.allowed_signers:
+            if self.request.require_signature:
+                raise StageError("require_signature is set but no allowed_signers were given to verify against")
+            if artifact.sha256 not in self._warned:
+                self._warned.add(artifact.sha256)
+                self.ops.warn(f"{artifact.kind} artifact {artifact.sha256[:12]} is signed but no allowed_signers were "
+                              "given; the signature is not checked")
+            return False
+        return bool(artifact.signature)
+
+    def _verify_signature(self, artifact: Artifact, path: str) -> dict[str, t.Any] | None:
+        if not self._signature_needed(artifact):
+            return None
+        principal = _bundle().verify_signature(
+            path, signature=t.cast(str, artifact.signature), allowed_signers=t.cast(str, self.request.allowed_signers),
+            identity=self.request.signer_identity, namespace=self.request.signature_namespace,
+            scratch_dir=os.path.dirname(self.layout.cache_dir),
+        )
+        return {"sha256": _text_digest(t.cast(str, artifact.signature)), "principal": principal,
+                "namespace": self.request.signature_namespace}
+
+    def _inspect(self, artifact: Artifact, path: str) -> None:
+        if not self.request.inspect_bundles:
+            return
+        metadata = _bundle().read_bundle_metadata(path)  # raises BundleError (a ReleaseError) for a malformed bundle
+        if metadata is None:
+            return
+        if metadata["service"] != self.request.service:
+            raise StageError(f"bundle {artifact.sha256[:12]} is for service {metadata['service']}, not {self.request.service}")
+        if metadata["target_version"] != self.request.version:
+            raise StageError(f"bundle {artifact.sha256[:12]} builds {metadata['target_version']}, not {self.request.version}")
+        if artifact.kind == "delta" and (metadata["kind"] != "delta" or metadata.get("base_version") != artifact.base_version):
+            raise StageError(f"{artifact.sha256[:12]} is not a delta bundle against {artifact.base_version}")
+
+    def cached(self, artifact: Artifact) -> str | None:
+        """'ok' when the cached copy verifies, 'corrupt' when it exists and does not, None when absent."""
+        path = self.layout.cache_path(artifact.sha256)
+        if not os.path.isfile(path):
+            return None
+        if os.path.getsize(path) != artifact.size or sha256_file(path) != artifact.sha256:
+            return "corrupt"
+        meta = read_meta(self.layout, artifact.sha256) or {}
+        signature = meta.get("signature") or {}
+        needed = self._signature_needed(artifact)
+        if needed and signature.get("sha256") != _text_digest(t.cast(str, artifact.signature)):
+            # verified before it was cached, but not with this signature (or cached by other means)
+            self.result.act(f"verify the signature of cached {artifact.kind} {artifact.sha256[:12]}")
+            if self.ops.check_mode:
+                return "ok"
+            try:
+                record = self._verify_signature(artifact, path)
+            except ReleaseError as exc:
+                raise StageError(f"cached {artifact.kind} artifact {artifact.sha256}: {exc}") from exc
+            self._write_meta(artifact, source=meta.get("source"), signature=record, staged_at=meta.get("staged_at"))
+        elif not meta:
+            # cached by other means (the demo fleet, a copy): give it a cache record so retention knows it
+            self.result.act(f"record cached {artifact.kind} {artifact.sha256[:12]}")
+            if not self.ops.check_mode:
+                self._write_meta(artifact, source=None, signature=None, staged_at=None)
+        return "ok"
+
+    def _write_meta(self, artifact: Artifact, *, source: str | None, signature: dict[str, t.Any] | None,
+                    staged_at: str | None) -> None:
+        now = self.ops.now()
+        write_json_atomic(meta_path(self.layout, artifact.sha256), {
+            "schema": META_SCHEMA,
+            "sha256": artifact.sha256,
+            "size": artifact.size,
+            "service": self.request.service,
+            "version": self.request.version,
+            "kind": artifact.kind,
+            "base_version": artifact.base_version,
+            "name": artifact.name,
+            "source": source,
+            "signature": signature,
+            "staged_at": staged_at or now,
+            "verified_at": now,
+        })
+
+    def delta_usable(self) -> str | None:
+        """None when this host can build the release from the delta, else why not."""
+        delta = self.request.delta
+        if delta is None:
+            return "no delta bundle is offered"
+        current = current_version(self.layout)
+        if current != delta.base_version:
+            return f"the host runs {current or 'nothing'}, the delta needs {delta.base_version}"
+        if not self._zstd:
+            return "zstd is not installed on this host"
+        return None
+
+    # --------------------------------------------------------------- staging
+
+    def stage(self, artifact: Artifact, *, verify_base: bool = False) -> dict[str, t.Any]:
+        """Make sure artifact is cached and verified; return its entry for RV(artifacts)."""
+        entry: dict[str, t.Any] = {"sha256": artifact.sha256, "kind": artifact.kind, "size": artifact.size,
+                                   "path": self.layout.cache_path(artifact.sha256)}
+        state = self.cached(artifact)
+        if state == "ok":
+            entry["action"] = "present"
+            return entry
+        if state == "corrupt":
+            self.ops.warn(f"cached {artifact.kind} artifact {artifact.sha256} does not match its digest; staging it again")
+            self.result.act(f"remove corrupt cached {artifact.kind} {artifact.sha256[:12]}")
+            if not self.ops.check_mode:
+                _remove_path(self.layout.cache_path(artifact.sha256))
+        if verify_base and artifact.kind == "delta":
+            problems = verify_release(self.layout.release_path(t.cast(str, artifact.base_version)))
+            if problems:
+                raise _BaseProblem(f"base release {artifact.base_version} does not verify: {'; '.join(problems[:3])}")
+        sources = self.sources(artifact)
+        if not sources:
+            raise StageError(f"{artifact.kind} artifact {artifact.sha256} is not cached and there is no edge_url or url to get it from")
+        self.result.act(f"download {artifact.kind} {artifact.sha256[:12]} from {' then '.join(name for name, _url in sources)}")
+        entry["action"] = "download"
+        if self.ops.check_mode:
+            entry["sources"] = [name for name, _url in sources]
+            return entry
+        transfer = self.fetch(artifact, sources)
+        entry.update(transfer.as_dict())
+        return entry
+
+    def fetch(self, artifact: Artifact, sources: list[tuple[str, str]]) -> Transfer:
+        layout = self.layout
+        os.makedirs(layout.cache_dir, exist_ok=True)
+        fetcher = Fetcher(self.ops, layout, self.request.policy)
+        transfer = Transfer(sha256=artifact.sha256, kind=artifact.kind)
+        part = part_path(layout, artifact.sha256)
+        final = layout.cache_path(artifact.sha256)
+        try:
+            for name, url in sources:
+                restarted = False
+                while True:
+                    mixed = os.path.isfile(part) and os.path.getsize(part) > 0
+                    try:
+                        fetcher.from_source(artifact, name, url, transfer)
+                    except _SourceFailed as exc:
+                        transfer.errors.append(f"{name}: {exc}")
+                        break
+                    digest = sha256_file(part)
+                    if digest != artifact.sha256:
+                        _remove_path(part)
+                        if mixed and not restarted:
+                            # the partial came from another source or an earlier run: try this source whole
+                            transfer.errors.append(f"{name}: resumed download has sha256 {digest}; starting again from byte 0")
+                            restarted = True
+                            transfer.restarts += 1
+                            continue
+                        transfer.errors.append(f"{name}: served {artifact.size} bytes with sha256 {digest}, expected "
+                                               f"{artifact.sha256} (corrupt); the bytes were discarded")
+                        break
+                    try:
+                        signature = self._verify_signature(artifact, part)
+                        self._inspect(artifact, part)
+                    except ReleaseError as exc:
+                        _remove_path(part)
+                        raise StageError(f"{artifact.kind} artifact {artifact.sha256} has the right digest but is refused: "
+                                         f"{exc}; nothing was cached") from exc
+                    os.chmod(part, 0o644)
+                    os.replace(part, final)
+                    fsync_directory(layout.cache_dir)
+                    transfer.source = name
+                    self._write_meta(artifact, source=name, signature=signature, staged_at=None)
+                    return transfer
+        except _GiveUp as exc:
+            transfer.errors.append(str(exc))
+        finally:
+            self.result.add_transfer(transfer)
+        kept = os.path.getsize(part) if os.path.isfile(part) else 0
+        note = f"; {kept} bytes kept in {part} to resume from" if kept else ""
+        raise StageError(f"could not stage {artifact.kind} artifact {artifact.sha256} ({artifact.name or 'unnamed'}): "
+                         f"{'; '.join(transfer.errors[-6:])}{note}")
+
+    # --------------------------------------------------------------- the step
+
+    def run(self) -> StageResult:
+        request, result = self.request, self.result
+        result.before = sorted(entry["sha256"] for entry in cached_entries(self.layout))
+        if request.state == "verified":
+            self.readiness()
+        else:
+            os.makedirs(self.layout.cache_dir, exist_ok=True)
+            with cache_lock(self.layout, self.ops):
+                self.present()
+                if request.keep:
+                    self.retention()
+        result.after = sorted(set(result.before) - {entry["sha256"] for entry in result.removed}
+                              | {entry["sha256"] for entry in result.artifacts if entry.get("action") == "download"
+                                 or entry.get("action") == "present"})
+        return result
+
+    def _ready_with(self, entry: dict[str, t.Any]) -> None:
+        self.result.ready = True
+        self.result.staged = {key: entry[key] for key in ("sha256", "kind", "size", "path")}
+
+    def installed(self) -> bool:
+        """The host already runs the target version: nothing to stage for it (the apply only re-verifies)."""
+        if self.request.delta_mode == "both" or current_version_or_none(self.layout) != self.request.version:
+            return False
+        self.result.ready = True
+        self.result.staged = {"installed": self.request.version, "path": self.layout.release_path(self.request.version)}
+        return True
+
+    def present(self) -> None:
+        request, result = self.request, self.result
+        full, delta = request.full, request.delta
+        if self.installed():
+            return
+        if request.delta_mode == "both":
+            result.artifacts.append(self.stage(full))
+            if delta is not None:
+                result.artifacts.append(self.stage(delta))
+            self._ready_with(result.artifacts[0])
+            return
+        if request.delta_mode == "never" or delta is None:
+            result.artifacts.append(self.stage(full))
+            self._ready_with(result.artifacts[0])
+            return
+        # auto: the full artifact when it is here already, else the delta when this host can use it
+        if self.cached(full) == "ok":
+            result.artifacts.append(dict(self._entry(full), action="present"))
+            self._ready_with(result.artifacts[0])
+            return
+        why_not = self.delta_usable()
+        if why_not is None:
+            try:
+                entry = self.stage(delta, verify_base=True)
+                result.artifacts.append(entry)
+                self._ready_with(entry)
+                return
+            except (StageError, _BaseProblem) as exc:
+                why_not = f"the delta bundle could not be staged: {exc}"
+        result.fallback_reason = why_not
+        entry = self.stage(full)
+        result.artifacts.append(entry)
+        self._ready_with(entry)
+
+    def _entry(self, artifact: Artifact) -> dict[str, t.Any]:
+        return {"sha256": artifact.sha256, "kind": artifact.kind, "size": artifact.size,
+                "path": self.layout.cache_path(artifact.sha256)}
+
+    def readiness(self) -> None:
+        """state=verified: report whether the artifact the apply needs is cached and verified; never transfer."""
+        request, result = self.request, self.result
+        if self.installed():
+            return
+        candidates = [request.full]
+        if request.delta is not None and request.delta_mode != "never":
+            candidates.append(request.delta)
+        reasons = []
+        for artifact in candidates:
+            if artifact.kind == "delta" and request.delta_mode == "auto":
+                why_not = self.delta_usable()
+                if why_not:
+                    reasons.append(f"delta: {why_not}")
+                    continue
+            try:
+                state = self.cached(artifact)
+            except StageError as exc:
+                reasons.append(str(exc))
+                continue
+            if state == "ok":
+                entry = dict(self._entry(artifact), action="present")
+                result.artifacts.append(entry)
+                self._ready_with(entry)
+                return
+            reasons.append(f"{artifact.kind} {artifact.sha256[:12]} is {'not cached' if state is None else state}")
+        result.reason = "not staged: " + "; ".join(reasons)
+
+    def retention(self) -> None:
+        """Keep the artifacts of the newest `keep` versions of this service; never current or rollback ones."""
+        request, result = self.request, self.result
+        protect_versions, protect_digests = protected(self.layout)
+        protect_versions.add(request.version)
+        protect_digests.update(entry["sha256"] for entry in result.artifacts)
+        entries = [entry for entry in cached_entries(self.layout) if entry.get("service") == request.service]
+        if not any(entry.get("version") == request.version for entry in entries):
+            # what this run stages counts as cached, in check mode too
+            entries.append({"version": request.version, "sha256": "", "staged_at": self.ops.now()})
+        for entry in plan_retention(entries, keep=request.keep, protect_versions=protect_versions,
+                                    protect_digests=protect_digests):
+            result.act(f"remove {entry.get('kind', 'full')} {entry['sha256'][:12]} ({entry.get('version')}) from the cache")
+            result.removed.append({key: entry.get(key) for key in ("sha256", "version", "kind", "size")})
+            if not self.ops.check_mode:
+                _remove_path(self.layout.cache_path(entry["sha256"]))
+                _remove_path(meta_path(self.layout, entry["sha256"]))
+
+
+class _BaseProblem(Exception):
+    """The base release a delta needs does not verify."""
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
+
+
+def protected(layout: HostLayout) -> tuple[set[str], set[str]]:
+    """Versions and digests retention must never remove: the current release and its rollback point."""
+    versions: set[str] = set()
+    digests: set[str] = set()
+    try:
+        state = read_host_state(layout)
+    except ReleaseError:
+        state = {"current_version": current_version_or_none(layout), "manifest": None}
+    manifest = state.get("manifest") or {}
+    refs = [{"version": state.get("current_version")}, manifest, manifest.get("previous") or {}]
+    for ref in refs:
+        version = ref.get("version")
+        if isinstance(version, str) and version:
+            versions.add(version)
+            metadata = read_release_metadata(layout.release_path(version)) or {}
+            for sha in (metadata.get("artifact_sha256"), (metadata.get("bundle") or {}).get("sha256")):
+                if isinstance(sha, str):
+                    digests.add(sha)
+        if isinstance(ref.get("artifact_sha256"), str):
+            digests.add(ref["artifact_sha256"])
+    return versions, digests
+
+
+def current_version_or_none(layout: HostLayout) -> str | None:
+    try:
+        return current_version(layout)
+    except ReleaseError:
+        return None
+
+
+def plan_retention(
+    entries: t.Iterable[t.Mapping[str, t.Any]], *, keep: int, protect_versions: t.Iterable[str],
+    protect_digests: t.Iterable[str],
+) -> list[t.Mapping[str, t.Any]]:
+    """Cache entries to remove: all but those of the newest `keep` versions, protected ones always kept.
+
+    Versions are ordered by version number, then by when they were staged.
+    """
+    protect_versions, protect_digests = set(protect_versions), set(protect_digests)
+    by_version: dict[str, list[t.Mapping[str, t.Any]]] = {}
+    for entry in entries:
+        by_version.setdefault(str(entry.get("version")), []).append(entry)
+
+    def order(version: str) -> tuple[t.Any, str]:
+        return version_key(version), max(str(entry.get("staged_at") or "") for entry in by_version[version])
+
+    newest = sorted(by_version, key=order, reverse=True)
+    kept = set(newest[:keep]) if keep > 0 else set(newest)
+    doomed = [entry for version in newest if version not in kept and version not in protect_versions
+              for entry in by_version[version] if entry.get("sha256") not in protect_digests]
+    return sorted(doomed, key=lambda entry: (version_key(str(entry.get("version"))), str(entry.get("sha256"))))
+
+
+def run_stage(layout: HostLayout, request: StageRequest, ops: HostOps, *, zstd: str | None | bool = None,
+              result: StageResult | None = None) -> StageResult:
+    """One prestage step on one host (see the module for the contract); result collects what was done even when
+    it fails."""
+    stager = Stager(layout, request, ops, zstd=zstd, result=result)
+    try:
+        return stager.run()
+    except OSError as exc:
+        raise StageError(f"{layout.service}: filesystem error under {layout.root}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def readiness_report(hosts: t.Mapping[str, t.Mapping[str, t.Any]]) -> dict[str, t.Any]:
+    """Staged percent per region from per-host {region, result} (result: a prestage module result or None).
+
+    A host is ready when its result says ready and did not fail; an unreachable or missing result is not.
+    """
+    regions: dict[str, dict[str, t.Any]] = {}
+    not_ready: dict[str, str] = {}
+    bytes_by_source: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    fallbacks: dict[str, str] = {}
+    for host in sorted(hosts):
+        info = hosts[host]
+        region = str(info.get("region") or "(none)")
+        result = info.get("result")
+        bucket = regions.setdefault(region, {"hosts": 0, "ready": 0, "not_ready": []})
+        bucket["hosts"] += 1
+        if isinstance(result, t.Mapping):
+            for name, count in (result.get("bytes_by_source") or {}).items():
+                bytes_by_source[name] = bytes_by_source.get(name, 0) + int(count)
+            if result.get("fallback_reason"):
+                fallbacks[host] = str(result["fallback_reason"])
+        ok = isinstance(result, t.Mapping) and result.get("ready") and not result.get("failed") and not result.get("unreachable")
+        if ok:
+            bucket["ready"] += 1
+            staged = t.cast(t.Mapping[str, t.Any], result).get("staged") or {}
+            kind = "installed" if staged.get("installed") else str(staged.get("kind") or "unknown")
+            kinds[kind] = kinds.get(kind, 0) + 1
+            continue
+        bucket["not_ready"].append(host)
+        if not isinstance(result, t.Mapping):
+            not_ready[host] = "no prestage result (unreachable or not run)"
+        else:
+            not_ready[host] = str(result.get("reason") or result.get("msg") or "not staged").strip()[:500]
+    for bucket in regions.values():
+        bucket["percent"] = _percent(bucket["ready"], bucket["hosts"])
+    total = sum(bucket["hosts"] for bucket in regions.values())
+    ready = sum(bucket["ready"] for bucket in regions.values())
+    return {
+        "hosts": total,
+        "ready": ready,
+        "percent": _percent(ready, total),
+        "regions": dict(sorted(regions.items())),
+        "not_ready": not_ready,
+        "bytes_by_source": dict(sorted(bytes_by_source.items())),
+        "kinds": dict(sorted(kinds.items())),
+        "fallbacks": fallbacks,
+    }
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 1) if whole else 100.0
+
+
+def render_report(report: t.Mapping[str, t.Any]) -> list[str]:
+    lines = [f"staged {report['ready']}/{report['hosts']} hosts ({report['percent']}%)"]
+    for region, bucket in report["regions"].items():
+        line = f"  {region}: {bucket['ready']}/{bucket['hosts']} ({bucket['percent']}%)"
+        if bucket["not_ready"]:
+            shown = ", ".join(bucket["not_ready"][:5]) + (" ..." if len(bucket["not_ready"]) > 5 else "")
+            line += f" not ready: {shown}"
+        lines.append(line)
+    if report.get("kinds"):
+        lines.append("  staged: " + ", ".join(f"{kind} {count}" for kind, count in report["kinds"].items()))
+    if report.get("bytes_by_source"):
+        lines.append("  bytes moved: " + ", ".join(f"{name} {count}" for name, count in report["bytes_by_source"].items()))
+    return lines

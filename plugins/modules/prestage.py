@@ -1,0 +1,380 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: prestage
+short_description: Put a verified patch artifact into a host's content-addressed cache before the window opens
+version_added: 0.2.0
+description:
+  - Makes sure the artifact a rollout will install sits verified at C(<root>/cache/sha256/<digest>), in one
+    execution per host, and applies the cache's retention policy.
+  - What is staged depends on O(delta_mode). With V(auto) a host that runs O(delta.base_version) (and has zstd)
+    gets the small delta bundle, any other host the full artifact; RV(fallback_reason) says why the full one was
+    chosen. With V(both) (edge hosts, which serve either) both are staged; with V(never) only the full one.
+  - Sources are tried in order, the region's edge cache (O(edge_url) followed by the digest) then the origin
+    (O(url), O(delta.url)). A source that fails, is too slow or serves bytes with another digest is left for the next
+    one; bytes with a wrong digest are never kept.
+  - A download writes only C(cache/sha256/.<digest>.part). Free space is checked before every request. After a
+    connection reset the download resumes with an HTTP Range request, with up to O(retries) retries per source and
+    exponential backoff; it never reads past the declared O(size). Only when the digest matches (and the detached
+    signature verifies against O(allowed_signers), and a fleetpatch bundle's members all check out) is the file
+    renamed to its final path, so a complete file is the only thing ever found there. When the disk fills up the
+    partial file is removed.
+  - A cached artifact is re-hashed on every run; a run that finds everything staged transfers nothing.
+  - With O(state=verified) nothing is transferred or removed; RV(ready) tells whether the host holds what the apply
+    needs (the rollout's readiness gate).
+author:
+  - fleetpatch developers (@fleetpatch)
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports what would be downloaded and, in RV(would_remove), what retention would remove.
+  diff_mode:
+    support: full
+    details: The digests of the service's cached artifacts before and after.
+  idempotent:
+    support: full
+options:
+  root:
+    description: The host root that holds everything fleetpatch manages (C(fleetpatch_host_root)).
+    type: path
+    required: true
+  service:
+    description: Service the artifact belongs to; retention counts versions per service.
+    type: str
+    required: true
+  version:
+    description: The version the artifact installs (the patch manifest's C(target_version)).
+    type: str
+    required: true
+  sha256:
+    description: Hex sha256 digest of the full artifact (plain release tarball or fleetpatch bundle).
+    type: str
+    required: true
+  size:
+    description: Declared size of the full artifact in bytes. Transfers stop there; another size is refused.
+    type: int
+    required: true
+  name:
+    description: File name of the artifact, for messages and the cache record.
+    type: str
+  url:
+    description: Origin URL of the full artifact (V(http://), V(https://) or V(file://)).
+    type: str
+  signature:
+    description:
+      - Detached signature of the full artifact, the armored text printed by C(ssh-keygen -Y sign).
+      - Verified with C(ssh-keygen -Y verify) against O(allowed_signers) before the file reaches its final path.
+    type: str
+  delta:
+    description: A delta bundle against a base release, from M(fleetpatch.rollout.patch_bundle).
+    type: dict
+    suboptions:
+      sha256:
+        description: Hex sha256 digest of the delta bundle.
+        type: str
+        required: true
+      size:
+        description: Declared size of the delta bundle in bytes.
+        type: int
+        required: true
+      base_version:
+        description: The release the delta turns into O(version).
+        type: str
+        required: true
+      url:
+        description: Origin URL of the delta bundle.
+        type: str
+      signature:
+        description: Detached signature of the delta bundle (armored text).
+        type: str
+      name:
+        description: File name of the delta bundle.
+        type: str
+  edge_url:
+    description:
+      - Base URL of the region's edge cache, for example C(http://edge-eu-west:8080/cache/sha256/); the digest is
+        appended. Tried before the origin. Leave it out on edge hosts themselves.
+    type: str
+  delta_mode:
+    description:
+      - V(auto) stages the delta when the host runs its base release and has zstd, else the full artifact.
+      - V(both) stages the full artifact and the delta (edge hosts serve both).
+      - V(never) stages only the full artifact.
+    type: str
+    choices: [auto, both, never]
+    default: auto
+  state:
+    description:
+      - V(present) stages (and applies retention).
+      - V(verified) only checks. RV(ready) is V(true) when the host runs O(version) already or holds a verified copy
+        of what it needs; nothing is transferred or removed, and a host that is not ready does not fail.
+    type: str
+    choices: [present, verified]
+    default: present
+  allowed_signers:
+    description:
+      - Content of an OpenSSH allowed-signers file (C(ssh-keygen(1)), ALLOWED SIGNERS). When set, every signed
+        artifact must carry a signature by one of these keys; the host needs C(ssh-keygen).
+    type: str
+  signer_identity:
+    description: Principal the signature must belong to; by default any principal of O(allowed_signers) that matches.
+    type: str
+  signature_namespace:
+    description: Namespace the signature was made for (C(ssh-keygen -Y sign -n)).
+    type: str
+    default: fleetpatch
+  require_signature:
+    description: Refuse artifacts that carry no signature.
+    type: bool
+    default: false
+  inspect_bundles:
+    description:
+      - Check every member of a fleetpatch bundle against its manifest before caching it (traversal, links
+        leaving the tree, device files, names the manifest does not list, service and version).
+    type: bool
+    default: true
+  url_headers:
+    description: HTTP headers sent with every download, for example an authorization token.
+    type: dict
+  timeout:
+    description: Seconds to wait for a connection or for the next bytes of a transfer before retrying.
+    type: float
+    default: 30
+  retries:
+    description: Retries per source after a reset, a timeout or a 5xx answer.
+    type: int
+    default: 3
+  backoff:
+    description: Seconds before the first retry; every further retry waits twice as long.
+    type: float
+    default: 1.0
+  backoff_max:
+    description: Longest wait between two retries, in seconds.
+    type: float
+    default: 30
+  min_throughput:
+    description:
+      - Bytes per second a source must deliver, measured over O(throughput_window); a slower source is left for the
+        next one. V(0) disables the check.
+    type: int
+    default: 0
+  throughput_window:
+    description: Seconds over which O(min_throughput) is measured.
+    type: float
+    default: 10
+  max_time:
+    description: Give up staging after this many seconds over all sources and retries. V(0) means no limit.
+    type: float
+    default: 0
+  keep:
+    description:
+      - Retention. After staging, keep the cached artifacts of the newest O(keep) versions of O(service) (by version,
+        then by staging time) and remove the others. Artifacts of the current release, its rollback point and
+        O(version) are never removed; artifacts without a cache record (cached by other means) are left alone.
+      - V(0) disables retention.
+    type: int
+    default: 3
+notes:
+  - The cache record C(<root>/cache/meta/<digest>.json) holds the service, version, kind, source, staging time
+    and the verified signature's principal.
+  - One execution per host at a time (an flock on C(<root>/cache/.prestage.lock)).
+seealso:
+  - module: fleetpatch.rollout.patch_bundle
+  - module: fleetpatch.rollout.patch_apply
+  - module: fleetpatch.rollout.prestage_report
+"""
+
+EXAMPLES = r"""
+- name: Fill the edge cache from the origin (full artifact and delta)
+  fleetpatch.rollout.prestage:
+    root: "{{ fleetpatch_host_root }}"
+    service: myapp
+    version: 1.0.1
+    sha256: "{{ patch.artifact.sha256 }}"
+    size: "{{ patch.artifact.size }}"
+    url: "{{ patch.artifact.url }}"
+    signature: "{{ patch.artifact.signature }}"
+    allowed_signers: "{{ lookup('ansible.builtin.file', 'allowed_signers') }}"
+    delta: "{{ patch.artifact.delta }}"
+    delta_mode: both
+
+- name: Stage on a node from its edge, origin as fallback
+  fleetpatch.rollout.prestage:
+    root: "{{ fleetpatch_host_root }}"
+    service: myapp
+    version: 1.0.1
+    sha256: "{{ patch.artifact.sha256 }}"
+    size: "{{ patch.artifact.size }}"
+    url: "{{ patch.artifact.url }}"
+    edge_url: http://edge-eu-west.example.internal:8080/cache/sha256/
+    min_throughput: 65536
+    max_time: 900
+  register: staged
+
+- name: Only check that the artifact is staged and verified
+  fleetpatch.rollout.prestage:
+    root: "{{ fleetpatch_host_root }}"
+    service: myapp
+    version: 1.0.1
+    sha256: "{{ patch.artifact.sha256 }}"
+    size: "{{ patch.artifact.size }}"
+    state: verified
+"""
+
+RETURN = r"""
+ready:
+  description: Whether the host holds a verified copy of what the apply needs (or runs O(version) already).
+  returned: always
+  type: bool
+  sample: true
+staged:
+  description: What the apply will use, V(null) when not ready.
+  returned: always
+  type: dict
+  sample: {sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, kind: delta, size: 20480,
+           path: /srv/fleetpatch/cache/sha256/4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f}
+artifacts:
+  description:
+    - One entry per artifact considered, with C(action) V(present) or V(download), and for downloads the
+      source that delivered, the bytes moved, whether it resumed, the attempts and every error on the way.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, kind: full, action: download,
+       source: origin, bytes: 204800, resumed: false, attempts: 2,
+       errors: ["edge: served 204800 bytes with sha256 0f1e..., expected 4c1e... (corrupt); the bytes were discarded"]}
+transferred_bytes:
+  description: Payload bytes written to the cache by this execution (V(0) when everything was staged already).
+  returned: always
+  type: int
+  sample: 204800
+bytes_by_source:
+  description: RV(transferred_bytes) by source name (V(edge), V(origin)).
+  returned: always
+  type: dict
+  sample: {edge: 204800}
+fallback_reason:
+  description: With O(delta_mode=auto), why the full artifact was staged instead of the delta.
+  returned: always
+  type: str
+  sample: the host runs 0.9.0, the delta needs 1.0.0
+reason:
+  description: With O(state=verified), why the host is not ready.
+  returned: always
+  type: str
+  sample: "not staged: full 4c1e0f3b0a9d is not cached"
+removed:
+  description: Cache entries retention removed.
+  returned: unless check mode
+  type: list
+  elements: dict
+  sample: [{sha256: 0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f4c1e0f3b, version: 0.9.0, kind: full, size: 204800}]
+would_remove:
+  description: Cache entries retention would remove.
+  returned: in check mode
+  type: list
+  elements: dict
+actions:
+  description: What was done (or would be done in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["download full 4c1e0f3b0a9d from edge then origin", "remove full 0a9d8e7f6a5b (0.9.0) from the cache"]
+diff:
+  description: Digests of the cached artifacts with a cache record, before and after.
+  returned: always
+  type: dict
+"""
+
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import (
+    StageResult,
+    build_stage_request,
+    run_stage,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import HostLayout, HostOps, ReleaseError
+
+
+class ModuleOps(HostOps):
+    """URLs through ansible's open_url (proxies, certificates), warnings to the task."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        super().__init__(check_mode=module.check_mode)
+        self._module = module
+
+    def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
+        # imported here: a run that finds everything staged downloads nothing and skips its import cost
+        from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+        from ansible.module_utils.urls import SSLValidationError, open_url
+
+        try:
+            return open_url(url, headers=dict(headers), timeout=timeout)
+        except (UrlsConnectionError, SSLValidationError) as exc:
+            raise OSError(str(exc)) from exc
+
+    def warn(self, message: str) -> None:
+        super().warn(message)
+        self._module.warn(message)
+
+
+def main() -> None:
+    argument_spec = dict(
+        root=dict(type="path", required=True),
+        service=dict(type="str", required=True),
+        version=dict(type="str", required=True),
+        sha256=dict(type="str", required=True),
+        size=dict(type="int", required=True),
+        name=dict(type="str"),
+        url=dict(type="str"),
+        signature=dict(type="str"),
+        delta=dict(type="dict", options=dict(
+            sha256=dict(type="str", required=True),
+            size=dict(type="int", required=True),
+            base_version=dict(type="str", required=True),
+            url=dict(type="str"),
+            signature=dict(type="str"),
+            name=dict(type="str"),
+        )),
+        edge_url=dict(type="str"),
+        delta_mode=dict(type="str", default="auto", choices=["auto", "both", "never"]),
+        state=dict(type="str", default="present", choices=["present", "verified"]),
+        allowed_signers=dict(type="str"),
+        signer_identity=dict(type="str"),
+        signature_namespace=dict(type="str", default="fleetpatch"),
+        require_signature=dict(type="bool", default=False),
+        inspect_bundles=dict(type="bool", default=True),
+        url_headers=dict(type="dict", no_log=True),
+        timeout=dict(type="float", default=30),
+        retries=dict(type="int", default=3),
+        backoff=dict(type="float", default=1.0),
+        backoff_max=dict(type="float", default=30),
+        min_throughput=dict(type="int", default=0),
+        throughput_window=dict(type="float", default=10),
+        max_time=dict(type="float", default=0),
+        keep=dict(type="int", default=3),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    result = StageResult()
+    try:
+        layout = HostLayout(root=module.params["root"], service=module.params["service"])
+        run_stage(layout, build_stage_request(module.params), ModuleOps(module), result=result)
+    except ReleaseError as exc:
+        failure = result.as_dict(check_mode=module.check_mode)
+        failure["ready"] = False
+        module.fail_json(msg=str(exc), **failure)
+    module.exit_json(**result.as_dict(check_mode=module.check_mode))
+
+
+if __name__ == "__main__":
+    main()
