@@ -16,6 +16,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     failures,
     iso,
     load_state,
+    queued_events,
     record_outcome,
     release_lock,
     save_state,
@@ -58,13 +59,24 @@ class ActionModule(ActionBase):
         summary = self._summary(state, run, status)
         save_state(paths, state)
         write_json_atomic(paths.summary, summary)
+        for host in args["rollback_hosts"]:
+            entry = state["hosts"].get(host, {})
+            append_event(paths, {"ts": entry.get("at", now), "event": "rollback.host", "host": host, "wave": entry.get("wave"),
+                                 "batch": entry.get("batch"), "status": entry.get("outcome"), "message": entry.get("reason"),
+                                 "outcome": entry.get("outcome"), "version": entry.get("version")})
+        if args["rollback_hosts"]:
+            append_event(paths, {"ts": now, "event": "rollback.finished", "status": status,
+                                 "message": f"{len(args['rollback_hosts']) - len(rollback_failed)} of {len(args['rollback_hosts'])} host(s) rolled back",
+                                 "hosts": list(args["rollback_hosts"]), "failed_hosts": rollback_failed})
         append_event(
             paths,
             {"ts": now, "event": "run.finished", "run_id": run["run_id"], "correlation_id": run.get("correlation_id"),
              "status": status, "counts": summary["counts"], "failures": summary["failures"]},
         )
         release_lock(paths)
-        result.update(changed=False, status=status, summary=summary, paths=self._paths(paths), failed=False)
+        # The event callback, the only writer of events.jsonl, records these from the result.
+        result.update(changed=False, status=status, summary=summary, paths=self._paths(paths), failed=False,
+                      fleetpatch_events=queued_events(paths))
         return result
 
     @staticmethod

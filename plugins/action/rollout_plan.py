@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import typing as t
-import uuid
 
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
@@ -33,6 +32,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     hosts_with_outcome,
     iso,
     load_state,
+    queued_events,
     save_state,
     utc_now,
 )
@@ -41,7 +41,9 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller imp
     host_var,
     resolve_state_dir,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import correlation_for_action, events_callback_active
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._probes import contexts_for
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import ApprovalError, approval_chain
 
 ARGUMENT_SPEC = {
     "manifest": {"type": "raw", "required": True},
@@ -53,6 +55,7 @@ ARGUMENT_SPEC = {
     "lock_ttl": {"type": "int", "default": 1800},
     "retry_quarantined": {"type": "bool", "default": False},
     "replan": {"type": "bool", "default": False},
+    "require_approval": {"type": "bool", "default": False},
 }
 FLEET_VARS = ("fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment")
 
@@ -71,7 +74,7 @@ class ActionModule(ActionBase):
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         try:
             result.update(self._plan(args, task_vars))
-        except (RolloutPlanError, ManifestError, PlanError, LockError, CheckError) as exc:
+        except (RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError) as exc:
             result.update(failed=True, msg=str(exc))
         return result
 
@@ -104,6 +107,7 @@ class ActionModule(ActionBase):
 
     def _plan(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         manifest, manifest_path = self._load_manifest(args["manifest"])
+        approval = approval_chain(manifest, require=args["require_approval"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
         plan = compile_plan(hosts, args["policy"], manifest["patch_id"])
         checks = plan["policy"]["checks"]
@@ -170,8 +174,9 @@ class ActionModule(ActionBase):
             write_file_atomic(paths.plan, content)
         state = previous or empty_state(run_id, manifest["patch_id"], plan["fingerprint"])
         state["plan_fingerprint"] = plan["fingerprint"]
+        correlation_id, correlation_source = correlation_for_action(task_vars)
         attempt = {
-            "correlation_id": str(uuid.uuid4()),
+            "correlation_id": correlation_id,
             "started": iso(utc_now()),
             "owner": identity["owner"],
             "pid": identity["pid"],
@@ -182,33 +187,42 @@ class ActionModule(ActionBase):
         state["status"] = "running"
         state["halted"] = None
         save_state(paths, state)
-        append_event(
-            paths,
-            {
-                "ts": attempt["started"],
-                "event": "run.started",
-                "run_id": run_id,
-                "correlation_id": attempt["correlation_id"],
-                "patch_id": manifest["patch_id"],
-                "resumed": attempt["resumed"],
-                "owner": identity["owner"],
-                "lock_notes": lock["notes"],
-            },
-        )
-        append_event(
-            paths,
-            {
-                "ts": iso(utc_now()),
-                "event": "plan.compiled",
-                "run_id": run_id,
-                "correlation_id": attempt["correlation_id"],
-                "fingerprint": plan["fingerprint"],
-                "fleet_size": plan["fleet_size"],
-                "waves": len(plan["waves"]),
-                "batches": len(plan["batches"]),
-                "error_budget": plan["error_budget"],
-                "skip_hosts": skip_hosts,
-            },
-        )
+        if not events_callback_active():
+            warnings.append("the event callback fleetpatch.rollout.events is not enabled: this run has no event log"
+                            " (callbacks_enabled = fleetpatch.rollout.events in ansible.cfg)")
+        append_event(paths, {"ts": attempt["started"], "event": "run.started", "status": "resumed" if attempt["resumed"] else "started",
+                             "message": f"run {run_id} attempt {len(state['attempts'])} by {identity['owner']}",
+                             "attempt": len(state["attempts"]), "resumed": attempt["resumed"], "owner": identity["owner"],
+                             "awx_job_id": identity["awx_job_id"], "correlation_source": correlation_source,
+                             "lock_notes": lock["notes"], "approval": approval})
+        append_event(paths, {"ts": iso(utc_now()), "event": "plan.compiled", "status": "compiled",
+                             "message": f"{plan['fleet_size']} hosts, {len(plan['waves'])} waves, {len(plan['batches'])} batches,"
+                                        f" error budget {plan['error_budget']['limit']}",
+                             "fingerprint": plan["fingerprint"], "fleet_size": plan["fleet_size"], "waves": len(plan["waves"]),
+                             "batches": len(plan["batches"]), "serial": plan["serial"], "error_budget": plan["error_budget"],
+                             "skip_hosts": skip_hosts})
+        # The event callback, the only writer of events.jsonl, records these from the result.
+        common["fleetpatch_events"] = queued_events(paths)
+        common["fleetpatch_run"] = self._announcement(run_id, manifest["patch_id"], paths, state_dir, plan, hosts)
         common.update(correlation_id=attempt["correlation_id"], warnings=warnings, lock=lock["lock"], resumed=attempt["resumed"])
         return common
+
+    @staticmethod
+    def _announcement(run_id: str, patch_id: str, paths: RunPaths, state_dir: str, plan: dict[str, t.Any],
+                      hosts: dict[str, dict[str, t.Any]]) -> dict[str, t.Any]:
+        """What the event callback needs to know about this run: where to write, and each host's wave and attributes."""
+        waves = {wave["name"]: wave for wave in plan["waves"]}
+        wave_of = {host: plan["waves"][batch["wave"]]["name"] for batch in plan["batches"] for host in batch["hosts"]}
+        batch_of = {host: batch["index"] for batch in plan["batches"] for host in batch["hosts"]}
+        return {
+            "run_id": run_id,
+            "patch_id": patch_id,
+            "state_dir": state_dir,
+            "events_path": paths.events,
+            "plan_group": "fleetpatch_plan_hosts",
+            "waves": {name: {"index": wave["index"], "hosts": len(wave["hosts"]), "batches": wave["batches"], "response": wave["response"]}
+                      for name, wave in waves.items()},
+            "hosts": {host: {"wave": wave_of.get(host), "batch": batch_of.get(host),
+                             **{name.split("_", 1)[1]: value for name, value in hosts.get(host, {}).items()}}
+                      for host in plan["host_order"]},
+        }

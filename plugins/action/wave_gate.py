@@ -26,6 +26,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     failures,
     iso,
     load_state,
+    queued_events,
     record_outcome,
     refresh_lock,
     save_state,
@@ -164,6 +165,7 @@ class ActionModule(ActionBase):
                     **({"checks": checks} if checks else {}),
                 },
             )
+            self._queue_outcome_events(paths, plan, wave, index, batch["last_in_wave"], decision, rollback_hosts)
             refresh_lock(paths)
         result = {
             "changed": False,
@@ -182,7 +184,29 @@ class ActionModule(ActionBase):
         stabilization = plan["policy"].get("stabilization") or {}
         if last_batch and not stop and not check_mode and stabilization.get("seconds"):
             result.update(self._stabilize(run, plan, state, paths, index, wave, args, task_vars))
+        # The event callback, the only writer of events.jsonl, records these from the result.
+        result["fleetpatch_events"] = queued_events(paths)
         return result
+
+    @staticmethod
+    def _queue_outcome_events(paths: RunPaths, plan: dict[str, t.Any], wave: dict[str, t.Any], index: int, last_in_wave: bool,
+                              decision: GateDecision, rollback_hosts: list[str]) -> None:
+        """The budget decision, a rollback the gate chose, and the end of the wave (last batch, or stopped early)."""
+        budget = plan["error_budget"]
+        remaining = budget["limit"] - decision.failures_total
+        append_event(paths, {"ts": iso(utc_now()), "event": "budget.decision", "batch": index, "wave": wave["name"],
+                             "status": "spent" if decision.budget_spent else "within",
+                             "message": f"{decision.failures_total} failure(s) of {budget['limit']} allowed ({budget['halt_when']})",
+                             "failures_total": decision.failures_total, "budget_limit": budget["limit"], "halt_when": budget["halt_when"],
+                             "budget_spent": decision.budget_spent, "remaining": remaining, "action": decision.action})
+        if rollback_hosts:
+            append_event(paths, {"ts": iso(utc_now()), "event": "rollback.decided", "batch": index, "wave": wave["name"],
+                                 "status": decision.action, "message": f"{decision.action}: {len(rollback_hosts)} host(s) to roll back",
+                                 "hosts": rollback_hosts, "reasons": list(decision.reasons)})
+        if last_in_wave or decision.action in STOPPING_ACTIONS:
+            append_event(paths, {"ts": iso(utc_now()), "event": "wave.finished", "batch": index, "wave": wave["name"],
+                                 "status": decision.action, "message": f"wave {wave['name']} ended after batch {index}: {decision.action}",
+                                 "completed": last_in_wave, "hosts": len(wave["hosts"]), "action": decision.action})
 
     def _run_checks(self, verdicts, run: dict[str, t.Any], state: dict[str, t.Any], wave_name: str, args: dict[str, t.Any],
                     task_vars: dict[str, t.Any], *, probe: bool = True, host_side: bool = True):

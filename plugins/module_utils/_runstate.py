@@ -15,7 +15,6 @@ import os
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
-    append_jsonl,
     read_json,
     write_json_atomic,
 )
@@ -52,6 +51,8 @@ class RunPaths:
         self.summary = os.path.join(self.run_dir, "summary.json")
         self.locks_dir = os.path.join(state_dir, "locks")
         self.lock = os.path.join(self.locks_dir, f"{run_id}.json")
+        # Events queued by append_event, returned by the action plugin under fleetpatch_events (see queued_events).
+        self.queued: list[dict[str, t.Any]] = []
 
 
 def empty_state(run_id: str, patch_id: str, fingerprint: str) -> dict[str, t.Any]:
@@ -93,7 +94,33 @@ def hosts_with_outcome(state: t.Mapping[str, t.Any], *outcomes: str) -> list[str
 
 
 def append_event(paths: RunPaths, event: t.Mapping[str, t.Any]) -> None:
-    append_jsonl(paths.events, event)
+    """Queue an event for the run's event log (events.jsonl). Nothing is written here: the action plugin returns
+    queued_events(paths) under ``fleetpatch_events`` in its result and the fleetpatch.rollout.events callback, the
+    log's only writer, chains and writes them."""
+    paths.queued.append(dict(event))
+
+
+# Keys the event callback stamps itself, and keys that become an event's own fields rather than its data.
+_STAMPED = frozenset({"run_id", "correlation_id", "patch_id"})
+_TOP_LEVEL = ("host", "wave", "batch", "message")
+
+
+def queued_events(paths: RunPaths) -> list[dict[str, t.Any]]:
+    """The queued events in the shape the event callback records: event, ts, host, wave, batch, status, message,
+    and everything else under data. status is the event's status, else its action (decisions), else its outcome."""
+    shaped = []
+    for event in paths.queued:
+        item: dict[str, t.Any] = {"event": event["event"], "ts": event.get("ts")}
+        for key in _TOP_LEVEL:
+            if event.get(key) is not None:
+                item[key] = event[key]
+        status = event.get("status", event.get("action", event.get("outcome")))
+        if status is not None:
+            item["status"] = str(status)
+        item["data"] = {key: value for key, value in event.items()
+                        if key not in _STAMPED and key not in _TOP_LEVEL and key not in ("event", "ts", "status")}
+        shaped.append(item)
+    return shaped
 
 
 # ---------------------------------------------------------------------------------------------------------

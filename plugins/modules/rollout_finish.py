@@ -10,7 +10,8 @@ short_description: Record rollbacks, write the run summary and release the rollo
 version_added: 0.1.0
 description:
   - Runs once on the controller at the end of C(playbooks/rollout.yml). Records the outcome of every rollback, writes
-    C(runs/<run_id>/summary.json) atomically, appends the C(run.finished) event and releases the lock.
+    C(runs/<run_id>/summary.json) atomically, returns the C(rollback.host), C(rollback.finished) and C(run.finished) events
+    for the event callback (C(fleetpatch_events)) and releases the lock.
   - This is an action plugin; it runs on the controller only.
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:

@@ -66,6 +66,13 @@ options:
     description: Continue an earlier attempt of this patch even though the plan fingerprint changed.
     type: bool
     default: false
+  require_approval:
+    description:
+      - Refuse a patch whose manifest names no approver (C(approvals) or C(approved_by)). Whatever this says, a requester
+        (C(requested_by)) who approves their own patch, approvals without a requester, and an out-of-band C(change_type)
+        without a justification (C(reason)) are refused before any host is touched.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -123,7 +130,19 @@ events_path:
   returned: success
   type: str
 correlation_id:
-  description: Id of this attempt, present in every event it writes.
+  description:
+    - Correlation id of this attempt, as the event callback C(fleetpatch.rollout.events) records it in every event (its
+      option or C(FLEETPATCH_CORRELATION_ID), the extra var C(fleetpatch_correlation_id), the AWX job, the ansible-runner
+      ident, else a new UUID).
   returned: when not a preview
   type: str
+fleetpatch_events:
+  description: The run's domain events (C(run.started), C(plan.compiled)) for the event callback, the only writer of the event log.
+  returned: when not a preview
+  type: list
+  elements: dict
+fleetpatch_run:
+  description: What the event callback needs to record this run (run id, event file, each host's wave and fleet attributes).
+  returned: when not a preview
+  type: dict
 """

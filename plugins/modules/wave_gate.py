@@ -13,8 +13,9 @@ description:
     probes each host's C(fleetpatch_health_url) concurrently, merges the outcomes into the run state by host, and
     checks the single error budget of the whole run.
   - Failures in the batch trigger the wave's response (quarantine, hold, halt, rollback_wave, rollback_all). A spent
-    budget halts (or keeps a rollback response). The decision, with every reason and measured value, is written to the
-    run's event log.
+    budget halts (or keeps a rollback response). The decision with every reason and measured value, the budget
+    decision, a rollback it chooses and the end of a wave are returned as events (C(fleetpatch_events)); the event
+    callback C(fleetpatch.rollout.events) writes them to the run's event log.
   - Runs the policy's synthetic checks and metric queries (C(checks), see M(fleetpatch.rollout.synthetic_checks)) on the
     batch's healthy hosts concurrently, compares with the pre-patch baseline and with hosts not patched yet, and judges
     the command checks the hosts ran (O(command_result_var)). A host with a failed check is unhealthy; a failed metric

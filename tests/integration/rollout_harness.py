@@ -163,22 +163,31 @@ class DemoFleet:
         path = os.path.join(self.run_dir(run_id), "events.jsonl")
         if not os.path.exists(path):
             return []
+        events = []
         with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+            for line in handle:
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn line (a killed run); the event log's verifier reports those
+        return events
 
     def summary(self, run_id: str) -> dict[str, t.Any]:
         with open(os.path.join(self.run_dir(run_id), "summary.json"), encoding="utf-8") as handle:
             return json.load(handle)
 
     def rollout(self, *, policy: dict[str, t.Any] | None = None, version: str = "1.0.1", cmdline: str | None = None,
-                cancel_callback: t.Callable[[], bool] | None = None, **extra: t.Any) -> RunResult:
+                cancel_callback: t.Callable[[], bool] | None = None, env: dict[str, str] | None = None,
+                playbook: str = "rollout.yml", **extra: t.Any) -> RunResult:
+        """Run playbooks/rollout.yml (or another playbook, by absolute path) with env added to the environment."""
         extravars = {
             "rollout_patch_manifest": self.manifest(version),
             "rollout_state_dir": self.state_dir,
             "rollout_policy": policy or {},
         }
         extravars.update(extra)
-        return run_playbook("rollout.yml", inventory=self.inventory, extravars=extravars, cmdline=cmdline, cancel_callback=cancel_callback)
+        return run_playbook(playbook, inventory=self.inventory, extravars=extravars, cmdline=cmdline, cancel_callback=cancel_callback,
+                            env=env)
 
 
 def tree_snapshot(*roots: str) -> dict[str, str]:

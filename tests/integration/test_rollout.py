@@ -39,7 +39,8 @@ def unhealthy(host: str, version: str = "1.0.1") -> dict:
 
 
 def gate_decisions(fleet: DemoFleet) -> list[dict]:
-    return [event for event in fleet.events(RUN_ID) if event["event"] == "gate.decision"]
+    """Gate decisions with their measured values (an event's details are under data; docs/events.schema.json)."""
+    return [dict(event["data"], wave=event["wave"], batch=event["batch"]) for event in fleet.events(RUN_ID) if event["event"] == "gate.decision"]
 
 
 def test_clean_rollout_patches_every_host_in_plan_order(make_fleet) -> None:

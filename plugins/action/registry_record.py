@@ -1,0 +1,192 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for fleetpatch.rollout.registry_record: write a patch's and a run's records into the patch registry."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json, sha256_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
+    STATUS_ENV,
+    correlation_for_action,
+    domain_event,
+    events_callback_active,
+    file_head,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import DEFAULT_SECRET_PATTERNS, Redactor
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
+    ApprovalError,
+    Registry,
+    RegistryError,
+    patch_body,
+    registry_paths,
+    relative_to,
+    write_checkpoint,
+)
+
+ARGUMENT_SPEC = {
+    "event": {"type": "str", "required": True, "choices": ["plan", "prestaged", "finish"]},
+    "run": {"type": "dict"},
+    "finish": {"type": "dict"},
+    "patch_id": {"type": "str"},
+    "details": {"type": "dict", "default": {}},
+    "state_dir": {"type": "str"},
+    "registry_path": {"type": "str"},
+    "checkpoint_dir": {"type": "str"},
+    "signing_key": {"type": "path"},
+    "require_approval": {"type": "bool", "default": False},
+    "secret_vars": {"type": "list", "elements": "str"},
+}
+# Variables never scanned for secrets: Ansible's own views of the inventory (large, and templated on access).
+_NOT_SCANNED = frozenset({"hostvars", "vars", "groups", "group_names", "omit", "play_hosts", "ansible_play_hosts",
+                          "ansible_play_hosts_all", "ansible_play_batch", "inventory_hostname", "playbook_dir"})
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        run = args["run"] or {}
+        if self._task.check_mode or run.get("preview"):
+            result.update(changed=False, skipped_reason="check mode or preview: the registry is not written", recorded=[])
+            return result
+        try:
+            result.update(self._record(args, run, task_vars))
+        except (RegistryError, OSError) as exc:
+            result.update(failed=True, msg=f"patch registry: {exc}")
+        return result
+
+    @staticmethod
+    def _redactor(args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> Redactor:
+        names = args["secret_vars"]
+        if names is None:
+            names = [name.strip() for name in os.environ.get("FLEETPATCH_SECRET_VARS", "").split(",") if name.strip()]
+        redactor = Redactor(names=names, patterns=DEFAULT_SECRET_PATTERNS)
+        for key, value in task_vars.items():
+            if key in _NOT_SCANNED:
+                continue
+            if redactor.is_secret_name(key):
+                redactor.add(value, name=key)
+            elif isinstance(value, (dict, list)):
+                redactor.collect(value)
+        return redactor
+
+    def _record(self, args: dict[str, t.Any], run: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        state_dir = resolve_state_dir(args["state_dir"] or run.get("state_dir"))
+        paths = registry_paths(state_dir, registry_path=args["registry_path"], checkpoint_dir=args["checkpoint_dir"])
+        registry = Registry(paths["registry"])
+        redactor = self._redactor(args, task_vars)
+        correlation_id, _source = correlation_for_action(task_vars)
+        patch_id = args["patch_id"] or (run.get("patch") or {}).get("patch_id")
+        if not patch_id:
+            raise RegistryError("patch_id is required (directly or through run)")
+        run_id = run.get("run_id")
+        recorded: list[dict[str, t.Any]] = []
+        common = {"patch_id": patch_id, "run_id": run_id, "correlation_id": run.get("correlation_id") or correlation_id, "redactor": redactor}
+        out: dict[str, t.Any] = {"changed": True, "registry": paths["registry"]}
+        if args["event"] == "plan":
+            recorded += self._plan(registry, args, run, state_dir, common)
+            out["fleetpatch_registry"] = {"path": paths["registry"], "checkpoint_dir": paths["checkpoints"], "signing_key": args["signing_key"],
+                                          "run_id": run_id, "patch_id": patch_id, "state_dir": state_dir}
+        elif args["event"] == "prestaged":
+            recorded.append(registry.append("patch.prestaged", dict(args["details"]), **common))
+        else:
+            recorded.append(self._finish(registry, args, run, state_dir, common))
+            checkpoint = write_checkpoint(registry, paths["checkpoints"], run_id=run_id, signing_key=args["signing_key"])
+            out["checkpoint"] = checkpoint
+            if checkpoint.get("sign_error"):
+                out["warnings"] = [f"patch registry checkpoint {checkpoint['path']} is not signed: {checkpoint['sign_error']}"]
+        out["recorded"] = [{"seq": record["seq"], "kind": record["kind"], "hash": record["hash"]} for record in recorded]
+        out["fleetpatch_events"] = [domain_event("registry.recorded", status=record["kind"], message=f"registry record #{record['seq']} {record['kind']}",
+                                                 seq=record["seq"], kind=record["kind"], hash=record["hash"]) for record in recorded]
+        return out
+
+    @staticmethod
+    def _plan(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], state_dir: str, common: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+        manifest = run.get("patch")
+        if not isinstance(manifest, dict):
+            raise RegistryError("run has no patch manifest: pass the registered result of fleetpatch.rollout.rollout_plan")
+        try:
+            body = patch_body(manifest, manifest_path=run.get("manifest_path"), require_approval=args["require_approval"])
+        except ApprovalError as exc:
+            raise RegistryError(str(exc)) from exc
+        recorded = []
+        latest = registry.latest("patch.registered", patch_id=common["patch_id"])
+        if latest is None or latest["body"].get("manifest_sha256") != body["manifest_sha256"]:
+            if latest is not None:
+                body["amends"] = latest["seq"]
+            recorded.append(registry.append("patch.registered", body, **common))
+        state = read_json(os.path.join(run.get("run_dir", ""), "state.json")) or {}
+        attempts = state.get("attempts") or [{}]
+        attempt = attempts[-1]
+        plan = run.get("plan") or {}
+        callback = events_callback_active()
+        recorded.append(registry.append("run.started", {
+            "attempt": len(attempts),
+            "resumed": bool(attempt.get("resumed")),
+            "owner": attempt.get("owner"),
+            "awx_job_id": attempt.get("awx_job_id"),
+            "plan_fingerprint": plan.get("fingerprint"),
+            "fleet_size": plan.get("fleet_size"),
+            "waves": [wave.get("name") for wave in plan.get("waves", [])],
+            "batches": len(plan.get("batches", [])),
+            "error_budget": plan.get("error_budget"),
+            "skip_hosts": run.get("skip_hosts", []),
+            "events": {"path": relative_to(run.get("events_path"), state_dir), "callback": callback},
+        }, **common))
+        return recorded
+
+    @staticmethod
+    def _finish(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], state_dir: str, common: dict[str, t.Any]) -> dict[str, t.Any]:
+        finish = args["finish"] or {}
+        state = read_json(os.path.join(run.get("run_dir", ""), "state.json")) or {}
+        summary = finish.get("summary") or {}
+        attempts = state.get("attempts") or [{}]
+        since = attempts[-1].get("started") or ""
+        timeline = []
+        for decision in state.get("decisions", []):
+            if decision.get("at", "") < since:
+                continue
+            timeline.append({"at": decision.get("at"), "what": f"wave {decision.get('wave')}",
+                             "detail": f"batch {decision.get('batch')}: {decision.get('action')}"
+                             + (f" ({'; '.join(decision.get('reasons', []))})" if decision.get("reasons") else "")})
+        hosts = state.get("hosts", {})
+        callback = events_callback_active()
+        status_env = os.environ.get(STATUS_ENV, "")
+        if not callback:
+            log = {"callback": False, "complete": False, "reason": "the fleetpatch.rollout.events callback is not enabled: no event log"}
+        elif status_env.startswith("incomplete"):
+            log = {"callback": True, "complete": False, "reason": status_env}
+        else:
+            log = {"callback": True, "complete": True, "reason": None}
+        events_path = run.get("events_path")
+        events: dict[str, t.Any] = {"path": relative_to(events_path, state_dir)}
+        if events_path and callback:
+            events.update(file_head(events_path) or {})
+        summary_path = os.path.join(run.get("run_dir", ""), "summary.json")
+        body = {
+            "status": finish.get("status") or state.get("status"),
+            "counts": summary.get("counts"),
+            "failures": summary.get("failures"),
+            "halted": summary.get("halted"),
+            "untouched": len(summary.get("untouched") or []),
+            "timeline": timeline,
+            "hosts": {host: {key: entry.get(key) for key in ("outcome", "at", "wave", "batch", "reason", "version") if entry.get(key) is not None}
+                      for host, entry in sorted(hosts.items())},
+            "rolled_back": sorted(host for host, entry in hosts.items() if entry.get("outcome") == "rolled_back"),
+            "rollback_failed": sorted(host for host, entry in hosts.items() if entry.get("outcome") == "rollback_failed"),
+            "events": events,
+            "log": log,
+            "summary": {"path": relative_to(summary_path, state_dir),
+                        "sha256": sha256_file(summary_path) if os.path.exists(summary_path) else None},
+        }
+        return registry.append("run.finished", body, **common)

@@ -1,0 +1,966 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: the deployment event log. Not a public API.
+
+One JSON line per event, in a per-run file written only by the ``fleetpatch.rollout.events`` callback. Every line
+starts with the two chain fields, then the event's fields in sorted order:
+
+    {"prev":"<sha256 hex of the previous line's bytes, without its newline>","seq":<1, 2, ...>,"action":...}
+
+The first line of a file has ``prev`` = 64 zeros. A later playbook run of the same rollout run appends to the same
+file and continues the chain with a ``log.opened`` line; when the previous writer was killed mid-line, that
+``log.opened`` line declares the torn line (its size and sha256), so the reader can tell a torn tail from an edit.
+
+Action plugins never write this file: they return domain events in their result under ``fleetpatch_events`` (see
+``domain_event``), announce a run under ``fleetpatch_run`` and the registry under ``fleetpatch_registry``; the
+callback records all three (``RunRecorder``). ``verify_event_file`` checks a file and names the place of every
+edited, deleted, reordered, duplicated or truncated line.
+"""
+
+from __future__ import annotations
+
+import binascii
+import collections
+import concurrent.futures
+import dataclasses
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import operator
+import os
+import re
+import secrets
+import threading
+import time
+import typing as t
+import uuid
+from concurrent.futures.process import BrokenProcessPool
+
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import (
+    DEFAULT_SECRET_PATTERNS,
+    Redactor,
+    clean_result,
+    digest_text,
+)
+
+FORMAT = 1
+GENESIS = "0" * 64
+PREFIX = b'{"prev":"'
+_PREV = slice(9, 73)
+_HEAD_RE = re.compile(rb'\{"prev":"([0-9a-f]{64})","seq":([0-9]+),')
+_TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_CORRELATION_RE = re.compile(r"[^A-Za-z0-9._:@/+-]")
+# Every line carries every one of these keys (null when it does not apply); docs/events.schema.json describes them.
+FIELDS = ("v", "ts", "event", "correlation_id", "traceparent", "run_id", "patch_id", "wave", "batch", "host", "region",
+          "tenant", "segment", "environment", "task", "action", "status", "changed", "duration", "message", "data")
+HOST_ATTRIBUTES = ("region", "tenant", "segment", "environment")
+# Events after which the file is flushed at once: wave boundaries and the decisions taken at them.
+BOUNDARY_EVENTS = frozenset({"wave.started", "wave.finished", "gate.decision", "run.started", "run.finished", "playbook.finished"})
+CORRELATION_ENV = "FLEETPATCH_CORRELATION_ID"
+ACTIVE_ENV = "FLEETPATCH_EVENTS_ACTIVE"
+STATUS_ENV = "FLEETPATCH_EVENTS_STATUS"
+_MAX_PRE_RUN = 10000
+_READ_CHUNK = 8 * 1024 * 1024
+
+
+def utc_ts(epoch: float | None = None) -> str:
+    moment = _dt.datetime.fromtimestamp(time.time() if epoch is None else epoch, _dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def line_hash(line: bytes) -> str:
+    """Hash of one line as the next line records it: sha256 of its bytes without the newline."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def build_line(prev: str, seq: int, body_json: str) -> bytes:
+    """One line: the chain fields first, then the body's canonical JSON (which must be a non-empty object)."""
+    return f'{{"prev":"{prev}","seq":{seq},{body_json[1:]}'.encode("utf-8", "surrogatepass")
+
+
+def domain_event(event: str, *, host: str | None = None, wave: str | None = None, batch: int | None = None,
+                 status: str | None = None, message: str | None = None, ts: str | None = None, **data: t.Any) -> dict[str, t.Any]:
+    """An event an action plugin returns under ``fleetpatch_events`` for the callback to record."""
+    item: dict[str, t.Any] = {"event": event, "ts": ts or utc_ts(), "data": data}
+    for key, value in (("host", host), ("wave", wave), ("batch", batch), ("status", status), ("message", message)):
+        if value is not None:
+            item[key] = value
+    return item
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Correlation id and W3C trace context
+
+
+def sanitize_correlation_id(value: t.Any) -> str:
+    return _CORRELATION_RE.sub("_", str(value).strip())[:128]
+
+
+def resolve_correlation_id(*, option: str | None, extra_vars: t.Mapping[str, t.Any], runner_dir: str | None) -> tuple[str, str]:
+    """(correlation id, where it came from): option or env, extra var, AWX job, ansible-runner ident, generated."""
+    if option:
+        return sanitize_correlation_id(option), "option"
+    if extra_vars.get("fleetpatch_correlation_id"):
+        return sanitize_correlation_id(extra_vars["fleetpatch_correlation_id"]), "extra_var"
+    for key in ("awx_job_id", "tower_job_id"):
+        if extra_vars.get(key):
+            return sanitize_correlation_id(f"awx-job-{extra_vars[key]}"), "awx"
+    ident = os.path.basename(os.path.normpath(runner_dir)) if runner_dir else ""
+    if ident and ident not in (".", "/"):
+        return sanitize_correlation_id(f"runner-{ident}"), "ansible-runner"
+    return str(uuid.uuid4()), "generated"
+
+
+def correlation_for_action(task_vars: t.Mapping[str, t.Any], environ: t.Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The correlation id an action plugin records: the event callback's (it exports it before any task runs),
+    otherwise resolved by the same rules from the task's variables."""
+    environ = os.environ if environ is None else environ
+    return resolve_correlation_id(option=environ.get(CORRELATION_ENV), extra_vars=task_vars,
+                                  runner_dir=environ.get("AWX_ISOLATED_DATA_DIR"))
+
+
+def events_callback_active(environ: t.Mapping[str, str] | None = None) -> bool:
+    """Whether the event callback runs in the ansible-playbook process that forked this action plugin's worker."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ACTIVE_ENV) == str(os.getppid())
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace id, parent span id) of a valid W3C traceparent, else None."""
+    match = _TRACEPARENT_RE.match((value or "").strip().lower())
+    if not match or match.group(1) == "ff" or set(match.group(2)) == {"0"} or set(match.group(3)) == {"0"}:
+        return None
+    return match.group(2), match.group(3)
+
+
+def new_span_id() -> str:
+    return secrets.token_hex(8)
+
+
+def traceparent(trace_id: str, span_id: str) -> str:
+    return f"00-{trace_id}-{span_id}-01"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing: EventLog chains and appends lines; RunRecorder turns callback data into events.
+
+
+@dataclasses.dataclass
+class Tail:
+    """What the end of an existing event file holds."""
+
+    seq: int = 0
+    head: str = GENESIS
+    lines: int = 0
+    needs_newline: bool = False
+    torn: dict[str, t.Any] | None = None
+
+
+def _parse_head(line: bytes) -> tuple[str, int] | None:
+    match = _HEAD_RE.match(line)
+    if not match:
+        return None
+    try:
+        json.loads(line)
+    except ValueError:
+        return None
+    return match.group(1).decode("ascii"), int(match.group(2))
+
+
+def inspect_tail(data: bytes, *, from_start: bool) -> Tail:
+    """Find the last complete event line in the last bytes of a file (data) and a torn fragment after it."""
+    if not data:
+        return Tail()
+    tail = Tail(needs_newline=not data.endswith(b"\n"))
+    lines = data.split(b"\n")
+    fragment = None if not tail.needs_newline else lines.pop()
+    if tail.needs_newline is False:
+        lines.pop()
+    if not from_start and lines:
+        lines.pop(0)  # may start mid-line
+    last: bytes | None = None
+    for line in reversed(lines):
+        parsed = _parse_head(line)
+        if parsed:
+            last, tail.seq, tail.head = line, parsed[1], line_hash(line)
+            break
+    if fragment is not None:
+        parsed = _parse_head(fragment)
+        if parsed and parsed[0] == tail.head and parsed[1] == tail.seq + 1:
+            tail.seq, tail.head = parsed[1], line_hash(fragment)
+        else:
+            tail.torn = {"bytes": len(fragment), "sha256": line_hash(fragment)}
+    del last
+    return tail
+
+
+def read_tail(fd: int, *, window: int = 1024 * 1024) -> Tail:
+    size = os.fstat(fd).st_size
+    start = max(0, size - window)
+    data = os.pread(fd, size - start, start)
+    return inspect_tail(data, from_start=start == 0)
+
+
+class EventLog:
+    """Append-only hash-chained JSONL file. Bodies are queued as canonical JSON and chained when written, so a
+    failed write loses nothing that is still queued and never leaves a gap in the chain."""
+
+    def __init__(self, path: str, *, fsync: bool = True, max_pending: int = 200000,
+                 on_open: t.Callable[[Tail, bool], str | None] | None = None) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.max_pending = max_pending
+        self.on_open = on_open
+        self.pending: collections.deque[str] = collections.deque()
+        self.fd: int | None = None
+        self.seq = 0
+        self.head = GENESIS
+        self.lines_written = 0
+        self.first_seq: int | None = None
+        self.dropped = 0
+        self.errors: list[str] = []
+        self._opened_before = False
+
+    def append(self, body_json: str) -> None:
+        self.pending.append(body_json)
+        if len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.dropped += 1
+
+    def _open(self) -> bytes:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise OSError(f"another process is writing {self.path}") from exc
+        try:
+            tail = read_tail(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.seq, self.head = tail.seq, tail.head
+        opened_line = self.on_open(tail, self._opened_before) if self.on_open else None
+        self._opened_before = True
+        if opened_line is not None:
+            self.pending.appendleft(opened_line)
+        return b"\n" if tail.needs_newline else b""
+
+    def flush(self) -> bool:
+        """Write every queued line; True on success. On failure the unwritten lines stay queued."""
+        if not self.pending:
+            return True
+        try:
+            prefix = self._open() if self.fd is None else b""
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        chunks = [prefix] if prefix else []
+        ends: list[tuple[int, int, str]] = []
+        seq, head, offset = self.seq, self.head, len(prefix)
+        for body in self.pending:
+            seq += 1
+            line = build_line(head, seq, body)
+            head = line_hash(line)
+            chunks.append(line)
+            chunks.append(b"\n")
+            offset += len(line) + 1
+            ends.append((offset, seq, head))
+        data = b"".join(chunks)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])  # type: ignore[arg-type]
+            if self.fsync:
+                os.fsync(self.fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            done = [end for end in ends if end[0] <= written]
+            self._advance(done)
+            self._failed(exc)
+            # Re-read the tail on the next attempt: a partly written line is declared torn, not left to look edited.
+            self.close()
+            return False
+        self._advance(ends)
+        return True
+
+    def _advance(self, done: list[tuple[int, int, str]]) -> None:
+        for _done in done:
+            self.pending.popleft()
+        if done:
+            if self.first_seq is None:
+                self.first_seq = self.seq + 1
+            _offset, self.seq, self.head = done[-1]
+            self.lines_written += len(done)
+
+    def _failed(self, exc: OSError) -> None:
+        self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+@dataclasses.dataclass
+class RecorderOptions:
+    path: str | None = None
+    correlation_id: str | None = None
+    traceparent: str | None = None
+    runner_dir: str | None = None
+    secret_vars: tuple[str, ...] = ()
+    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
+    max_field_chars: int = 4096
+    max_line_bytes: int = 65536
+    flush_events: int = 100
+    flush_seconds: float = 1.0
+    fsync: bool = True
+
+
+class RunRecorder:
+    """Everything the event callback does, on plain data. The callback's hooks call one method each.
+
+    Events are kept in memory until a file is known: the path option, or the run that fleetpatch.rollout.rollout_plan
+    announces (``fleetpatch_run``). A playbook that never announces a run and has no path option writes nothing.
+    """
+
+    def __init__(self, options: RecorderOptions, *, warn: t.Callable[[str], None], say: t.Callable[[str], None],
+                 environ: t.MutableMapping[str, str] | None = None, clock: t.Callable[[], float] = time.time,
+                 monotonic: t.Callable[[], float] = time.monotonic, timer: bool = True) -> None:
+        self.options = options
+        self.warn = warn
+        self.say = say
+        self.environ = os.environ if environ is None else environ
+        self.clock = clock
+        self.monotonic = monotonic
+        self.use_timer = timer and options.flush_seconds > 0
+        self.redactor = Redactor(names=options.secret_vars, patterns=options.secret_patterns)
+        self.hooks: collections.Counter[str] = collections.Counter()
+        self.correlation_id: str | None = None
+        self.correlation_source: str | None = None
+        parsed = parse_traceparent(options.traceparent)
+        if options.traceparent and parsed is None:
+            warn(f"fleetpatch.rollout.events: ignoring invalid traceparent {options.traceparent!r}")
+        self.trace_id, self.parent_span = parsed if parsed else (secrets.token_hex(16), None)
+        self.run_span = new_span_id()
+        self.run: dict[str, t.Any] = {}
+        self.hosts: dict[str, dict[str, t.Any]] = {}
+        self.plan_group: str | None = None
+        self.in_plan_play = False
+        self.waves_started: set[str] = set()
+        self.registry: dict[str, t.Any] | None = None
+        self.pre_run: list[dict[str, t.Any]] = []
+        self.pre_run_dropped = 0
+        self.log: EventLog | None = None
+        self.events = 0
+        self._started: dict[tuple[str, str], tuple[float, str]] = {}
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._oldest_pending: float | None = None
+        self._warned: set[str] = set()
+        self._sealed: dict[str, t.Any] | None = None
+
+    # -- hooks -------------------------------------------------------------------------------------------
+
+    def playbook_start(self, *, playbook: str, check_mode: bool, ansible_version: str, hook: str = "v2_playbook_on_start") -> None:
+        self.hooks[hook] += 1
+        data = {"playbook": playbook, "check_mode": check_mode, "ansible_version": ansible_version, "format": FORMAT}
+        if self.parent_span:
+            data["parent_span_id"] = self.parent_span
+        self.emit("playbook.started", data=data)
+
+    def play_start(self, *, name: str, hosts: t.Sequence[str], extra_vars: t.Mapping[str, t.Any], serial: bool = False,
+                   variables: t.Iterable[t.Mapping[str, t.Any]] = (), host_attributes: t.Mapping[str, t.Mapping[str, t.Any]] | None = None,
+                   hook: str = "v2_playbook_on_play_start") -> None:
+        """serial: the play runs in batches (the rollout play over the plan group is the one whose hosts start waves)."""
+        with self._lock:
+            self.hooks[hook] += 1
+            if self.correlation_id is None:
+                self._first_play(extra_vars, variables, host_attributes or {})
+            self.in_plan_play = bool(serial and self.plan_group and self.plan_group in hosts)
+            self.emit("play.started", data={"play": name, "hosts": list(hosts), "serial": serial})
+
+    def host_task_start(self, *, host: str, task_uuid: str, hook: str = "v2_runner_on_start") -> None:
+        with self._lock:
+            self.hooks[hook] += 1
+            self._started[(host, task_uuid)] = (self.monotonic(), new_span_id())
+            if self.in_plan_play and host in self.hosts:
+                wave = self.hosts[host].get("wave")
+                if wave is not None and wave not in self.waves_started:
+                    self.waves_started.add(wave)
+                    info = self.run.get("waves", {}).get(wave, {})
+                    self.emit("wave.started", wave=wave, status="started", message=f"wave {wave} started",
+                              data=dict(info, first_host=host))
+
+    def host_task_result(self, *, host: str, task_uuid: str, task: str, action: str, status: str, result: t.Mapping[str, t.Any],
+                         ignore_errors: bool = False, hook: str) -> None:
+        with self._lock:
+            self.hooks[hook] += 1
+            started, span = self._started.pop((host, task_uuid), (None, None))
+            span = span or new_span_id()
+            duration = round(self.monotonic() - started, 6) if started is not None else None
+            self._absorb(result)
+            for item in result.get("fleetpatch_events") or ():
+                if isinstance(item, dict) and item.get("event"):
+                    self._domain(item, task=task, action=action, span=span)
+            message = _message(result, status)
+            data: dict[str, t.Any] = {"result": clean_result(result, redactor=self.redactor, max_chars=self.options.max_field_chars),
+                                      "parent_span_id": self.run_span}
+            if status == "failed" and ignore_errors:
+                data["ignored"] = True
+            delegated = result.get("_ansible_delegated_vars")
+            if isinstance(delegated, dict) and delegated.get("ansible_delegated_host"):
+                data["delegated_to"] = str(delegated["ansible_delegated_host"])
+            self.emit("host.task", host=host, task=task, action=action, status=status, changed=bool(result.get("changed", False)),
+                      duration=duration, message=message, span=span, data=data)
+
+    def playbook_end(self, *, stats: t.Mapping[str, t.Mapping[str, int]], hook: str = "v2_playbook_on_stats") -> dict[str, t.Any]:
+        """Record the end, write everything, seal the log in the registry. Returns what happened to the log."""
+        with self._lock:
+            self.hooks[hook] += 1
+            failures = sum(host.get("failures", 0) + host.get("unreachable", 0) for host in stats.values())
+            self.emit("playbook.finished", status="failed" if failures else "ok",
+                      data={"stats": {host: dict(counts) for host, counts in sorted(stats.items())},
+                            "hooks": dict(sorted(self.hooks.items())), "events": self.events + 1})
+            self._maybe_start_from_option(final=True)
+            self.flush()
+            self._cancel_timer()
+            outcome = self.outcome()
+            if self.log is not None:
+                self.log.close()
+            if outcome["path"] and not outcome["complete"]:
+                self.warn(f"fleetpatch.rollout.events: the event log {outcome['path']} is incomplete: {outcome['reason']}")
+            return outcome
+
+    # -- recording ----------------------------------------------------------------------------------------
+
+    def emit(self, event: str, *, host: str | None = None, task: str | None = None, action: str | None = None,
+             status: str | None = None, changed: bool | None = None, duration: float | None = None, message: str | None = None,
+             wave: str | None = None, batch: int | None = None, span: str | None = None, ts: str | None = None,
+             data: t.Mapping[str, t.Any] | None = None) -> None:
+        with self._lock:
+            body = {"v": FORMAT, "ts": ts or utc_ts(self.clock()), "event": event, "correlation_id": None,
+                    "traceparent": traceparent(self.trace_id, span or self.run_span), "run_id": None, "patch_id": None,
+                    "wave": wave, "batch": batch, "host": host, "region": None, "tenant": None, "segment": None,
+                    "environment": None, "task": task, "action": action, "status": status, "changed": changed,
+                    "duration": duration, "message": message, "data": dict(data or {})}
+            self.events += 1
+            if self.log is None:
+                if len(self.pre_run) >= _MAX_PRE_RUN:
+                    self.pre_run.pop(0)
+                    self.pre_run_dropped += 1
+                self.pre_run.append(body)
+                self._maybe_start_from_option()
+                return
+            self.log.append(self._serialize(body))
+            self._after_append(event, self.log)
+
+    def _after_append(self, event: str, log: EventLog) -> None:
+        if self._oldest_pending is None:
+            self._oldest_pending = self.monotonic()
+            self._arm_timer()
+        if (event in BOUNDARY_EVENTS or len(log.pending) >= self.options.flush_events
+                or self.monotonic() - self._oldest_pending >= self.options.flush_seconds):
+            self.flush()
+
+    def _serialize(self, body: dict[str, t.Any]) -> str:
+        body["correlation_id"] = self.correlation_id
+        body["run_id"] = self.run.get("run_id")
+        body["patch_id"] = self.run.get("patch_id")
+        host = body["host"]
+        if host is not None:
+            attributes = self.hosts.get(host)
+            if attributes:
+                for name in HOST_ATTRIBUTES:
+                    body[name] = attributes.get(name)
+                if body["wave"] is None and body["event"] == "host.task":
+                    body["wave"] = attributes.get("wave")
+                    body["batch"] = attributes.get("batch")
+        message = body["message"]
+        if isinstance(message, str) and len(message) > self.options.max_field_chars:
+            masked = self.redactor.mask_text(message)[0]
+            body["message"] = masked[: self.options.max_field_chars] + f"... [truncated {len(masked)} chars, sha256 {digest_text(masked)}]"
+        text = self.redactor.dumps(body)
+        if len(text) > self.options.max_line_bytes and "result" in body["data"]:
+            result_json = self.redactor.dumps(body["data"]["result"])
+            result = body["data"]["result"]
+            body["data"]["result"] = {"truncated": True, "chars": len(result_json), "sha256": digest_text(result_json),
+                                      "keys": sorted(result)[:50] if isinstance(result, dict) else []}
+            text = self.redactor.dumps(body)
+        return text
+
+    def flush(self) -> bool:
+        with self._lock:
+            self._oldest_pending = None
+            self._cancel_timer()
+            if self.log is None:
+                return True
+            errors = len(self.log.errors)
+            ok = self.log.flush()
+            if not ok:
+                error = self.log.errors[-1]
+                self.environ[STATUS_ENV] = f"incomplete: {error}"
+                if error not in self._warned:
+                    self._warned.add(error)
+                    self.warn(f"fleetpatch.rollout.events: cannot write {self.log.path} ({error}); the rollout goes on,"
+                              " events stay queued and the run's registry record will say the log is incomplete")
+                if self.log.pending:
+                    self._oldest_pending = self.monotonic()
+                    self._arm_timer()
+            elif len(self.log.errors) != errors:
+                self.environ[STATUS_ENV] = f"incomplete: {self.log.errors[-1]}"
+            return ok
+
+    def _arm_timer(self) -> None:
+        if not self.use_timer or self._timer is not None:
+            return
+        self._timer = threading.Timer(self.options.flush_seconds, self._timer_flush)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _timer_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            self.flush()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- run context ---------------------------------------------------------------------------------------
+
+    def _first_play(self, extra_vars: t.Mapping[str, t.Any], variables: t.Iterable[t.Mapping[str, t.Any]],
+                    host_attributes: t.Mapping[str, t.Mapping[str, t.Any]]) -> None:
+        self.correlation_id, self.correlation_source = resolve_correlation_id(
+            option=self.options.correlation_id, extra_vars=extra_vars, runner_dir=self.options.runner_dir)
+        # Forked workers (action plugins) inherit these: they record the same correlation id and know a log exists.
+        self.environ[CORRELATION_ENV] = self.correlation_id
+        self.environ[ACTIVE_ENV] = str(os.getpid())
+        self.environ.pop(STATUS_ENV, None)
+        self.redactor.collect(extra_vars)
+        for name in self.options.secret_vars:
+            if name in extra_vars:
+                self.redactor.add(extra_vars[name], name=name)
+        for mapping in variables:
+            self.redactor.collect(mapping)
+            for name in self.options.secret_vars:
+                if name in mapping:
+                    self.redactor.add(mapping[name], name=name)
+        if self.redactor.too_short:
+            self.warn("fleetpatch.rollout.events: values of secret variable(s) " + ", ".join(sorted(self.redactor.too_short))
+                      + f" are shorter than {self.redactor.min_length} characters and are not masked")
+        for host, attributes in host_attributes.items():
+            self.hosts[host] = {name: attributes.get(name) for name in HOST_ATTRIBUTES}
+        self._maybe_start_from_option()
+
+    def _maybe_start_from_option(self, *, final: bool = False) -> None:
+        if self.log is None and self.options.path and self.correlation_id is not None:
+            if "{run_id}" in self.options.path and not self.run and not final:
+                return  # wait for the run to be announced
+            self._start(self._format_path(self.options.path))
+
+    def _format_path(self, template: str) -> str:
+        values = collections.defaultdict(str, run_id=self.run.get("run_id") or "no-run", correlation_id=self.correlation_id or "")
+        return os.path.abspath(os.path.expanduser(template.format_map(values)))
+
+    def _absorb(self, result: t.Mapping[str, t.Any]) -> None:
+        facts = result.get("ansible_facts")
+        if isinstance(facts, dict):
+            self.redactor.collect(facts)
+            for name in self.options.secret_vars:
+                if name in facts:
+                    self.redactor.add(facts[name], name=name)
+        run = result.get("fleetpatch_run")
+        if isinstance(run, dict) and run.get("run_id"):
+            self._announce(run)
+        registry = result.get("fleetpatch_registry")
+        if isinstance(registry, dict) and registry.get("path"):
+            self.registry = dict(registry)
+
+    def _announce(self, run: t.Mapping[str, t.Any]) -> None:
+        if self.run:
+            if run.get("run_id") != self.run.get("run_id"):
+                self.warn(f"fleetpatch.rollout.events: one event log per playbook run; run {run.get('run_id')} is recorded in"
+                          f" the log of run {self.run.get('run_id')}")
+            return
+        self.run = {"run_id": run.get("run_id"), "patch_id": run.get("patch_id"), "waves": dict(run.get("waves") or {})}
+        for host, info in (run.get("hosts") or {}).items():
+            self.hosts[host] = dict(self.hosts.get(host, {}), **info)
+        self.plan_group = run.get("plan_group")
+        if self.log is None:
+            path = self._format_path(self.options.path) if self.options.path else run.get("events_path")
+            if path:
+                self._start(os.path.abspath(path))
+
+    def _start(self, path: str) -> None:
+        self.log = EventLog(path, fsync=self.options.fsync, on_open=self._opened)
+        self.say(f"fleetpatch events: correlation id {self.correlation_id} ({self.correlation_source}), trace {self.trace_id},"
+                 f" log {path}")
+        for body in self.pre_run:
+            self.log.append(self._serialize(body))
+        self.pre_run = []
+        self.flush()
+
+    def _opened(self, tail: Tail, reopened: bool) -> str | None:
+        """The log.opened line that starts this writer's part of an existing file (None for a new, empty file)."""
+        if tail.seq == 0 and tail.torn is None and not reopened:
+            return None
+        data = {"continues_seq": tail.seq, "torn_tail": tail.torn, "reopened_after_error": reopened,
+                "dropped_before_run": self.pre_run_dropped}
+        body = {"v": FORMAT, "ts": utc_ts(self.clock()), "event": "log.opened", "correlation_id": None,
+                "traceparent": traceparent(self.trace_id, self.run_span), "run_id": None, "patch_id": None, "wave": None,
+                "batch": None, "host": None, "region": None, "tenant": None, "segment": None, "environment": None,
+                "task": None, "action": None, "status": "torn_tail" if tail.torn else "continued", "changed": None,
+                "duration": None, "message": None, "data": data}
+        return self._serialize(body)
+
+    def _domain(self, item: t.Mapping[str, t.Any], *, task: str, action: str, span: str) -> None:
+        data = item.get("data")
+        self.emit(str(item["event"]), ts=item.get("ts"), host=item.get("host"), wave=item.get("wave"), batch=item.get("batch"),
+                  status=item.get("status"), message=item.get("message"), task=task, action=action, span=span,
+                  data=clean_result(data, redactor=self.redactor, max_chars=self.options.max_field_chars) if isinstance(data, dict) else {})
+
+    def outcome(self) -> dict[str, t.Any]:
+        """The state of this playbook run's log: path, lines written, last seq and hash, complete or not and why."""
+        log = self.log
+        if log is None:
+            return {"path": None, "complete": True, "lines": 0, "reason": None}
+        problems = list(dict.fromkeys(log.errors))
+        if log.pending:
+            problems.append(f"{len(log.pending)} event(s) could not be written")
+        if log.dropped:
+            problems.append(f"{log.dropped} event(s) dropped from the queue")
+        return {"path": log.path, "complete": not problems, "reason": "; ".join(problems) or None, "lines": log.lines_written,
+                "first_seq": log.first_seq, "last_seq": log.seq, "head": log.head, "errors": len(log.errors),
+                "correlation_id": self.correlation_id, "run_id": self.run.get("run_id"), "patch_id": self.run.get("patch_id")}
+
+
+def _message(result: t.Mapping[str, t.Any], status: str) -> str | None:
+    if result.get("_ansible_no_log"):
+        return None
+    if status == "skipped":
+        return str(result.get("skip_reason") or "skipped")
+    msg = result.get("msg")
+    if isinstance(msg, str) and msg:
+        return msg
+    if status in ("failed", "unreachable"):
+        stderr = result.get("stderr")
+        if isinstance(stderr, str) and stderr.strip():
+            return stderr.strip().splitlines()[-1]
+        return f"task {status}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and verifying
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One thing a verification found. severity: tamper (the record was changed), warning, or info."""
+
+    kind: str  # edited | deleted | reordered | duplicated | truncated | corrupt | incomplete_tail | unsealed | ...
+    where: str
+    message: str
+    severity: str = "tamper"
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FileReport:
+    path: str
+    lines: int = 0
+    first_seq: int | None = None
+    last_seq: int = 0
+    head: str = GENESIS
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(finding.severity == "tamper" for finding in self.findings)
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"path": self.path, "ok": self.ok, "lines": self.lines, "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "head": self.head, "findings": [finding.as_dict() for finding in self.findings]}
+
+
+def _chunks(path: str, start: int = 0, end: int | None = None) -> t.Iterator[tuple[list[bytes], bool]]:
+    """(complete lines, is_last) over [start, end) of a file (both on line boundaries) read in large chunks; the
+    last list may hold an unterminated line."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        remaining = (os.fstat(handle.fileno()).st_size if end is None else end) - start
+        rest = b""
+        while True:
+            chunk = handle.read(min(_READ_CHUNK, remaining)) if remaining > 0 else b""
+            remaining -= len(chunk)
+            if not chunk:
+                if rest:
+                    yield [rest], True
+                return
+            data = rest + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            rest = data[cut + 1:]
+            yield data[:cut].split(b"\n"), False
+
+
+_digest = operator.methodcaller("digest")
+_prev_of = operator.itemgetter(_PREV)
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
+
+
+def _scan(path: str, start: int, end: int) -> tuple[int, str, bool, str, bytes, bool]:
+    """Hash every line of [start, end) and compare each with the next line's prev, in C loops.
+    Returns (lines, prev of the first line, chain intact inside the range, hash of the last line, last line,
+    ends with a newline)."""
+    count, intact, first_prev, head, last, ends = 0, True, b"", b"", b"", True
+    for lines, is_last in _chunks(path, start, end):
+        ends = not is_last
+        digests = list(map(_digest, map(hashlib.sha256, lines)))
+        prevs = b"".join(map(_prev_of, lines))
+        if count == 0:
+            first_prev, prevs, expected = prevs[:64], prevs[64:], b"".join(digests[:-1])
+        else:
+            expected = head + b"".join(digests[:-1])
+        if intact:
+            try:
+                intact = binascii.unhexlify(prevs) == expected
+            except (binascii.Error, ValueError):
+                intact = False
+        count += len(lines)
+        head, last = digests[-1], lines[-1]
+    return count, first_prev.decode("ascii", "replace"), intact, head.hex(), last, ends
+
+
+def _byte_ranges(path: str, size: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [0]
+    with open(path, "rb") as handle:
+        for part in range(1, parts):
+            handle.seek(size * part // parts)
+            handle.readline()
+            if bounds[-1] < handle.tell() < size:
+                bounds.append(handle.tell())
+    bounds.append(size)
+    return list(zip(bounds, bounds[1:]))
+
+
+def _line_at(path: str, start: int, index: int) -> bytes:
+    """Line number index (0-based) counted from byte start."""
+    for lines, _is_last in _chunks(path, start):
+        if index < len(lines):
+            return lines[index]
+        index -= len(lines)
+    return b""
+
+
+def verify_event_file(path: str, *, anchors: t.Iterable[t.Mapping[str, t.Any]] = (), workers: int | None = None) -> FileReport:
+    """Check the chain of an event file. Anchors ({seq, head, where}) are heads recorded elsewhere (the registry):
+    they catch a rewritten chain and lines cut off the end.
+
+    Fast path: every line is hashed and compared with the next line's prev field in bulk, in C loops, and a file over
+    64 MiB is cut into ranges checked by one process per CPU; only a file whose chain breaks somewhere is read again
+    line by line to classify and place every break.
+    """
+    report = FileReport(path)
+    rel = os.path.basename(path)
+    anchors = [anchor for anchor in anchors if isinstance(anchor.get("seq"), int) and anchor.get("seq")]
+    try:
+        size = os.path.getsize(path)
+        parts = workers or (min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1)
+        ranges = _byte_ranges(path, size, parts) if parts > 1 else [(0, size)]
+        if len(ranges) > 1:
+            with concurrent.futures.ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("fork")) as pool:
+                scans = list(pool.map(_scan, [path] * len(ranges), *zip(*ranges)))
+        else:
+            scans = [_scan(path, *ranges[0])]
+    except (OSError, BrokenProcessPool) as exc:
+        report.findings.append(Finding("missing_file", rel, f"cannot read {path}: {exc}"))
+        return report
+    head, number, intact, starts = GENESIS, 0, True, []
+    for count, first_prev, inside, last_head, _last, _ends in scans:
+        intact = intact and inside and (count == 0 or first_prev == head)
+        starts.append(number)
+        number += count
+        head = last_head if count else head
+    report.lines = number
+    if number == 0:
+        return _check_anchors(report, {}, anchors, rel)
+    ends_with_newline = scans[-1][5]
+    parsed = _parse_head(scans[-1][4]) if intact and ends_with_newline else None
+    # An intact chain from the genesis hash whose last line has seq == line count numbers every line 1..n.
+    if parsed is None or parsed[1] != number:
+        return _verify_slow(path, report, rel, ends_with_newline, anchors)
+    report.first_seq, report.last_seq, report.head = 1, number, head
+    seen: dict[int, str] = {}
+    for anchor in anchors:
+        seq = anchor["seq"]
+        if seq <= number:
+            part = max(index for index, first in enumerate(starts) if first < seq)
+            seen[seq] = line_hash(_line_at(path, ranges[part][0], seq - starts[part] - 1))
+    return _check_anchors(report, seen, anchors, rel)
+
+
+def _load(line: bytes) -> dict[str, t.Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("seq"), int) and isinstance(value.get("prev"), str) else None
+
+
+def _verify_slow(path: str, report: FileReport, rel: str, ends_with_newline: bool,
+                 anchors: t.Sequence[t.Mapping[str, t.Any]]) -> FileReport:
+    """Classify every break of the chain; needs the seq and hash of every line (one more pass)."""
+    seqs: list[int | None] = []
+    hashes: list[str] = []
+    with open(path, "rb") as handle:
+        raw_lines = handle.read().split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    for line in raw_lines:
+        match = _HEAD_RE.match(line)
+        seqs.append(int(match.group(2)) if match else None)
+        hashes.append(line_hash(line))
+    count = len(raw_lines)
+    findings = report.findings
+    torn_ok: set[int] = set()
+    # A line that does not parse: a torn tail (last line, no newline), a torn line declared by the next writer, or corrupt.
+    for index, line in enumerate(raw_lines):
+        number = index + 1
+        if _load(line) is not None:
+            continue
+        if number == count and not ends_with_newline:
+            findings.append(Finding("incomplete_tail", f"{rel} line {number}",
+                                    f"the last line ({len(line)} bytes) is incomplete: the writer stopped mid-line (killed?);"
+                                    " everything before it verifies", "warning"))
+            torn_ok.add(number)
+            continue
+        following = _load(raw_lines[index + 1]) if index + 1 < count else None
+        torn = ((following or {}).get("data") or {}).get("torn_tail") if following and following.get("event") == "log.opened" else None
+        if isinstance(torn, dict) and torn.get("sha256") == hashes[index]:
+            findings.append(Finding("torn_line", f"{rel} line {number}",
+                                    f"line {number} is a torn line the next writer declared (log.opened at line {number + 1})", "info"))
+            torn_ok.add(number)
+            continue
+        findings.append(Finding("corrupt", f"{rel} line {number}", f"line {number} is not a valid event line: edited or corrupted"))
+    # Chain: prev of each line against the hash of the last good line before it (declared torn lines are skipped).
+    positions: dict[int, list[int]] = collections.defaultdict(list)
+    for index, seq in enumerate(seqs):
+        if seq is not None and index + 1 not in torn_ok:
+            positions[seq].append(index + 1)
+    reported_missing: set[int] = set()
+    previous_index: int | None = None
+    for index, line in enumerate(raw_lines):
+        number = index + 1
+        if number in torn_ok or seqs[index] is None:
+            continue
+        seq = seqs[index]
+        prev = line[_PREV].decode("ascii", "replace")
+        expected_prev = GENESIS if previous_index is None else hashes[previous_index]
+        expected_seq = 1 if previous_index is None else (seqs[previous_index] or 0) + 1
+        if prev != expected_prev or seq != expected_seq:
+            where = f"{rel} line {number} (seq {seq})"
+            before = "the start of the file" if previous_index is None else f"line {previous_index + 1} (seq {seqs[previous_index]})"
+            if previous_index is not None and raw_lines[previous_index] == line:
+                findings.append(Finding("duplicated", where, f"line {number} duplicates line {previous_index + 1} (seq {seq})"))
+                continue  # the duplicate does not advance the chain
+            if len(positions.get(seq, [])) > 1 and positions[seq][0] != number:
+                first = positions[seq][0]
+                same = raw_lines[first - 1] == line
+                findings.append(Finding("duplicated", where, f"seq {seq} appears again at line {number} (first at line {first})"
+                                        + ("" if same else " with different content: one of them was inserted or edited")))
+                continue
+            if seq < expected_seq:
+                findings.append(Finding("reordered", where, f"line {number} (seq {seq}) is out of order: it comes after {before}"))
+            elif seq > expected_seq:
+                missing = [value for value in range(expected_seq, seq) if value not in reported_missing]
+                elsewhere = [value for value in missing if value in positions]
+                gone = [value for value in missing if value not in positions]
+                reported_missing.update(missing)
+                if elsewhere:
+                    findings.append(Finding("reordered", where, f"seq {_ranges(elsewhere)} expected after {before} appear(s)"
+                                            f" elsewhere (line(s) {', '.join(str(positions[v][0]) for v in elsewhere[:5])}): lines were moved"))
+                if gone:
+                    findings.append(Finding("deleted", where, f"line(s) with seq {_ranges(gone)} are missing between {before} and line {number}"))
+            elif previous_index is not None:
+                findings.append(Finding("edited", f"{rel} line {previous_index + 1} (seq {seqs[previous_index]})",
+                                        f"line {previous_index + 1} does not match the hash that line {number} recorded for it: it was edited"
+                                        f" (or line {number}'s prev field was)"))
+            else:
+                findings.append(Finding("edited", where, f"the first line does not start the chain (prev is not {GENESIS[:8]}...):"
+                                        " lines before it were removed or it was edited"))
+        previous_index = index
+    good = [index for index in range(count) if index + 1 not in torn_ok and seqs[index] is not None]
+    if good:
+        last = good[-1]
+        report.first_seq = seqs[good[0]]
+        report.last_seq = seqs[last] or 0
+        report.head = hashes[last]
+    seq_to_hash = {seqs[index]: hashes[index] for index in good if seqs[index] is not None}
+    return _check_anchors(report, seq_to_hash, anchors, rel)
+
+
+def _check_anchors(report: FileReport, seq_to_hash: t.Mapping[int, str], anchors: t.Sequence[t.Mapping[str, t.Any]],
+                   rel: str) -> FileReport:
+    for anchor in anchors:
+        seq, head, source = anchor["seq"], anchor.get("head"), anchor.get("where", "the registry")
+        if seq > report.last_seq:
+            report.findings.append(Finding("truncated", f"{rel} after seq {report.last_seq}",
+                                           f"{source} recorded line seq {seq} (hash {str(head)[:12]}...), but the file ends at seq"
+                                           f" {report.last_seq}: lines were cut off the end"))
+        elif seq_to_hash.get(seq) not in (None, head):
+            report.findings.append(Finding("edited", f"{rel} seq {seq}",
+                                           f"line seq {seq} differs from the hash {source} recorded for it ({str(head)[:12]}...):"
+                                           " the chain was rewritten at or before that line"))
+    return report
+
+
+def _ranges(values: t.Sequence[int]) -> str:
+    if not values:
+        return ""
+    parts, start, end = [], values[0], values[0]
+    for value in values[1:]:
+        if value == end + 1:
+            end = value
+            continue
+        parts.append(str(start) if start == end else f"{start}-{end}")
+        start = end = value
+    parts.append(str(start) if start == end else f"{start}-{end}")
+    return ", ".join(parts)
+
+
+def read_events(path: str) -> list[dict[str, t.Any]]:
+    """Every complete event of a file (torn lines skipped)."""
+    events = []
+    with open(path, "rb") as handle:
+        for line in handle:
+            value = _load(line.rstrip(b"\n"))
+            if value is not None:
+                events.append(value)
+    return events
+
+
+def file_head(path: str) -> dict[str, t.Any] | None:
+    """{seq, head} of the last complete line of an event file, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        tail = read_tail(fd)
+    finally:
+        os.close(fd)
+    return {"seq": tail.seq, "head": tail.head} if tail.seq else None
