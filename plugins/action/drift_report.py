@@ -1,0 +1,186 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for fleetpatch.rollout.drift_report: reconcile host facts with the desired state. Controller only."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+import typing as t
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+    DRIFT_STATUSES,
+    STATUSES,
+    DesiredState,
+    DriftError,
+    Reconciler,
+    apply_registry,
+    format_time,
+    gc_paused,
+    host_record,
+    parse_desired_state,
+    parse_time,
+    with_slo_targets,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
+    FORMATS,
+    drift_rows,
+    expand_facts_files,
+    output_paths,
+    read_facts_file,
+    registry_views,
+    write_facts_file,
+    write_reports,
+)
+
+ARGUMENT_SPEC = {
+    "hosts": {"type": "list", "elements": "str", "default": []},
+    "facts_var": {"type": "str", "default": "__reconcile_facts"},
+    "facts_files": {"type": "list", "elements": "str", "default": []},
+    "save_facts": {"type": "str"},
+    "desired_state": {"type": "str"},
+    "desired": {"type": "dict"},
+    "promotion": {"type": "list", "elements": "str"},
+    "slo_targets": {"type": "dict", "default": {}},
+    "registry": {"type": "bool", "default": True},
+    "registry_path": {"type": "str"},
+    "state_dir": {"type": "str"},
+    "output_dir": {"type": "str"},
+    "formats": {"type": "list", "elements": "str", "default": list(FORMATS), "choices": list(FORMATS)},
+    "prometheus_path": {"type": "str"},
+    "report": {"type": "bool", "default": True},
+    "fail_on_drift": {"type": "bool", "default": False},
+    "fail_statuses": {"type": "list", "elements": "str", "default": list(DRIFT_STATUSES), "choices": list(STATUSES[1:])},
+    "now": {"type": "str"},
+    "title": {"type": "str", "default": "fleetpatch drift report"},
+    "html_max_rows": {"type": "int", "default": 2000},
+}
+ATTRIBUTE_VARS = {"environment": "fleet_environment", "region": "fleet_region", "tenant": "fleet_tenant", "segment": "fleet_segment"}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            with gc_paused():
+                result.update(self._run(args, task_vars))
+        except DriftError as exc:
+            result.update(failed=True, changed=False, msg=f"fleetpatch.rollout.drift_report: {exc}")
+        return result
+
+    def _desired(self, args: dict[str, t.Any]) -> DesiredState:
+        data: dict[str, t.Any] = {}
+        source = "inline desired state"
+        if args["desired_state"]:
+            path = os.path.abspath(os.path.expanduser(args["desired_state"]))
+            if not os.path.exists(path):
+                raise DriftError(f"desired state file {path} does not exist")
+            loaded = self._loader.load_from_file(path)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise DriftError(f"desired state file {path} must hold a mapping")
+            data = dict(loaded or {})
+            source = path
+        if args["desired"]:
+            data.update(args["desired"])
+            source = source if args["desired_state"] else "inline desired state"
+        if args["promotion"] is not None:
+            data["promotion"] = args["promotion"]
+        desired = parse_desired_state(data, source=source)
+        return with_slo_targets(desired, args["slo_targets"], source="slo_targets option")
+
+    def _run(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        check_mode = bool(self._task.check_mode)
+        started = time.process_time()
+        wall = datetime.datetime.now(datetime.timezone.utc)
+        generated_at = wall.strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = parse_time(args["now"]) if args["now"] else wall.timestamp()
+        if now is None:
+            raise DriftError(f"now {args['now']!r} is not an ISO 8601 time")
+        state_dir = resolve_state_dir(args["state_dir"])
+        output_dir = os.path.abspath(os.path.expanduser(args["output_dir"])) if args["output_dir"] \
+            else os.path.join(state_dir, "reports", "drift")
+        desired = self._desired(args)
+
+        # this run's hosts, from the facts each one registered
+        records = []
+        for host in args["hosts"]:
+            attrs = {key: host_var(task_vars, host, name) for key, name in ATTRIBUTE_VARS.items()}
+            facts = host_var(task_vars, host, args["facts_var"])
+            records.append(host_record(host, attrs=attrs, result=facts if isinstance(facts, dict) else None,
+                                       collected_at=generated_at))
+        # plain JSON data, exactly what a saved facts file gives back, so that merged and direct reports agree
+        records = json.loads(json.dumps(records, default=str))
+        saved = None
+        if args["save_facts"]:
+            saved = os.path.abspath(os.path.expanduser(args["save_facts"]))
+            if not check_mode:
+                write_facts_file(saved, records, run={"generated_at": generated_at, "awx_job_id": task_vars.get("awx_job_id"),
+                                                      "slice": task_vars.get("awx_job_slice_number") or task_vars.get("tower_job_slice_number")})
+        if not args["report"]:
+            return {"changed": False, "check_mode": check_mode, "facts_file": saved, "hosts": len(records), "paths": {}}
+
+        reconciler = Reconciler(desired, now=now)
+        reconciler.add_all(records)
+        files_read = [read_facts_file(path, reconciler) for path in expand_facts_files(args["facts_files"])]
+        registry_info: dict[str, t.Any] = {"used": False, "path": None, "reason": "disabled (registry=false)"}
+        warnings: list[str] = []
+        if args["registry"]:
+            views, registry_info = registry_views(state_dir, args["registry_path"])
+            if views:
+                desired, derived = apply_registry(desired, views, reconciler.host_environments())
+                registry_info.update(derived)
+                reconciler.use_desired(desired)
+        if not desired.environments:
+            warnings.append("the desired state names no environment: every host and service is unknown")
+        if reconciler.rejected_count:
+            warnings.append(f"{reconciler.rejected_count} facts record(s) were skipped, e.g. {reconciler.rejected[0]}")
+        report = reconciler.build()
+        inputs = {
+            "hosts_from_run": len(records),
+            "facts_files": files_read,
+            "records_rejected": reconciler.rejected_count,
+            "registry": registry_info,
+            "desired_state": desired.source,
+            "facts_file_written": saved,
+        }
+        paths = output_paths(output_dir, args["formats"], prometheus_path=args["prometheus_path"])
+        document = write_reports(report, paths=paths, generated_at=generated_at, inputs=inputs, title=args["title"],
+                                 html_max_rows=args["html_max_rows"], write=not check_mode)
+        summary = document["summary"]
+        failing = {status: summary["statuses"][status] for status in args["fail_statuses"] if summary["statuses"][status]}
+        sample = [{"host": host, "environment": verdict.environment, "service": verdict.service, "status": verdict.status,
+                   "reason": verdict.reason} for host, verdict, *_rest in drift_rows(report, summary["environments"])[:20]]
+        out: dict[str, t.Any] = {
+            "changed": False,
+            "check_mode": check_mode,
+            "written": not check_mode,
+            "paths": paths,
+            "facts_file": saved,
+            "fingerprint": document["fingerprint"],
+            "now": format_time(now),
+            "summary": summary,
+            "matrix": document["matrix"],
+            "lag": document["lag_summary"],
+            "slo": document["slo"]["severities"],
+            "compatibility": document["compatibility"],
+            "drift_sample": sample,
+            "inputs": inputs,
+            "cpu_seconds": round(time.process_time() - started, 3),
+        }
+        if warnings:
+            out["warnings"] = warnings
+        if args["fail_on_drift"] and failing:
+            out["failed"] = True
+            out["msg"] = ("drift found: " + ", ".join(f"{count} {status}" for status, count in failing.items())
+                          + f" (report: {paths.get('html') or paths.get('json') or output_dir})")
+        return out

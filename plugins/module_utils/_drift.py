@@ -1,0 +1,1206 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: drift reconciliation of host facts against the desired state. Not a public API.
+
+Pure functions and one accumulator over plain data. The desired state (what every environment should run, the
+promotion order, the patches with the version lines that carry their fix, compatibility rules and time-to-patch
+targets) comes from a YAML/JSON document, optionally completed from the patch registry. Host facts are the records
+that ``fleetpatch.rollout.patch_facts`` returns, one per host, merged by host name (latest ``collected_at`` wins), so
+facts of several runs or AWX slices give the same report as one unsliced run.
+
+Every host and service gets exactly one status: ``in_sync``, ``drifted`` (another version than desired, without a
+missing fix), ``missing_patch`` (lacks a fix the desired version carries), ``unexpected_version`` (a version or build
+the catalogue does not know) or ``unknown`` (unreachable, no data, corrupt data, no desired state). Nothing is ever
+``in_sync`` without data.
+
+The accumulator keeps one small tuple per host and classifies each distinct (environment, service, version, build)
+once, so 100,000 hosts cost little more than parsing their facts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import calendar
+import collections
+import contextlib
+import dataclasses
+import fnmatch
+import gc
+import hashlib
+import json
+import re
+import time
+import typing as t
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
+
+REPORT_SCHEMA = "fleetpatch.drift-report/1"
+FACTS_TYPE = "fleetpatch.patch_facts"
+FACTS_FORMAT = 1
+STATUSES = ("in_sync", "drifted", "missing_patch", "unexpected_version", "unknown")
+DRIFT_STATUSES = ("drifted", "missing_patch", "unexpected_version")
+# worst first: the status a matrix cell shows
+STATUS_RANK = ("unexpected_version", "missing_patch", "drifted", "unknown", "in_sync")
+SEVERITIES = ("critical", "high", "medium", "low")
+DAY = 86400.0
+DEFAULT_SLO_TARGETS = {"critical": 7 * DAY, "high": 30 * DAY, "medium": 90 * DAY, "low": 180 * DAY}
+MATCH_KEYS = ("region", "tenant", "segment")
+NO_SERVICE = "*"
+# row fields, in the order the JSON report writes them (docs/drift-report.schema.json)
+ROW_FIELDS = ("host", "environment", "service", "status", "reason", "version", "desired", "missing_patches",
+              "equivalent_to", "artifact_sha256", "installed_at", "region", "tenant", "segment", "collected_at")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms])")
+_DURATION_UNITS = {"w": 7 * DAY, "d": DAY, "h": 3600.0, "m": 60.0, "s": 1.0}
+_TIMESTAMP = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE)
+_CLAUSE = re.compile(r"^(==|!=|>=|<=|>|<|=)?\s*([0-9A-Za-z*][^\s]*)$")
+_LINE_PART = re.compile(r"[0-9A-Za-z]+")
+
+
+class DriftError(Exception):
+    """The desired state or a facts input cannot be used; str() names where and why."""
+
+
+@contextlib.contextmanager
+def gc_paused() -> t.Iterator[None]:
+    """Pause the cyclic garbage collector while a report holds one small tuple per host.
+
+    The report creates no reference cycles; without the pause every full collection walks the growing host table
+    again, which costs a large fleet about a fifth of its CPU time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# --------------------------------------------------------------------------------------------- small parsers
+
+
+def parse_duration(value: t.Any, *, where: str) -> float:
+    """Seconds of ``7d``, ``12h``, ``1d12h``, ``2w``, ``90m``, ``30s`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise DriftError(f"{where}: {value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise DriftError(f"{where}: a duration must not be negative")
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "")
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise DriftError(f"{where}: {value!r} is not a duration (use e.g. 7d, 12h, 1d12h, 2w, 90m or seconds)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+_DAY_CACHE: dict[str, int] = {}
+
+
+def parse_time(value: t.Any) -> float | None:
+    """Epoch seconds of an ISO 8601 time (``2026-03-01T10:00:00Z``; no zone means UTC), None when not one."""
+    if not isinstance(value, str):
+        if hasattr(value, "timetuple"):  # a date/datetime that YAML already parsed
+            if getattr(value, "utcoffset", None) is not None and value.utcoffset() is not None:
+                return calendar.timegm(value.utctimetuple())
+            return float(calendar.timegm(value.timetuple()))
+        return None
+    # fast path for what fleetpatch itself writes: YYYY-MM-DDTHH:MM:SSZ
+    if len(value) == 20 and value[10] == "T" and value[19] == "Z":
+        day = _DAY_CACHE.get(value[:10])
+        try:
+            if day is None:
+                day = calendar.timegm((int(value[:4]), int(value[5:7]), int(value[8:10]), 0, 0, 0))
+                _DAY_CACHE[value[:10]] = day
+            return float(day + int(value[11:13]) * 3600 + int(value[14:16]) * 60 + int(value[17:19]))
+        except ValueError:
+            return None
+    match = _TIMESTAMP.match(value.strip())
+    if not match:
+        return None
+    year, month, mday, hour, minute, second, zone = match.groups()
+    try:
+        epoch = calendar.timegm((int(year), int(month), int(mday), int(hour or 0), int(minute or 0), int(second or 0)))
+    except ValueError:
+        return None
+    if zone and zone.upper() != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        epoch -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return float(epoch)
+
+
+def format_time(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    parts = time.gmtime(int(epoch))
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % parts[:6]
+
+
+def version_line(version: str, depth: int = 2) -> str:
+    """The supported-version line of a version: its first ``depth`` parts (``1.4.2`` -> ``1.4``)."""
+    core = version.partition("+")[0].partition("-")[0]
+    return ".".join(_LINE_PART.findall(core)[:depth])
+
+
+_KEYS: dict[str, tuple[t.Any, ...]] = {}
+
+
+def vkey(version: str) -> tuple[t.Any, ...]:
+    key = _KEYS.get(version)
+    if key is None:
+        key = _KEYS[version] = version_key(version)
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionSpec:
+    """``>=1.0.1,<2``, ``==1.4.*``, ``!=1.2.0`` or a bare version (exact). Every clause must hold."""
+
+    text: str
+    clauses: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def parse(cls, value: t.Any, *, where: str) -> VersionSpec:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not str(value).strip():
+            raise DriftError(f"{where}: {value!r} is not a version range (e.g. '>=1.0.1,<2')")
+        clauses = []
+        for part in str(value).split(","):
+            match = _CLAUSE.match(part.strip())
+            if not match:
+                raise DriftError(f"{where}: {part.strip()!r} is not a version clause (e.g. '>=1.0.1')")
+            operator, version = match.group(1) or "==", match.group(2)
+            operator = "==" if operator == "=" else operator
+            if "*" in version and operator not in ("==", "!="):
+                raise DriftError(f"{where}: a wildcard only goes with == or != ({part.strip()!r})")
+            clauses.append((operator, version))
+        return cls(text=str(value).strip(), clauses=tuple(clauses))
+
+    def matches(self, version: str) -> bool:
+        for operator, bound in self.clauses:
+            if "*" in bound:
+                hit = fnmatch.fnmatchcase(version, bound)
+                ok = hit if operator == "==" else not hit
+            else:
+                left, right = vkey(version), vkey(bound)
+                ok = {"==": left == right, "!=": left != right, ">=": left >= right, "<=": left <= right,
+                      ">": left > right, "<": left < right}[operator]
+            if not ok:
+                return False
+        return True
+
+
+# --------------------------------------------------------------------------------------------- desired state
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    version: str
+    sha256: str | None = None
+    source: str = "desired state"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    builds: t.Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    supported_lines: tuple[str, ...] | None = None
+    match: t.Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def applies_to(self, attrs: t.Sequence[str | None]) -> bool:
+        """attrs: (region, tenant, segment) of a host."""
+        for index, key in enumerate(MATCH_KEYS):
+            patterns = self.match.get(key)
+            if patterns and not (attrs[index] and any(fnmatch.fnmatchcase(t.cast(str, attrs[index]), p) for p in patterns)):
+                return False
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """One remediation: a fix, possibly delivered on several version lines (backports count once)."""
+
+    id: str
+    service: str
+    fixed_in: tuple[str, ...]
+    severity: str | None = None
+    released_at: float | None = None
+    patch_ids: tuple[str, ...] = ()
+    affects: VersionSpec | None = None
+    title: str | None = None
+    source: str = "desired state"
+
+    def applies(self, version: str) -> bool:
+        return self.affects is None or self.affects.matches(version)
+
+    def fixed(self, version: str, depth: int) -> bool:
+        """version carries the fix: at or after a fix on its own line, or newer than every fix (forward-ported)."""
+        line = version_line(version, depth)
+        same = [fix for fix in self.fixed_in if version_line(fix, depth) == line]
+        key = vkey(version)
+        if same:
+            return any(key >= vkey(fix) for fix in same)
+        return all(key > vkey(fix) for fix in self.fixed_in)
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"id": self.id, "service": self.service, "fixed_in": list(self.fixed_in), "severity": self.severity,
+                "released_at": format_time(self.released_at), "patch_ids": list(self.patch_ids),
+                "affects": self.affects.text if self.affects else None, "title": self.title, "source": self.source}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Compatibility: hosts of ``service`` (at ``versions``) need ``requires_service`` at ``requires``."""
+
+    name: str
+    service: str
+    requires_service: str
+    requires: VersionSpec
+    versions: VersionSpec | None = None
+    scope: str = "environment"
+    environments: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"name": self.name, "service": self.service, "versions": self.versions.text if self.versions else None,
+                "requires": {"service": self.requires_service, "versions": self.requires.text}, "scope": self.scope}
+
+
+@dataclasses.dataclass(frozen=True)
+class DesiredState:
+    promotion: tuple[str, ...] = ()
+    environments: t.Mapping[str, t.Mapping[str, Desired]] = dataclasses.field(default_factory=dict)
+    services: t.Mapping[str, ServiceSpec] = dataclasses.field(default_factory=dict)
+    patches: tuple[Patch, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    line_depth: int = 2
+    slo_targets: t.Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SLO_TARGETS))
+    slo_target_source: str = "default"
+    slo_environments: tuple[str, ...] | None = None
+    source: str = "desired state"
+
+    def desired(self, environment: str, service: str) -> Desired | None:
+        return self.environments.get(environment, {}).get(service)
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {
+            "source": self.source,
+            "promotion": list(self.promotion),
+            "line_depth": self.line_depth,
+            "environments": {env: {svc: {"version": d.version, "sha256": d.sha256, "source": d.source}
+                                   for svc, d in sorted(services.items())}
+                             for env, services in sorted(self.environments.items())},
+            "patches": [patch.as_dict() for patch in self.patches],
+            "compatibility": [rule.as_dict() for rule in self.rules],
+            "slo": {"targets": {sev: self.slo_targets[sev] for sev in _severity_order(self.slo_targets)},
+                    "target_source": self.slo_target_source,
+                    "environments": list(self.slo_environments) if self.slo_environments is not None else None},
+        }
+
+
+def _severity_order(names: t.Iterable[str]) -> list[str]:
+    return sorted(names, key=lambda name: (SEVERITIES.index(name) if name in SEVERITIES else len(SEVERITIES), name))
+
+
+def _strings(value: t.Any, *, where: str) -> tuple[str, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)) or not str(item).strip():
+            raise DriftError(f"{where}: {item!r} is not a non-empty string")
+        out.append(str(item).strip())
+    return tuple(out)
+
+
+def _mapping(value: t.Any, *, where: str) -> t.Mapping[str, t.Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, t.Mapping):
+        raise DriftError(f"{where} must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _version(value: t.Any, *, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise DriftError(f"{where}: {value!r} is not a version")
+    return str(value).strip()
+
+
+_KNOWN_TOP = {"promotion", "environments", "services", "patches", "compatibility", "slo", "line_depth", "schema"}
+
+
+def parse_desired_state(data: t.Any, *, source: str = "desired state") -> DesiredState:
+    """Validate a desired-state document (docs/drift.md) and return it typed; raise DriftError naming the field."""
+    data = _mapping(data, where=source)
+    unknown = sorted(set(data) - _KNOWN_TOP)
+    if unknown:
+        raise DriftError(f"{source}: unknown key(s) {', '.join(unknown)} (expected {', '.join(sorted(_KNOWN_TOP))})")
+    promotion = _strings(data.get("promotion") or [], where=f"{source}: promotion") if data.get("promotion") else ()
+    if len(set(promotion)) != len(promotion):
+        raise DriftError(f"{source}: promotion lists an environment twice")
+    depth = data.get("line_depth", 2)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 4:
+        raise DriftError(f"{source}: line_depth must be an integer from 1 to 4")
+
+    services: dict[str, ServiceSpec] = {}
+    for name, spec in _mapping(data.get("services"), where=f"{source}: services").items():
+        where = f"{source}: services.{name}"
+        spec = _mapping(spec, where=where)
+        extra = sorted(set(spec) - {"builds", "supported_lines", "match"})
+        if extra:
+            raise DriftError(f"{where}: unknown key(s) {', '.join(extra)} (expected builds, supported_lines, match)")
+        builds: dict[str, str | None] = {}
+        raw_builds = spec.get("builds") or {}
+        if isinstance(raw_builds, list):
+            raw_builds = {_version(item, where=f"{where}.builds"): None for item in raw_builds}
+        for version, build in _mapping(raw_builds, where=f"{where}.builds").items():
+            sha = build.get("sha256") if isinstance(build, t.Mapping) else build
+            if sha is not None and not (isinstance(sha, str) and re.match(r"^[0-9a-fA-F]{64}$", sha)):
+                raise DriftError(f"{where}.builds.{version}: sha256 must be 64 hex digits")
+            builds[_version(version, where=f"{where}.builds")] = sha.lower() if sha else None
+        lines = spec.get("supported_lines")
+        match = {}
+        for key, patterns in _mapping(spec.get("match"), where=f"{where}.match").items():
+            if key not in MATCH_KEYS:
+                raise DriftError(f"{where}.match: unknown key {key} (expected {', '.join(MATCH_KEYS)})")
+            match[key] = _strings(patterns, where=f"{where}.match.{key}")
+        services[str(name)] = ServiceSpec(name=str(name), builds=builds,
+                                          supported_lines=_strings(lines, where=f"{where}.supported_lines") if lines else None,
+                                          match=match)
+
+    environments: dict[str, dict[str, Desired]] = {}
+    for env, wanted in _mapping(data.get("environments"), where=f"{source}: environments").items():
+        entries: dict[str, Desired] = {}
+        for service, value in _mapping(wanted, where=f"{source}: environments.{env}").items():
+            where = f"{source}: environments.{env}.{service}"
+            if isinstance(value, t.Mapping):
+                extra = sorted(set(value) - {"version", "sha256"})
+                if extra:
+                    raise DriftError(f"{where}: unknown key(s) {', '.join(extra)} (expected version, sha256)")
+                sha = value.get("sha256")
+                if sha is not None and not (isinstance(sha, str) and re.match(r"^[0-9a-fA-F]{64}$", sha)):
+                    raise DriftError(f"{where}.sha256 must be 64 hex digits")
+                entries[str(service)] = Desired(_version(value.get("version"), where=f"{where}.version"),
+                                                sha.lower() if sha else None, source)
+            else:
+                entries[str(service)] = Desired(_version(value, where=where), None, source)
+        environments[str(env)] = entries
+    missing_envs = [env for env in promotion if env not in environments]
+    del missing_envs  # an environment in the promotion order may take its desired state from the registry
+
+    patches = []
+    seen: set[str] = set()
+    for index, item in enumerate(data.get("patches") or []):
+        where = f"{source}: patches[{index}]"
+        item = _mapping(item, where=where)
+        extra = sorted(set(item) - {"id", "service", "fixed_in", "severity", "released_at", "patch_ids", "affects", "title"})
+        if extra:
+            raise DriftError(f"{where}: unknown key(s) {', '.join(extra)}")
+        patch_id = _strings(item.get("id"), where=f"{where}.id")[0] if item.get("id") else None
+        if not patch_id:
+            raise DriftError(f"{where}: id is required")
+        if patch_id in seen:
+            raise DriftError(f"{where}: patch {patch_id} is listed twice")
+        seen.add(patch_id)
+        if not item.get("service"):
+            raise DriftError(f"{where} ({patch_id}): service is required")
+        if not item.get("fixed_in"):
+            raise DriftError(f"{where} ({patch_id}): fixed_in (the version(s) that carry the fix) is required")
+        fixed_in = tuple(_version(v, where=f"{where}.fixed_in") for v in
+                         (item["fixed_in"] if isinstance(item["fixed_in"], list) else [item["fixed_in"]]))
+        released = item.get("released_at")
+        released_at = parse_time(released) if released is not None else None
+        if released is not None and released_at is None:
+            raise DriftError(f"{where} ({patch_id}): released_at {released!r} is not an ISO 8601 time")
+        severity = str(item["severity"]).lower() if item.get("severity") is not None else None
+        patches.append(Patch(
+            id=patch_id, service=str(item["service"]), fixed_in=fixed_in, severity=severity, released_at=released_at,
+            patch_ids=_strings(item["patch_ids"], where=f"{where}.patch_ids") if item.get("patch_ids") else (),
+            affects=VersionSpec.parse(item["affects"], where=f"{where}.affects") if item.get("affects") else None,
+            title=str(item["title"]) if item.get("title") else None, source=source))
+
+    rules = []
+    for index, item in enumerate(data.get("compatibility") or []):
+        where = f"{source}: compatibility[{index}]"
+        item = _mapping(item, where=where)
+        extra = sorted(set(item) - {"name", "service", "versions", "requires", "scope", "environments"})
+        if extra:
+            raise DriftError(f"{where}: unknown key(s) {', '.join(extra)}")
+        requires = _mapping(item.get("requires"), where=f"{where}.requires")
+        if not item.get("service") or not requires.get("service") or not requires.get("versions"):
+            raise DriftError(f"{where}: needs service and requires.service with requires.versions")
+        scope = item.get("scope", "environment")
+        if scope not in ("environment", "host"):
+            raise DriftError(f"{where}: scope must be environment or host")
+        versions = VersionSpec.parse(item["versions"], where=f"{where}.versions") if item.get("versions") else None
+        needed = VersionSpec.parse(requires["versions"], where=f"{where}.requires.versions")
+        name = str(item.get("name") or f"{item['service']}{' ' + versions.text if versions else ''} requires "
+                   f"{requires['service']} {needed.text}")
+        rules.append(Rule(name=name, service=str(item["service"]), requires_service=str(requires["service"]), requires=needed,
+                          versions=versions, scope=scope,
+                          environments=_strings(item["environments"], where=f"{where}.environments") if item.get("environments") else None))
+
+    slo = _mapping(data.get("slo"), where=f"{source}: slo")
+    extra = sorted(set(slo) - {"targets", "environments"})
+    if extra:
+        raise DriftError(f"{source}: slo: unknown key(s) {', '.join(extra)} (expected targets, environments)")
+    targets = dict(DEFAULT_SLO_TARGETS)
+    target_source = "default"
+    if slo.get("targets"):
+        targets = {str(sev).lower(): parse_duration(value, where=f"{source}: slo.targets.{sev}")
+                   for sev, value in _mapping(slo["targets"], where=f"{source}: slo.targets").items()}
+        target_source = source
+    slo_envs = _strings(slo["environments"], where=f"{source}: slo.environments") if slo.get("environments") else None
+    return DesiredState(promotion=promotion, environments=environments, services=services, patches=tuple(patches),
+                        rules=tuple(rules), line_depth=depth, slo_targets=targets, slo_target_source=target_source,
+                        slo_environments=slo_envs, source=source)
+
+
+def with_slo_targets(desired: DesiredState, targets: t.Mapping[str, t.Any], *, source: str) -> DesiredState:
+    """Targets from the patch policy (or a role variable) win over the desired-state file's."""
+    if not targets:
+        return desired
+    parsed = {str(sev).lower(): parse_duration(value, where=f"{source}: {sev}") for sev, value in targets.items()}
+    return dataclasses.replace(desired, slo_targets=parsed, slo_target_source=source)
+
+
+PATCHED_OUTCOMES = ("patched", "rolled_out", "success", "ok")
+
+
+def apply_registry(desired: DesiredState, views: t.Iterable[t.Mapping[str, t.Any]],
+                   host_environments: t.Mapping[str, str]) -> tuple[DesiredState, dict[str, t.Any]]:
+    """Complete the desired state from the patch registry's folded patch records.
+
+    A registry patch that the desired state names (by id, in ``patch_ids``, or by a ``fixed_in`` version of the same
+    service) lends it missing severity and release time; any other becomes a remediation of its own. An environment
+    that the desired state gives no version of a service takes the newest target version that a completed rollout
+    (state ``rolled_out``) patched on one of its hosts.
+    """
+    patches = list(desired.patches)
+    derived: dict[str, dict[str, tuple[Desired, tuple[t.Any, ...]]]] = {}
+    used = 0
+    for view in views:
+        patch_id, service, target = view.get("patch_id"), view.get("service"), view.get("target_version")
+        if not patch_id or not service or not target:
+            continue
+        used += 1
+        target = str(target)
+        severity = str(view["severity"]).lower() if view.get("severity") else None
+        released = parse_time(view.get("registered_at"))
+        for index, patch in enumerate(patches):
+            if patch.service == service and (patch.id == patch_id or patch_id in patch.patch_ids or target in patch.fixed_in):
+                patches[index] = dataclasses.replace(
+                    patch, severity=patch.severity or severity,
+                    released_at=patch.released_at if patch.released_at is not None else released,
+                    patch_ids=patch.patch_ids if patch_id in patch.patch_ids else patch.patch_ids + (patch_id,))
+                break
+        else:
+            patches.append(Patch(id=patch_id, service=service, fixed_in=(target,), severity=severity, released_at=released,
+                                 patch_ids=(patch_id,), title=view.get("purpose"), source="registry"))
+        if view.get("state") != "rolled_out":
+            continue
+        sha = (view.get("artifact") or {}).get("sha256") if isinstance(view.get("artifact"), t.Mapping) else None
+        for host, outcome in (view.get("hosts") or {}).items():
+            if not isinstance(outcome, t.Mapping) or outcome.get("outcome") not in PATCHED_OUTCOMES:
+                continue
+            env = host_environments.get(host)
+            if env is None or service in desired.environments.get(env, {}):
+                continue
+            current = derived.setdefault(env, {}).get(service)
+            if current is None or vkey(target) > current[1]:
+                derived[env][service] = (Desired(target, sha, f"registry {patch_id}"), vkey(target))
+    environments = {env: dict(services) for env, services in desired.environments.items()}
+    for env, services in derived.items():
+        for service, (wanted, _key) in services.items():
+            environments.setdefault(env, {})[service] = wanted
+    derived_text = [f"{env}/{svc}={d.version} ({d.source})" for env, services in derived.items() for svc, (d, _k) in services.items()]
+    info = {"patches": used, "derived": sorted(derived_text)}
+    return dataclasses.replace(desired, patches=tuple(patches), environments=environments), info
+
+
+# --------------------------------------------------------------------------------------------- host records
+
+
+def host_record(host: str, *, attrs: t.Mapping[str, t.Any], result: t.Mapping[str, t.Any] | None,
+                collected_at: str) -> dict[str, t.Any]:
+    """One facts record (the line format of a facts file) from a host's inventory attributes and its registered
+    patch_facts result (None when the host returned nothing)."""
+    record: dict[str, t.Any] = {
+        "host": host,
+        "environment": attrs.get("environment"),
+        "region": attrs.get("region"),
+        "tenant": attrs.get("tenant"),
+        "segment": attrs.get("segment"),
+        "collected_at": collected_at,
+        "state": "ok",
+        "reason": None,
+        "services": {},
+        "packages": {},
+    }
+    facts = None
+    if isinstance(result, t.Mapping):
+        facts = (result.get("ansible_facts") or {}).get("fleetpatch_patch") or result.get("patch_facts")
+    if result is None:
+        record.update(state="no_data", reason="no facts from this host (not in the run, or it left the play)")
+    elif result.get("unreachable"):
+        record.update(state="unreachable", reason=f"unreachable: {str(result.get('msg') or '').strip()[:500]}")
+    elif result.get("skipped"):
+        record.update(state="no_data", reason=f"facts were skipped: {str(result.get('skip_reason') or '').strip()[:200]}")
+    elif result.get("failed") or result.get("failed_when_result") or not isinstance(facts, t.Mapping):
+        record.update(state="failed", reason=f"facts failed: {str(result.get('msg') or 'no patch facts returned').strip()[:500]}")
+    else:
+        record["collected_at"] = facts.get("collected_at") or collected_at
+        record["services"] = dict(facts.get("services") or {})
+        record["packages"] = dict(facts.get("packages") or {})
+    return record
+
+
+# --------------------------------------------------------------------------------------------- the accumulator
+
+
+json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C-accelerated, quotes and escapes
+
+
+def _j(value: t.Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return json_str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+class Verdict:
+    """The status of every host that runs one version (and build) of a service in one environment.
+
+    Rows point at their verdict, so classification and most of each row's JSON happen once per distinct version.
+    """
+
+    __slots__ = ("environment", "service", "status", "reason", "version", "desired", "missing", "equivalent_to", "sha256",
+                 "count", "installed", "first_host", "fragment", "junit")
+
+    def __init__(self, environment: str, service: str, status: str, reason: str | None, *, version: str | None = None,
+                 desired: str | None = None, missing: tuple[str, ...] = (), equivalent_to: str | None = None,
+                 sha256: str | None = None) -> None:
+        self.environment, self.service, self.status, self.reason = environment, service, status, reason
+        self.version, self.desired, self.missing, self.equivalent_to, self.sha256 = version, desired, missing, equivalent_to, sha256
+        self.count = 0
+        self.installed: list[str] = []
+        self.first_host: str | None = None
+        # everything of a row's JSON between the host and installed_at (ROW_FIELDS order)
+        self.fragment = (',"environment":' + _j(environment) + ',"service":' + _j(service) + ',"status":"' + status
+                         + '","reason":' + _j(reason) + ',"version":' + _j(version) + ',"desired":' + _j(desired)
+                         + ',"missing_patches":' + _j(list(missing)) + ',"equivalent_to":' + _j(equivalent_to)
+                         + ',"artifact_sha256":' + _j(sha256))
+        self.junit: tuple[str, str] | None = None
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"status": self.status, "reason": self.reason, "desired": self.desired, "missing": list(self.missing),
+                "equivalent_to": self.equivalent_to}
+
+
+# A row: (host, verdict, installed_at, collected_at, (environment, region, tenant, segment))
+Row = t.Tuple[str, Verdict, t.Optional[str], str, t.Tuple[str, t.Optional[str], t.Optional[str], t.Optional[str]]]
+# A host: (collected_at, environment, state, reason, services, attrs, service names)
+# services: tuple of ((environment, name, version, sha256), state, installed_at, reason), sorted by name
+_HostEntry = t.Tuple[str, str, str, t.Optional[str], tuple, tuple, tuple]
+
+
+def _by_name(entry: tuple[t.Any, ...]) -> str:
+    return t.cast(str, entry[0][1])
+
+
+def _canonical_time(value: t.Any) -> str | None:
+    """A time as fleetpatch writes it (YYYY-MM-DDTHH:MM:SSZ: sorts by time, needs no JSON escaping), or None."""
+    if isinstance(value, str) and len(value) == 20 and value[10] == "T" and value[19] == "Z":
+        return value
+    return format_time(parse_time(value)) if value else None
+
+
+class Reconciler:
+    """Feed facts records (``add``), then ``build`` the report. Records of one host merge by ``collected_at``."""
+
+    def __init__(self, desired: DesiredState, *, now: float) -> None:
+        self.now = now
+        self._hosts: dict[str, _HostEntry] = {}
+        self._interned: dict[t.Any, t.Any] = {}
+        self.rejected: list[str] = []
+        self.rejected_count = 0
+        self.records = 0
+        self.use_desired(desired)
+
+    def use_desired(self, desired: DesiredState) -> None:
+        """Reconcile against this desired state (for example once completed from the registry's records)."""
+        self.desired = desired
+        self._verdicts: dict[tuple[t.Any, ...], Verdict] = {}
+        self._fixed: dict[tuple[int, str], bool] = {}
+        self._by_service: dict[str, list[tuple[int, Patch]]] = collections.defaultdict(list)
+        for index, patch in enumerate(desired.patches):
+            self._by_service[patch.service].append((index, patch))
+        self._applicable: dict[tuple[t.Any, ...], tuple[str, ...]] = {}
+        self._supported: dict[tuple[str, str], frozenset[str]] = {}
+
+    # -- input
+
+    def reject(self, why: str) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < 20:
+            self.rejected.append(why)
+
+    def add(self, record: t.Any) -> None:
+        self.add_all((record,))
+
+    def add_all(self, records: t.Iterable[t.Any]) -> None:
+        """Merge records in, one per host (a record of a host already held replaces it only when collected later).
+
+        This loop runs once per host of the fleet: it keeps what the report needs as interned tuples and nothing else.
+        """
+        hosts, interned, canonical = self._hosts, self._interned, _canonical_time
+        intern = interned.setdefault
+        for record in records:
+            self.records += 1
+            try:
+                get = record.get
+                host = get("host")
+                if (host.__class__ is not str and not isinstance(host, str)) or not host:
+                    self.reject(f"record {self.records} has no host name")
+                    continue
+                collected = get("collected_at")
+                if collected is not None and (not isinstance(collected, str) or len(collected) != 20 or collected[19] != "Z"):
+                    collected = canonical(collected)
+                collected = collected or ""
+                state = get("state") or "ok"
+                existing = hosts.get(host)
+                # latest collection wins; at the same time, data beats no data, then the first one read stays
+                if existing is not None and (collected, state == "ok") <= (existing[0], existing[2] == "ok"):
+                    continue
+                env = get("environment")
+                if not isinstance(env, str) or not env:
+                    env = "unassigned"
+                attrs = (env, get("region"), get("tenant"), get("segment"))
+                attrs = intern(attrs, attrs)
+                env = attrs[0]
+                reason = get("reason")
+                raw = get("services")
+                services = []
+                if state == "ok" and isinstance(raw, dict):
+                    for name, fact in raw.items():
+                        if not isinstance(fact, dict):
+                            key = (env, name, None, None)
+                            services.append((intern(key, key), "corrupt", None, "service facts are not an object"))
+                            continue
+                        fget = fact.get
+                        version, sha = fget("version"), fget("artifact_sha256")
+                        key = (env, name, version if isinstance(version, str) else None, sha if isinstance(sha, str) else None)
+                        installed = fget("installed_at")
+                        if installed is not None and (not isinstance(installed, str) or len(installed) != 20 or installed[19] != "Z"):
+                            installed = canonical(installed)
+                        fstate = fget("state") or "ok"
+                        services.append((intern(key, key), fstate, installed, None if fstate == "ok" else fget("reason")))
+                    if len(services) > 2 or (len(services) == 2 and services[0][0][1] > services[1][0][1]):
+                        services.sort(key=_by_name)
+                elif state == "ok":
+                    state, reason = "failed", "facts record has no services"
+                names = tuple([entry[0][1] for entry in services])
+                hosts[host] = (collected, env, state, None if state == "ok" else str(reason or f"no data ({state})"),
+                               tuple(services), attrs, intern(names, names))
+            except (AttributeError, TypeError) as exc:
+                self.reject(f"record {self.records} is not a facts record ({exc})")
+
+    @property
+    def host_count(self) -> int:
+        return len(self._hosts)
+
+    def host_environments(self) -> dict[str, str]:
+        return {host: entry[1] for host, entry in self._hosts.items()}
+
+    # -- classification
+
+    def is_fixed(self, index: int, patch: Patch, version: str) -> bool:
+        key = (index, version)
+        hit = self._fixed.get(key)
+        if hit is None:
+            hit = self._fixed[key] = patch.fixed(version, self.desired.line_depth)
+        return hit
+
+    def _supported_lines(self, service: str, wanted: str) -> frozenset[str]:
+        key = (service, wanted)
+        lines = self._supported.get(key)
+        if lines is None:
+            spec = self.desired.services.get(service)
+            depth = self.desired.line_depth
+            if spec is not None and spec.supported_lines is not None:
+                lines = frozenset(spec.supported_lines)
+            else:
+                found = {version_line(wanted, depth)}
+                for _index, patch in self._by_service.get(service, ()):
+                    found.update(version_line(fix, depth) for fix in patch.fixed_in)
+                for services in self.desired.environments.values():
+                    if service in services:
+                        found.add(version_line(services[service].version, depth))
+                lines = frozenset(found)
+            self._supported[key] = lines
+        return lines
+
+    def missing_patches(self, service: str, wanted: str, version: str) -> tuple[str, ...]:
+        """Remediations the desired version carries and version lacks (each counted once across version lines)."""
+        return tuple(patch.id for index, patch in self._by_service.get(service, ())
+                     if patch.applies(wanted) and self.is_fixed(index, patch, wanted)
+                     and patch.applies(version) and not self.is_fixed(index, patch, version))
+
+    def classify(self, environment: str, service: str, version: str | None, sha256: str | None) -> Verdict:
+        """The verdict for a host of environment that runs version (built from sha256) of service."""
+        key = (environment, service, version, sha256)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = self._classify(*key)
+        return verdict
+
+    def _classify(self, environment: str, service: str, version: str | None, sha256: str | None) -> Verdict:
+        wanted = self.desired.desired(environment, service)
+        desired = wanted.version if wanted else None
+        if not version:
+            return Verdict(environment, service, "unknown", f"the host manifest of {service} names no version",
+                           desired=desired, sha256=sha256)
+        if wanted is None:
+            return Verdict(environment, service, "unknown", f"no desired state for {service} in environment {environment}",
+                           version=version, sha256=sha256)
+        spec = self.desired.services.get(service)
+        unexpected = None
+        if spec is not None and spec.builds:
+            if version not in spec.builds:
+                unexpected = f"{service} {version} is not a known build (catalogue: {', '.join(sorted(spec.builds, key=vkey))})"
+            elif spec.builds[version] and sha256 and sha256 != spec.builds[version]:
+                unexpected = (f"{service} {version} was installed from artifact {sha256[:12]}..., "
+                              f"not the published build {t.cast(str, spec.builds[version])[:12]}...")
+        if unexpected is None and wanted.sha256 and version == wanted.version and sha256 and sha256 != wanted.sha256:
+            unexpected = f"{service} {version} was installed from artifact {sha256[:12]}..., desired {wanted.sha256[:12]}..."
+        missing = self.missing_patches(service, wanted.version, version)
+        common = {"version": version, "desired": desired, "sha256": sha256}
+        if unexpected:
+            return Verdict(environment, service, "unexpected_version", unexpected + (f"; lacks {', '.join(missing)}" if missing else ""),
+                           missing=missing, **common)
+        if version == wanted.version:
+            return Verdict(environment, service, "in_sync", None, **common)
+        if missing:
+            return Verdict(environment, service, "missing_patch",
+                           f"runs {version}, lacks {', '.join(missing)} that desired {wanted.version} carries", missing=missing, **common)
+        depth = self.desired.line_depth
+        line = version_line(version, depth)
+        if line != version_line(wanted.version, depth) and line in self._supported_lines(service, wanted.version):
+            return Verdict(environment, service, "in_sync", f"runs {version} on supported line {line}: carries every fix of desired "
+                           f"{wanted.version} (backport equivalent)", equivalent_to=wanted.version, **common)
+        if line != version_line(wanted.version, depth):
+            return Verdict(environment, service, "drifted", f"runs {version} on unsupported line {line}, desired {wanted.version}", **common)
+        relation = "newer" if vkey(version) > vkey(wanted.version) else "older"
+        return Verdict(environment, service, "drifted", f"runs {version}, {relation} than desired {wanted.version}", **common)
+
+    def _unknown(self, environment: str, service: str, reason: str, version: str | None = None, sha256: str | None = None) -> Verdict:
+        key = ("unknown", environment, service, reason, version, sha256)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            wanted = self.desired.desired(environment, service)
+            verdict = self._verdicts[key] = Verdict(environment, service, "unknown", reason, version=version,
+                                                    desired=wanted.version if wanted else None, sha256=sha256)
+        return verdict
+
+    def _applicable_services(self, attrs: tuple[t.Any, ...]) -> tuple[str, ...]:
+        """Services the desired state wants on a host of these (environment, region, tenant, segment)."""
+        names = self._applicable.get(attrs)
+        if names is None:
+            wanted = self.desired.environments.get(attrs[0], {})
+            services = self.desired.services
+            names = tuple(sorted(name for name in wanted if name not in services or services[name].applies_to(attrs[1:])))
+            # interned like the hosts' service names, so that build compares them by identity
+            names = self._applicable[attrs] = self._interned.setdefault(names, names)
+        return names
+
+    # -- output
+
+    def build(self) -> Report:
+        """Classify every host and service, then aggregate alignment, compatibility, lag and time-to-patch."""
+        rows: list[Row] = []
+        append = rows.append
+        host_rules = [rule for rule in self.desired.rules if rule.scope == "host"]
+        host_violations: dict[tuple[int, str, str, str], list[t.Any]] = {}
+        hosts_per_env: dict[str, int] = collections.Counter()
+        verdicts = self._verdicts
+        classify = self._classify
+        applicable_cache = self._applicable
+        hosts = self._hosts
+        for host in sorted(hosts):
+            collected, env, state, reason, services, attrs, names = hosts[host]
+            hosts_per_env[env] += 1
+            applicable = applicable_cache.get(attrs)
+            if applicable is None:
+                applicable = self._applicable_services(attrs)
+            if state != "ok":
+                for service in applicable or (NO_SERVICE,):
+                    verdict = self._unknown(env, service, t.cast(str, reason))
+                    verdict.count += 1
+                    append((host, verdict, None, collected, attrs))
+                continue
+            if names is not applicable:
+                if not applicable and not names:
+                    verdict = self._unknown(env, NO_SERVICE, "no host manifest found and no desired service for this host")
+                    verdict.count += 1
+                    append((host, verdict, None, collected, attrs))
+                    continue
+                present = set(names)
+                services = tuple(sorted(services + tuple(((env, name, None, None), "absent", None, None)
+                                                         for name in applicable if name not in present), key=_by_name))
+            for key, fstate, installed, freason in services:
+                if fstate == "ok":
+                    verdict = verdicts.get(key)
+                    if verdict is None:
+                        verdict = verdicts[key] = classify(*key)
+                    if not verdict.count:
+                        verdict.first_host = host
+                    verdict.count += 1
+                    if installed is not None:
+                        verdict.installed.append(installed)
+                elif fstate == "absent":
+                    verdict = self._unknown(env, key[1], f"no host manifest of {key[1]}")
+                    verdict.count += 1
+                else:
+                    verdict = self._unknown(env, key[1], freason or f"host manifest is {fstate}", key[2], key[3])
+                    verdict.count += 1
+                append((host, verdict, installed, collected, attrs))
+            if host_rules:
+                versions = {entry[0][1]: entry[0][2] for entry in services if entry[1] == "ok"}
+                for index, rule in enumerate(host_rules):
+                    left, right = versions.get(rule.service), versions.get(rule.requires_service)
+                    if left is None or (rule.environments and env not in rule.environments):
+                        continue
+                    if rule.versions is not None and not rule.versions.matches(left):
+                        continue
+                    if right is None or not rule.requires.matches(right):
+                        entry = host_violations.setdefault((index, env, left, right or ""), [0, []])
+                        entry[0] += 1
+                        if len(entry[1]) < 20:
+                            entry[1].append(host)
+        return Report(self, rows, [v for v in verdicts.values() if v.count], hosts_per_env, host_violations)
+
+
+def _environment_order(desired: DesiredState, seen: t.Iterable[str]) -> list[str]:
+    order = list(desired.promotion)
+    return order + sorted(set(seen) - set(order))
+
+
+class Report:
+    """The result of Reconciler.build: ``document()`` is the JSON report without its rows; ``rows`` hold them."""
+
+    def __init__(self, rec: Reconciler, rows: list[Row], verdicts: list[Verdict], hosts_per_env: t.Mapping[str, int],
+                 host_violations: dict[tuple[int, str, str, str], list[t.Any]]) -> None:
+        self.rec = rec
+        self.desired = rec.desired
+        self.now = rec.now
+        self.rows = rows
+        self.verdicts = verdicts
+        self.hosts = rec.host_count
+        self.hosts_per_env = hosts_per_env
+        self.host_violations = host_violations
+        status_index = {status: index for index, status in enumerate(STATUSES)}
+        self.counts: dict[tuple[str, str], list[int]] = {}
+        # (environment, service, version) -> [hosts, installed_at values sorted, first host]
+        self.groups: dict[tuple[str, str, str], list[t.Any]] = {}
+        for verdict in verdicts:
+            self.counts.setdefault((verdict.environment, verdict.service), [0] * len(STATUSES))[status_index[verdict.status]] += verdict.count
+            if verdict.version is None or verdict.status == "unknown":
+                continue
+            group = self.groups.setdefault((verdict.environment, verdict.service, verdict.version), [0, [], verdict.first_host])
+            group[0] += verdict.count
+            group[1].extend(verdict.installed)
+            if verdict.first_host is not None and (group[2] is None or verdict.first_host < group[2]):
+                group[2] = verdict.first_host
+        for group in self.groups.values():
+            group[1].sort()
+        self.environments = _environment_order(self.desired, [env for env, _svc in self.counts])
+        self.services = sorted({svc for _env, svc in self.counts})
+        self.totals = {status: sum(c[i] for c in self.counts.values()) for i, status in enumerate(STATUSES)}
+
+    # -- rows
+
+    def row_dicts(self) -> t.Iterator[dict[str, t.Any]]:
+        """Every row as the JSON report holds it (ROW_FIELDS)."""
+        for host, verdict, installed, collected, attrs in self.rows:
+            yield {"host": host, "environment": verdict.environment, "service": verdict.service, "status": verdict.status,
+                   "reason": verdict.reason, "version": verdict.version, "desired": verdict.desired,
+                   "missing_patches": list(verdict.missing), "equivalent_to": verdict.equivalent_to,
+                   "artifact_sha256": verdict.sha256, "installed_at": installed, "region": attrs[1], "tenant": attrs[2],
+                   "segment": attrs[3], "collected_at": collected or None}
+
+    @property
+    def drift_found(self) -> bool:
+        return any(self.totals[status] for status in DRIFT_STATUSES)
+
+    # -- sections
+
+    def _versions(self, env: str, service: str) -> dict[str, int]:
+        found = {version: group[0] for (g_env, g_svc, version), group in self.groups.items() if g_env == env and g_svc == service}
+        return dict(sorted(found.items(), key=lambda item: vkey(item[0])))
+
+    def matrix(self) -> list[dict[str, t.Any]]:
+        cells = []
+        for env in self.environments:
+            for service in self.services:
+                count = self.counts.get((env, service))
+                if count is None:
+                    continue
+                statuses = dict(zip(STATUSES, count))
+                worst = next(status for status in STATUS_RANK if statuses[status])
+                wanted = self.desired.desired(env, service)
+                cells.append({"environment": env, "service": service, "desired": wanted.version if wanted else None,
+                              "desired_source": wanted.source if wanted else None, "hosts": sum(count),
+                              "statuses": statuses, "status": worst,
+                              "in_sync_share": round(statuses["in_sync"] / sum(count), 4)})
+        return cells
+
+    def alignment(self) -> list[dict[str, t.Any]]:
+        depth = self.desired.line_depth
+        out = []
+        for env in self.environments:
+            for service in self.services:
+                if (env, service) not in self.counts or service == NO_SERVICE:
+                    continue
+                versions = self._versions(env, service)
+                lines: dict[str, int] = {}
+                for version, hosts in versions.items():
+                    line = version_line(version, depth)
+                    lines[line] = lines.get(line, 0) + hosts
+                wanted = self.desired.desired(env, service)
+                out.append({"environment": env, "service": service, "desired": wanted.version if wanted else None,
+                            "versions": versions, "lines": lines, "mixed": len(versions) > 1, "mixed_lines": len(lines) > 1,
+                            "unknown": self.counts[(env, service)][STATUSES.index("unknown")]})
+        return out
+
+    def compatibility(self) -> list[dict[str, t.Any]]:
+        out = []
+        host_rules = [rule for rule in self.desired.rules if rule.scope == "host"]
+        for rule in self.desired.rules:
+            if rule.scope == "host":
+                index = host_rules.index(rule)
+                for (r_index, env, left, right), (hosts, examples) in sorted(self.host_violations.items()):
+                    if r_index == index:
+                        out.append({"rule": rule.name, "scope": "host", "environment": env, "service": rule.service,
+                                    "versions": [left], "requires": {"service": rule.requires_service, "versions": rule.requires.text},
+                                    "found": [right] if right else [], "hosts": hosts, "example_hosts": examples})
+                continue
+            for env in self.environments:
+                if rule.environments and env not in rule.environments:
+                    continue
+                left = [v for v in self._versions(env, rule.service) if rule.versions is None or rule.versions.matches(v)]
+                if not left:
+                    continue
+                right = self._versions(env, rule.requires_service)
+                bad = [v for v in right if not rule.requires.matches(v)]
+                if bad or not right:
+                    out.append({"rule": rule.name, "scope": "environment", "environment": env, "service": rule.service,
+                                "versions": left, "requires": {"service": rule.requires_service, "versions": rule.requires.text},
+                                "found": bad, "hosts": sum(right[v] for v in bad) if bad else 0,
+                                "example_hosts": [self.groups[(env, rule.requires_service, v)][2] for v in bad][:20]})
+        return out
+
+    def _coverage(self, env: str, index: int, patch: Patch) -> tuple[int, int, list[str], str | None]:
+        """(hosts the patch applies to, hosts that carry it, first and last installed_at of those, first host lacking it)."""
+        total = fixed = 0
+        times: list[str] = []
+        lacking: str | None = None
+        for (g_env, g_svc, version), group in self.groups.items():
+            if g_env != env or g_svc != patch.service or not patch.applies(version):
+                continue
+            total += group[0]
+            if self.rec.is_fixed(index, patch, version):
+                fixed += group[0]
+                if group[1]:
+                    times += [group[1][0], group[1][-1]]
+            elif lacking is None or group[2] < lacking:
+                lacking = group[2]
+        return total, fixed, times, lacking
+
+    def lag(self) -> list[dict[str, t.Any]]:
+        order = self.desired.promotion
+        out = []
+        for upstream, downstream in zip(order, order[1:]):
+            for index, patch in enumerate(self.desired.patches):
+                up_total, up_fixed, up_times, _lacking = self._coverage(upstream, index, patch)
+                if not up_fixed:
+                    continue
+                down_total, down_fixed, _times, lacking = self._coverage(downstream, index, patch)
+                if not down_total or down_fixed == down_total:
+                    continue
+                since = parse_time(min(up_times)) if up_times else None
+                complete = parse_time(max(up_times)) if up_times and up_fixed == up_total else None
+                wanted = self.desired.desired(downstream, patch.service)
+                promoted = bool(wanted and patch.applies(wanted.version) and self.rec.is_fixed(index, patch, wanted.version))
+                out.append({"from": upstream, "to": downstream, "service": patch.service, "patch": patch.id,
+                            "severity": patch.severity, "patch_ids": list(patch.patch_ids),
+                            "from_hosts": up_total, "from_patched": up_fixed, "to_hosts": down_total, "to_patched": down_fixed,
+                            "to_lacking": down_total - down_fixed, "example_host": lacking,
+                            "since": format_time(since), "complete_since": format_time(complete),
+                            "lag_seconds": round(max(0.0, self.now - since), 1) if since is not None else None,
+                            "promoted": promoted})
+        return out
+
+    def lag_summary(self, lag: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+        order = self.desired.promotion
+        out = []
+        for upstream, downstream in zip(order, order[1:]):
+            entries = [entry for entry in lag if entry["from"] == upstream and entry["to"] == downstream]
+            lags = [entry["lag_seconds"] for entry in entries if entry["lag_seconds"] is not None]
+            out.append({"from": upstream, "to": downstream, "patches": len(entries),
+                        "patch_ids": [entry["patch"] for entry in entries],
+                        "max_lag_seconds": max(lags) if lags else None,
+                        "hosts_lacking": sum(entry["to_lacking"] for entry in entries)})
+        return out
+
+    def slo(self) -> dict[str, t.Any]:
+        targets = self.desired.slo_targets
+        scope = self.desired.slo_environments
+        envs = [env for env in self.environments if scope is None or env in scope]
+        unknown_index = STATUSES.index("unknown")
+        per_patch = []
+        skipped = []
+        for index, patch in enumerate(self.desired.patches):
+            target = targets.get(patch.severity or "")
+            if patch.severity is None or target is None or patch.released_at is None:
+                skipped.append({"patch": patch.id, "reason": "no severity" if patch.severity is None else
+                                "no target for severity " + patch.severity if target is None else "no release time"})
+                continue
+            released = patch.released_at
+            deadline = released + target
+            deadline_text = t.cast(str, format_time(deadline))
+            age = max(0.0, self.now - released)
+            entry = {"patch": patch.id, "service": patch.service, "severity": patch.severity,
+                     "released_at": format_time(released), "target_seconds": target, "hosts": 0, "within": 0, "late": 0,
+                     "open": 0, "overdue": 0, "unknown": 0, "age_seconds": round(age, 1),
+                     "target_used": round(age / target, 4) if target else None, "example_overdue_host": None}
+            for env in envs:
+                for (g_env, g_svc, version), group in self.groups.items():
+                    if g_env != env or g_svc != patch.service or not patch.applies(version):
+                        continue
+                    hosts, times, first = group
+                    if self.rec.is_fixed(index, patch, version):
+                        # installed at or before the deadline (a host installed before the release counts as in time)
+                        in_time = bisect.bisect_right(times, deadline_text)
+                        no_time = hosts - len(times)
+                        entry["within"] += in_time + (no_time if self.now <= deadline else 0)
+                        entry["late"] += len(times) - in_time + (0 if self.now <= deadline else no_time)
+                    elif age > target:
+                        entry["overdue"] += hosts
+                        if entry["example_overdue_host"] is None or first < entry["example_overdue_host"]:
+                            entry["example_overdue_host"] = first
+                    else:
+                        entry["open"] += hosts
+                count = self.counts.get((env, patch.service))
+                if count:
+                    entry["unknown"] += count[unknown_index]
+            entry["hosts"] = entry["within"] + entry["late"] + entry["open"] + entry["overdue"] + entry["unknown"]
+            entry["share_within_target"] = round((entry["within"] + entry["open"]) / entry["hosts"], 4) if entry["hosts"] else None
+            if not entry["open"] and not entry["overdue"]:
+                entry["target_used"] = None
+            per_patch.append(entry)
+        severities = []
+        for severity in _severity_order(set(targets) | {p["severity"] for p in per_patch}):
+            entries = [p for p in per_patch if p["severity"] == severity]
+            total = {key: sum(p[key] for p in entries) for key in ("hosts", "within", "late", "open", "overdue", "unknown")}
+            overdue = [p for p in entries if p["overdue"]]
+            oldest = max(overdue, key=lambda p: (p["age_seconds"], p["patch"])) if overdue else None
+            used = [p["target_used"] for p in entries if p["target_used"] is not None]
+            severities.append(dict(
+                severity=severity, target_seconds=targets.get(severity), patches=len(entries), **total,
+                share_within_target=round((total["within"] + total["open"]) / total["hosts"], 4) if total["hosts"] else None,
+                target_used=max(used) if used else None,
+                oldest_overdue={"patch": oldest["patch"], "service": oldest["service"], "released_at": oldest["released_at"],
+                                "age_seconds": oldest["age_seconds"],
+                                "overdue_seconds": round(oldest["age_seconds"] - oldest["target_seconds"], 1),
+                                "hosts": oldest["overdue"], "example_host": oldest["example_overdue_host"]} if oldest else None))
+        return {"targets": {sev: targets[sev] for sev in _severity_order(targets)}, "target_source": self.desired.slo_target_source,
+                "environments": envs, "severities": severities, "patches": per_patch, "skipped": skipped}
+
+    def document(self) -> dict[str, t.Any]:
+        """Everything but the rows (the caller adds inputs, generated_at, the rows and the fingerprint)."""
+        alignment = self.alignment()
+        compatibility = self.compatibility()
+        lag = self.lag()
+        slo = self.slo()
+        summary = {
+            "hosts": self.hosts,
+            "rows": len(self.rows),
+            "statuses": dict(self.totals),
+            "drift": sum(self.totals[status] for status in DRIFT_STATUSES),
+            "drift_found": self.drift_found,
+            "environments": self.environments,
+            "services": self.services,
+            "hosts_per_environment": {env: self.hosts_per_env.get(env, 0) for env in self.environments},
+            "mixed_versions": sum(1 for entry in alignment if entry["mixed"]),
+            "compatibility_violations": len(compatibility),
+            "lagging_patches": len(lag),
+            "slo_overdue": sum(entry["overdue"] for entry in slo["severities"]),
+        }
+        return {
+            "schema": REPORT_SCHEMA,
+            "now": format_time(self.now),
+            "summary": summary,
+            "desired": self.desired.as_dict(),
+            "matrix": self.matrix(),
+            "alignment": alignment,
+            "compatibility": compatibility,
+            "lag": lag,
+            "lag_summary": self.lag_summary(lag),
+            "slo": slo,
+        }
+
+
+# --------------------------------------------------------------------------------------------- rows as JSON
+
+_ATTR_JSON: dict[tuple[t.Any, ...], str] = {}
+
+
+def json_text(value: str | None) -> str:
+    """A JSON string (or null), without the encoder's work for the usual plain host names and times."""
+    if value is None:
+        return "null"
+    if value.isprintable() and '"' not in value and "\\" not in value:
+        return '"' + value + '"'
+    return t.cast(str, json_str(value))
+
+
+def attrs_json(attrs: tuple[t.Any, ...]) -> str:
+    text = _ATTR_JSON.get(attrs)
+    if text is None:
+        text = _ATTR_JSON[attrs] = ',"region":' + _j(attrs[1]) + ',"tenant":' + _j(attrs[2]) + ',"segment":' + _j(attrs[3])
+    return text
+
+
+def row_core(row: Row) -> str:
+    """One row's JSON up to, not including, collected_at and the closing brace (ROW_FIELDS order)."""
+    host, verdict, installed, _collected, attrs = row
+    return '{"host":%s%s,"installed_at":%s%s' % (json_text(host), verdict.fragment, json_text(installed), attrs_json(attrs))
+
+
+def row_json(row: Row) -> tuple[str, str]:
+    """(JSON text of one row, the same without collected_at, for the fingerprint)."""
+    core = row_core(row)
+    return core + ',"collected_at":' + json_text(row[3] or None) + "}", core + "}"
+
+
+VOLATILE_KEYS = ("generated_at", "inputs", "fingerprint", "rows")
+
+
+def fingerprint_start(document: t.Mapping[str, t.Any]) -> t.Any:
+    """A sha256 over the document without its volatile keys; then feed it b"\\n" + every row core + "}", in order."""
+    stable = {key: value for key, value in document.items() if key not in VOLATILE_KEYS}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def fingerprint(document: t.Mapping[str, t.Any], rows: t.Iterable[Row]) -> str:
+    """sha256 of the report's content: the document without volatile keys, then every row without collected_at.
+
+    Two reports with the same fingerprint say the same thing about the same hosts, however their facts were gathered
+    (one run or slices) and whenever they were written.
+    """
+    digest = fingerprint_start(document)
+    for row in rows:
+        digest.update(("\n" + row_core(row) + "}").encode("utf-8"))
+    return digest.hexdigest()

@@ -1,0 +1,636 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: controller side of the drift report. Not a public API.
+
+Reads and writes facts files (JSON Lines, one host per line), reads the patch registry when there is one, and
+renders a built report (module_utils/_drift.py) as JSON, HTML, Markdown, JUnit XML and Prometheus textfile metrics,
+each written atomically.
+"""
+
+from __future__ import annotations
+
+import glob
+import html
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import typing as t
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+    DRIFT_STATUSES,
+    FACTS_FORMAT,
+    FACTS_TYPE,
+    STATUS_RANK,
+    STATUSES,
+    DriftError,
+    Reconciler,
+    Report,
+    Row,
+    fingerprint_start,
+    attrs_json,
+    json_text,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsync_directory, write_file_atomic
+
+FORMATS = ("json", "html", "markdown", "junit", "prometheus")
+FILE_NAMES = {"json": "drift-report.json", "html": "drift-report.html", "markdown": "drift-report.md",
+              "junit": "drift-junit.xml", "prometheus": "fleetpatch_drift.prom"}
+STATUS_LABELS = {"in_sync": "in sync", "drifted": "drifted", "missing_patch": "missing patch",
+                 "unexpected_version": "unexpected version", "unknown": "unknown"}
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XML_SPECIAL = re.compile("[&<>\"'\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+# --------------------------------------------------------------------------------------------- facts files
+
+
+def write_facts_file(path: str, records: t.Sequence[t.Mapping[str, t.Any]], *, run: t.Mapping[str, t.Any]) -> None:
+    """One header line, then one host record per line (JSON Lines), written atomically."""
+    header = {"type": FACTS_TYPE, "format": FACTS_FORMAT, "hosts": len(records), **run}
+    lines = [json.dumps(header, sort_keys=True, ensure_ascii=False)]
+    lines.extend(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")) for record in records)
+    write_file_atomic(os.path.abspath(os.path.expanduser(path)), "\n".join(lines) + "\n", mode=0o640)
+
+
+def expand_facts_files(patterns: t.Iterable[str]) -> list[str]:
+    """Paths of the given files and glob patterns, sorted and without duplicates; a missing plain path is an error."""
+    found: list[str] = []
+    for pattern in patterns:
+        pattern = os.path.abspath(os.path.expanduser(pattern))
+        if glob.has_magic(pattern):
+            found.extend(sorted(glob.glob(pattern)))
+        elif os.path.exists(pattern):
+            found.append(pattern)
+        else:
+            raise DriftError(f"facts file {pattern} does not exist")
+    return list(dict.fromkeys(found))
+
+
+def read_facts_file(path: str, reconciler: Reconciler) -> dict[str, t.Any]:
+    """Stream one facts file into the reconciler; returns what was read. A torn or invalid line is skipped and counted."""
+    info: dict[str, t.Any] = {"path": path, "records": 0, "rejected": 0, "header": None}
+
+    def records(handle: t.TextIO) -> t.Iterator[t.Any]:
+        loads = json.loads
+        for number, line in enumerate(handle, 1):
+            try:
+                record = loads(line)
+            except ValueError:
+                if line.strip():
+                    info["rejected"] += 1
+                    reconciler.reject(f"{os.path.basename(path)} line {number}: not valid JSON")
+                continue
+            if number == 1 and isinstance(record, dict) and record.get("type") == FACTS_TYPE:
+                if record.get("format") != FACTS_FORMAT:
+                    raise DriftError(f"{path}: facts format {record.get('format')!r} is not supported (expected {FACTS_FORMAT})")
+                info["header"] = {key: record.get(key) for key in ("generated_at", "hosts", "run_id", "slice", "awx_job_id")}
+                continue
+            info["records"] += 1
+            yield record
+
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        reconciler.add_all(records(handle))
+    return info
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def registry_views(state_dir: str, registry_path: str | None) -> tuple[list[dict[str, t.Any]], dict[str, t.Any]]:
+    """The registry's folded patch records, read without writing anything; ([], reason) when there is no registry."""
+    try:
+        # the registry belongs to fleetpatch.rollout's events and registry feature; older trees do not have it
+        from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _registry  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return [], {"used": False, "path": None, "reason": "this collection has no patch registry support"}
+    try:
+        path = _registry.registry_paths(state_dir, registry_path=registry_path or None)["registry"]
+    except Exception as exc:  # pylint: disable=broad-except
+        return [], {"used": False, "path": None, "reason": f"cannot locate the registry: {exc}"}
+    if not os.path.exists(path):
+        return [], {"used": False, "path": path, "reason": "no registry file"}
+    try:
+        columns = ", ".join(_registry.COLUMNS)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = [dict(zip(_registry.COLUMNS, row)) for row in conn.execute(f"SELECT {columns} FROM records ORDER BY seq")]
+        finally:
+            conn.close()
+        for row in rows:
+            try:
+                row["body"] = json.loads(row["body"])
+            except (TypeError, ValueError):
+                row["body"] = {}
+        views = list(_registry.fold_patches(rows).values())
+    except Exception as exc:  # pylint: disable=broad-except
+        return [], {"used": False, "path": path, "reason": f"cannot read the registry: {exc}"}
+    return views, {"used": True, "path": path, "reason": None, "records": len(rows)}
+
+
+# --------------------------------------------------------------------------------------------- streaming files
+
+
+class AtomicWriter:
+    """A text file written in pieces to a temporary file beside it, then renamed over it (all or nothing).
+
+    _io.write_file_atomic needs the whole content in memory; the JSON and JUnit reports of a large fleet are streamed.
+    """
+
+    def __init__(self, path: str, *, mode: int = 0o644) -> None:
+        self.path = path
+        self.mode = mode
+        directory = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        self.handle = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def __enter__(self) -> t.TextIO:
+        return self.handle
+
+    def __exit__(self, exc_type: t.Any, exc: t.Any, traceback: t.Any) -> None:
+        try:
+            if exc_type is None:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+            self.handle.close()
+            if exc_type is None:
+                os.chmod(self.tmp, self.mode)
+                os.replace(self.tmp, self.path)
+                fsync_directory(self.directory)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+
+class _NullSink:
+    def write(self, _text: str) -> int:
+        return 0
+
+
+def write_json(report: Report, document: dict[str, t.Any], sink: t.Any, *, chunk: int = 4000) -> str:
+    """Stream the JSON report (the document, then every row, then the fingerprint) into sink; return the fingerprint.
+
+    The document must not hold rows or a fingerprint yet; it gets the fingerprint. The rows are written here rather
+    than with row_json, in chunks, because this loop is most of a large fleet's report.
+    """
+    digest = fingerprint_start(document)
+    head = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False)
+    sink.write(head[: head.rstrip().rfind("}")].rstrip() + ',\n  "rows": [')
+    rows = report.rows
+    # times are canonical (no escaping needed); a host has one row per service, in a run: its text is reused
+    attrs_texts: dict[int, str] = {}
+    last_host, host_text = None, ""
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        cores = []
+        for host, verdict, installed, _collected, attrs in part:
+            if host is not last_host:
+                last_host, host_text = host, json_text(host)
+            attrs_text = attrs_texts.get(id(attrs))
+            if attrs_text is None:
+                attrs_text = attrs_texts[id(attrs)] = attrs_json(attrs)
+            installed_text = '"' + installed + '"' if installed else "null"
+            cores.append('{"host":%s%s,"installed_at":%s%s' % (host_text, verdict.fragment, installed_text, attrs_text))
+        digest.update(("\n" + "}\n".join(cores) + "}").encode("utf-8"))
+        fulls = ['%s,"collected_at":"%s"}' % (core, row[3]) if row[3] else core + ',"collected_at":null}'
+                 for core, row in zip(cores, part)]
+        sink.write(("\n    " if start == 0 else ",\n    ") + ",\n    ".join(fulls))
+    value = digest.hexdigest()
+    sink.write(("\n  " if rows else "") + f'],\n  "fingerprint": "{value}"\n}}\n')
+    document["fingerprint"] = value
+    return value
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    negative = seconds < 0
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        text = f"{days}d {hours}h" if hours else f"{days}d"
+    elif hours:
+        text = f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    elif minutes:
+        text = f"{minutes}m"
+    else:
+        text = f"{secs}s"
+    return "-" + text if negative else text
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def drift_rows(report: Report, environments: t.Sequence[str]) -> list[Row]:
+    """Rows that are not in sync, worst status first, then environment (promotion order), host, service."""
+    rank = {status: index for index, status in enumerate(STATUS_RANK)}
+    env_rank = {env: index for index, env in enumerate(environments)}
+    rows = [row for row in report.rows if row[1].status != "in_sync"]
+    rows.sort(key=lambda row: (rank[row[1].status], env_rank.get(row[1].environment, len(env_rank)), row[0], row[1].service))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+:root{--in_sync:#1b7f3b;--in_sync-bg:#e3f4e8;--drifted:#a86300;--drifted-bg:#fff1d6;--missing_patch:#c0392b;
+--missing_patch-bg:#fde4e1;--unexpected_version:#7b2a9e;--unexpected_version-bg:#f1e4f8;--unknown:#5f6670;--unknown-bg:#eceff2}
+*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+header{background:#1d232a;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}header p{margin:0;color:#c5ccd3}
+main{padding:20px 28px;max-width:1400px}section{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:16px 20px;margin:0 0 18px}
+h2{font-size:17px;margin:0 0 12px}table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e6e9ed;vertical-align:top}
+th{font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#5f6670;background:#fafbfc}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.cards{display:flex;flex-wrap:wrap;gap:12px}.card{flex:1 1 150px;border-radius:8px;padding:12px 14px;border:1px solid #dde1e6}
+.card b{display:block;font-size:26px}.badge{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;font-weight:600;white-space:nowrap}
+.ok{background:var(--in_sync-bg);color:var(--in_sync)}.bad{background:var(--missing_patch-bg);color:var(--missing_patch)}
+.s-in_sync{background:var(--in_sync-bg);color:var(--in_sync)}.s-drifted{background:var(--drifted-bg);color:var(--drifted)}
+.s-missing_patch{background:var(--missing_patch-bg);color:var(--missing_patch)}.s-unexpected_version{background:var(--unexpected_version-bg);color:var(--unexpected_version)}
+.s-unknown{background:var(--unknown-bg);color:var(--unknown)}
+table.matrix td.cell{border:2px solid #fff;border-radius:6px;min-width:170px}.cell .desired{font-size:12px;opacity:.8}
+.bar{display:flex;height:8px;border-radius:4px;overflow:hidden;margin-top:6px;background:#e6e9ed}.bar span{display:block;height:100%}
+.b-in_sync{background:var(--in_sync)}.b-drifted{background:var(--drifted)}.b-missing_patch{background:var(--missing_patch)}
+.b-unexpected_version{background:var(--unexpected_version)}.b-unknown{background:var(--unknown)}
+.legend span{margin-right:10px}.muted{color:#5f6670}.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
+footer{padding:0 28px 28px;color:#5f6670;font-size:12px}table+table{margin-top:18px}table.matrix th:first-child{width:150px}
+section p{margin:8px 0}
+"""
+
+
+def _e(value: t.Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _status_badge(status: str) -> str:
+    return f'<span class="badge s-{_e(status)}">{_e(STATUS_LABELS.get(status, status))}</span>'
+
+
+def _bar(statuses: t.Mapping[str, int]) -> str:
+    total = sum(statuses.values()) or 1
+    parts = "".join(f'<span class="b-{status}" style="width:{statuses[status] * 100 / total:.2f}%" title="{_e(STATUS_LABELS[status])}: '
+                    f'{statuses[status]}"></span>' for status in STATUSES if statuses.get(status))
+    return f'<div class="bar">{parts}</div>'
+
+
+def render_html(document: t.Mapping[str, t.Any], drift: t.Sequence[Row], *, title: str, max_rows: int) -> str:
+    summary = document["summary"]
+    environments = summary["environments"]
+    services = list(summary["services"])
+    out: list[str] = []
+    w = out.append
+    w("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
+    w(f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>")
+    verdict = ('<span class="badge bad">drift found</span>' if summary["drift_found"] else '<span class="badge ok">no drift</span>')
+    w(f"<header><h1>{_e(title)}</h1><p>{verdict} &nbsp; as of {_e(document['now'])} &middot; generated {_e(document.get('generated_at'))}"
+      f" &middot; {summary['hosts']} hosts, {summary['rows']} host/service pairs &middot; "
+      f"fingerprint <span class=\"mono\">{_e(document.get('fingerprint', '')[:16])}</span></p></header><main>")
+
+    w('<section id="summary"><h2>Summary</h2><div class="cards">')
+    for status in STATUSES:
+        w(f'<div class="card s-{status}"><b>{summary["statuses"][status]}</b>{_e(STATUS_LABELS[status])}</div>')
+    w(f'<div class="card"><b>{summary["mixed_versions"]}</b>mixed-version cells</div>'
+      f'<div class="card"><b>{summary["lagging_patches"]}</b>lagging patches</div>'
+      f'<div class="card"><b>{summary["slo_overdue"]}</b>hosts past time-to-patch</div>'
+      f'<div class="card"><b>{summary["compatibility_violations"]}</b>compatibility violations</div></div></section>')
+
+    cells = {(cell["environment"], cell["service"]): cell for cell in document["matrix"]}
+    w('<section id="matrix"><h2>Environment &times; service</h2><table class="matrix"><thead><tr><th>environment</th>')
+    for service in services:
+        w(f"<th>{_e(service)}</th>")
+    w("</tr></thead><tbody>")
+    for env in environments:
+        w(f"<tr><th>{_e(env)}</th>")
+        for service in services:
+            cell = cells.get((env, service))
+            if cell is None:
+                w('<td class="muted">&ndash;</td>')
+                continue
+            st = cell["statuses"]
+            w(f'<td class="cell s-{cell["status"]}" data-status="{cell["status"]}"><strong>{_e(STATUS_LABELS[cell["status"]])}</strong>'
+              f' &middot; {st["in_sync"]}/{cell["hosts"]} in sync<div class="desired">desired {_e(cell["desired"] or "none")}'
+              f'{" (" + _e(cell["desired_source"]) + ")" if cell["desired_source"] and cell["desired_source"] != document["desired"]["source"] else ""}'
+              f'</div>{_bar(st)}</td>')
+        w("</tr>")
+    w('</tbody></table><p class="legend muted">')
+    w("".join(_status_badge(status) + " " for status in STATUSES))
+    w("</p></section>")
+
+    w(f'<section id="drift"><h2>Drift list ({len(drift)})</h2>')
+    if drift:
+        w("<table><thead><tr><th>status</th><th>environment</th><th>host</th><th>service</th><th>version</th><th>desired</th>"
+          "<th>reason</th></tr></thead><tbody>")
+        for host, verdict, *_rest in drift[:max_rows]:
+            w(f"<tr><td>{_status_badge(verdict.status)}</td><td>{_e(verdict.environment)}</td><td class=\"mono\">{_e(host)}</td>"
+              f"<td>{_e(verdict.service)}</td><td class=\"mono\">{_e(verdict.version or '-')}</td>"
+              f"<td class=\"mono\">{_e(verdict.desired or '-')}</td><td>{_e(verdict.reason)}</td></tr>")
+        w("</tbody></table>")
+        if len(drift) > max_rows:
+            w(f'<p class="muted">{len(drift) - max_rows} more rows in the JSON report.</p>')
+    else:
+        w('<p class="muted">Every host and service with data is in sync.</p>')
+    w("</section>")
+
+    w('<section id="lag"><h2>Lag between environments</h2>')
+    lag_summary = document["lag_summary"]
+    if lag_summary:
+        w('<table><thead><tr><th>from</th><th>to</th><th class="num">patches behind</th><th class="num">hosts lacking</th>'
+          '<th class="num">longest lag</th></tr></thead><tbody>')
+        for entry in lag_summary:
+            w(f"<tr><td>{_e(entry['from'])}</td><td>{_e(entry['to'])}</td><td class=\"num\">{entry['patches']}</td>"
+              f"<td class=\"num\">{entry['hosts_lacking']}</td><td class=\"num\">{human_duration(entry['max_lag_seconds'])}</td></tr>")
+        w("</tbody></table>")
+    else:
+        w('<p class="muted">No promotion order in the desired state.</p>')
+    if document["lag"]:
+        w('<table><thead><tr><th>from &rarr; to</th><th>service</th><th>patch</th><th>severity</th><th class="num">upstream patched</th>'
+          '<th class="num">downstream lacking</th><th>upstream since</th><th class="num">lag</th><th>promoted</th></tr></thead><tbody>')
+        for entry in document["lag"]:
+            w(f"<tr><td>{_e(entry['from'])} &rarr; {_e(entry['to'])}</td><td>{_e(entry['service'])}</td><td class=\"mono\">{_e(entry['patch'])}</td>"
+              f"<td>{_e(entry['severity'] or '-')}</td><td class=\"num\">{entry['from_patched']}/{entry['from_hosts']}</td>"
+              f"<td class=\"num\">{entry['to_lacking']}/{entry['to_hosts']}</td><td class=\"mono\">{_e(entry['since'] or '-')}</td>"
+              f"<td class=\"num\">{human_duration(entry['lag_seconds'])}</td>"
+              f"<td>{'yes: rollout pending' if entry['promoted'] else 'not yet'}</td></tr>")
+        w("</tbody></table>")
+    w("</section>")
+
+    slo = document["slo"]
+    w(f'<section id="slo"><h2>Time to patch</h2><p class="muted">Targets from {_e(slo["target_source"])}; environments: '
+      f'{_e(", ".join(slo["environments"]) or "-")}. Within target: patched in time, or not yet patched and still inside the target.</p>')
+    w('<table><thead><tr><th>severity</th><th class="num">target</th><th class="num">patches</th><th class="num">host pairs</th>'
+      '<th class="num">within</th><th class="num">late</th><th class="num">open</th><th class="num">overdue</th><th class="num">unknown</th>'
+      '<th class="num">share within target</th><th class="num">target used</th><th>oldest overdue</th></tr></thead><tbody>')
+    for entry in slo["severities"]:
+        oldest = entry["oldest_overdue"]
+        oldest_text = (f'<span class="mono">{_e(oldest["patch"])}</span> overdue {human_duration(oldest["overdue_seconds"])} '
+                       f'({oldest["hosts"]} hosts, e.g. <span class="mono">{_e(oldest["example_host"])}</span>)') if oldest else "-"
+        w(f"<tr><td>{_e(entry['severity'])}</td><td class=\"num\">{human_duration(entry['target_seconds'])}</td>"
+          f"<td class=\"num\">{entry['patches']}</td><td class=\"num\">{entry['hosts']}</td><td class=\"num\">{entry['within']}</td>"
+          f"<td class=\"num\">{entry['late']}</td><td class=\"num\">{entry['open']}</td><td class=\"num\">{entry['overdue']}</td>"
+          f"<td class=\"num\">{entry['unknown']}</td><td class=\"num\">{percent(entry['share_within_target'])}</td>"
+          f"<td class=\"num\">{percent(entry['target_used'])}</td><td>{oldest_text}</td></tr>")
+    w("</tbody></table>")
+    if slo["patches"]:
+        w('<table><thead><tr><th>patch</th><th>service</th><th>severity</th><th>released</th><th class="num">age</th>'
+          '<th class="num">within</th><th class="num">late</th><th class="num">open</th><th class="num">overdue</th>'
+          '<th class="num">unknown</th><th class="num">target used</th></tr></thead><tbody>')
+        for entry in slo["patches"]:
+            w(f"<tr><td class=\"mono\">{_e(entry['patch'])}</td><td>{_e(entry['service'])}</td><td>{_e(entry['severity'])}</td>"
+              f"<td class=\"mono\">{_e(entry['released_at'])}</td><td class=\"num\">{human_duration(entry['age_seconds'])}</td>"
+              f"<td class=\"num\">{entry['within']}</td><td class=\"num\">{entry['late']}</td><td class=\"num\">{entry['open']}</td>"
+              f"<td class=\"num\">{entry['overdue']}</td><td class=\"num\">{entry['unknown']}</td>"
+              f"<td class=\"num\">{percent(entry['target_used'])}</td></tr>")
+        w("</tbody></table>")
+    w("</section>")
+
+    w('<section id="alignment"><h2>Version alignment</h2><table><thead><tr><th>environment</th><th>service</th><th>desired</th>'
+      '<th>versions (hosts)</th><th>mixed</th></tr></thead><tbody>')
+    for entry in document["alignment"]:
+        versions = ", ".join(f"{_e(v)} ({n})" for v, n in entry["versions"].items()) or "-"
+        mixed = ('<span class="badge s-drifted">mixed lines</span>' if entry["mixed_lines"] else
+                 '<span class="badge s-drifted">mixed</span>' if entry["mixed"] else '<span class="badge ok">aligned</span>')
+        w(f"<tr><td>{_e(entry['environment'])}</td><td>{_e(entry['service'])}</td><td class=\"mono\">{_e(entry['desired'] or '-')}</td>"
+          f"<td class=\"mono\">{versions}</td><td>{mixed}</td></tr>")
+    w("</tbody></table>")
+    if document["compatibility"]:
+        w('<h2 style="margin-top:16px">Compatibility violations</h2><table><thead><tr><th>rule</th><th>environment</th><th>versions</th>'
+          '<th>found</th><th class="num">hosts</th></tr></thead><tbody>')
+        for entry in document["compatibility"]:
+            w(f"<tr><td>{_e(entry['rule'])}</td><td>{_e(entry['environment'])}</td><td class=\"mono\">{_e(', '.join(entry['versions']))}</td>"
+              f"<td class=\"mono\">{_e(', '.join(entry['found']) or 'none')}</td><td class=\"num\">{entry['hosts']}</td></tr>")
+        w("</tbody></table>")
+    else:
+        w('<p class="muted">No compatibility rule is broken.</p>')
+    w("</section></main>")
+    inputs = document.get("inputs", {})
+    files = inputs.get("facts_files") or []
+    registry = inputs.get("registry") or {}
+    w(f"<footer>Desired state: {_e(document['desired']['source'])}. Facts: {inputs.get('hosts_from_run', 0)} hosts from this run"
+      f"{', ' + str(len(files)) + ' facts file(s)' if files else ''}. Registry: "
+      f"{_e(registry.get('path') or '-')} ({'used' if registry.get('used') else _e(registry.get('reason') or 'not used')}). "
+      f"Schema {_e(document['schema'])}; the JSON report holds every row.</footer></body></html>\n")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------- Markdown
+
+
+def _md(value: t.Any) -> str:
+    return ("-" if value is None or value == "" else str(value)).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(document: t.Mapping[str, t.Any], drift: t.Sequence[Row], *, title: str, max_rows: int = 50) -> str:
+    summary = document["summary"]
+    environments = summary["environments"]
+    lines = [f"# {title}", "",
+             f"**{'Drift found' if summary['drift_found'] else 'No drift'}** as of {document['now']}: {summary['hosts']} hosts, "
+             f"{summary['rows']} host/service pairs.", "",
+             "| status | pairs |", "| --- | ---: |"]
+    lines.extend(f"| {STATUS_LABELS[status]} | {summary['statuses'][status]} |" for status in STATUSES)
+    lines += ["", f"Mixed-version cells: {summary['mixed_versions']}; compatibility violations: {summary['compatibility_violations']}; "
+              f"lagging patches: {summary['lagging_patches']}; hosts past time-to-patch: {summary['slo_overdue']}.", "",
+              "## Environment × service", "", "| environment | " + " | ".join(_md(s) for s in summary["services"]) + " |",
+              "| --- |" + " --- |" * len(summary["services"])]
+    cells = {(cell["environment"], cell["service"]): cell for cell in document["matrix"]}
+    for env in environments:
+        parts = []
+        for service in summary["services"]:
+            cell = cells.get((env, service))
+            if cell is None:
+                parts.append("-")
+                continue
+            parts.append(f"{STATUS_LABELS[cell['status']]}: {cell['statuses']['in_sync']}/{cell['hosts']} in sync "
+                         f"(desired {_md(cell['desired'])})")
+        lines.append(f"| {_md(env)} | " + " | ".join(parts) + " |")
+    lines += ["", "## Lag between environments", ""]
+    if document["lag"]:
+        lines += ["| from → to | service | patch | severity | upstream patched | downstream lacking | since | lag | promoted |",
+                  "| --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+        for entry in document["lag"]:
+            lines.append(f"| {_md(entry['from'])} → {_md(entry['to'])} | {_md(entry['service'])} | {_md(entry['patch'])} | "
+                         f"{_md(entry['severity'])} | {entry['from_patched']}/{entry['from_hosts']} | {entry['to_lacking']}/{entry['to_hosts']} | "
+                         f"{_md(entry['since'])} | {human_duration(entry['lag_seconds'])} | {'yes' if entry['promoted'] else 'no'} |")
+    else:
+        lines.append("No environment lacks a patch its upstream environment has.")
+    lines += ["", "## Time to patch", "", f"Targets from {_md(document['slo']['target_source'])}.", "",
+              "| severity | target | within | late | open | overdue | unknown | share within target | target used | oldest overdue |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for entry in document["slo"]["severities"]:
+        oldest = entry["oldest_overdue"]
+        lines.append(f"| {_md(entry['severity'])} | {human_duration(entry['target_seconds'])} | {entry['within']} | {entry['late']} | "
+                     f"{entry['open']} | {entry['overdue']} | {entry['unknown']} | {percent(entry['share_within_target'])} | "
+                     f"{percent(entry['target_used'])} | "
+                     + (f"{_md(oldest['patch'])}, overdue {human_duration(oldest['overdue_seconds'])} ({oldest['hosts']} hosts)" if oldest else "-")
+                     + " |")
+    if document["compatibility"]:
+        lines += ["", "## Compatibility violations", "", "| rule | environment | versions | found | hosts |", "| --- | --- | --- | --- | ---: |"]
+        lines.extend(f"| {_md(entry['rule'])} | {_md(entry['environment'])} | {_md(', '.join(entry['versions']))} | "
+                     f"{_md(', '.join(entry['found']) or 'none')} | {entry['hosts']} |" for entry in document["compatibility"])
+    lines += ["", f"## Drift list ({len(drift)})", ""]
+    if drift:
+        lines += ["| status | environment | host | service | version | desired | reason |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines.extend(f"| {STATUS_LABELS[v.status]} | {_md(v.environment)} | {_md(host)} | {_md(v.service)} | {_md(v.version)} | "
+                     f"{_md(v.desired)} | {_md(v.reason)} |" for host, v, *_rest in drift[:max_rows])
+        if len(drift) > max_rows:
+            lines.append(f"\n{len(drift) - max_rows} more in the JSON report.")
+    else:
+        lines.append("Every host and service with data is in sync.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- JUnit
+
+
+def _x(value: t.Any) -> str:
+    text = "" if value is None else str(value)
+    if _XML_BAD.search(text):
+        text = _XML_BAD.sub("?", text)
+    return html.escape(text, quote=True)
+
+
+def write_junit(document: t.Mapping[str, t.Any], report: Report, sink: t.Any) -> None:
+    """One test suite per environment, one test case per host and service: drift is a failure, unknown an error."""
+    by_env: dict[str, list[Row]] = {env: [] for env in document["summary"]["environments"]}
+    for row in report.rows:
+        by_env[row[1].environment].append(row)
+    totals = document["summary"]["statuses"]
+    failures = sum(totals[status] for status in DRIFT_STATUSES)
+    sink.write('<?xml version="1.0" encoding="UTF-8"?>\n'
+               f'<testsuites name="fleetpatch drift" tests="{document["summary"]["rows"]}" failures="{failures}" '
+               f'errors="{totals["unknown"]}" timestamp="{_x(document["now"])}">\n')
+    per_env: dict[str, list[int]] = {}
+    for (env, _service), count in report.counts.items():
+        entry = per_env.setdefault(env, [0, 0])
+        entry[0] += sum(count[STATUSES.index(status)] for status in DRIFT_STATUSES)
+        entry[1] += count[STATUSES.index("unknown")]
+    special = _XML_SPECIAL.search
+    for env, rows in by_env.items():
+        fails, errors = per_env.get(env, [0, 0])
+        out = [f'  <testsuite name="drift.{_x(env)}" tests="{len(rows)}" failures="{fails}" errors="{errors}" skipped="0">']
+        last_host, host_text = None, ""
+        for host, verdict, *_rest in rows:
+            parts = verdict.junit
+            if parts is None:
+                head = f'    <testcase classname="drift.{_x(env)}.{_x(verdict.service)}" name="'
+                if verdict.status == "in_sync":
+                    parts = verdict.junit = (head, '" time="0"/>')
+                else:
+                    tag = "error" if verdict.status == "unknown" else "failure"
+                    message = _x(STATUS_LABELS[verdict.status] + ": " + (verdict.reason or ""))
+                    parts = verdict.junit = (head, f'" time="0"><{tag} type="{verdict.status}" message="{message}"/></testcase>')
+            if host is not last_host:
+                last_host, host_text = host, _x(host) if special(host) else host
+            out.append(parts[0] + host_text + parts[1])
+            if len(out) >= 8000:
+                sink.write("\n".join(out) + "\n")
+                out = []
+        out.append("  </testsuite>")
+        sink.write("\n".join(out) + "\n")
+    sink.write("</testsuites>\n")
+
+
+# --------------------------------------------------------------------------------------------- Prometheus
+
+
+def _label(value: t.Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float | int | None) -> str:
+    if value is None:
+        return "NaN"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def render_prometheus(document: t.Mapping[str, t.Any], *, now: float) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, help_text: str, samples: t.Iterable[tuple[t.Mapping[str, t.Any], float | int | None]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            text = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
+            lines.append(f"{name}{{{text}}} {_num(value)}" if text else f"{name} {_num(value)}")
+
+    metric("fleetpatch_drift_report_timestamp_seconds", "When the drift report was evaluated (its 'now').", [({}, now)])
+    metric("fleetpatch_drift_hosts", "Hosts in the report.", [({}, document["summary"]["hosts"])])
+    metric("fleetpatch_drift_pairs", "Host and service pairs per environment, service and status.",
+           [({"environment": c["environment"], "service": c["service"], "status": status}, c["statuses"][status])
+            for c in document["matrix"] for status in STATUSES])
+    metric("fleetpatch_drift_found", "1 when any host and service is drifted, missing a patch or runs an unexpected version.",
+           [({}, document["summary"]["drift_found"])])
+    metric("fleetpatch_drift_versions", "Distinct versions of a service running in an environment.",
+           [({"environment": a["environment"], "service": a["service"]}, len(a["versions"])) for a in document["alignment"]])
+    metric("fleetpatch_drift_compatibility_violations", "Broken compatibility rules per environment.",
+           [({"environment": env}, sum(1 for v in document["compatibility"] if v["environment"] == env))
+            for env in document["summary"]["environments"]])
+    metric("fleetpatch_drift_lag_patches", "Patches the downstream environment lacks that its upstream environment has.",
+           [({"from": e["from"], "to": e["to"]}, e["patches"]) for e in document["lag_summary"]])
+    metric("fleetpatch_drift_lag_seconds", "Longest time a patch has been in the upstream environment but not everywhere downstream.",
+           [({"from": e["from"], "to": e["to"]}, e["max_lag_seconds"] or 0) for e in document["lag_summary"]])
+    severities = document["slo"]["severities"]
+    metric("fleetpatch_drift_slo_target_seconds", "Time-to-patch target per severity.",
+           [({"severity": s["severity"]}, s["target_seconds"]) for s in severities])
+    metric("fleetpatch_drift_slo_within_target_ratio", "Share of host and patch pairs within the time-to-patch target.",
+           [({"severity": s["severity"]}, s["share_within_target"]) for s in severities])
+    metric("fleetpatch_drift_slo_overdue_hosts", "Host and patch pairs not patched and past the target.",
+           [({"severity": s["severity"]}, s["overdue"]) for s in severities])
+    metric("fleetpatch_drift_slo_target_used_ratio", "Largest share of the target used up by a patch not yet everywhere (1 = due).",
+           [({"severity": s["severity"]}, s["target_used"] or 0) for s in severities])
+    metric("fleetpatch_drift_slo_oldest_overdue_seconds", "How long the oldest overdue patch is past its target (0 when none).",
+           [({"severity": s["severity"]}, (s["oldest_overdue"] or {}).get("overdue_seconds", 0)) for s in severities])
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def output_paths(output_dir: str, formats: t.Iterable[str], *, prometheus_path: str | None = None) -> dict[str, str]:
+    paths = {fmt: os.path.join(output_dir, FILE_NAMES[fmt]) for fmt in formats}
+    if prometheus_path and "prometheus" in paths:
+        paths["prometheus"] = os.path.abspath(os.path.expanduser(prometheus_path))
+    return paths
+
+
+def write_reports(report: Report, *, paths: t.Mapping[str, str], generated_at: str, inputs: t.Mapping[str, t.Any], title: str,
+                  html_max_rows: int, write: bool = True) -> dict[str, t.Any]:
+    """Write every format in paths (each atomically; nothing when not write) and return the document with fingerprint.
+
+    JSON is the source: the other formats are rendered from the same document and rows.
+    """
+    unknown = sorted(set(paths) - set(FORMATS))
+    if unknown:
+        raise DriftError(f"unknown report format(s) {', '.join(unknown)} (expected {', '.join(FORMATS)})")
+    document = report.document()
+    document["generated_at"] = generated_at
+    document["inputs"] = dict(inputs)
+    if write and "json" in paths:
+        with AtomicWriter(paths["json"]) as handle:
+            write_json(report, document, handle)
+    else:
+        write_json(report, document, _NullSink())
+    if not write:
+        return document
+    drift = drift_rows(report, document["summary"]["environments"]) if {"html", "markdown"} & set(paths) else []
+    if "html" in paths:
+        write_file_atomic(paths["html"], render_html(document, drift, title=title, max_rows=html_max_rows), mode=0o644)
+    if "markdown" in paths:
+        write_file_atomic(paths["markdown"], render_markdown(document, drift, title=title), mode=0o644)
+    if "junit" in paths:
+        with AtomicWriter(paths["junit"]) as handle:
+            write_junit(document, report, handle)
+    if "prometheus" in paths:
+        write_file_atomic(paths["prometheus"], render_prometheus(document, now=report.now), mode=0o644)
+    return document

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import typing as t
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+    DriftError,
+    Reconciler,
+    parse_desired_state,
+    parse_time,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
+    FORMATS,
+    AtomicWriter,
+    expand_facts_files,
+    human_duration,
+    output_paths,
+    read_facts_file,
+    registry_views,
+    write_facts_file,
+    write_reports,
+)
+
+DESIRED = {
+    "promotion": ["dev", "prod"],
+    "environments": {"dev": {"app": "1.0.1"}, "prod": {"app": "1.0.0"}},
+    "patches": [{"id": "CVE-1", "service": "app", "fixed_in": ["1.0.1"], "severity": "critical",
+                 "released_at": "2026-03-01T00:00:00Z"}],
+}
+
+
+def record(name: str, env: str, version: str | None, **extra: t.Any) -> dict[str, t.Any]:
+    services = {"app": {"state": "ok", "version": version, "installed_at": "2026-03-02T00:00:00Z"}} if version else {}
+    data = {"host": name, "environment": env, "region": "eu", "tenant": "acme", "segment": "web",
+            "collected_at": "2026-03-09T00:00:00Z", "state": "ok", "reason": None, "services": services}
+    data.update(extra)
+    return data
+
+
+RECORDS = [
+    record("d1", "dev", "1.0.1"),
+    record("d2", "dev", "1.0.0"),
+    record("p1", "prod", "1.0.1"),
+    record("p2", "prod", "1.0.0"),
+    record("p<3>&'", "prod", None, state="unreachable", reason='unreachable: "refused" <ssh>'),
+]
+
+
+def report_of(records: list[dict[str, t.Any]]):
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time("2026-03-05T00:00:00Z")))
+    reconciler.add_all(records)
+    return reconciler.build()
+
+
+def write(tmp_path: Path, records: list[dict[str, t.Any]] | None = None, *, write_files: bool = True) -> tuple[dict[str, t.Any], dict[str, str]]:
+    paths = output_paths(str(tmp_path / "out"), FORMATS)
+    document = write_reports(report_of(RECORDS if records is None else records), paths=paths, generated_at="2026-03-05T00:00:01Z", inputs={"hosts_from_run": 5},
+                             title="t", html_max_rows=100, write=write_files)
+    return document, paths
+
+
+def test_json_report_is_the_document_plus_every_row(tmp_path: Path) -> None:
+    document, paths = write(tmp_path)
+    data = json.loads(Path(paths["json"]).read_text())
+    rows = data.pop("rows")
+    assert data == json.loads(json.dumps(document))
+    expected = [("d1", "in_sync"), ("d2", "missing_patch"), ("p1", "drifted"), ("p2", "in_sync"), ("p<3>&'", "unknown")]
+    assert [(r["host"], r["status"]) for r in rows] == expected
+    assert rows == list(report_of(RECORDS).row_dicts())
+    assert re.fullmatch(r"[0-9a-f]{64}", data["fingerprint"])
+
+
+def test_check_mode_writes_nothing_and_gives_the_same_fingerprint(tmp_path: Path) -> None:
+    written, _paths = write(tmp_path / "a")
+    preview, paths = write(tmp_path / "b", write_files=False)
+    assert preview["fingerprint"] == written["fingerprint"]
+    assert not os.path.exists(os.path.dirname(paths["json"]))
+
+
+def test_fingerprint_ignores_collection_and_writing_times(tmp_path: Path) -> None:
+    later = [dict(r, collected_at="2026-03-09T05:00:00Z") for r in RECORDS]
+    assert write(tmp_path / "a")[0]["fingerprint"] == write(tmp_path / "b", later)[0]["fingerprint"]
+    changed = [dict(r, services={"app": {"state": "ok", "version": "1.0.1"}}) if r["host"] == "p2" else r for r in RECORDS]
+    assert write(tmp_path / "c", changed)[0]["fingerprint"] != write(tmp_path / "a")[0]["fingerprint"]
+
+
+def test_junit_has_one_testcase_per_host_and_service(tmp_path: Path) -> None:
+    _document, paths = write(tmp_path)
+    root = ET.parse(paths["junit"]).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("5", "2", "1")
+    cases = {(case.get("classname"), case.get("name")): case for case in root.iter("testcase")}
+    assert len(cases) == 5
+    assert cases[("drift.dev.app", "d2")].find("failure").get("type") == "missing_patch"
+    error = cases[("drift.prod.app", "p<3>&'")].find("error")
+    assert error.get("message") == 'unknown: unreachable: "refused" <ssh>'
+    assert list(cases[("drift.dev.app", "d1")]) == []
+    assert [suite.get("name") for suite in root] == ["drift.dev", "drift.prod"]
+
+
+def test_prometheus_textfile(tmp_path: Path) -> None:
+    _document, paths = write(tmp_path)
+    text = Path(paths["prometheus"]).read_text()
+    sample = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? (-?[0-9.e+]+|NaN)$')
+    for line in text.splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    assert 'fleetpatch_drift_pairs{environment="prod",service="app",status="drifted"} 1' in text
+    assert "fleetpatch_drift_found 1" in text
+    assert 'fleetpatch_drift_lag_patches{from="dev",to="prod"} 1' in text
+
+
+def test_html_and_markdown(tmp_path: Path) -> None:
+    _document, paths = write(tmp_path)
+    page = Path(paths["html"]).read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page.split("</style>")[0]
+    assert 'data-status="missing_patch"' in page and 'data-status="drifted"' in page
+    assert "p&lt;3&gt;&amp;&#x27;" in page
+    for section in ("matrix", "drift", "lag", "slo", "alignment"):
+        assert f'<section id="{section}">' in page
+    markdown = Path(paths["markdown"]).read_text()
+    assert "| missing patch | dev | d2 | app | 1.0.0 | 1.0.1 |" in markdown
+
+
+def test_facts_file_round_trip_merges_by_host(tmp_path: Path) -> None:
+    first, second = str(tmp_path / "s1.jsonl"), str(tmp_path / "s2.jsonl")
+    write_facts_file(first, RECORDS[:3], run={"generated_at": "x"})
+    write_facts_file(second, RECORDS[2:], run={"generated_at": "y"})
+    with open(second, "a", encoding="utf-8") as handle:
+        handle.write('{"host": "torn\n')
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=0)
+    infos = [read_facts_file(path, reconciler) for path in expand_facts_files([str(tmp_path / "s*.jsonl")])]
+    assert [(info["records"], info["rejected"]) for info in infos] == [(3, 0), (3, 1)]
+    assert infos[0]["header"]["generated_at"] == "x"
+    assert reconciler.host_count == 5 and reconciler.rejected_count == 1
+
+
+def test_facts_files_errors(tmp_path: Path) -> None:
+    assert expand_facts_files([str(tmp_path / "none-*.jsonl")]) == []
+    with pytest.raises(DriftError, match="does not exist"):
+        expand_facts_files([str(tmp_path / "missing.jsonl")])
+    path = tmp_path / "future.jsonl"
+    path.write_text('{"type": "fleetpatch.patch_facts", "format": 99}\n')
+    with pytest.raises(DriftError, match="facts format 99 is not supported"):
+        read_facts_file(str(path), Reconciler(parse_desired_state({}), now=0))
+
+
+def test_atomic_writer_keeps_the_old_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with AtomicWriter(str(target)) as handle:
+            handle.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_registry_absent(tmp_path: Path) -> None:
+    views, info = registry_views(str(tmp_path), None)
+    assert views == [] and info["used"] is False and info["reason"] in ("no registry file", "this collection has no patch registry support")
+
+
+def test_registry_read_only(tmp_path: Path) -> None:
+    registry = pytest.importorskip("ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry")
+    path = tmp_path / "registry.sqlite3"
+    reg = registry.Registry(str(path))
+    reg.append("patch.registered", {"service": "app", "target_version": "1.0.1", "severity": "critical"}, patch_id="FP-1")
+    before = path.stat().st_mtime_ns
+    views, info = registry_views(str(tmp_path), None)
+    assert info["used"] is True and info["records"] == 1
+    assert [(v["patch_id"], v["service"], v["target_version"], v["severity"]) for v in views] == [("FP-1", "app", "1.0.1", "critical")]
+    assert path.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(None, "-"), (42, "42s"), (600, "10m"), (3700, "1h 1m"), (7200, "2h"),
+                                               (90000, "1d 1h"), (-86400, "-1d")])
+def test_human_duration(seconds: float | None, text: str) -> None:
+    assert human_duration(seconds) == text
+
+
+def test_json_report_matches_its_documented_schema(tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_path = Path(__file__).resolve().parents[4] / "docs" / "drift-report.schema.json"
+    schema = json.loads(schema_path.read_text())
+    desired = dict(DESIRED, compatibility=[{"service": "app", "requires": {"service": "db", "versions": ">=2"}}])
+    reconciler = Reconciler(parse_desired_state(desired), now=t.cast(float, parse_time("2026-03-05T00:00:00Z")))
+    reconciler.add_all(RECORDS)
+    paths = output_paths(str(tmp_path), ["json"])
+    write_reports(reconciler.build(), paths=paths, generated_at="2026-03-05T00:00:01Z",
+                  inputs={"hosts_from_run": 5, "facts_files": [], "records_rejected": 0,
+                          "registry": {"used": False, "path": None, "reason": "no registry file"}, "desired_state": "d",
+                          "facts_file_written": None}, title="t", html_max_rows=10)
+    jsonschema.validate(json.loads(Path(paths["json"]).read_text()), schema)
