@@ -17,6 +17,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     append_event,
     iso,
     load_state,
+    queued_events,
     record_outcome,
     save_state,
     utc_now,
@@ -67,12 +68,17 @@ class ActionModule(ActionBase):
             path = os.path.join(paths.run_dir, "readiness.json")
         else:
             path = os.path.join(resolve_state_dir(args["state_dir"]), "prestage", f"{run_id_for(patch['patch_id'])}.json")
+        events: list[dict[str, t.Any]] = []
         if not check_mode and not (run or {}).get("preview"):
             write_json_atomic(path, report)
             if run is not None:
                 self._record(paths, run, report, skip, now)
+                # the event callback is the event log's only writer
+                events = queued_events(paths)
         lines = render_report(report)
         result.update(changed=False, report=report, lines=lines, skip_hosts=skip, report_path=path, msg="; ".join(lines))
+        if events:
+            result["fleetpatch_events"] = events
         if report["percent"] < args["fail_below"]:
             result.update(failed=True, msg=f"only {report['percent']}% of the hosts are staged, below fail_below "
                                            f"{args['fail_below']}%: " + "; ".join(lines))

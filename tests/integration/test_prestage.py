@@ -288,7 +288,8 @@ def test_signed_delta_bundles_and_refused_bundles(make_fleet, tmp_path) -> None:
                 "prestage_retries": 0}
 
     # a signature by a key that is not an allowed signer: refused on the host, nothing cached
-    rogue_args = dict(common, patch_id="FP-BUNDLE-2", target_version="1.1.0", source=info["artifacts"]["1.1.0"]["path"],
+    rogue_args = dict(common)
+    rogue_args.update(patch_id="FP-BUNDLE-2", target_version="1.1.0", source=info["artifacts"]["1.1.0"]["path"],
                       signing_key=rogue, allowed_signers=None)
     rogue_built = build_bundle(fleet, tmp_path, **rogue_args)
     refused = prestage(fleet, write_manifest(tmp_path / "rogue.yml", "FP-BUNDLE-2", "1.1.0", rogue_built["artifact"]),
@@ -306,7 +307,8 @@ def test_signed_delta_bundles_and_refused_bundles(make_fleet, tmp_path) -> None:
         path = os.path.join(artifacts_dir, f"evil-{label}.bundle.tar.gz")
         forge_bundle(path, files, links, members)
         evil = {"url": url_base + os.path.basename(path), "sha256": sha256_file(path), "size": os.path.getsize(path)}
-        unsigned = dict(one_node, prestage_allowed_signers_file="")
+        unsigned = dict(one_node)
+        unsigned["prestage_allowed_signers_file"] = ""
         run = prestage(fleet, write_manifest(tmp_path / f"{label}.yml", f"FP-EVIL-{label}", "1.1.0", evil), **unsigned)
         result = run.task_results("prestage")[node]
         assert run.status == "failed" and "refusing bundle" in result["msg"], result["msg"]
