@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One test stage of bin/test (sanity has its own script, sanity.sh), run from the repo root with the venv on
-# PATH. A pytest stage with nothing to collect exits 5, which bin/test reports as "no tests".
+# PATH. A pytest stage with nothing to collect exits 5, which bin/test reports as "no tests". Each stage
+# execs its tool, so that bin/test's time limit signals the tool itself (pytest under ansible-runner ignores
+# SIGTERM; `timeout` follows up with SIGKILL only while the process it started is alive).
 # Usage: tests/harness/stages.sh unit|lint|integration|molecule [extra arguments for the tool]
 set -euo pipefail
 # shellcheck source=tests/harness/lib.sh
@@ -16,7 +18,7 @@ fp_pytest() {
         fp_warn "${dir} does not exist: no tests to run"
         return "$FP_NO_TESTS"
     fi
-    pytest "$dir" "$@"
+    exec pytest "$dir" "$@"
 }
 
 stage_unit() {
@@ -28,14 +30,32 @@ stage_integration() {
 }
 
 stage_lint() {
-    ansible-lint "$@"
+    # ansible-lint puts ~/.ansible/collections ahead of the repository's collections/ whatever the environment
+    # says: a copy of this collection installed there (molecule's prerun leaves one) would be linted against
+    # instead of the working tree, with bogus unknown-module findings.
+    local shadow="${HOME}/.ansible/collections/ansible_collections/fleetpatch/rollout"
+    if [[ -e "$shadow" && "$(realpath "$shadow")" != "$(realpath "$FP_REPO_ROOT")" ]]; then
+        fp_die "${shadow} shadows this working tree for ansible-lint; it is usually left by a molecule run with
+prerun enabled (tests/harness/molecule-base.yml turns it off). Remove it: rm -rf '${shadow}'"
+    fi
+    exec ansible-lint "$@"
 }
+
+# Container names are machine-wide and molecule keeps one ephemeral directory per checkout: two runs at once
+# destroy each other's nodes. Runs through this harness wait for each other.
+FP_MOLECULE_LOCK="${FLEETPATCH_MOLECULE_LOCK:-/tmp/fleetpatch-molecule.lock}"
 
 stage_molecule() {
     if [[ "$#" -eq 0 ]]; then
         set -- test --all
     fi
-    molecule "$@"
+    set -- --base-config "${FP_REPO_ROOT}/tests/harness/molecule-base.yml" "$@"
+    exec 9>>"$FP_MOLECULE_LOCK"
+    if ! flock --nonblock 9; then
+        fp_log "another molecule run holds ${FP_MOLECULE_LOCK}; waiting for it"
+        flock 9
+    fi
+    exec molecule "$@"
 }
 
 main() {
