@@ -26,6 +26,13 @@ KNOWN = frozenset(REQUIRED) | {
     "approved_by",
     "references",
     "build",
+    # change policy fields (plugins/module_utils/_policy.py validates them for a rollout)
+    "justification",
+    "affected_versions",
+    "regression_risk",
+    "requester",
+    "approvers",
+    "security",
 }
 ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "delta"})
 # artifact.delta: a delta bundle against base_version (fleetpatch.rollout.patch_bundle)
