@@ -16,12 +16,10 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import http.client
 import os
 import re
 import shutil
 import typing as t
-import urllib.error
 import urllib.parse
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
@@ -40,8 +38,10 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import
     check_sha256,
     current_version,
     ensure_free_space,
+    http_error,
     read_host_state,
     read_release_metadata,
+    url_errors,
     verify_release,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
@@ -315,7 +315,7 @@ def _open(ops: HostOps, url: str, offset: int, size: int, policy: FetchPolicy) -
         headers["Range"] = f"bytes={offset}-"
     try:
         response = ops.open_url(url, headers=headers, timeout=policy.timeout)
-    except urllib.error.HTTPError as exc:
+    except http_error() as exc:
         code = exc.code
         exc.close()
         if code == 416:
@@ -323,7 +323,7 @@ def _open(ops: HostOps, url: str, offset: int, size: int, policy: FetchPolicy) -
         if code in (408, 425, 429) or code >= 500:
             raise _Transient(f"HTTP {code} {exc.reason}") from None
         raise _SourceFailed(f"HTTP {code} {exc.reason}") from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    except url_errors() as exc:
         raise _Transient(str(exc) or type(exc).__name__) from exc
     status = _status(response)
     if offset and status == 206:
@@ -359,7 +359,7 @@ def _copy_body(
         while offset + written < size:
             try:
                 chunk = body.read(min(READ_CHUNK, size - offset - written))
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except url_errors() as exc:
                 raise _Transient(f"transfer broke after {offset + written} of {size} bytes: {exc or type(exc).__name__}") from exc
             if not chunk:
                 raise _Transient(f"connection closed after {offset + written} of {size} bytes")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -16,12 +15,9 @@ import shlex
 import shutil
 import stat
 import subprocess
-import tarfile
 import tempfile
 import time
 import typing as t
-import urllib.error
-import urllib.request
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
     CHUNK_SIZE,
@@ -32,6 +28,9 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
     write_json_atomic,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
+
+if t.TYPE_CHECKING:
+    import tarfile
 
 RELEASE_METADATA = ".fleetpatch-release.json"
 # first member of a fleetpatch bundle (plugins/module_utils/_bundle.py); a plain tarball never starts with it
@@ -46,8 +45,22 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # versions and service names become one path component each
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _TMP_MARK = ".tmp-"
-# transport failures from urllib / http.client; the module maps ansible's own URL errors onto OSError
-_URL_ERRORS = (OSError, http.client.HTTPException, ValueError)
+
+
+# The HTTP stack and tarfile are imported where they are used: a host whose artifact and release are already in
+# place (a re-run, a resumed rollout) never loads them, and every module execution pays for what it imports.
+def url_errors() -> tuple[type[BaseException], ...]:
+    """Transport failures from urllib / http.client; the module maps ansible's own URL errors onto OSError."""
+    import http.client
+
+    return (OSError, http.client.HTTPException, ValueError)
+
+
+def http_error() -> type[BaseException]:
+    """The exception urllib and ansible's open_url raise for an HTTP error status (it carries code and reason)."""
+    import urllib.error
+
+    return urllib.error.HTTPError
 
 
 class ReleaseError(Exception):
@@ -270,6 +283,8 @@ def validate_members(artifact: str, members: t.Iterable[tarfile.TarInfo]) -> Art
 
 def inspect_artifact(artifact_path: str) -> ArtifactPlan:
     """Read the tar headers of an artifact and validate every member (read only)."""
+    import tarfile
+
     try:
         with tarfile.open(artifact_path, "r:*") as tar:
             first = tar.next()
@@ -343,6 +358,8 @@ def _extract_into(tmp: str, artifact_path: str, plan: ArtifactPlan) -> tuple[dic
     files: dict[str, str] = {}
     links: dict[str, str] = {}
     directories = {tmp}
+    import tarfile
+
     with tarfile.open(artifact_path, "r:*") as tar:
         members = iter(tar)
         for entry in plan.entries:
@@ -388,6 +405,8 @@ def extract_release(
     Replaces an existing releases/<version> that is not the current release (it was found broken or built
     from another artifact by the caller).
     """
+    import tarfile
+
     version = check_name(version, what="version")
     sha256 = check_sha256(sha256)
     final = layout.release_path(version)
@@ -716,6 +735,8 @@ class HostOps:
 
     def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
         # plain urllib for tests and standalone callers; the module goes through ansible's open_url
+        import urllib.request
+
         opener = urllib.request.build_opener()
         return opener.open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
 
@@ -763,9 +784,9 @@ def fetch_artifact(
                         out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            except urllib.error.HTTPError as exc:
+            except http_error() as exc:
                 raise ReleaseError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
-            except _URL_ERRORS as exc:
+            except url_errors() as exc:
                 raise ReleaseError(f"cannot download {url}: {exc}") from exc
         if size is not None and total != size:
             raise ReleaseError(f"artifact from {url} is {total} bytes, declared {size}")
@@ -798,10 +819,10 @@ def check_health(
             with ops.open_url(url, headers={}, timeout=timeout) as response:
                 status = getattr(response, "status", None) or response.getcode()
                 body = response.read(HEALTH_BODY_LIMIT)
-        except urllib.error.HTTPError as exc:
+        except http_error() as exc:
             status, error = exc.code, f"HTTP {exc.code}"
             exc.close()
-        except _URL_ERRORS as exc:
+        except url_errors() as exc:
             status, error = None, str(exc) or type(exc).__name__
         latency_ms = round((ops.monotonic() - started) * 1000, 1)
         if status == 200:
