@@ -30,7 +30,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry impor
 )
 
 ARGUMENT_SPEC = {
-    "event": {"type": "str", "required": True, "choices": ["plan", "prestaged", "finish"]},
+    "event": {"type": "str", "required": True, "choices": ["plan", "prestaged", "finish", "override_refused"]},
     "run": {"type": "dict"},
     "finish": {"type": "dict"},
     "patch_id": {"type": "str"},
@@ -99,6 +99,9 @@ class ActionModule(ActionBase):
                                           "run_id": run_id, "patch_id": patch_id, "state_dir": state_dir}
         elif args["event"] == "prestaged":
             recorded.append(registry.append("patch.prestaged", dict(args["details"]), **common))
+        elif args["event"] == "override_refused":
+            # a refused emergency override is part of the patch's record too (the run stops before any host)
+            recorded.append(registry.append("patch.override", dict(args["details"], status="refused"), **common))
         else:
             recorded.append(self._finish(registry, args, run, state_dir, common))
             checkpoint = write_checkpoint(registry, paths["checkpoints"], run_id=run_id, signing_key=args["signing_key"])
@@ -125,6 +128,12 @@ class ActionModule(ActionBase):
             if latest is not None:
                 body["amends"] = latest["seq"]
             recorded.append(registry.append("patch.registered", body, **common))
+        override = (run.get("change") or {}).get("override")
+        if override:
+            change = run["change"]
+            recorded.append(registry.append("patch.override", {"status": "accepted", "override": override, "profile": change.get("profile"),
+                                                               "clock": change.get("clock"), "clock_source": change.get("clock_source")},
+                                            **common))
         state = read_json(os.path.join(run.get("run_dir", ""), "state.json")) or {}
         attempts = state.get("attempts") or [{}]
         attempt = attempts[-1]
@@ -141,6 +150,9 @@ class ActionModule(ActionBase):
             "batches": len(plan.get("batches", [])),
             "error_budget": plan.get("error_budget"),
             "skip_hosts": run.get("skip_hosts", []),
+            "change": {key: (run.get("change") or {}).get(key) for key in ("change_type", "classification", "severity", "profile",
+                                                                           "time_to_patch_seconds", "clock")},
+            "schedule": [{key: entry.get(key) for key in ("wave", "fits", "reasons", "next_open")} for entry in run.get("schedule") or []],
             "events": {"path": relative_to(run.get("events_path"), state_dir), "callback": callback},
         }, **common))
         return recorded

@@ -116,6 +116,7 @@ class ActionModule(ActionBase):
             "failures": failures(state),
             "error_budget": plan["error_budget"],
             "halted": state.get("halted"),
+            "waiting": state.get("waiting") if status == "waiting_window" else None,
             "attempts": len(state.get("attempts", [])),
             "hosts": {host: hosts[host] for host in sorted(hosts)},
             "untouched": untouched,

@@ -10,6 +10,7 @@ import typing as t
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError, iso_z, parse_instant
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import (
@@ -22,6 +23,19 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import (
     compile_plan,
     plan_json,
     render_plan_text,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import (
+    PolicyError,
+    classify,
+    constraints,
+    evaluate_waves,
+    host_scopes,
+    jsonable,
+    load_change_policy,
+    merge_rollout,
+    schedule_text,
+    validate_change,
+    validate_override,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     LockError,
@@ -56,12 +70,24 @@ ARGUMENT_SPEC = {
     "retry_quarantined": {"type": "bool", "default": False},
     "replan": {"type": "bool", "default": False},
     "require_approval": {"type": "bool", "default": False},
+    "change_policy": {"type": "raw"},
+    "override": {"type": "raw"},
+    "clock": {"type": "str"},
 }
+CLOCK_ENV = "FLEETPATCH_CLOCK"
 FLEET_VARS = ("fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment")
 
 
 class RolloutPlanError(Exception):
     """Input that must stop the run before any host is touched."""
+
+
+class OverrideRefused(Exception):
+    """An emergency override that is incomplete, expired or out of scope; record carries it to the registry."""
+
+    def __init__(self, message: str, record: dict[str, t.Any]) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class ActionModule(ActionBase):
@@ -74,9 +100,58 @@ class ActionModule(ActionBase):
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         try:
             result.update(self._plan(args, task_vars))
-        except (RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError) as exc:
+        except OverrideRefused as exc:
+            result.update(failed=True, msg=str(exc), override_refused=exc.record)
+        except (RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError) as exc:
             result.update(failed=True, msg=str(exc))
         return result
+
+    def _load_document(self, value: t.Any, what: str) -> tuple[t.Any, str]:
+        """A mapping given inline, or the YAML/JSON file a path names."""
+        if isinstance(value, dict):
+            return value, f"{what} <inline>"
+        if not isinstance(value, str) or not value:
+            raise RolloutPlanError(f"{what} must be a path to a YAML/JSON file or a mapping")
+        path = os.path.abspath(os.path.expanduser(value))
+        if not os.path.isfile(path):
+            raise RolloutPlanError(f"{what} {path} does not exist")
+        try:
+            return self._loader.load_from_file(path), f"{what} {path}"
+        except AnsibleError as exc:
+            raise RolloutPlanError(f"{what} {path} is not valid YAML/JSON: {exc}") from exc
+
+    @staticmethod
+    def _clock(value: str | None) -> tuple[t.Any, str]:
+        """The one authoritative UTC clock of this run's calendar decisions; injected only by tests."""
+        if value:
+            return parse_instant(value, "clock (rollout_clock)"), "rollout_clock"
+        if os.environ.get(CLOCK_ENV):
+            return parse_instant(os.environ[CLOCK_ENV], CLOCK_ENV), CLOCK_ENV
+        return utc_now(), "controller"
+
+    def _change(self, args: dict[str, t.Any], manifest: dict[str, t.Any], manifest_path: str) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+        """Validate the change fields, load the change policy, classify and pick the profile."""
+        manifest = validate_change(manifest, source=f"patch manifest {manifest_path}")
+        if args["change_policy"]:
+            document, source = self._load_document(args["change_policy"], "change policy")
+        else:
+            document, source = {}, "change policy (built in)"
+        policy = load_change_policy(document, source=source)
+        return manifest, dict(policy, change=classify(manifest, policy))
+
+    def _override(self, args: dict[str, t.Any], manifest: dict[str, t.Any], policy: dict[str, t.Any], targets: list[str],
+                  now: t.Any) -> dict[str, t.Any] | None:
+        if not args["override"]:
+            return None
+        data, source = self._load_document(args["override"], "override")
+        data = data.get("override", data) if isinstance(data, dict) else data
+        try:
+            return validate_override(data, manifest=manifest, profile=policy["change"]["profile"], targets=targets, now=now,
+                                     rules=policy["override"])
+        except PolicyError as exc:
+            # refused, and recorded as refused: the role writes this to the patch registry before it stops
+            raise OverrideRefused(str(exc), {"status": "refused", "patch_id": manifest["patch_id"], "reason": str(exc), "source": source, "at": iso_z(now),
+                                             "override": jsonable(data) if isinstance(data, dict) else str(data)}) from None
 
     def _load_manifest(self, manifest: t.Any) -> tuple[dict[str, t.Any], str]:
         if isinstance(manifest, dict):
@@ -107,14 +182,44 @@ class ActionModule(ActionBase):
 
     def _plan(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         manifest, manifest_path = self._load_manifest(args["manifest"])
-        approval = approval_chain(manifest, require=args["require_approval"])
+        manifest, change_policy = self._change(args, manifest, manifest_path)
+        # approvers are mandatory change fields: every rollout needs an approval that is not a self-approval
+        approval = approval_chain(manifest, require=True)
+        now, clock_source = self._clock(args["clock"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
-        plan = compile_plan(hosts, args["policy"], manifest["patch_id"])
+        classified = change_policy["change"]
+        rollout_policy, overridden = merge_rollout(classified["profile"], args["policy"])
+        plan = compile_plan(hosts, rollout_policy, manifest["patch_id"])
+        override = self._override(args, manifest, change_policy, plan["host_order"], now)
+        limits = constraints(classified["profile"], override)
+        scopes = host_scopes(hosts)
+        schedule = evaluate_waves(plan, scopes, change_policy["calendar"], now, limits)
+        profile = classified["profile"]
+        change = {
+            "change_type": classified["change_type"],
+            "classification": classified["classification"],
+            "severity": classified["severity"],
+            "declared_severity": classified["declared_severity"],
+            "score": classified["score"],
+            "regression_risk": classified["regression_risk"],
+            "profile": profile["name"],
+            "constraints": {key: profile[key] for key in ("require_window", "avoid_peak", "avoid_releases", "freeze_override")},
+            "time_to_patch_seconds": classified["time_to_patch_seconds"],
+            "overridden_keys": overridden,
+            "policy_source": change_policy["source"],
+            "calendar": change_policy["calendar_spec"],
+            "override": override,
+            "clock": iso_z(now),
+            "clock_source": clock_source,
+        }
+        # the change is part of the plan; the schedule is the calendar's answer at this run's clock
+        plan["change"] = {key: value for key, value in change.items() if key not in ("clock", "clock_source", "override")}
+        plan["schedule"] = {"evaluated_at": iso_z(now), "clock_source": clock_source, "waves": schedule}
         checks = plan["policy"]["checks"]
         # every check's templates rendered for every target host: a check that cannot run is an error now, not a pass later
         names = {"run_id": run_id_for(manifest["patch_id"]), "patch_id": manifest["patch_id"], "target_version": manifest["target_version"]}
         validate_targets(checks, contexts_for(plan["host_order"], checks, task_vars, names))
-        plan_text = render_plan_text(plan)
+        plan_text = render_plan_text(plan) + schedule_text(change, schedule)
         run_id = run_id_for(manifest["patch_id"])
         state_dir = resolve_state_dir(args["state_dir"])
         paths = RunPaths(state_dir, run_id)
@@ -138,6 +243,8 @@ class ActionModule(ActionBase):
             "events_path": paths.events,
             "summary_path": paths.summary,
             "checks": overview(checks),
+            "change": change,
+            "schedule": schedule,
         }
         previous = load_state(paths)
         skip_hosts: list[str] = []
@@ -201,6 +308,17 @@ class ActionModule(ActionBase):
                              "fingerprint": plan["fingerprint"], "fleet_size": plan["fleet_size"], "waves": len(plan["waves"]),
                              "batches": len(plan["batches"]), "serial": plan["serial"], "error_budget": plan["error_budget"],
                              "skip_hosts": skip_hosts})
+        fitting = [entry["wave"] for entry in schedule if entry["fits"]]
+        append_event(paths, {"ts": iso(utc_now()), "event": "change.classified", "status": change["profile"],
+                             "message": f"{change['change_type']}/{change['classification']}, severity {change['severity'] or '-'},"
+                                        f" profile {change['profile']}; {len(fitting)} of {len(schedule)} wave(s) fit at {change['clock']}",
+                             **{key: value for key, value in change.items() if key != "calendar"}, "schedule": schedule})
+        if override:
+            append_event(paths, {"ts": iso(utc_now()), "event": "override.accepted", "status": "accepted",
+                                 "message": f"override {override['ticket']} by {override['requested_by']}, approved by"
+                                            f" {', '.join(override['approvers'])}, breaks {', '.join(override['breaks'])}"
+                                            f" for {len(override['hosts'])} host(s) until {override['expires']}",
+                                 "override": override})
         # The event callback, the only writer of events.jsonl, records these from the result.
         common["fleetpatch_events"] = queued_events(paths)
         common["fleetpatch_run"] = self._announcement(run_id, manifest["patch_id"], paths, state_dir, plan, hosts)

@@ -520,6 +520,14 @@ def patch_manifest(
         "target_version": version,
         "base_version": base_version,
         "description": f"Demo patch: {service} {base_version} -> {version}, served by the demo fleet origin",
+        # change policy fields (docs/policy.md): a routine functional fix, requested and approved by different people
+        "change_type": "scheduled",
+        "classification": "functional",
+        "justification": f"Demo: roll {service} {version} out across the demo fleet",
+        "affected_versions": [base_version],
+        "regression_risk": "low",
+        "requested_by": "demo-requester",
+        "approvals": [{"by": "demo-approver", "role": "service owner"}],
         "artifact": {
             "name": name,
             "url": f"{origin_url}/artifacts/{name}",

@@ -15,9 +15,13 @@ from collections.abc import Mapping
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
+    SCOPE_KEYS,
+    Calendar,
     CalendarError,
     Constraints,
+    evaluate,
     iso_z,
+    next_opening,
     parse_calendar,
     parse_duration,
     parse_instant,
@@ -112,6 +116,17 @@ def _unknown(data: Mapping[str, t.Any], allowed: t.Sequence[str], where: str) ->
 
 def _text(value: t.Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+def jsonable(value: t.Any) -> t.Any:
+    """YAML dates and times as ISO text, tuples as lists: what a result or plan.json can carry."""
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat()
+    return value
 
 
 def _duration(value: t.Any, where: str) -> float:
@@ -264,7 +279,7 @@ def load_change_policy(data: t.Any, *, source: str = "change policy") -> dict[st
         "source": source,
         "profiles": profiles,
         "calendar": calendar,
-        "calendar_spec": copy.deepcopy(spec.get("calendar") or {}),
+        "calendar_spec": jsonable(spec.get("calendar") or {}),
         "override": {"min_approvers": minimum, "max_validity": _duration(override["max_validity"], f"{source}: override.max_validity")},
         "segment_weights": weights,
     }
@@ -401,3 +416,51 @@ def validate_override(data: t.Any, *, manifest: Mapping[str, t.Any], profile: Ma
     return {"patch_id": patch_id, "hosts": sorted(hosts), "justification": spec["justification"].strip(), "ticket": str(spec["ticket"]).strip(),
             "requested_by": requester, "approvers": approvers, "expires": iso_z(expires), "breaks": sorted(set(breaks)),
             "accepted_at": iso_z(now)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# schedule: which waves fit
+
+
+def host_scopes(hosts: Mapping[str, Mapping[str, t.Any]]) -> dict[str, dict[str, t.Any]]:
+    """Inventory variables (fleet_region, ...) -> the calendar's scope attributes (region, tenant, environment)."""
+    return {host: {key: variables.get(f"fleet_{key}") for key in SCOPE_KEYS} for host, variables in hosts.items()}
+
+
+def evaluate_wave(calendar: Calendar, scopes: Mapping[str, Mapping[str, t.Any]], moment: _dt.datetime, limits: Constraints,
+                  *, next_open: bool = True) -> dict[str, t.Any]:
+    """Whether these hosts may start at moment, why not, and (when not) when they next may."""
+    found = evaluate(calendar, scopes, moment, limits)
+    opening = None
+    if not found["fits"] and next_open:
+        upcoming = next_opening(calendar, scopes, moment, limits)
+        opening = iso_z(upcoming) if upcoming else None
+    return dict(found, next_open=opening)
+
+
+def evaluate_waves(plan: Mapping[str, t.Any], scopes: Mapping[str, Mapping[str, t.Any]], calendar: Calendar, moment: _dt.datetime,
+                   limits: Constraints) -> list[dict[str, t.Any]]:
+    """Each wave evaluated at one instant (the plan's clock): the plan preview's 'which waves fit now'."""
+    return [dict(evaluate_wave(calendar, {host: scopes[host] for host in wave["hosts"]}, moment, limits), wave=wave["name"])
+            for wave in plan["waves"]]
+
+
+def schedule_text(change: Mapping[str, t.Any], schedule: t.Sequence[Mapping[str, t.Any]]) -> str:
+    score = change.get("score") or {}
+    lines = [
+        f"change {change['change_type']}/{change['classification']}, severity {change.get('severity') or '-'}"
+        + (f" (score {score['score']})" if score else "")
+        + f", profile {change['profile']}, time to patch "
+        + (f"{change['time_to_patch_seconds'] / 3600:g}h" if change.get("time_to_patch_seconds") else "-"),
+        f"calendar at {change['clock']} ({change['clock_source']})"
+        + (f"; override {change['override']['ticket']} until {change['override']['expires']}" if change.get("override") else ""),
+    ]
+    width = max([len(str(entry["wave"])) for entry in schedule] or [4])
+    for entry in schedule:
+        if entry["fits"]:
+            detail = "; ".join(entry["notes"]) or "no calendar rule applies"
+            lines.append(f"  {str(entry['wave']).ljust(width)}  fits   {detail}")
+        else:
+            after = f"; next opening {entry['next_open']}" if entry.get("next_open") else "; no opening within 400 days"
+            lines.append(f"  {str(entry['wave']).ljust(width)}  waits  {'; '.join(entry['reasons'])}{after}")
+    return "\n".join(lines) + "\n"

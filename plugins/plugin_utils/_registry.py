@@ -48,7 +48,7 @@ CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "exports"
 SIGN_NAMESPACE = "fleetpatch-registry"
 OUT_OF_BAND = frozenset({"out-of-band", "out_of_band", "oob", "emergency", "hotfix"})
-FINAL_STATES = ("rolled_out", "halted", "held", "rolled_back", "rollback_failed", "interrupted")
+FINAL_STATES = ("rolled_out", "halted", "held", "waiting_window", "rolled_back", "rollback_failed", "interrupted")
 STATES = ("registered", "approved", "prestaged", "running") + FINAL_STATES
 _URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
 _SCHEMA = """
@@ -182,11 +182,12 @@ def patch_body(manifest: t.Mapping[str, t.Any], *, manifest_path: str | None = N
         "base_version": manifest.get("base_version"),
         "affected_versions": affected,
         "purpose": manifest.get("description"),
-        "justification": manifest.get("reason"),
+        "justification": manifest.get("justification") or manifest.get("reason"),
         "change_type": manifest.get("change_type"),
         "classification": manifest.get("classification"),
         "severity": manifest.get("severity"),
         "regression_risk": manifest.get("regression_risk"),
+        "security": manifest.get("security"),
         "references": manifest.get("references"),
         "build": manifest.get("build"),
         "artifact": {"name": artifact.get("name"), "sha256": artifact.get("sha256"), "size": artifact.get("size"),
@@ -548,7 +549,7 @@ def fold_patches(records: t.Iterable[dict[str, t.Any]]) -> dict[str, dict[str, t
             continue
         body = record["body"] if isinstance(record["body"], dict) else {}
         view = patches.setdefault(patch_id, {"patch_id": patch_id, "state": "registered", "runs": 0, "hosts": {}, "timeline": [],
-                                             "log_incomplete": False, "events": []})
+                                             "log_incomplete": False, "events": [], "overrides": []})
         kind, at = record["kind"], record["ts"]
         timeline = view["timeline"]
         if kind == "patch.registered":
@@ -564,6 +565,17 @@ def fold_patches(records: t.Iterable[dict[str, t.Any]]) -> dict[str, dict[str, t
             timeline.append({"at": at, "what": "registered", "detail": f"requested by {requester or 'unknown'}: {body.get('purpose') or ''}".strip(),
                              "seq": record["seq"]})
             timeline.extend(_approval_events(record))
+        elif kind == "patch.override":
+            override = body.get("override") if isinstance(body.get("override"), dict) else {}
+            view["overrides"].append({"seq": record["seq"], "at": at, "status": body.get("status"), "reason": body.get("reason"),
+                                      **{key: override.get(key) for key in ("ticket", "requested_by", "approvers", "expires", "hosts", "breaks",
+                                                                            "justification")}})
+            detail = (f"{body.get('status')}: {override.get('ticket') or '-'} by {override.get('requested_by') or '-'}"
+                      + (f", approved by {', '.join(override['approvers'])}" if isinstance(override.get("approvers"), list)
+                         and all(isinstance(name, str) for name in override["approvers"]) else "")
+                      + (f", until {override['expires']}" if override.get("expires") else "")
+                      + (f" ({body['reason']})" if body.get("reason") else ""))
+            timeline.append({"at": at, "what": "override", "detail": detail, "seq": record["seq"]})
         elif kind == "patch.prestaged":
             if view["state"] in ("registered", "approved"):
                 view["state"] = "prestaged"
@@ -637,7 +649,7 @@ def query_timeline(registry: Registry, patch_id: str) -> dict[str, t.Any]:
         raise RegistryError(f"the registry has no patch {patch_id}")
     return {key: view.get(key) for key in ("patch_id", "state", "service", "target_version", "purpose", "justification",
                                            "classification", "severity", "change_type", "affected_versions", "regression_risk",
-                                           "artifact", "approval", "events", "log_incomplete", "timeline")}
+                                           "artifact", "approval", "overrides", "events", "log_incomplete", "timeline")}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import yaml
 from ansible_collections.fleetpatch.rollout.plugins.module_utils import _demo_fleet as demo
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import DemoFleetError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import validate_patch_manifest
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import validate_change
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import validate_members
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions
 
@@ -384,6 +385,13 @@ def test_patch_manifest_passes_the_collection_validator() -> None:
         "target_version": "1.0.1",
         "base_version": "1.0.0",
         "description": "Demo patch: myapp 1.0.0 -> 1.0.1, served by the demo fleet origin",
+        "change_type": "scheduled",
+        "classification": "functional",
+        "justification": "Demo: roll myapp 1.0.1 out across the demo fleet",
+        "affected_versions": ["1.0.0"],
+        "regression_risk": "low",
+        "requested_by": "demo-requester",
+        "approvals": [{"by": "demo-approver", "role": "service owner"}],
         "artifact": {
             "name": "myapp-1.0.1.tar.gz",
             "url": "http://127.77.0.1:18000/artifacts/myapp-1.0.1.tar.gz",
@@ -393,6 +401,8 @@ def test_patch_manifest_passes_the_collection_validator() -> None:
         },
     }
     assert validate_patch_manifest(yaml.safe_load(demo.dump_yaml(manifest))) == manifest
+    # a rollout also needs the change fields (docs/policy.md)
+    assert validate_change(manifest)["classification"] == "functional"
 
 
 def test_inventory_file() -> None:

@@ -1,0 +1,130 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for fleetpatch.rollout.change_window: may this batch start now? Runs on the controller only."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
+    SCOPE_KEYS,
+    CalendarError,
+    iso_z,
+    parse_calendar,
+    parse_instant,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import host_batch_index
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import constraints, evaluate_wave
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
+    RunPaths,
+    append_event,
+    empty_state,
+    iso,
+    load_state,
+    queued_events,
+    refresh_lock,
+    save_state,
+    utc_now,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
+
+ARGUMENT_SPEC = {
+    "run": {"type": "dict", "required": True},
+    "clock": {"type": "str"},
+}
+CLOCK_ENV = "FLEETPATCH_CLOCK"
+
+
+class WindowError(Exception):
+    """The batch cannot be checked against the calendar."""
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        try:
+            result.update(self._check(args, task_vars))
+        except (WindowError, CalendarError) as exc:
+            result.update(failed=True, msg=str(exc))
+        return result
+
+    @staticmethod
+    def _clock(value: str | None) -> tuple[t.Any, str]:
+        if value:
+            return parse_instant(value, "clock (rollout_clock)"), "rollout_clock"
+        if os.environ.get(CLOCK_ENV):
+            return parse_instant(os.environ[CLOCK_ENV], CLOCK_ENV), CLOCK_ENV
+        return utc_now(), "controller"
+
+    def _check(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        run = args["run"]
+        plan = run["plan"]
+        change = run.get("change")
+        if not isinstance(change, dict):
+            raise WindowError("run has no change policy: pass the registered result of fleetpatch.rollout.rollout_plan")
+        index_of = host_batch_index(plan)
+        indexes = {index_of[host] for host in task_vars.get("ansible_play_batch", []) if host in index_of}
+        if len(indexes) != 1:
+            raise WindowError(f"cannot tell which plan batch is starting: play batch maps to batches {sorted(indexes)}")
+        index = indexes.pop()
+        batch = plan["batches"][index]
+        wave = plan["waves"][batch["wave"]]
+        skip = set(run.get("skip_hosts", []))
+        hosts = [host for host in batch["hosts"] if host not in skip]
+        scopes = {host: {key: host_var(task_vars, host, f"fleet_{key}") for key in SCOPE_KEYS} for host in hosts}
+        now, clock_source = self._clock(args["clock"])
+        limits = constraints(change["constraints"], change.get("override"))
+        found = evaluate_wave(parse_calendar(change["calendar"]), scopes, now, limits)
+        check_mode = bool(self._task.check_mode or run.get("preview"))
+        at = iso_z(now)
+        overridden = [note for note in found["notes"] if note.startswith("override: ")]
+        if found["fits"]:
+            msg = f"batch {index} ({wave['name']}) may start at {at}" + (f": {'; '.join(found['notes'])}" if found["notes"] else "")
+        else:
+            msg = (f"batch {index} ({wave['name']}) waits: {'; '.join(found['reasons'])}; "
+                   + (f"next opening {found['next_open']}" if found["next_open"] else "no opening within 400 days")
+                   + "; re-run the rollout then to resume")
+        result: dict[str, t.Any] = {"changed": False, "batch": index, "wave": wave["name"], "fits": found["fits"], "stop": not found["fits"],
+                                    "reasons": found["reasons"], "notes": found["notes"], "blocked_hosts": found["blocked_hosts"],
+                                    "next_open": found["next_open"], "clock": at, "clock_source": clock_source, "check_mode": check_mode,
+                                    "msg": msg}
+        if check_mode:
+            return result
+        paths = RunPaths(run["state_dir"], run["run_id"])
+        common = {"run_id": run["run_id"], "correlation_id": run.get("correlation_id"), "batch": index, "wave": wave["name"],
+                  "clock": at, "clock_source": clock_source}
+        append_event(paths, {"ts": iso(utc_now()), "event": "window.checked", "status": "open" if found["fits"] else "waiting",
+                             "message": msg, **common, "reasons": found["reasons"], "notes": found["notes"],
+                             "blocked_hosts": found["blocked_hosts"], "next_open": found["next_open"], "hosts": len(hosts)})
+        if overridden and found["fits"]:
+            override = change["override"]
+            append_event(paths, {"ts": iso(utc_now()), "event": "override.applied", "status": "applied",
+                                 "message": f"override {override['ticket']} lets batch {index} through: "
+                                            + "; ".join(note[len("override: "):] for note in overridden),
+                                 **common, "ticket": override["ticket"], "expires": override["expires"], "broken": overridden,
+                                 "hosts": sorted(set(hosts) & set(override["hosts"]))})
+        if not found["fits"]:
+            state = load_state(paths) or empty_state(run["run_id"], plan["patch_id"], plan["fingerprint"])
+            now_text = iso(utc_now())
+            waiting = {"at": now_text, "clock": at, "batch": index, "wave": wave["name"], "reasons": found["reasons"],
+                       "next_open": found["next_open"], "blocked_hosts": found["blocked_hosts"]}
+            state["status"] = "waiting_window"
+            state["waiting"] = waiting
+            state.setdefault("waits", []).append(waiting)
+            state["halted"] = {"at": now_text, "action": "wait_window", "batch": index, "wave": wave["name"],
+                               "reasons": found["reasons"] + ([f"next opening {found['next_open']}"] if found["next_open"] else [])}
+            state.setdefault("decisions", []).append({"at": now_text, "batch": index, "wave": wave["name"], "action": "wait_window",
+                                                      "reasons": found["reasons"]})
+            save_state(paths, state)
+            refresh_lock(paths)
+        # The event callback, the only writer of events.jsonl, records these from the result.
+        result["fleetpatch_events"] = queued_events(paths)
+        return result

@@ -1,0 +1,100 @@
+#!/usr/bin/python
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: change_window
+short_description: Check the change calendar before a rollout batch starts
+version_added: 0.2.0
+description:
+  - Runs once per batch on the controller (C(run_once), C(delegate_to=localhost)), before any host of the batch is
+    touched. Evaluates the change calendar of the plan (maintenance windows, freezes, peak business hours, release
+    blackouts, each in its own time zone) for every host of the batch at one UTC instant.
+  - The profile the plan chose says which rules bind (C(require_window), C(avoid_peak), C(avoid_releases)); a freeze
+    always binds, unless an accepted emergency override names the host, breaks freezes and has not expired.
+  - When the batch may not start, the run pauses. The run state gets status C(waiting_window) with the reasons and the
+    next opening, the event C(window.checked) (status V(waiting)) is queued, and RV(stop) tells the play to end. Running
+    the rollout again resumes it, as after a hold.
+  - Returns the events C(window.checked) and, when an override let hosts through, C(override.applied), for the event
+    callback C(fleetpatch.rollout.events).
+  - This is an action plugin; it runs on the controller only. See C(docs/policy.md).
+author: fleetpatch developers (@fleetpatch)
+extends_documentation_fragment:
+  - fleetpatch.rollout._attributes
+attributes:
+  check_mode:
+    support: full
+    details: In check mode the answer is computed and returned; nothing is written.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  run:
+    description: The registered result of M(fleetpatch.rollout.rollout_plan) (it carries the change policy and calendar).
+    type: dict
+    required: true
+  clock:
+    description:
+      - For tests only. The UTC instant (ISO 8601 with C(Z)) the calendar is evaluated at, instead of the controller's clock.
+      - C($FLEETPATCH_CLOCK) does the same when this is not set.
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Check the change calendar before the batch starts (controller, once)
+  fleetpatch.rollout.change_window:
+    run: "{{ hostvars['localhost']['__rollout_run'] }}"
+  delegate_to: localhost
+  run_once: true
+  register: window
+
+- name: Stop starting new hosts outside the window
+  ansible.builtin.meta: end_play
+  when: window.stop
+"""
+
+RETURN = r"""
+fits:
+  description: Whether every host of the batch may start now.
+  returned: success
+  type: bool
+stop:
+  description: The opposite of RV(fits); the play should end without touching the batch.
+  returned: success
+  type: bool
+reasons:
+  description: Why the batch waits, such as C(freeze year-end until 2027-01-05T00:00:00Z) or C(outside maintenance window eu-nightly).
+  returned: success
+  type: list
+  elements: str
+notes:
+  description: Open windows (with their end) and what an override let through.
+  returned: success
+  type: list
+  elements: str
+blocked_hosts:
+  description: Hosts of the batch that may not start.
+  returned: success
+  type: list
+  elements: str
+next_open:
+  description: The first instant (UTC) at which the whole batch may start, or null when nothing opens within 400 days.
+  returned: success
+  type: str
+clock:
+  description: The instant the calendar was evaluated at.
+  returned: success
+  type: str
+clock_source:
+  description: V(controller), V(rollout_clock) or V(FLEETPATCH_CLOCK).
+  returned: success
+  type: str
+fleetpatch_events:
+  description: C(window.checked), and C(override.applied) when an override let hosts through, for the event callback.
+  returned: when not in check mode
+  type: list
+  elements: dict
+"""
