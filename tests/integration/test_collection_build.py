@@ -89,6 +89,9 @@ def test_built_collection_installs_and_runs_by_fqcn(tmp_path) -> None:
     }))
     manifest = outside / "patch.yml"
     manifest.write_text(yaml.safe_dump({"patch_id": "FP-T-1", "service": "app", "target_version": "1.0.1",
+                                        "change_type": "scheduled", "classification": "functional", "justification": "build test",
+                                        "affected_versions": ["1.0.0"], "regression_risk": "low", "requested_by": "alice",
+                                        "approved_by": ["bob"],
                                         "artifact": {"url": "file:///nonexistent/app.tar.gz", "sha256": "0" * 64}}))
     preview = _run([os.path.join(BIN, "ansible-playbook"), "-i", str(fleet), "fleetpatch.rollout.rollout",
                     "-e", f"rollout_patch_manifest={manifest}", "-e", "rollout_preview=true",

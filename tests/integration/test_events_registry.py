@@ -106,7 +106,7 @@ def test_full_rollout_is_recorded_schema_valid_correlated_and_without_secrets(ma
     assert not os.path.exists(fleet.state_dir)
 
     manifest = manifest_with(fleet, tmp_path, requested_by="alice", approvals=[{"by": "bob", "role": "service owner"}],
-                             classification="bugfix", severity="medium", reason=f"rotate the leaked {CANARY}")
+                             classification="functional", severity="medium", justification=f"rotate the leaked {CANARY}")
     result = fleet.rollout(policy=policy, playbook=canary_playbook(tmp_path), rollout_patch_manifest=manifest, awx_job_id=4242,
                            fleet_api_token=CANARY, canary_blob=CANARY + "-blob",
                            env={"TRACEPARENT": f"00-{TRACE}-{PARENT_SPAN}-01", "FLEETPATCH_SECRET_VARS": "canary_blob"})

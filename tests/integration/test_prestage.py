@@ -232,6 +232,8 @@ def build_bundle(fleet: DemoFleet, tmp_path, **args: t.Any) -> dict[str, t.Any]:
 def write_manifest(path, patch_id: str, version: str, artifact: dict[str, t.Any]) -> str:
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump({"patch_id": patch_id, "service": "myapp", "target_version": version, "base_version": "1.0.0",
+                        "change_type": "scheduled", "classification": "functional", "justification": "pre-staged bundle test",
+                        "affected_versions": ["1.0.0"], "regression_risk": "low", "requested_by": "alice", "approved_by": ["bob"],
                         "artifact": artifact}, handle)
     return str(path)
 
