@@ -26,6 +26,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     parse_time,
     with_slo_targets,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import PolicyError, load_change_policy, slo_targets
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
     FORMATS,
@@ -47,6 +48,7 @@ ARGUMENT_SPEC = {
     "desired": {"type": "dict"},
     "promotion": {"type": "list", "elements": "str"},
     "slo_targets": {"type": "dict", "default": {}},
+    "change_policy": {"type": "str"},
     "registry": {"type": "bool", "default": True},
     "registry_path": {"type": "str"},
     "state_dir": {"type": "str"},
@@ -96,6 +98,16 @@ class ActionModule(ActionBase):
         if args["promotion"] is not None:
             data["promotion"] = args["promotion"]
         desired = parse_desired_state(data, source=source)
+        if args["change_policy"]:
+            # the rollout's change policy: its profiles' time-to-patch targets become the report's SLO targets
+            path = os.path.abspath(os.path.expanduser(args["change_policy"]))
+            if not os.path.exists(path):
+                raise DriftError(f"change policy file {path} does not exist")
+            try:
+                policy = load_change_policy(self._loader.load_from_file(path), source=f"change policy {path}")
+            except PolicyError as exc:
+                raise DriftError(str(exc)) from None
+            desired = with_slo_targets(desired, slo_targets(policy), source=f"change policy {path}")
         return with_slo_targets(desired, args["slo_targets"], source="slo_targets option")
 
     def _run(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:

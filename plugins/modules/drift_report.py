@@ -78,6 +78,12 @@ options:
         Replaces the desired state's C(slo.targets)."
     type: dict
     default: {}
+  change_policy:
+    description:
+      - The rollout's change policy file (C(docs/policy.md)). Its profiles' time-to-patch targets become the report's targets
+        per severity - for each severity, the strictest target of the profiles a security patch of that severity can
+        select. Replaces the desired state's C(slo.targets); O(slo_targets) still wins over it.
+    type: str
   registry:
     description: Read the patch registry when it exists. Nothing is ever written to it.
     type: bool

@@ -19,6 +19,9 @@ description:
     the outcome of every host, rollbacks, the event file with its last seq and hash, whether the event log is complete,
     the summary digest), then writes a checkpoint of the chain head to its own file, signed when O(signing_key) is set.
   - O(event=prestaged) records that the patch was pre-staged (O(details) holds what to keep).
+  - O(event=plan) also records an accepted emergency override (C(patch.override), status C(accepted) - ticket, requester,
+    approvers, hosts, expiry, what it breaks); O(event=override_refused) records a refused one (status C(refused), the
+    reason and the override as given, in O(details)), so every override is in the patch's record.
   - Values of secret variables (named in O(secret_vars) or named like C(*password*), C(*token*), C(*secret*)) are
     masked before anything is written; credentials in the artifact URL are dropped.
   - A requester who approves their own patch is refused, as are approvals without a requester and an out-of-band
@@ -41,7 +44,7 @@ options:
     description: What to record.
     type: str
     required: true
-    choices: [plan, prestaged, finish]
+    choices: [plan, prestaged, finish, override_refused]
   run:
     description: The registered result of M(fleetpatch.rollout.rollout_plan). Required for V(plan) and V(finish).
     type: dict
@@ -49,10 +52,10 @@ options:
     description: The registered result of M(fleetpatch.rollout.rollout_finish), for V(finish).
     type: dict
   patch_id:
-    description: The patch, when O(run) is not given (V(prestaged)).
+    description: The patch, when O(run) is not given (V(prestaged), V(override_refused)).
     type: str
   details:
-    description: What to keep with a V(prestaged) record (for example C(hosts) and C(summary)).
+    description: What to keep with a V(prestaged) record (for example C(hosts) and C(summary)) or a V(override_refused) one.
     type: dict
     default: {}
   state_dir:

@@ -15,6 +15,13 @@ description:
   - The plan is byte-identical for the same inventory attributes, policy and patch id. It is saved as
     C(runs/<run_id>/plan.json) in the controller state directory, where C(run_id) is the patch id, so running the same
     patch again resumes the same run.
+  - Before planning, applies the change policy (C(docs/policy.md)) - validates the manifest's change fields (change type,
+    classification, justification, affected versions, regression risk, requester, approvers; the severity inputs of a
+    security patch) with an argument spec, scores the severity of a security patch, and picks the policy profile by
+    change type, classification and severity. The profile's rollout keys are the defaults of O(policy).
+  - Validates an emergency O(override) (justification, ticket, approvers who are not the requester, expiry, scope) and
+    evaluates the change calendar for every wave at the run's clock; the plan and its preview show which waves fit now
+    and when the others may start. M(fleetpatch.rollout.change_window) checks again before every batch.
   - Takes a lock over the planned hosts. A live lock of another run over any of them refuses the run; a stale lock is
     reported and only broken with O(break_lock=true) (or taken over when it belongs to an earlier attempt of this run).
   - This is an action plugin; it runs on the controller only and never touches a target host.
@@ -68,17 +75,34 @@ options:
     default: false
   require_approval:
     description:
-      - Refuse a patch whose manifest names no approver (C(approvals) or C(approved_by)). Whatever this says, a requester
-        (C(requested_by)) who approves their own patch, approvals without a requester, and an out-of-band C(change_type)
-        without a justification (C(reason)) are refused before any host is touched.
+      - Kept for compatibility. Approvers (C(approvals) or C(approved_by)) are mandatory change fields, so a patch nobody
+        approved is always refused; so are a requester (C(requested_by)) who approves their own patch and approvals without
+        a requester, before any host is touched.
     type: bool
     default: false
+  change_policy:
+    description:
+      - The change policy (profiles, calendar, override rules, severity weights), as a path to a YAML/JSON file or a
+        mapping. Omitted means the built-in profiles and no calendar rule. See C(docs/policy.md).
+    type: raw
+  override:
+    description:
+      - An emergency override, as a path to a YAML/JSON file or a mapping (C(patch_id), C(hosts), C(justification),
+        C(ticket), C(requested_by), C(approvers), C(expires), C(breaks)). Refused unless complete, unexpired, for this
+        patch and its targets, approved by enough people other than the requester, and allowed by the profile.
+    type: raw
+  clock:
+    description:
+      - For tests only. The UTC instant (ISO 8601 with C(Z)) at which the calendar is evaluated, instead of the controller's
+        clock. C($FLEETPATCH_CLOCK) does the same when this is not set.
+    type: str
 """
 
 EXAMPLES = r"""
 - name: Preview the plan for a patch
   fleetpatch.rollout.rollout_plan:
     manifest: /srv/patches/myapp-1.0.1.yml
+    change_policy: /srv/patches/change-policy.yml
     targets: "{{ query('ansible.builtin.inventory_hostnames', 'fleet_nodes') }}"
     policy:
       canary: {size: 1, groups: ["region=eu-west"]}
@@ -136,8 +160,26 @@ correlation_id:
       ident, else a new UUID).
   returned: when not a preview
   type: str
+change:
+  description:
+    - The change as the policy sees it - change type, classification, severity (and its score for a security patch),
+      regression risk, profile, the profile's calendar constraints, time to patch, the rollout keys given in O(policy)
+      that replaced the profile's, the calendar, the accepted override, the clock and where it came from.
+  returned: success
+  type: dict
+schedule:
+  description: Every wave at the run's clock - C(wave), C(fits), C(reasons), C(notes), C(blocked_hosts), C(next_open).
+  returned: success
+  type: list
+  elements: dict
+override_refused:
+  description: A refused override (status, reason, the override as given), which the role records in the patch registry.
+  returned: when an override was refused
+  type: dict
 fleetpatch_events:
-  description: The run's domain events (C(run.started), C(plan.compiled)) for the event callback, the only writer of the event log.
+  description:
+    - The run's domain events (C(run.started), C(plan.compiled), C(change.classified), C(override.accepted)) for the
+      event callback, the only writer of the event log.
   returned: when not a preview
   type: list
   elements: dict

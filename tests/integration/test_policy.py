@@ -191,3 +191,24 @@ def test_emergency_override_refusals_touch_nothing_and_a_valid_one_goes_through_
     timeline = query_timeline(registry, RUN_ID)
     assert [entry["status"] for entry in timeline["overrides"]] == ["refused", "refused", "refused", "accepted"]
     assert any(entry["what"] == "override" and "accepted: INC-4711 by oncall-carol" in entry["detail"] for entry in timeline["timeline"])
+
+
+def test_drift_report_takes_its_time_to_patch_targets_from_the_change_policy(tmp_path) -> None:
+    from .rollout_harness import run_playbook
+
+    change_policy = write(tmp_path, "change-policy.yml", {"profiles": [
+        {"name": "emergency-security", "match": {"change_type": ["emergency"], "classification": ["security"]},
+         "time_to_patch": {"critical": "24h", "high": "3d"}},
+        {"name": "routine", "time_to_patch": {"critical": "7d", "high": "14d", "medium": "30d", "low": "90d"}}]})
+    playbook = write(tmp_path, "drift.yml", [{"name": "Drift report with the change policy's targets", "hosts": "localhost",
+                                              "gather_facts": False, "tasks": [
+        {"name": "Reconcile nothing, read only", "fleetpatch.rollout.drift_report": {
+            "desired": {"environments": {"prod": {"myapp": {"version": "1.0.1"}}}}, "change_policy": change_policy,
+            "registry": False, "state_dir": str(tmp_path / "state")}, "check_mode": True, "register": "report"},
+        {"name": "Show the targets", "ansible.builtin.debug": {"var": "report.slo"}}]}])
+    result = run_playbook(playbook)
+    assert result.status == "successful", result.stdout[-3000:]
+    slo = result.task_results("drift_report")["localhost"]["slo"]
+    assert {entry["severity"]: entry["target_seconds"] for entry in slo} == {
+        "critical": 86400.0, "high": 259200.0, "medium": 2592000.0, "low": 7776000.0}
+    assert not (tmp_path / "state").exists()
