@@ -200,12 +200,12 @@ def test_drift_report_takes_its_time_to_patch_targets_from_the_change_policy(tmp
         {"name": "emergency-security", "match": {"change_type": ["emergency"], "classification": ["security"]},
          "time_to_patch": {"critical": "24h", "high": "3d"}},
         {"name": "routine", "time_to_patch": {"critical": "7d", "high": "14d", "medium": "30d", "low": "90d"}}]})
+    report = {"desired": {"environments": {"prod": {"myapp": {"version": "1.0.1"}}}}, "change_policy": change_policy,
+              "registry": False, "state_dir": str(tmp_path / "state")}
+    tasks = [{"name": "Reconcile nothing, read only", "fleetpatch.rollout.drift_report": report, "check_mode": True, "register": "report"},
+             {"name": "Show the targets", "ansible.builtin.debug": {"var": "report.slo"}}]
     playbook = write(tmp_path, "drift.yml", [{"name": "Drift report with the change policy's targets", "hosts": "localhost",
-                                              "gather_facts": False, "tasks": [
-        {"name": "Reconcile nothing, read only", "fleetpatch.rollout.drift_report": {
-            "desired": {"environments": {"prod": {"myapp": {"version": "1.0.1"}}}}, "change_policy": change_policy,
-            "registry": False, "state_dir": str(tmp_path / "state")}, "check_mode": True, "register": "report"},
-        {"name": "Show the targets", "ansible.builtin.debug": {"var": "report.slo"}}]}])
+                                              "gather_facts": False, "tasks": tasks}])
     result = run_playbook(playbook)
     assert result.status == "successful", result.stdout[-3000:]
     slo = result.task_results("drift_report")["localhost"]["slo"]
