@@ -13,13 +13,15 @@ missing fix), ``missing_patch`` (lacks a fix the desired version carries), ``une
 the catalogue does not know) or ``unknown`` (unreachable, no data, corrupt data, no desired state). Nothing is ever
 ``in_sync`` without data.
 
-The accumulator keeps one small tuple per host and classifies each distinct (environment, service, version, build)
-once, so 100,000 hosts cost little more than parsing their facts.
+The accumulator keeps one small tuple per host (name, times) pointing at the host's shape: what all hosts of one kind
+share (attributes, state, per service version, build, state and reason). Classification, the plan of a host's rows
+and the text around the values of every row are made once per shape; hosts are merged by name when the report is
+built (a fleet whose hosts come once each needs nothing but sorting), so 100,000 hosts cost little more than parsing
+their facts.
 """
 
 from __future__ import annotations
 
-import bisect
 import calendar
 import collections
 import contextlib
@@ -27,7 +29,10 @@ import dataclasses
 import fnmatch
 import gc
 import hashlib
+import heapq
+import itertools
 import json
+import operator
 import re
 import time
 import typing as t
@@ -577,7 +582,7 @@ class Verdict:
     """
 
     __slots__ = ("environment", "service", "status", "reason", "version", "desired", "missing", "equivalent_to", "sha256",
-                 "count", "installed", "first_host", "fragment", "junit")
+                 "count", "installed", "first_host", "fragment")
 
     def __init__(self, environment: str, service: str, status: str, reason: str | None, *, version: str | None = None,
                  desired: str | None = None, missing: tuple[str, ...] = (), equivalent_to: str | None = None,
@@ -585,14 +590,14 @@ class Verdict:
         self.environment, self.service, self.status, self.reason = environment, service, status, reason
         self.version, self.desired, self.missing, self.equivalent_to, self.sha256 = version, desired, missing, equivalent_to, sha256
         self.count = 0
-        self.installed: list[str] = []
+        # where its hosts' installed_at values are: (index in the host tuple, host tuples)
+        self.installed: list[tuple[int, list[t.Any]]] = []
         self.first_host: str | None = None
         # everything of a row's JSON between the host and installed_at (ROW_FIELDS order)
         self.fragment = (',"environment":' + _j(environment) + ',"service":' + _j(service) + ',"status":"' + status
                          + '","reason":' + _j(reason) + ',"version":' + _j(version) + ',"desired":' + _j(desired)
                          + ',"missing_patches":' + _j(list(missing)) + ',"equivalent_to":' + _j(equivalent_to)
                          + ',"artifact_sha256":' + _j(sha256))
-        self.junit: tuple[str, str] | None = None
 
     def as_dict(self) -> dict[str, t.Any]:
         return {"status": self.status, "reason": self.reason, "desired": self.desired, "missing": list(self.missing),
@@ -601,9 +606,23 @@ class Verdict:
 
 # A row: (host, verdict, installed_at, collected_at, (environment, region, tenant, segment))
 Row = t.Tuple[str, Verdict, t.Optional[str], str, t.Tuple[str, t.Optional[str], t.Optional[str], t.Optional[str]]]
-# A host: (collected_at, environment, state, reason, services, attrs, service names)
-# services: tuple of ((environment, name, version, sha256), state, installed_at, reason), sorted by name
-_HostEntry = t.Tuple[str, str, str, t.Optional[str], tuple, tuple, tuple]
+# A host: (host, collected_at or "", its Shape, the installed_at of each of its services in the order the record
+# names them ("" when it gives none), "")
+_HostEntry = t.Tuple[t.Any, ...]
+# A row of a shape: (verdict, index of the row's installed_at in the host tuple, classified from the host's own facts,
+# installed_at given)
+_PlanRow = t.Tuple[Verdict, int, bool, bool]
+# the fields of a record that add_all's short way reads, and what makes a service's facts a kind (with its name)
+_QUICK_RECORD_FIELDS = operator.itemgetter("host", "collected_at", "state", "environment", "region", "tenant", "segment",
+                                           "services")
+_FACT_KEY_FIELDS = operator.itemgetter("version", "artifact_sha256", "state", "reason")
+_FIRST = operator.itemgetter(0)
+# records a facts file hands on at a time (read_facts_file, Reconciler.add_batch)
+BATCH = 64
+# records read before they are merged by host at the latest (Reconciler._merge)
+_MERGE_AT = 250_000
+# the characters a JSON string holds as they are: printable ASCII but " and \\
+_JSON_PLAIN = bytes(sorted(set(range(0x20, 0x7f)) - set(b'"\\')))
 
 
 def _by_name(entry: tuple[t.Any, ...]) -> str:
@@ -617,13 +636,63 @@ def _canonical_time(value: t.Any) -> str | None:
     return format_time(parse_time(value)) if value else None
 
 
+class Shape:
+    """What every host of one kind has in common: attributes, state, and per service its key, state and reason.
+
+    A large fleet has few kinds of hosts (environment, region, tenant, segment, which version and build of which
+    service, whether times are known); a host is a small tuple pointing at its shape, so that classification, the
+    plan of its rows and the text around every value of a row are made once per shape instead of once per host.
+    """
+
+    __slots__ = ("attrs", "state", "reason", "collected", "came_ok", "services", "blank", "token", "rows", "violations",
+                 "members")
+
+    def __init__(self, attrs: tuple[t.Any, ...], state: t.Any, reason: str | None, collected: bool,
+                 services: t.Sequence[t.Any], came_ok: bool | None = None) -> None:
+        """services: (name, version, sha256, state, reason, installed_at given) of each service, flat, in record order;
+        came_ok: the record said state ok (though it became failed for want of services)."""
+        self.attrs = attrs
+        self.state = state
+        self.came_ok = state == "ok" if came_ok is None else came_ok
+        self.reason = reason
+        self.collected = collected  # the host tuple's collected_at is not ""
+        env = attrs[0]
+        # (key (environment, name, version, sha256), state, reason, index of its installed_at in the host tuple,
+        # installed_at given), sorted by name
+        found = []
+        for index in range(0, len(services), 6):
+            name, version, sha, fstate, freason, given = services[index:index + 6]
+            key = (env, name, version if isinstance(version, str) else None, sha if isinstance(sha, str) else None)
+            found.append((key, fstate, freason, 3 + index // 6, given))
+        if len(found) > 2 or (len(found) == 2 and found[0][0][1] > found[1][0][1]):
+            found.sort(key=_by_name)
+        self.services = tuple(found)
+        self.blank = 3 + len(found)  # index of the host tuple's trailing ""
+        self.token: object = None
+        self.rows: tuple[_PlanRow, ...] = ()
+        self.violations: tuple[tuple[int, str, str, str], ...] = ()
+        self.members: list[_HostEntry] = []
+
+
 class Reconciler:
     """Feed facts records (``add``), then ``build`` the report. Records of one host merge by ``collected_at``."""
 
     def __init__(self, desired: DesiredState, *, now: float) -> None:
         self.now = now
+        # the hosts merged so far (host -> its tuple), and the tuples of the records read since, in the order read:
+        # merged when needed (build), so that a fleet whose hosts come once each is merged by sorting alone
         self._hosts: dict[str, _HostEntry] = {}
-        self._interned: dict[t.Any, t.Any] = {}
+        self._read: list[_HostEntry] = []
+        # the text values of the keys of _quick_shapes, each kept once
+        self._values: dict[str, str] = {}
+        # attributes other than text, each kept once (_add_record)
+        self._attrs: dict[tuple[t.Any, ...], tuple[t.Any, ...]] = {}
+        # collection times, each kept once (the hosts of a run share a few thousand)
+        self._times: dict[str, str] = {}
+        self._shapes: dict[tuple[t.Any, ...], Shape] = {}
+        # (environment, region, tenant, segment, then per service name and _FACT_KEY_FIELDS) of a record that
+        # add_all takes the short way -> its shape
+        self._quick_shapes: dict[tuple[t.Any, ...], Shape] = {}
         self.rejected: list[str] = []
         self.rejected_count = 0
         self.records = 0
@@ -639,6 +708,7 @@ class Reconciler:
             self._by_service[patch.service].append((index, patch))
         self._applicable: dict[tuple[t.Any, ...], tuple[str, ...]] = {}
         self._supported: dict[tuple[str, str], frozenset[str]] = {}
+        self._host_rules = [rule for rule in desired.rules if rule.scope == "host"]
 
     # -- input
 
@@ -650,69 +720,210 @@ class Reconciler:
     def add(self, record: t.Any) -> None:
         self.add_all((record,))
 
+    def add_batch(self, records: t.Iterable[t.Any]) -> None:
+        """Merge a batch of records in (add_all; a facts file is read and merged a batch of lines at a time)."""
+        self.add_all(records)
+
     def add_all(self, records: t.Iterable[t.Any]) -> None:
         """Merge records in, one per host (a record of a host already held replaces it only when collected later).
 
-        This loop runs once per host of the fleet: it keeps what the report needs as interned tuples and nothing else.
+        This loop runs once per host of the fleet: it keeps the host's name and times in a small tuple that points at
+        the host's shape (shared by every host of the same kind), and nothing else. A record as fleetpatch writes it
+        (every field there, times canonical, state ok, every service with an installation time) of a kind seen before
+        takes the short way; any other the general one (_add_record), with the same result.
         """
-        hosts, interned, canonical = self._hosts, self._interned, _canonical_time
-        intern = interned.setdefault
-        for record in records:
-            self.records += 1
-            try:
-                get = record.get
-                host = get("host")
-                if (host.__class__ is not str and not isinstance(host, str)) or not host:
-                    self.reject(f"record {self.records} has no host name")
-                    continue
-                collected = get("collected_at")
-                if collected is not None and (not isinstance(collected, str) or len(collected) != 20 or collected[19] != "Z"):
-                    collected = canonical(collected)
-                collected = collected or ""
-                state = get("state") or "ok"
-                existing = hosts.get(host)
-                # latest collection wins; at the same time, data beats no data, then the first one read stays
-                if existing is not None and (collected, state == "ok") <= (existing[0], existing[2] == "ok"):
-                    continue
-                env = get("environment")
-                if not isinstance(env, str) or not env:
-                    env = "unassigned"
-                attrs = (env, get("region"), get("tenant"), get("segment"))
-                attrs = intern(attrs, attrs)
-                env = attrs[0]
-                reason = get("reason")
-                raw = get("services")
-                services = []
-                if state == "ok" and isinstance(raw, dict):
-                    for name, fact in raw.items():
-                        if not isinstance(fact, dict):
-                            key = (env, name, None, None)
-                            services.append((intern(key, key), "corrupt", None, "service facts are not an object"))
+        read, quick, intern, share = self._read.append, self._quick_shapes, self._times.setdefault, self._values.setdefault
+        record_fields, key_fields = _QUICK_RECORD_FIELDS, _FACT_KEY_FIELDS
+        add_record = self._add_record
+        count = self.records
+        try:
+            for record in records:
+                count += 1
+                if record.__class__ is dict:
+                    key = None
+                    try:
+                        host, collected, state, env, region, tenant, segment, raw = record_fields(record)
+                        entry = None
+                        if (host.__class__ is str and host and state == "ok" and env.__class__ is str and env
+                                and raw.__class__ is dict):
+                            # times as fleetpatch writes them: str of 20 characters that end in Z
+                            if len(raw) == 2:
+                                (name1, fact1), (name2, fact2) = raw.items()
+                                if fact1.__class__ is fact2.__class__ is dict:
+                                    installed1, installed2 = fact1["installed_at"], fact2["installed_at"]
+                                    if (collected.__class__ is installed1.__class__ is installed2.__class__ is str
+                                            and len(collected) == len(installed1) == len(installed2) == 20
+                                            and collected[19] == installed1[19] == installed2[19] == "Z"):
+                                        key = (env, region, tenant, segment, name1, fact1["version"], fact1["artifact_sha256"],
+                                               fact1["state"], fact1["reason"], name2, fact2["version"], fact2["artifact_sha256"],
+                                               fact2["state"], fact2["reason"])
+                                        shape = quick.get(key)
+                                        if shape is not None:
+                                            entry = (host, intern(collected, collected), shape, installed1, installed2, "")
+                            elif len(raw) == 1:
+                                ((name1, fact1),) = raw.items()
+                                if fact1.__class__ is dict:
+                                    installed1 = fact1["installed_at"]
+                                    if (collected.__class__ is installed1.__class__ is str and len(collected) == len(installed1) == 20
+                                            and collected[19] == installed1[19] == "Z"):
+                                        key = (env, region, tenant, segment, name1, fact1["version"], fact1["artifact_sha256"],
+                                               fact1["state"], fact1["reason"])
+                                        shape = quick.get(key)
+                                        if shape is not None:
+                                            entry = (host, intern(collected, collected), shape, installed1, "")
+                            elif collected.__class__ is str and len(collected) == 20 and collected[19] == "Z":
+                                parts: list[t.Any] = [env, region, tenant, segment]
+                                times: list[t.Any] = [host, collected, None]
+                                for name1, fact1 in raw.items():
+                                    if fact1.__class__ is not dict:
+                                        break
+                                    installed1 = fact1["installed_at"]
+                                    if installed1.__class__ is not str or len(installed1) != 20 or installed1[19] != "Z":
+                                        break
+                                    parts += (name1, key_fields(fact1))
+                                    times.append(installed1)
+                                else:
+                                    key = tuple(parts)
+                                    shape = quick.get(key)
+                                    if shape is not None:
+                                        times[2] = shape
+                                        times.append("")
+                                        entry = tuple(times)
+                        elif (state.__class__ is str and state and state != "ok" and host.__class__ is str and host
+                              and collected.__class__ is str and len(collected) == 20 and collected[19] == "Z"):
+                            # not ok (unreachable, failed, no data): no services are read
+                            reason = record["reason"]
+                            if reason is None or reason.__class__ is str:
+                                key = (None, env, region, tenant, segment, state, reason)
+                                shape = quick.get(key)
+                                if shape is not None:
+                                    entry = (host, intern(collected, collected), shape, "")
+                        if entry is not None:
+                            read(entry)
                             continue
-                        fget = fact.get
-                        version, sha = fget("version"), fget("artifact_sha256")
-                        key = (env, name, version if isinstance(version, str) else None, sha if isinstance(sha, str) else None)
-                        installed = fget("installed_at")
-                        if installed is not None and (not isinstance(installed, str) or len(installed) != 20 or installed[19] != "Z"):
-                            installed = canonical(installed)
-                        fstate = fget("state") or "ok"
-                        services.append((intern(key, key), fstate, installed, None if fstate == "ok" else fget("reason")))
-                    if len(services) > 2 or (len(services) == 2 and services[0][0][1] > services[1][0][1]):
-                        services.sort(key=_by_name)
-                elif state == "ok":
-                    state, reason = "failed", "facts record has no services"
-                names = tuple([entry[0][1] for entry in services])
-                hosts[host] = (collected, env, state, None if state == "ok" else str(reason or f"no data ({state})"),
-                               tuple(services), attrs, intern(names, names))
-            except (AttributeError, TypeError) as exc:
-                self.reject(f"record {self.records} is not a facts record ({exc})")
+                    except (KeyError, TypeError):
+                        key = None
+                    shape = add_record(record, count)
+                    if key is not None and shape is not None:
+                        # its values shared by every key: comparing a record's key with it reads memory at hand
+                        quick[tuple([share(value, value) if value.__class__ is str else value for value in key])] = shape
+                else:
+                    add_record(record, count)
+        finally:
+            self.records = count
+            if len(self._read) > max(_MERGE_AT, 2 * len(self._hosts)):
+                self._merge()
+
+    def _merge(self) -> dict[str, _HostEntry]:
+        """Merge the records read since into the hosts: the latest collection wins; at the same time, data beats no
+        data, then the first one read stays."""
+        hosts = self._hosts
+        for entry in self._read:
+            existing = hosts.setdefault(entry[0], entry)
+            if existing is not entry and (entry[1], entry[2].came_ok) > (existing[1], existing[2].state == "ok"):
+                hosts[entry[0]] = entry
+        self._read.clear()  # the same list: add_all appends to it
+        return hosts
+
+    def _entries(self) -> list[_HostEntry]:
+        """Every host's tuple, merged (_merge), in host order."""
+        read = self._read
+        if not self._hosts and len(set(map(_FIRST, read))) == len(read):
+            # a fleet whose hosts come once each is merged already
+            return sorted(read, key=_FIRST)
+        return sorted(self._merge().values(), key=_FIRST)
+
+    def _add_record(self, record: t.Any, count: int) -> Shape | None:
+        """Merge one record in (the count-th); return the host's shape when hosts of the same record fields (but
+        name and times) share it."""
+        try:
+            get = record.get
+            host, collected, state, env, region, tenant, segment, reason, raw = (
+                get("host"), get("collected_at"), get("state"), get("environment"), get("region"), get("tenant"),
+                get("segment"), get("reason"), get("services"))
+            if (host.__class__ is not str and not isinstance(host, str)) or not host:
+                self.records = count
+                self.reject(f"record {count} has no host name")
+                return None
+            if collected is not None and (not isinstance(collected, str) or len(collected) != 20 or collected[19] != "Z"):
+                collected = _canonical_time(collected)
+            collected = collected or ""
+            state = state or "ok"
+            if not isinstance(env, str) or not env:
+                env = "unassigned"
+            attrs = (env, region, tenant, segment)
+            # attributes other than text or none (1 == True == 1.0): hosts with equal ones share the first taken
+            held = None
+            if not (region.__class__ is str or region is None) or not (tenant.__class__ is str or tenant is None) \
+                    or not (segment.__class__ is str or segment is None):
+                held = self._merge()
+                existing = held.get(host)
+                if existing is not None and (collected, state == "ok") <= (existing[1], existing[2].state == "ok"):
+                    return None
+                attrs = self._attrs.setdefault(attrs, attrs)
+            # the shape's key: attributes, state, reason, collected_at known, then per service (name, version, sha256,
+            # state, reason, installed_at known); the host: name, collected_at, shape, installed_at per service, ""
+            parts: list[t.Any] = [attrs, state, None, collected != ""]
+            entry: list[t.Any] = [host, collected, None]
+            # states and reasons that are text (or none): equal ones say the same (1 and True would not)
+            exact = state.__class__ is str and (reason is None or reason.__class__ is str)
+            if state == "ok" and isinstance(raw, dict):
+                for name, fact in raw.items():
+                    if not isinstance(fact, dict):
+                        parts += (name, None, None, "corrupt", "service facts are not an object", False)
+                        entry.append("")
+                        continue
+                    fget = fact.get
+                    version, sha, installed = fget("version"), fget("artifact_sha256"), fget("installed_at")
+                    if installed is not None and (not isinstance(installed, str) or len(installed) != 20 or installed[19] != "Z"):
+                        installed = _canonical_time(installed)
+                    fstate, freason = fget("state"), fget("reason")
+                    if not ((fstate is None or fstate.__class__ is str) and (freason is None or freason.__class__ is str)):
+                        exact = False
+                    fstate = fstate or "ok"
+                    # the reason of an unknown row (an absent service has its own)
+                    freason = None if fstate in ("ok", "absent") else freason or f"host manifest is {fstate}"
+                    parts += (name, version, sha, fstate, freason, installed is not None)
+                    entry.append(installed or "")
+            came_ok = state == "ok"
+            if came_ok and not isinstance(raw, dict):
+                state, reason = "failed", "facts record has no services"
+                parts[1] = state
+            if state != "ok":
+                parts[2] = str(reason or f"no data ({state})")
+            # (a record that said ok and became failed for want of services still counts as data when merged)
+            key = tuple(parts) if state == "ok" or not came_ok else (*parts, True)
+            exact = exact and held is None
+            shape = None
+            try:
+                if exact:
+                    shape = self._shapes.get(key)
+            except TypeError:  # an unhashable state or reason (unhashable attributes are refused)
+                hash(attrs)
+                exact = False
+            if shape is None:
+                # a host of a new kind; of a kind of its own unless all of it is text (or none) and hashable
+                shape = Shape(attrs, parts[1], parts[2], parts[3], parts[4:], came_ok)
+                if exact:
+                    self._shapes[key] = shape
+            entry[2] = shape
+            entry.append("")
+            if held is not None:
+                held[host] = tuple(entry)
+                return None
+            self._read.append(tuple(entry))
+            return shape if exact else None
+        except (AttributeError, TypeError) as exc:
+            self.records = count
+            self.reject(f"record {count} is not a facts record ({exc})")
+            return None
 
     @property
     def host_count(self) -> int:
-        return len(self._hosts)
+        return len(self._merge())
 
     def host_environments(self) -> dict[str, str]:
-        return {host: entry[1] for host, entry in self._hosts.items()}
+        return {host: entry[2].attrs[0] for host, entry in self._merge().items()}
 
     # -- classification
 
@@ -810,76 +1021,104 @@ class Reconciler:
         if names is None:
             wanted = self.desired.environments.get(attrs[0], {})
             services = self.desired.services
-            names = tuple(sorted(name for name in wanted if name not in services or services[name].applies_to(attrs[1:])))
-            # interned like the hosts' service names, so that build compares them by identity
-            names = self._applicable[attrs] = self._interned.setdefault(names, names)
+            names = self._applicable[attrs] = tuple(sorted(name for name in wanted
+                                                           if name not in services or services[name].applies_to(attrs[1:])))
         return names
 
     # -- output
 
-    def build(self) -> Report:
-        """Classify every host and service, then aggregate alignment, compatibility, lag and time-to-patch."""
-        rows: list[Row] = []
-        append = rows.append
-        host_rules = [rule for rule in self.desired.rules if rule.scope == "host"]
-        host_violations: dict[tuple[int, str, str, str], list[t.Any]] = {}
-        hosts_per_env: dict[str, int] = collections.Counter()
+    def _plan(self, shape: Shape) -> None:
+        """The rows of every host of a shape (in service order) and the host-scope compatibility rules it breaks."""
+        attrs = shape.attrs
+        env = attrs[0]
+        applicable = self._applicable.get(attrs)
+        if applicable is None:
+            applicable = self._applicable_services(attrs)
+        blank = shape.blank
+        rows: list[_PlanRow] = []
+        shape.rows, shape.violations = (), ()
+        if shape.state != "ok":
+            for service in applicable or (NO_SERVICE,):
+                rows.append((self._unknown(env, service, t.cast(str, shape.reason)), blank, False, False))
+            shape.rows = tuple(rows)
+            return
+        services: tuple[t.Any, ...] = shape.services
+        names = tuple([entry[0][1] for entry in services])
+        if names != applicable:
+            if not applicable and not names:
+                rows.append((self._unknown(env, NO_SERVICE, "no host manifest found and no desired service for this host"),
+                             blank, False, False))
+                shape.rows = tuple(rows)
+                return
+            present = set(names)
+            services = tuple(sorted(services + tuple(((env, name, None, None), "absent", None, blank, False)
+                                                     for name in applicable if name not in present), key=_by_name))
         verdicts = self._verdicts
-        classify = self._classify
-        applicable_cache = self._applicable
-        hosts = self._hosts
-        for host in sorted(hosts):
-            collected, env, state, reason, services, attrs, names = hosts[host]
-            hosts_per_env[env] += 1
-            applicable = applicable_cache.get(attrs)
-            if applicable is None:
-                applicable = self._applicable_services(attrs)
-            if state != "ok":
-                for service in applicable or (NO_SERVICE,):
-                    verdict = self._unknown(env, service, t.cast(str, reason))
-                    verdict.count += 1
-                    append((host, verdict, None, collected, attrs))
-                continue
-            if names is not applicable:
-                if not applicable and not names:
-                    verdict = self._unknown(env, NO_SERVICE, "no host manifest found and no desired service for this host")
-                    verdict.count += 1
-                    append((host, verdict, None, collected, attrs))
+        for key, fstate, freason, slot, given in services:
+            if fstate == "ok":
+                verdict = verdicts.get(key)
+                if verdict is None:
+                    verdict = verdicts[key] = self._classify(*key)
+                rows.append((verdict, slot, True, given))
+            elif fstate == "absent":
+                rows.append((self._unknown(env, key[1], f"no host manifest of {key[1]}"), slot, False, given))
+            else:
+                rows.append((self._unknown(env, key[1], freason, key[2], key[3]), slot, False, given))
+        shape.rows = tuple(rows)
+        if self._host_rules:
+            versions = {entry[0][1]: entry[0][2] for entry in services if entry[1] == "ok"}
+            violations = []
+            for index, rule in enumerate(self._host_rules):
+                left, right = versions.get(rule.service), versions.get(rule.requires_service)
+                if left is None or (rule.environments and env not in rule.environments):
                     continue
-                present = set(names)
-                services = tuple(sorted(services + tuple(((env, name, None, None), "absent", None, None)
-                                                         for name in applicable if name not in present), key=_by_name))
-            for key, fstate, installed, freason in services:
-                if fstate == "ok":
-                    verdict = verdicts.get(key)
-                    if verdict is None:
-                        verdict = verdicts[key] = classify(*key)
-                    if not verdict.count:
-                        verdict.first_host = host
-                    verdict.count += 1
-                    if installed is not None:
-                        verdict.installed.append(installed)
-                elif fstate == "absent":
-                    verdict = self._unknown(env, key[1], f"no host manifest of {key[1]}")
-                    verdict.count += 1
-                else:
-                    verdict = self._unknown(env, key[1], freason or f"host manifest is {fstate}", key[2], key[3])
-                    verdict.count += 1
-                append((host, verdict, installed, collected, attrs))
-            if host_rules:
-                versions = {entry[0][1]: entry[0][2] for entry in services if entry[1] == "ok"}
-                for index, rule in enumerate(host_rules):
-                    left, right = versions.get(rule.service), versions.get(rule.requires_service)
-                    if left is None or (rule.environments and env not in rule.environments):
-                        continue
-                    if rule.versions is not None and not rule.versions.matches(left):
-                        continue
-                    if right is None or not rule.requires.matches(right):
-                        entry = host_violations.setdefault((index, env, left, right or ""), [0, []])
-                        entry[0] += 1
-                        if len(entry[1]) < 20:
-                            entry[1].append(host)
-        return Report(self, rows, [v for v in verdicts.values() if v.count], hosts_per_env, host_violations)
+                if rule.versions is not None and not rule.versions.matches(left):
+                    continue
+                if right is None or not rule.requires.matches(right):
+                    violations.append((index, env, left, right or ""))
+            shape.violations = tuple(violations)
+
+    def build(self) -> Report:
+        """Classify every host and service, then aggregate alignment, compatibility, lag and time-to-patch.
+
+        The report is valid until this reconciler builds again.
+        """
+        entries = self._entries()
+        token = object()
+        # the hosts of every shape, in host order; the shapes in the order of their first host, so that verdicts come
+        # into being in the same order as rows do
+        shapes: list[Shape] = []
+        firsts: dict[Shape, str] = {}
+        for entry in entries:
+            shape = entry[2]
+            if shape.token is not token:
+                shape.token = token
+                shape.members = []
+                shapes.append(shape)
+                firsts[shape] = entry[0]
+            shape.members.append(entry)
+        hosts_per_env: dict[str, int] = collections.Counter()
+        host_violations: dict[tuple[int, str, str, str], list[t.Any]] = {}
+        for shape in shapes:
+            self._plan(shape)
+            members = shape.members
+            count = len(members)
+            hosts_per_env[shape.attrs[0]] += count
+            first = firsts[shape]
+            for verdict, slot, own, given in shape.rows:
+                verdict.count += count
+                if own:
+                    if verdict.first_host is None or first < verdict.first_host:
+                        verdict.first_host = first
+                    if given:
+                        verdict.installed.append((slot, members))
+            for key in shape.violations:
+                entry = host_violations.setdefault(key, [0, []])
+                entry[0] += count
+                entry[1].extend(heapq.nsmallest(20, map(_FIRST, members)))
+        for entry in host_violations.values():
+            entry[1] = sorted(entry[1])[:20]
+        return Report(self, entries, shapes, [v for v in self._verdicts.values() if v.count], hosts_per_env, host_violations)
 
 
 def _environment_order(desired: DesiredState, seen: t.Iterable[str]) -> list[str]:
@@ -888,21 +1127,27 @@ def _environment_order(desired: DesiredState, seen: t.Iterable[str]) -> list[str
 
 
 class Report:
-    """The result of Reconciler.build: ``document()`` is the JSON report without its rows; ``rows`` hold them."""
+    """The result of Reconciler.build: ``document()`` is the JSON report without its rows; ``rows`` hold them.
 
-    def __init__(self, rec: Reconciler, rows: list[Row], verdicts: list[Verdict], hosts_per_env: t.Mapping[str, int],
-                 host_violations: dict[tuple[int, str, str, str], list[t.Any]]) -> None:
+    ``entries`` are the hosts in name order, each (host, collected_at or "", shape, installed_at of each service or "",
+    ""); a row of a host is one of its shape's ``rows`` (verdict, index of the row's installed_at in the host tuple, ...).
+    """
+
+    def __init__(self, rec: Reconciler, entries: list[_HostEntry], shapes: list[Shape], verdicts: list[Verdict],
+                 hosts_per_env: t.Mapping[str, int], host_violations: dict[tuple[int, str, str, str], list[t.Any]]) -> None:
         self.rec = rec
         self.desired = rec.desired
         self.now = rec.now
-        self.rows = rows
+        self.entries = entries
+        self.shapes = shapes
+        self._rows: list[Row] | None = None
         self.verdicts = verdicts
-        self.hosts = rec.host_count
+        self.hosts = len(entries)
         self.hosts_per_env = hosts_per_env
         self.host_violations = host_violations
         status_index = {status: index for index, status in enumerate(STATUSES)}
         self.counts: dict[tuple[str, str], list[int]] = {}
-        # (environment, service, version) -> [hosts, installed_at values sorted, first host]
+        # (environment, service, version) -> [hosts, installed_at values, first host, earliest and latest installed_at]
         self.groups: dict[tuple[str, str, str], list[t.Any]] = {}
         for verdict in verdicts:
             self.counts.setdefault((verdict.environment, verdict.service), [0] * len(STATUSES))[status_index[verdict.status]] += verdict.count
@@ -910,16 +1155,33 @@ class Report:
                 continue
             group = self.groups.setdefault((verdict.environment, verdict.service, verdict.version), [0, [], verdict.first_host])
             group[0] += verdict.count
-            group[1].extend(verdict.installed)
+            for slot, members in verdict.installed:
+                group[1].extend(map(operator.itemgetter(slot), members))
             if verdict.first_host is not None and (group[2] is None or verdict.first_host < group[2]):
                 group[2] = verdict.first_host
         for group in self.groups.values():
-            group[1].sort()
+            times = group[1]
+            group += (min(times), max(times)) if times else (None, None)
         self.environments = _environment_order(self.desired, [env for env, _svc in self.counts])
         self.services = sorted({svc for _env, svc in self.counts})
         self.totals = {status: sum(c[i] for c in self.counts.values()) for i, status in enumerate(STATUSES)}
+        self.row_count = sum(self.totals.values())  # every row counts once, for its verdict
 
     # -- rows
+
+    @property
+    def rows(self) -> list[Row]:
+        """Every row, in host and then service order (made on first use: the report writers do not need them)."""
+        if self._rows is None:
+            rows: list[Row] = []
+            append = rows.append
+            for entry in self.entries:
+                host, collected, shape = entry[0], entry[1], entry[2]
+                attrs = shape.attrs
+                for verdict, slot, _own, _given in shape.rows:
+                    append((host, verdict, entry[slot] or None, collected, attrs))
+            self._rows = rows
+        return self._rows
 
     def row_dicts(self) -> t.Iterator[dict[str, t.Any]]:
         """Every row as the JSON report holds it (ROW_FIELDS)."""
@@ -929,6 +1191,55 @@ class Report:
                    "missing_patches": list(verdict.missing), "equivalent_to": verdict.equivalent_to,
                    "artifact_sha256": verdict.sha256, "installed_at": installed, "region": attrs[1], "tenant": attrs[2],
                    "segment": attrs[3], "collected_at": collected or None}
+
+    def json_rows(self, hosts: int = 500) -> t.Iterator[tuple[list[_HostEntry], str, str]]:
+        """The rows array of the JSON report in pieces of ``hosts`` hosts: (those hosts, text, fingerprint text).
+
+        The texts joined are every row as row_json writes it, the first after "\\n    ", the others after ",\\n    "
+        (the file), and "\\n" + row_core + "}" of every row (what the fingerprint hashes after the document). The
+        text around a host's values is made once per shape; a host name is written as it is unless it needs escaping.
+        """
+        middles: dict[tuple[Verdict, bool], str] = {}
+        specs = {shape: _json_spec(shape, middles) for shape in self.shapes}
+        entries = self.entries
+        first = True
+        for start in range(0, len(entries), hosts):
+            chunk = part = entries[start:start + hosts]
+            names = "".join(map(_FIRST, chunk))
+            if not names.isascii() or names.encode("ascii").translate(None, _JSON_PLAIN):
+                # a host name that may need escaping: the host names as JSON writes them (without the quotes)
+                chunk = [(json_str(entry[0])[1:-1], *entry[1:]) for entry in chunk]
+            text: list[str] = []
+            fingerprint_text: list[str] = []
+            put, put_fingerprint = text.extend, fingerprint_text.extend
+            for entry in chunk:
+                spec = specs[entry[2]]
+                if spec[0] == 2:
+                    _size, s1, s2, f0, f1, f2, f3, f4, f5, f6, d0, d1, d2, d3, d4 = spec
+                    host = entry[0]
+                    collected, i1, i2 = entry[1], entry[s1], entry[s2]
+                    put((f0, host, f1, i1, f2, collected, f3, host, f4, i2, f5, collected, f6))
+                    put_fingerprint((d0, host, d1, i1, d2, host, d3, i2, d4))
+                elif spec[0] == 1:
+                    _size, s1, f0, f1, f2, f3, d0, d1, d2 = spec
+                    host = entry[0]
+                    collected, i1 = entry[1], entry[s1]
+                    put((f0, host, f1, i1, f2, collected, f3))
+                    put_fingerprint((d0, host, d1, i1, d2))
+                elif spec[0]:
+                    _size, slots, fixed, fixed_fingerprint = spec
+                    host, collected = entry[0], entry[1]
+                    text.append(fixed[0])
+                    fingerprint_text.append(fixed_fingerprint[0])
+                    for index, slot in enumerate(slots):
+                        installed = entry[slot]
+                        put((host, fixed[3 * index + 1], installed, fixed[3 * index + 2], collected, fixed[3 * index + 3]))
+                        put_fingerprint((host, fixed_fingerprint[2 * index + 1], installed, fixed_fingerprint[2 * index + 2]))
+            if text:
+                if first:
+                    text[0] = text[0][1:]  # the first row follows "[", not another row
+                    first = False
+                yield part, "".join(text), "".join(fingerprint_text)
 
     @property
     def drift_found(self) -> bool:
@@ -1013,7 +1324,7 @@ class Report:
             if self.rec.is_fixed(index, patch, version):
                 fixed += group[0]
                 if group[1]:
-                    times += [group[1][0], group[1][-1]]
+                    times += [group[3], group[4]]
             elif lacking is None or group[2] < lacking:
                 lacking = group[2]
         return total, fixed, times, lacking
@@ -1079,10 +1390,10 @@ class Report:
                 for (g_env, g_svc, version), group in self.groups.items():
                     if g_env != env or g_svc != patch.service or not patch.applies(version):
                         continue
-                    hosts, times, first = group
+                    hosts, times, first = group[:3]
                     if self.rec.is_fixed(index, patch, version):
                         # installed at or before the deadline (a host installed before the release counts as in time)
-                        in_time = bisect.bisect_right(times, deadline_text)
+                        in_time = sum(map(operator.le, times, itertools.repeat(deadline_text)))
                         no_time = hosts - len(times)
                         entry["within"] += in_time + (no_time if self.now <= deadline else 0)
                         entry["late"] += len(times) - in_time + (0 if self.now <= deadline else no_time)
@@ -1126,7 +1437,7 @@ class Report:
         slo = self.slo()
         summary = {
             "hosts": self.hosts,
-            "rows": len(self.rows),
+            "rows": self.row_count,
             "statuses": dict(self.totals),
             "drift": sum(self.totals[status] for status in DRIFT_STATUSES),
             "drift_found": self.drift_found,
@@ -1150,6 +1461,35 @@ class Report:
             "lag_summary": self.lag_summary(lag),
             "slo": slo,
         }
+
+
+def _json_spec(shape: Shape, middles: dict[tuple[Verdict, bool], str]) -> tuple[t.Any, ...]:
+    """The fixed text around the values (host, installed_at, collected_at) of the rows of every host of a shape.
+
+    Per row the file has f[3i] host f[3i+1] installed_at f[3i+2] collected_at f[3i+3] (the last of a row and the
+    first of the next are one), the fingerprint d[2i] host d[2i+1] installed_at d[2i+2]; null values are "" with
+    null in the fixed text. (size, slots..., f..., d...) for one or two rows, else (size, slots, f, d). middles: the
+    text from a host to its installed_at per verdict, kept for the next shape.
+    """
+    collected = shape.collected
+    attrs_text = attrs_json(shape.attrs)
+    fixed = [',\n    {"host":"']
+    fixed_fingerprint = ['\n{"host":"']
+    slots = []
+    for verdict, slot, _own, given in shape.rows:
+        middle = middles.get((verdict, given))
+        if middle is None:
+            middle = middles[(verdict, given)] = '"' + verdict.fragment + ',"installed_at":' + ('"' if given else "null")
+        fixed += [middle, ('"' if given else "") + attrs_text + ',"collected_at":' + ('"' if collected else "null"),
+                  ('"' if collected else "") + '},\n    {"host":"']
+        fixed_fingerprint += [middle, ('"' if given else "") + attrs_text + '}\n{"host":"']
+        slots.append(slot)
+    if slots:
+        fixed[-1] = fixed[-1][: -len(',\n    {"host":"')]
+        fixed_fingerprint[-1] = fixed_fingerprint[-1][: -len('\n{"host":"')]
+    if len(slots) <= 2:
+        return (len(slots), *slots, *fixed, *fixed_fingerprint)
+    return (len(slots), tuple(slots), tuple(fixed), tuple(fixed_fingerprint))
 
 
 # --------------------------------------------------------------------------------------------- rows as JSON

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import html
 import json
+import operator
 import os
 import re
 import sqlite3
@@ -19,6 +20,7 @@ import tempfile
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+    BATCH,
     DRIFT_STATUSES,
     FACTS_FORMAT,
     FACTS_TYPE,
@@ -29,8 +31,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     Report,
     Row,
     fingerprint_start,
-    attrs_json,
-    json_text,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsync_directory, write_file_atomic
 
@@ -41,6 +41,11 @@ STATUS_LABELS = {"in_sync": "in sync", "drifted": "drifted", "missing_patch": "m
                  "unexpected_version": "unexpected version", "unknown": "unknown"}
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _XML_SPECIAL = re.compile("[&<>\"'\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_FIRST = operator.itemgetter(0)
+# printable ASCII but "&'<>\\
+_PLAIN = bytes(sorted(set(range(0x20, 0x7f)) - set(b"\"&'<>\\")))
+# the C scanner behind json.loads, without json.loads' wrapper (a call per line of a large facts file)
+_SCAN = json.decoder.JSONDecoder().scan_once
 
 
 # --------------------------------------------------------------------------------------------- facts files
@@ -72,26 +77,41 @@ def read_facts_file(path: str, reconciler: Reconciler) -> dict[str, t.Any]:
     """Stream one facts file into the reconciler; returns what was read. A torn or invalid line is skipped and counted."""
     info: dict[str, t.Any] = {"path": path, "records": 0, "rejected": 0, "header": None}
 
-    def records(handle: t.TextIO) -> t.Iterator[t.Any]:
-        loads = json.loads
+    before = reconciler.records
+    scan, loads = _SCAN, json.loads
+    # parsed a batch of lines at a time, then merged: parsing and merging each keep their code in the processor's
+    # caches
+    batch: list[t.Any] = []
+    put = batch.append
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
+            # json.loads without its wrapper: the JSON value at the start of the line, and nothing but its newline
+            # after it (anything else, leading blanks included, takes json.loads itself: same result, same errors)
             try:
-                record = loads(line)
-            except ValueError:
-                if line.strip():
-                    info["rejected"] += 1
-                    reconciler.reject(f"{os.path.basename(path)} line {number}: not valid JSON")
-                continue
+                record, end = scan(line, 0)
+                if end != len(line) and line[end:] != "\n":
+                    raise ValueError(line)
+            except (StopIteration, ValueError):
+                try:
+                    record = loads(line)
+                except ValueError:
+                    if line.strip():
+                        reconciler.add_batch(batch)  # the records before it first, as they were read
+                        batch.clear()
+                        info["rejected"] += 1
+                        reconciler.reject(f"{os.path.basename(path)} line {number}: not valid JSON")
+                    continue
             if number == 1 and isinstance(record, dict) and record.get("type") == FACTS_TYPE:
                 if record.get("format") != FACTS_FORMAT:
                     raise DriftError(f"{path}: facts format {record.get('format')!r} is not supported (expected {FACTS_FORMAT})")
                 info["header"] = {key: record.get(key) for key in ("generated_at", "hosts", "run_id", "slice", "awx_job_id")}
                 continue
-            info["records"] += 1
-            yield record
-
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        reconciler.add_all(records(handle))
+            put(record)
+            if len(batch) == BATCH:
+                reconciler.add_batch(batch)
+                batch.clear()
+    reconciler.add_batch(batch)
+    info["records"] = reconciler.records - before
     return info
 
 
@@ -170,34 +190,25 @@ class _NullSink:
         return 0
 
 
-def write_json(report: Report, document: dict[str, t.Any], sink: t.Any, *, chunk: int = 4000) -> str:
+def write_json(report: Report, document: dict[str, t.Any], sink: t.Any, *, chunk: int = 500,
+               each: t.Callable[[list[t.Any]], None] | None = None) -> str:
     """Stream the JSON report (the document, then every row, then the fingerprint) into sink; return the fingerprint.
 
-    The document must not hold rows or a fingerprint yet; it gets the fingerprint. The rows are written here rather
-    than with row_json, in chunks, because this loop is most of a large fleet's report.
+    The document must not hold rows or a fingerprint yet; it gets the fingerprint. The rows come from
+    Report.json_rows in pieces of ``chunk`` hosts, because they are most of a large fleet's report (pieces of less than
+    a megabyte: the allocator keeps reusing the same memory instead of mapping new pages for every piece); each(hosts)
+    is called with the hosts of every piece (while they are at hand: JUnitSuites.add).
     """
     digest = fingerprint_start(document)
     head = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False)
     sink.write(head[: head.rstrip().rfind("}")].rstrip() + ',\n  "rows": [')
-    rows = report.rows
-    # times are canonical (no escaping needed); a host has one row per service, in a run: its text is reused
-    attrs_texts: dict[int, str] = {}
-    last_host, host_text = None, ""
-    for start in range(0, len(rows), chunk):
-        part = rows[start:start + chunk]
-        cores = []
-        for host, verdict, installed, _collected, attrs in part:
-            if host is not last_host:
-                last_host, host_text = host, json_text(host)
-            attrs_text = attrs_texts.get(id(attrs))
-            if attrs_text is None:
-                attrs_text = attrs_texts[id(attrs)] = attrs_json(attrs)
-            installed_text = '"' + installed + '"' if installed else "null"
-            cores.append('{"host":%s%s,"installed_at":%s%s' % (host_text, verdict.fragment, installed_text, attrs_text))
-        digest.update(("\n" + "}\n".join(cores) + "}").encode("utf-8"))
-        fulls = ['%s,"collected_at":"%s"}' % (core, row[3]) if row[3] else core + ',"collected_at":null}'
-                 for core, row in zip(cores, part)]
-        sink.write(("\n    " if start == 0 else ",\n    ") + ",\n    ".join(fulls))
+    rows = False
+    for hosts, text, fingerprint_text in report.json_rows(chunk):
+        digest.update(fingerprint_text.encode("utf-8"))
+        sink.write(text)
+        rows = True
+        if each is not None:
+            each(hosts)
     value = digest.hexdigest()
     sink.write(("\n  " if rows else "") + f'],\n  "fingerprint": "{value}"\n}}\n')
     document["fingerprint"] = value
@@ -235,8 +246,19 @@ def drift_rows(report: Report, environments: t.Sequence[str]) -> list[Row]:
     """Rows that are not in sync, worst status first, then environment (promotion order), host, service."""
     rank = {status: index for index, status in enumerate(STATUS_RANK)}
     env_rank = {env: index for index, env in enumerate(environments)}
-    rows = [row for row in report.rows if row[1].status != "in_sync"]
-    rows.sort(key=lambda row: (rank[row[1].status], env_rank.get(row[1].environment, len(env_rank)), row[0], row[1].service))
+    # the rows of one status and environment rank, by shape; a host's rows are all of its shape, in service order
+    buckets: dict[tuple[int, int], list[Row]] = {}
+    for shape in report.shapes:
+        attrs = shape.attrs
+        for verdict, slot, _own, _given in shape.rows:
+            if verdict.status != "in_sync":
+                bucket = buckets.setdefault((rank[verdict.status], env_rank.get(verdict.environment, len(env_rank))), [])
+                bucket.extend([(entry[0], verdict, entry[slot] or None, entry[1], attrs) for entry in shape.members])
+    rows: list[Row] = []
+    for key in sorted(buckets):
+        bucket = buckets[key]
+        bucket.sort(key=_FIRST)  # stable: the rows of a host keep their service order
+        rows += bucket
     return rows
 
 
@@ -498,45 +520,98 @@ def _x(value: t.Any) -> str:
     return html.escape(text, quote=True)
 
 
-def write_junit(document: t.Mapping[str, t.Any], report: Report, sink: t.Any) -> None:
+def _plain(text: str) -> bool:
+    """text holds no character that JSON or XML escapes (nor any other but printable ASCII)."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN)
+
+
+def _junit_spec(env: str, rows: t.Sequence[t.Any], cases: dict[t.Any, tuple[str, str]]) -> tuple[t.Any, ...]:
+    """The fixed text around the host name of the test cases of every host of a shape: (size, j0, ..., jsize).
+
+    cases: the text before and after the host name per verdict, kept for the next shape.
+    """
+    fixed = [""]
+    for verdict, *_rest in rows:
+        case = cases.get(verdict)
+        if case is None:
+            head = f'    <testcase classname="drift.{_x(env)}.{_x(verdict.service)}" name="'
+            if verdict.status == "in_sync":
+                tail = '" time="0"/>'
+            else:
+                tag = "error" if verdict.status == "unknown" else "failure"
+                message = _x(STATUS_LABELS[verdict.status] + ": " + (verdict.reason or ""))
+                tail = f'" time="0"><{tag} type="{verdict.status}" message="{message}"/></testcase>'
+            case = cases[verdict] = (head, tail + "\n")
+        fixed[-1] += case[0]
+        fixed.append(case[1])
+    return (len(rows), *fixed)
+
+
+class JUnitSuites:
+    """The JUnit report's test suites (one per environment, one test case per host and service), made a piece of hosts
+    at a time: add() them all, in host order, then write()."""
+
+    def __init__(self, document: t.Mapping[str, t.Any], report: Report) -> None:
+        self.document = document
+        self.report = report
+        # per environment, the pieces of its test cases' text (the host names among them are the hosts' own strings)
+        self.pieces: dict[str, list[str]] = {env: [] for env in document["summary"]["environments"]}
+        # the text around the host name of a shape's test cases, with where it goes (every row of a host is in the
+        # host's environment)
+        cases: dict[t.Any, tuple[str, str]] = {}
+        self.specs = {shape: (self.pieces[shape.attrs[0]].extend, *_junit_spec(shape.attrs[0], shape.rows, cases))
+                      for shape in report.shapes if shape.rows}
+
+    def add(self, entries: t.Sequence[t.Any]) -> None:
+        specs = self.specs
+        special = _XML_SPECIAL.search
+        plain = _plain("".join(map(_FIRST, entries)))
+        for entry in entries:
+            spec = specs.get(entry[2])
+            if spec is None:  # a host without rows
+                continue
+            host = entry[0]
+            if not plain and special(host):
+                host = _x(host)
+            size = spec[1]
+            if size == 2:
+                put, _size, j0, j1, j2 = spec
+                put((j0, host, j1, host, j2))
+            elif size == 1:
+                put, _size, j0, j1 = spec
+                put((j0, host, j1))
+            else:
+                spec[0]((spec[2], *[part for fixed in spec[3:] for part in (host, fixed)]))
+
+    def write(self, sink: t.Any) -> None:
+        document, report = self.document, self.report
+        totals = document["summary"]["statuses"]
+        failures = sum(totals[status] for status in DRIFT_STATUSES)
+        sink.write('<?xml version="1.0" encoding="UTF-8"?>\n'
+                   f'<testsuites name="fleetpatch drift" tests="{document["summary"]["rows"]}" failures="{failures}" '
+                   f'errors="{totals["unknown"]}" timestamp="{_x(document["now"])}">\n')
+        per_env: dict[str, list[int]] = {}
+        for (env, _service), count in report.counts.items():
+            entry = per_env.setdefault(env, [0, 0, 0])
+            entry[0] += sum(count[STATUSES.index(status)] for status in DRIFT_STATUSES)
+            entry[1] += count[STATUSES.index("unknown")]
+            entry[2] += sum(count)
+        for env, pieces in self.pieces.items():
+            fails, errors, tests = per_env.get(env, [0, 0, 0])
+            sink.write(f'  <testsuite name="drift.{_x(env)}" tests="{tests}" failures="{fails}" errors="{errors}" skipped="0">\n')
+            for start in range(0, len(pieces), 10000):
+                sink.write("".join(pieces[start:start + 10000]))
+            sink.write("  </testsuite>\n")
+        sink.write("</testsuites>\n")
+
+
+def write_junit(document: t.Mapping[str, t.Any], report: Report, sink: t.Any, *, chunk: int = 500) -> None:
     """One test suite per environment, one test case per host and service: drift is a failure, unknown an error."""
-    by_env: dict[str, list[Row]] = {env: [] for env in document["summary"]["environments"]}
-    for row in report.rows:
-        by_env[row[1].environment].append(row)
-    totals = document["summary"]["statuses"]
-    failures = sum(totals[status] for status in DRIFT_STATUSES)
-    sink.write('<?xml version="1.0" encoding="UTF-8"?>\n'
-               f'<testsuites name="fleetpatch drift" tests="{document["summary"]["rows"]}" failures="{failures}" '
-               f'errors="{totals["unknown"]}" timestamp="{_x(document["now"])}">\n')
-    per_env: dict[str, list[int]] = {}
-    for (env, _service), count in report.counts.items():
-        entry = per_env.setdefault(env, [0, 0])
-        entry[0] += sum(count[STATUSES.index(status)] for status in DRIFT_STATUSES)
-        entry[1] += count[STATUSES.index("unknown")]
-    special = _XML_SPECIAL.search
-    for env, rows in by_env.items():
-        fails, errors = per_env.get(env, [0, 0])
-        out = [f'  <testsuite name="drift.{_x(env)}" tests="{len(rows)}" failures="{fails}" errors="{errors}" skipped="0">']
-        last_host, host_text = None, ""
-        for host, verdict, *_rest in rows:
-            parts = verdict.junit
-            if parts is None:
-                head = f'    <testcase classname="drift.{_x(env)}.{_x(verdict.service)}" name="'
-                if verdict.status == "in_sync":
-                    parts = verdict.junit = (head, '" time="0"/>')
-                else:
-                    tag = "error" if verdict.status == "unknown" else "failure"
-                    message = _x(STATUS_LABELS[verdict.status] + ": " + (verdict.reason or ""))
-                    parts = verdict.junit = (head, f'" time="0"><{tag} type="{verdict.status}" message="{message}"/></testcase>')
-            if host is not last_host:
-                last_host, host_text = host, _x(host) if special(host) else host
-            out.append(parts[0] + host_text + parts[1])
-            if len(out) >= 8000:
-                sink.write("\n".join(out) + "\n")
-                out = []
-        out.append("  </testsuite>")
-        sink.write("\n".join(out) + "\n")
-    sink.write("</testsuites>\n")
+    suites = JUnitSuites(document, report)
+    entries = report.entries
+    for start in range(0, len(entries), chunk):
+        suites.add(entries[start:start + chunk])
+    suites.write(sink)
 
 
 # --------------------------------------------------------------------------------------------- Prometheus
@@ -616,11 +691,14 @@ def write_reports(report: Report, *, paths: t.Mapping[str, str], generated_at: s
     document = report.document()
     document["generated_at"] = generated_at
     document["inputs"] = dict(inputs)
+    # the JUnit test cases are made in the JSON report's pass over the hosts
+    suites = JUnitSuites(document, report) if write and "junit" in paths else None
+    each = suites.add if suites is not None else None
     if write and "json" in paths:
         with AtomicWriter(paths["json"]) as handle:
-            write_json(report, document, handle)
+            write_json(report, document, handle, each=each)
     else:
-        write_json(report, document, _NullSink())
+        write_json(report, document, _NullSink(), each=each)
     if not write:
         return document
     drift = drift_rows(report, document["summary"]["environments"]) if {"html", "markdown"} & set(paths) else []
@@ -628,9 +706,9 @@ def write_reports(report: Report, *, paths: t.Mapping[str, str], generated_at: s
         write_file_atomic(paths["html"], render_html(document, drift, title=title, max_rows=html_max_rows), mode=0o644)
     if "markdown" in paths:
         write_file_atomic(paths["markdown"], render_markdown(document, drift, title=title), mode=0o644)
-    if "junit" in paths:
+    if suites is not None:
         with AtomicWriter(paths["junit"]) as handle:
-            write_junit(document, report, handle)
+            suites.write(handle)
     if "prometheus" in paths:
         write_file_atomic(paths["prometheus"], render_prometheus(document, now=report.now), mode=0o644)
     return document

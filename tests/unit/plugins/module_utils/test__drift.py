@@ -13,6 +13,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     VersionSpec,
     apply_registry,
     fingerprint,
+    fingerprint_start,
     format_time,
     host_record,
     parse_desired_state,
@@ -416,3 +417,54 @@ def test_row_json_is_the_row_dict() -> None:
         full, core = row_json(row)
         assert json.loads(full) == expected
         assert json.loads(core) == {key: value for key, value in expected.items() if key != "collected_at"}
+
+
+# ------------------------------------------------------------------------------------------ hosts of one kind
+
+
+def test_hosts_of_a_kind_seen_before_get_the_rows_they_get_alone() -> None:
+    """The first host of a kind is read the general way, the next ones the short way: same rows either way."""
+    kinds = [
+        {"app": svc("1.0.0", sha="a" * 64), "db": svc("2.0.0")},
+        {"app": svc("1.0.2")},
+        {"app": svc("1.0.1", sha="b" * 64), "db": svc("2.0.0"), "cache": svc("4.0")},
+        {"app": svc(None, state="corrupt", reason="bad"), "db": svc("2.0.0")},
+        {"app": svc("1.0.0", installed="2026-03-02 10:00:00+01:00")},
+    ]
+    records = [host(f"h{index}-{copy}", "prod", kind) for copy in range(3) for index, kind in enumerate(kinds)]
+    records += [host(f"u{copy}", "prod", state="unreachable", reason="unreachable: timeout") for copy in range(3)]
+    together = build(records)
+    for record in records:
+        alone = build([record])
+        assert [row for row in together.row_dicts() if row["host"] == record["host"]] == list(alone.row_dicts())
+
+
+def test_merged_hosts_and_facts_read_later() -> None:
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time(NOW)))
+    reconciler.add_all([host("h1", "prod", {"app": svc("1.0.0"), "db": svc("2.0.0")}, collected_at="2026-03-08T00:00:00Z"),
+                        host("h2", "prod", {"app": svc("1.0.0"), "db": svc("2.0.0")})])
+    assert reconciler.host_count == 2 and reconciler.host_environments() == {"h1": "prod", "h2": "prod"}
+    # read after the hosts were merged (host_count): a later collection still wins, an earlier one still loses
+    reconciler.add_all([host("h1", "staging", {"app": svc("1.0.1"), "db": svc("2.0.0")}, collected_at="2026-03-09T00:00:00Z"),
+                        host("h2", "dev", {"app": svc("1.1.0"), "db": svc("2.0.0")}, collected_at="2026-03-01T00:00:00Z")])
+    report = reconciler.build()
+    assert {row["host"]: (row["environment"], row["version"]) for row in report.row_dicts() if row["service"] == "app"} == {
+        "h1": ("staging", "1.0.1"), "h2": ("prod", "1.0.0")}
+
+
+def test_json_rows_are_the_row_dicts_and_the_fingerprint() -> None:
+    records = [host(name, env, {"app": svc(version), "db": svc("2.0.0", installed=installed)}, collected_at=collected)
+               for name, env, version, installed, collected in [
+                   ("a", "prod", "1.0.0", "2026-03-02T00:00:00Z", "2026-03-09T12:00:00Z"),
+                   ('q"uote', "dev", "1.1.0", None, None),
+                   ("ü-host", "staging", "1.0.1", "2026-03-03T00:00:00Z", "2026-03-09T12:00:00Z")]]
+    records.append(host("z", "prod", {"app": svc("1.0.0"), "db": svc("2.0.0"), "extra": svc("9")}))
+    report = build(records)
+    document = report.document()
+    pieces = list(report.json_rows(hosts=2))
+    rows = json.loads("[" + "".join(text for _hosts, text, _fingerprint in pieces) + "]")
+    assert rows == list(report.row_dicts())
+    digest = fingerprint_start(document)
+    for _hosts, _text, fingerprint_text in pieces:
+        digest.update(fingerprint_text.encode("utf-8"))
+    assert digest.hexdigest() == fingerprint(document, report.rows)
