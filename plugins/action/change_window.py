@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
     SCOPE_KEYS,
     CalendarError,
@@ -29,6 +27,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     save_state,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
 
 ARGUMENT_SPEC = {
@@ -42,19 +41,9 @@ class WindowError(Exception):
     """The batch cannot be checked against the calendar."""
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        try:
-            result.update(self._check(args, task_vars))
-        except (WindowError, CalendarError) as exc:
-            result.update(failed=True, msg=str(exc))
-        return result
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
+    errors = (WindowError, CalendarError)
 
     @staticmethod
     def _clock(value: str | None) -> tuple[t.Any, str]:
@@ -64,7 +53,7 @@ class ActionModule(ActionBase):
             return parse_instant(os.environ[CLOCK_ENV], CLOCK_ENV), CLOCK_ENV
         return utc_now(), "controller"
 
-    def _check(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"]
         plan = run["plan"]
         change = run.get("change")

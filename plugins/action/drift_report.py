@@ -10,8 +10,6 @@ import os
 import time
 import typing as t
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     DRIFT_STATUSES,
     STATUSES,
@@ -27,6 +25,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     with_slo_targets,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import PolicyError, load_change_policy, slo_targets
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
     FORMATS,
@@ -65,20 +64,17 @@ ARGUMENT_SPEC = {
 ATTRIBUTE_VARS = {"environment": "fleet_environment", "region": "fleet_region", "tenant": "fleet_tenant", "segment": "fleet_segment"}
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
+    errors = (DriftError,)
+    error_prefix = "fleetpatch.rollout.drift_report: "
 
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        try:
-            with gc_paused():
-                result.update(self._run(args, task_vars))
-        except DriftError as exc:
-            result.update(failed=True, changed=False, msg=f"fleetpatch.rollout.drift_report: {exc}")
-        return result
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        with gc_paused():
+            return self._run(args, task_vars)
+
+    def _failure(self, exc: Exception) -> dict[str, t.Any]:
+        return {"failed": True, "changed": False, "msg": f"{self.error_prefix}{exc}"}
 
     def _desired(self, args: dict[str, t.Any]) -> DesiredState:
         data: dict[str, t.Any] = {}

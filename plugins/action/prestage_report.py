@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import run_id_for
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import readiness_report, render_report
@@ -22,6 +20,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     save_state,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
 
 ARGUMENT_SPEC = {
@@ -36,14 +35,10 @@ ARGUMENT_SPEC = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         check_mode = bool(self._task.check_mode)
 
         def collect(hosts: list[str]) -> dict[str, dict[str, t.Any]]:
@@ -76,7 +71,8 @@ class ActionModule(ActionBase):
                 # the event callback is the event log's only writer
                 events = queued_events(paths)
         lines = render_report(report)
-        result.update(changed=False, report=report, lines=lines, skip_hosts=skip, report_path=path, msg="; ".join(lines))
+        result: dict[str, t.Any] = {"changed": False, "report": report, "lines": lines, "skip_hosts": skip, "report_path": path,
+                                    "msg": "; ".join(lines)}
         if events:
             result["fleetpatch_events"] = events
         if report["percent"] < args["fail_below"]:

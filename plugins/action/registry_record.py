@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json, sha256_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
     STATUS_ENV,
@@ -47,23 +46,16 @@ _NOT_SCANNED = frozenset({"hostvars", "vars", "groups", "group_names", "omit", "
                           "ansible_play_hosts_all", "ansible_play_batch", "inventory_hostname", "playbook_dir"})
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
+    errors = (RegistryError, OSError)
+    error_prefix = "patch registry: "
 
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"] or {}
         if self._task.check_mode or run.get("preview"):
-            result.update(changed=False, skipped_reason="check mode or preview: the registry is not written", recorded=[])
-            return result
-        try:
-            result.update(self._record(args, run, task_vars))
-        except (RegistryError, OSError) as exc:
-            result.update(failed=True, msg=f"patch registry: {exc}")
-        return result
+            return {"changed": False, "skipped_reason": "check mode or preview: the registry is not written", "recorded": []}
+        return self._record(args, run, task_vars)
 
     @staticmethod
     def _redactor(args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> Redactor:

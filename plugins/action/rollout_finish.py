@@ -7,8 +7,6 @@ from __future__ import annotations
 import collections
 import typing as t
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     RunPaths,
@@ -22,6 +20,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     save_state,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
 
 ARGUMENT_SPEC = {
@@ -31,21 +30,16 @@ ARGUMENT_SPEC = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
 
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"]
         paths = RunPaths(run["state_dir"], run["run_id"])
         check_mode = bool(self._task.check_mode or run.get("preview"))
         state = load_state(paths)
         if check_mode or state is None:
-            result.update(changed=False, status="preview" if check_mode else "not-started", paths=self._paths(paths), check_mode=check_mode)
-            return result
+            return {"changed": False, "status": "preview" if check_mode else "not-started", "paths": self._paths(paths), "check_mode": check_mode}
         now = iso(utc_now())
         rollback_failed = self._record_rollbacks(state, args, task_vars, now)
         status = state.get("status", "running")
@@ -75,9 +69,8 @@ class ActionModule(ActionBase):
         )
         release_lock(paths)
         # The event callback, the only writer of events.jsonl, records these from the result.
-        result.update(changed=False, status=status, summary=summary, paths=self._paths(paths), failed=False,
-                      fleetpatch_events=queued_events(paths))
-        return result
+        return {"changed": False, "status": status, "summary": summary, "paths": self._paths(paths), "failed": False,
+                "fleetpatch_events": queued_events(paths)}
 
     @staticmethod
     def _paths(paths: RunPaths) -> dict[str, str]:

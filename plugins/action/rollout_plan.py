@@ -8,7 +8,6 @@ import os
 import typing as t
 
 from ansible.errors import AnsibleError
-from ansible.plugins.action import ActionBase
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError, iso_z, parse_instant
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
@@ -50,6 +49,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     save_state,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import (
     controller_identity,
     host_var,
@@ -90,21 +90,16 @@ class OverrideRefused(Exception):
         self.record = record
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
+    errors = (OverrideRefused, RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError)
 
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        try:
-            result.update(self._plan(args, task_vars))
-        except OverrideRefused as exc:
-            result.update(failed=True, msg=str(exc), override_refused=exc.record)
-        except (RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError) as exc:
-            result.update(failed=True, msg=str(exc))
-        return result
+    def _failure(self, exc: Exception) -> dict[str, t.Any]:
+        failure = super()._failure(exc)
+        if isinstance(exc, OverrideRefused):
+            # roles/rollout/tasks/plan.yml records the refusal in the patch registry from this key
+            failure["override_refused"] = exc.record
+        return failure
 
     def _load_document(self, value: t.Any, what: str) -> tuple[t.Any, str]:
         """A mapping given inline, or the YAML/JSON file a path names."""
@@ -180,7 +175,7 @@ class ActionModule(ActionBase):
                 raise RolloutPlanError(f"host {host!r}: variable 'fleetpatch_host_root' is missing")
         return hosts, edges
 
-    def _plan(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         manifest, manifest_path = self._load_manifest(args["manifest"])
         manifest, change_policy = self._change(args, manifest, manifest_path)
         # approvers are mandatory change fields: every rollout needs an approval that is not a self-approval

@@ -7,8 +7,6 @@ from __future__ import annotations
 import typing as t
 import uuid
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._analysis import compact, summarize
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import (
     CONTROLLER_KINDS,
@@ -25,6 +23,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     utc_now,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
@@ -39,21 +38,11 @@ ARGUMENT_SPEC = {
 _KEEP_BASELINE = ("patched", "quarantined", "unhealthy")
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
+    errors = (CheckError,)
 
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        try:
-            result.update(self._run(args, task_vars))
-        except CheckError as exc:
-            result.update(failed=True, msg=str(exc))
-        return result
-
-    def _run(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"] or {}
         if args["checks"] is not None:
             checks = normalize_checks(args["checks"], "checks")

@@ -8,8 +8,6 @@ import dataclasses
 import time
 import typing as t
 
-from ansible.plugins.action import ActionBase
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._analysis import compact, pick_control_hosts
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import HOST_KINDS, sample
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._gate import (
@@ -33,6 +31,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     utc_now,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, probe_many
 
 ARGUMENT_SPEC = {
@@ -50,19 +49,9 @@ class GateError(Exception):
     """The gate cannot evaluate the batch."""
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        task_vars = task_vars or {}
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        try:
-            result.update(self._gate(args, task_vars))
-        except GateError as exc:
-            result.update(failed=True, msg=str(exc))
-        return result
+class ActionModule(ControllerAction):
+    argument_spec = ARGUMENT_SPEC
+    errors = (GateError,)
 
     def _batch_index(self, plan: dict[str, t.Any], task_vars: dict[str, t.Any]) -> int:
         index_of = host_batch_index(plan)
@@ -89,7 +78,7 @@ class ActionModule(ActionBase):
         ]
         return verdicts, health
 
-    def _gate(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+    def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"]
         plan = run["plan"]
         check_mode = bool(self._task.check_mode or run.get("preview"))
