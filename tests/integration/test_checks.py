@@ -6,6 +6,7 @@ two-core machine. The metric test runs Debian's real Prometheus on 127.0.0.1, sc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -40,18 +41,9 @@ CANARY_POLICY = {"canary": {"size": 1, "groups": ["region=eu-west"]}, "waves": [
 
 
 @pytest.fixture
-def make_fleet(tmp_path):
-    fleets: list[DemoFleet] = []
-
-    def factory(**params: t.Any) -> DemoFleet:
-        fleet = DemoFleet(str(tmp_path / f"f{len(fleets)}"), demo_fleet_hosts_per_cell=1, **params)
-        fleets.append(fleet)
-        fleet.create()
-        return fleet
-
-    yield factory
-    for fleet in fleets:
-        fleet.teardown()
+def make_fleet(make_fleet):
+    """The shared factory (conftest.py) with one host per cell: the small fleets this file is timed for."""
+    return functools.partial(make_fleet, demo_fleet_hosts_per_cell=1)
 
 
 def free_port() -> int:

@@ -35,21 +35,6 @@ with open(os.path.join(REPO_ROOT, "docs", "events.schema.json"), encoding="utf-8
 HOOKS = sorted(name for name in vars(CallbackModule) if name.startswith("v2_"))
 
 
-@pytest.fixture
-def make_fleet(tmp_path):
-    fleets: list[DemoFleet] = []
-
-    def factory(**params) -> DemoFleet:
-        fleet = DemoFleet(str(tmp_path / f"f{len(fleets)}"), **params)
-        fleets.append(fleet)
-        fleet.create()
-        return fleet
-
-    yield factory
-    for fleet in fleets:
-        fleet.teardown()
-
-
 def events_path(fleet: DemoFleet) -> str:
     return os.path.join(fleet.run_dir(RUN_ID), "events.jsonl")
 

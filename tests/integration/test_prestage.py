@@ -36,21 +36,6 @@ SMALL = {"demo_fleet_tenants": ["acme"], "demo_fleet_segments": ["web"], "demo_f
 NO_EDGES = "no_such_edges"  # a host pattern that matches nothing: stage the nodes only
 
 
-@pytest.fixture
-def make_fleet(tmp_path):
-    fleets: list[DemoFleet] = []
-
-    def factory(**params: t.Any) -> DemoFleet:
-        fleet = DemoFleet(str(tmp_path / f"f{len(fleets)}"), **params)
-        fleets.append(fleet)
-        fleet.create()
-        return fleet
-
-    yield factory
-    for fleet in fleets:
-        fleet.teardown()
-
-
 def prestage(fleet: DemoFleet, manifest: str | None = None, *, cmdline: str | None = None, **extra: t.Any) -> RunResult:
     extravars = {"prestage_patch_manifest": manifest or fleet.manifest(), "prestage_state_dir": fleet.state_dir}
     extravars.update(extra)

@@ -19,21 +19,6 @@ RUN_ID = "FP-DEMO-myapp-1.0.1"
 CANARY_HOST = "eu-west-acme-api-prod-01"  # first eu-west host in plan order (region, tenant, segment, name)
 
 
-@pytest.fixture
-def make_fleet(tmp_path):
-    fleets: list[DemoFleet] = []
-
-    def factory(**params) -> DemoFleet:
-        fleet = DemoFleet(str(tmp_path / f"f{len(fleets)}"), **params)
-        fleets.append(fleet)
-        fleet.create()
-        return fleet
-
-    yield factory
-    for fleet in fleets:
-        fleet.teardown()
-
-
 def unhealthy(host: str, version: str = "1.0.1") -> dict:
     return {"kind": "unhealthy_after", "version": version, "match": {"host": host}}
 
