@@ -13,46 +13,39 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import typing as t
-import urllib.parse
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
+    URL_SCHEMES,
+    HostLayout,
+    HostOps,
+    ReleaseError,
+    check_name,
+    check_sha256,
+    current_version,
+    read_host_state,
+    read_release_metadata,
+    remove_path,
+)
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
     fsync_directory,
     read_json,
     sha256_file,
     write_json_atomic,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
-    URL_SCHEMES,
-    HostLayout,
-    HostOps,
-    ReleaseError,
-    _remove_path,
-    check_name,
-    check_sha256,
-    current_version,
-    ensure_free_space,
-    http_error,
-    read_host_state,
-    read_release_metadata,
-    url_errors,
-    verify_release,
-)
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
 
+if t.TYPE_CHECKING:
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import Transfer
+
 META_SCHEMA = 1
-PART_SUFFIX = ".part"
-READ_CHUNK = 256 * 1024
 LOCK_TIMEOUT = 120.0
 DELTA_MODES = ("auto", "both", "never")
 STATES = ("present", "verified")
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 def _bundle() -> t.Any:
@@ -70,18 +63,6 @@ def find_tool(name: str) -> str | None:
 
 class StageError(ReleaseError):
     """The artifact cannot be staged on this host; str() is the message for the operator."""
-
-
-class _Transient(Exception):
-    """Worth another attempt at the same source after a pause (reset, timeout, 5xx)."""
-
-
-class _SourceFailed(Exception):
-    """This source will not deliver (404, wrong size, too slow): try the next one."""
-
-
-class _GiveUp(Exception):
-    """Stop staging altogether (overall time limit)."""
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -206,10 +187,6 @@ def meta_path(layout: HostLayout, sha256: str) -> str:
     return f"{meta_dir(layout)}/{sha256}.json"
 
 
-def part_path(layout: HostLayout, sha256: str) -> str:
-    return f"{layout.cache_dir}/.{sha256}{PART_SUFFIX}"
-
-
 def read_meta(layout: HostLayout, sha256: str) -> dict[str, t.Any] | None:
     try:
         data = read_json(meta_path(layout, sha256))
@@ -252,207 +229,6 @@ def cache_lock(layout: HostLayout, ops: HostOps, *, timeout: float = LOCK_TIMEOU
         yield
     finally:
         os.close(fd)
-
-
-# ------------------------------------------------------------------------------------------ transfer
-
-
-@dataclasses.dataclass
-class Transfer:
-    """What fetching one artifact did."""
-
-    sha256: str
-    kind: str
-    source: str | None = None
-    bytes: int = 0
-    bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)
-    resumed: bool = False
-    restarts: int = 0
-    attempts: int = 0
-    errors: list[str] = dataclasses.field(default_factory=list)
-
-    def as_dict(self) -> dict[str, t.Any]:
-        return dataclasses.asdict(self)
-
-
-def _header(response: t.Any, name: str) -> str | None:
-    headers = getattr(response, "headers", None)
-    if headers is not None and hasattr(headers, "get"):
-        return headers.get(name)
-    getter = getattr(response, "getheader", None)
-    return getter(name) if getter else None
-
-
-def _status(response: t.Any) -> int | None:
-    status = getattr(response, "status", None)
-    if status is None and hasattr(response, "getcode"):
-        status = response.getcode()
-    return status
-
-
-def _open(ops: HostOps, url: str, offset: int, size: int, policy: FetchPolicy) -> tuple[t.Any, int]:
-    """(readable, offset it starts at). A server that ignores Range starts again at 0.
-
-    A source that announces another total size than the declared one serves another artifact: it is skipped
-    before a byte is written.
-    """
-    if url.startswith("file://"):
-        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
-        try:
-            handle = open(path, "rb")
-        except FileNotFoundError:
-            raise _SourceFailed(f"{path} does not exist") from None
-        except OSError as exc:
-            raise _Transient(str(exc)) from exc
-        actual = os.fstat(handle.fileno()).st_size
-        if actual != size:
-            handle.close()
-            raise _SourceFailed(f"{path} is {actual} bytes, the declared size is {size}")
-        handle.seek(offset)
-        return handle, offset
-    headers = dict(policy.headers)
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        response = ops.open_url(url, headers=headers, timeout=policy.timeout)
-    except http_error() as exc:
-        code = exc.code
-        exc.close()
-        if code == 416:
-            raise _Transient("HTTP 416 (range not satisfiable): the partial download does not fit, starting again") from None
-        if code in (408, 425, 429) or code >= 500:
-            raise _Transient(f"HTTP {code} {exc.reason}") from None
-        raise _SourceFailed(f"HTTP {code} {exc.reason}") from None
-    except url_errors() as exc:
-        raise _Transient(str(exc) or type(exc).__name__) from exc
-    status = _status(response)
-    if offset and status == 206:
-        match = _CONTENT_RANGE.match(_header(response, "Content-Range") or "")
-        if not match or int(match.group(1)) != offset:
-            response.close()
-            raise _Transient(f"asked for bytes {offset}- and got Content-Range {_header(response, 'Content-Range')!r}")
-        if match.group(3) != "*" and int(match.group(3)) != size:
-            response.close()
-            raise _SourceFailed(f"serves {match.group(3)} bytes, the declared size is {size}")
-        return response, offset
-    if status not in (200, None):
-        response.close()
-        raise _SourceFailed(f"HTTP {status}")
-    length = _header(response, "Content-Length")
-    if length and length.isdigit() and int(length) != size:
-        response.close()
-        raise _SourceFailed(f"serves {length} bytes, the declared size is {size}")
-    return response, 0
-
-
-def _copy_body(
-    ops: HostOps, body: t.Any, part: str, *, offset: int, size: int, policy: FetchPolicy, deadline: float | None,
-) -> int:
-    """Append the body to part (truncated to offset first); return bytes written. Never writes past size."""
-    written = 0
-    window_start, window_bytes = ops.monotonic(), 0
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(part, flags, 0o600)
-    try:
-        os.ftruncate(fd, offset)
-        os.lseek(fd, offset, os.SEEK_SET)
-        while offset + written < size:
-            try:
-                chunk = body.read(min(READ_CHUNK, size - offset - written))
-            except url_errors() as exc:
-                raise _Transient(f"transfer broke after {offset + written} of {size} bytes: {exc or type(exc).__name__}") from exc
-            if not chunk:
-                raise _Transient(f"connection closed after {offset + written} of {size} bytes")
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            written += len(chunk)
-            window_bytes += len(chunk)
-            now = ops.monotonic()
-            if deadline is not None and now > deadline:
-                raise _GiveUp(f"gave up after max_time {policy.max_time:g}s with {offset + written} of {size} bytes")
-            elapsed = now - window_start
-            if elapsed >= policy.throughput_window:
-                rate = window_bytes / elapsed
-                if policy.min_throughput and rate < policy.min_throughput:
-                    raise _SourceFailed(f"throughput {rate:.0f} B/s is below min_throughput {policy.min_throughput} B/s")
-                window_start, window_bytes = now, 0
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return written
-
-
-class Fetcher:
-    """Downloads into the .part file of one digest, source after source, resuming with HTTP Range."""
-
-    def __init__(self, ops: HostOps, layout: HostLayout, policy: FetchPolicy) -> None:
-        self.ops = ops
-        self.layout = layout
-        self.policy = policy
-        self.deadline = ops.monotonic() + policy.max_time if policy.max_time else None
-
-    def _pause(self, attempt: int) -> None:
-        delay = min(self.policy.backoff_max, self.policy.backoff * (2 ** (attempt - 1)))
-        if self.deadline is not None:
-            delay = min(delay, max(0.0, self.deadline - self.ops.monotonic()))
-        if delay > 0:
-            self.ops.sleep(delay)
-
-    def from_source(self, artifact: Artifact, name: str, url: str, transfer: Transfer) -> None:
-        """Complete the .part file from one source or raise _SourceFailed / _GiveUp / StageError."""
-        part = part_path(self.layout, artifact.sha256)
-        attempt = 0
-        while True:
-            offset = os.path.getsize(part) if os.path.isfile(part) else 0
-            if offset > artifact.size:
-                _remove_path(part)
-                offset = 0
-            if offset == artifact.size:
-                return
-            try:
-                ensure_free_space(self.layout.cache_dir, artifact.size - offset, what=f"stage {artifact.sha256[:12]}")
-            except ReleaseError as exc:
-                _remove_path(part)
-                raise StageError(str(exc)) from None
-            transfer.attempts += 1
-            try:
-                body, start = _open(self.ops, url, offset, artifact.size, self.policy)
-                if offset and start == 0:
-                    transfer.restarts += 1
-                elif offset:
-                    transfer.resumed = True
-                with body:
-                    written = _copy_body(self.ops, body, part, offset=start, size=artifact.size, policy=self.policy,
-                                         deadline=self.deadline)
-                transfer.bytes += written
-                transfer.bytes_by_source[name] = transfer.bytes_by_source.get(name, 0) + written
-                return
-            except _Transient as exc:
-                self._count_partial(part, offset, name, transfer)
-                attempt += 1
-                transfer.errors.append(f"{name} attempt {attempt}: {exc}")
-                if attempt > self.policy.retries:
-                    raise _SourceFailed(f"{exc} (after {attempt} attempts)") from None
-                if self.deadline is not None and self.ops.monotonic() >= self.deadline:
-                    raise _GiveUp(f"gave up after max_time {self.policy.max_time:g}s: {exc}") from None
-                self._pause(attempt)
-            except _SourceFailed:
-                self._count_partial(part, offset, name, transfer)
-                raise
-            except OSError as exc:
-                # the cache filesystem failed us (full, read-only): no partial file stays behind
-                _remove_path(part)
-                what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
-                raise StageError(f"cannot write {part}: {what}; the partial download was removed") from exc
-
-    @staticmethod
-    def _count_partial(part: str, offset: int, name: str, transfer: Transfer) -> None:
-        """Bytes a broken attempt added to the partial file still count as transferred."""
-        now = os.path.getsize(part) if os.path.isfile(part) else 0
-        if now > offset:
-            transfer.bytes += now - offset
-            transfer.bytes_by_source[name] = transfer.bytes_by_source.get(name, 0) + now - offset
 
 
 # ------------------------------------------------------------------------------------------ staging
@@ -628,8 +404,11 @@ class Stager:
             self.ops.warn(f"cached {artifact.kind} artifact {artifact.sha256} does not match its digest; staging it again")
             self.result.act(f"remove corrupt cached {artifact.kind} {artifact.sha256[:12]}")
             if not self.ops.check_mode:
-                _remove_path(self.layout.cache_path(artifact.sha256))
+                remove_path(self.layout.cache_path(artifact.sha256))
         if verify_base and artifact.kind == "delta":
+            # the apply logic is only compiled when a delta is about to be staged
+            from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import verify_release
+
             problems = verify_release(self.layout.release_path(t.cast(str, artifact.base_version)))
             if problems:
                 raise _BaseProblem(f"base release {artifact.base_version} does not verify: {'; '.join(problems[:3])}")
@@ -646,11 +425,20 @@ class Stager:
         return entry
 
     def fetch(self, artifact: Artifact, sources: list[tuple[str, str]]) -> Transfer:
+        # the HTTP transfer code is only compiled on a host that has something to download
+        from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import (
+            Fetcher,
+            FetchRefused,
+            GiveUp,
+            SourceFailed,
+            Transfer,
+        )
+
         layout = self.layout
         os.makedirs(layout.cache_dir, exist_ok=True)
         fetcher = Fetcher(self.ops, layout, self.request.policy)
         transfer = Transfer(sha256=artifact.sha256, kind=artifact.kind)
-        part = part_path(layout, artifact.sha256)
+        part = layout.part_path(artifact.sha256)
         final = layout.cache_path(artifact.sha256)
         try:
             for name, url in sources:
@@ -658,13 +446,15 @@ class Stager:
                 while True:
                     mixed = os.path.isfile(part) and os.path.getsize(part) > 0
                     try:
-                        fetcher.from_source(artifact, name, url, transfer)
-                    except _SourceFailed as exc:
+                        fetcher.from_source(artifact.sha256, artifact.size, name, url, transfer)
+                    except SourceFailed as exc:
                         transfer.errors.append(f"{name}: {exc}")
                         break
+                    except FetchRefused as exc:
+                        raise StageError(str(exc)) from None
                     digest = sha256_file(part)
                     if digest != artifact.sha256:
-                        _remove_path(part)
+                        remove_path(part)
                         if mixed and not restarted:
                             # the partial came from another source or an earlier run: try this source whole
                             transfer.errors.append(f"{name}: resumed download has sha256 {digest}; starting again from byte 0")
@@ -678,7 +468,7 @@ class Stager:
                         signature = self._verify_signature(artifact, part)
                         self._inspect(artifact, part)
                     except ReleaseError as exc:
-                        _remove_path(part)
+                        remove_path(part)
                         raise StageError(f"{artifact.kind} artifact {artifact.sha256} has the right digest but is refused: "
                                          f"{exc}; nothing was cached") from exc
                     os.chmod(part, 0o644)
@@ -687,7 +477,7 @@ class Stager:
                     transfer.source = name
                     self._write_meta(artifact, source=name, signature=signature, staged_at=None)
                     return transfer
-        except _GiveUp as exc:
+        except GiveUp as exc:
             transfer.errors.append(str(exc))
         finally:
             self.result.add_transfer(transfer)
@@ -807,8 +597,8 @@ class Stager:
             result.act(f"remove {entry.get('kind', 'full')} {entry['sha256'][:12]} ({entry.get('version')}) from the cache")
             result.removed.append({key: entry.get(key) for key in ("sha256", "version", "kind", "size")})
             if not self.ops.check_mode:
-                _remove_path(self.layout.cache_path(entry["sha256"]))
-                _remove_path(meta_path(self.layout, entry["sha256"]))
+                remove_path(self.layout.cache_path(entry["sha256"]))
+                remove_path(meta_path(self.layout, entry["sha256"]))
 
 
 class _BaseProblem(Exception):

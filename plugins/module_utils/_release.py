@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -14,9 +13,7 @@ import secrets
 import shlex
 import shutil
 import stat
-import subprocess
 import tempfile
-import time
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
@@ -27,121 +24,41 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
     sha256_file,
     write_json_atomic,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
+    RELEASE_METADATA,
+    URL_SCHEMES,
+    HostLayout,
+    HostOps,
+    ReleaseError,
+    SHA256_PATTERN,
+    check_name,
+    check_sha256,
+    current_version,
+    ensure_free_space,
+    existing_parent,
+    http_error,
+    read_host_state,
+    read_release_metadata,
+    remove_path,
+    url_errors,
+    utc_now,
+)
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
 
 if t.TYPE_CHECKING:
     import tarfile
 
-RELEASE_METADATA = ".fleetpatch-release.json"
 # first member of a fleetpatch bundle (plugins/module_utils/_bundle.py); a plain tarball never starts with it
 BUNDLE_METADATA = "fleetpatch-bundle.json"
 RELEASE_SCHEMA = 1
 MANIFEST_SCHEMA = 1
-FREE_SPACE_MARGIN = 16 * 1024 * 1024
 HEALTH_BODY_LIMIT = 64 * 1024
-URL_SCHEMES = ("http://", "https://", "file://")
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# versions and service names become one path component each
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _TMP_MARK = ".tmp-"
-
-
-# The HTTP stack and tarfile are imported where they are used: a host whose artifact and release are already in
-# place (a re-run, a resumed rollout) never loads them, and every module execution pays for what it imports.
-def url_errors() -> tuple[type[BaseException], ...]:
-    """Transport failures from urllib / http.client; the module maps ansible's own URL errors onto OSError."""
-    import http.client
-
-    return (OSError, http.client.HTTPException, ValueError)
-
-
-def http_error() -> type[BaseException]:
-    """The exception urllib and ansible's open_url raise for an HTTP error status (it carries code and reason)."""
-    import urllib.error
-
-    return urllib.error.HTTPError
-
-
-class ReleaseError(Exception):
-    """A host step that cannot or must not go ahead; str() is the message for the operator."""
 
 
 class DeltaNotApplicable(ReleaseError):
     """A delta bundle cannot build its release on this host (base missing or different, no zstd): use the full bundle."""
-
-
-# --------------------------------------------------------------------------------------------- layout
-
-
-@dataclasses.dataclass(frozen=True)
-class HostLayout:
-    """Paths under ``fleetpatch_host_root`` for one service (see docs/architecture.md)."""
-
-    root: str
-    service: str
-
-    def __post_init__(self) -> None:
-        if not self.root:
-            raise ReleaseError("host root must not be empty")
-        check_name(self.service, what="service")
-        # "/srv/fp/" and "/srv/fp" must give the same paths in manifests and results
-        object.__setattr__(self, "root", os.path.normpath(self.root))
-
-    @property
-    def apps_dir(self) -> str:
-        return f"{self.root}/apps/{self.service}"
-
-    @property
-    def releases_dir(self) -> str:
-        return f"{self.root}/apps/{self.service}/releases"
-
-    @property
-    def current_link(self) -> str:
-        return f"{self.root}/apps/{self.service}/current"
-
-    @property
-    def cache_dir(self) -> str:
-        return f"{self.root}/cache/sha256"
-
-    def cache_path(self, sha256: str) -> str:
-        return f"{self.cache_dir}/{sha256}"
-
-    def release_path(self, version: str) -> str:
-        return f"{self.releases_dir}/{version}"
-
-    @property
-    def state_dir(self) -> str:
-        return f"{self.root}/state"
-
-    @property
-    def manifest_path(self) -> str:
-        return f"{self.root}/state/{self.service}.manifest.json"
-
-    @property
-    def audit_path(self) -> str:
-        return f"{self.root}/state/audit.jsonl"
-
-
-def check_name(value: t.Any, *, what: str) -> str:
-    """Return value if it is safe as a single path component (service names, versions)."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ReleaseError(
-            f"{what} {value!r} is not valid: use letters, digits, '.', '_', '+' and '-', starting with a letter or digit"
-        )
-    return value
-
-
-def check_sha256(value: t.Any) -> str:
-    """Return the lower-case hex digest, or raise when value is not 64 hex digits."""
-    digest = value.lower() if isinstance(value, str) else ""
-    if not _SHA256.match(digest):
-        raise ReleaseError(f"sha256 {value!r} is not a 64 hex digit digest")
-    return digest
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ------------------------------------------------------------------------------------------- artifacts
@@ -298,35 +215,6 @@ def inspect_artifact(artifact_path: str) -> ArtifactPlan:
         raise ReleaseError(f"cannot read artifact {artifact_path} as a tar archive: {exc}") from exc
 
 
-def ensure_free_space(directory: str, needed: int, *, what: str) -> None:
-    """Raise unless the filesystem holding directory has needed bytes plus a safety margin available."""
-    info = os.statvfs(directory)
-    available = info.f_bavail * info.f_frsize
-    required = needed + FREE_SPACE_MARGIN
-    if available < required:
-        raise ReleaseError(
-            f"not enough free space in {directory} to {what}: need {required} bytes "
-            f"({needed} + {FREE_SPACE_MARGIN} margin), {available} available"
-        )
-
-
-def _existing_parent(path: str) -> str:
-    """path, or its nearest existing ancestor (free space is a property of the filesystem)."""
-    while not os.path.isdir(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
-
-
-def _remove_path(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 def remove_stale_tmp(directory: str) -> list[str]:
     """Remove ``.<name>.tmp-*`` leftovers of killed runs (one apply runs per host at a time)."""
     removed = []
@@ -336,7 +224,7 @@ def remove_stale_tmp(directory: str) -> list[str]:
         return removed
     for name in names:
         if name.startswith(".") and _TMP_MARK in name:
-            _remove_path(os.path.join(directory, name))
+            remove_path(os.path.join(directory, name))
             removed.append(name)
     return removed
 
@@ -459,7 +347,7 @@ def extract_release(
         raise
     fsync_directory(layout.releases_dir)
     if aside:
-        _remove_path(aside)
+        remove_path(aside)
     return final
 
 
@@ -479,22 +367,13 @@ def unpack_release(layout: HostLayout, *, version: str, artifact_path: str, sha2
 # -------------------------------------------------------------------------------------------- releases
 
 
-def read_release_metadata(release_dir: str) -> dict[str, t.Any] | None:
-    """The release's .fleetpatch-release.json, or None when absent or unreadable (no tree hashing)."""
-    try:
-        data = read_json(os.path.join(release_dir, RELEASE_METADATA))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _metadata_problems(release_dir: str, metadata: t.Any) -> list[str]:
     if not isinstance(metadata, dict):
         return [f"metadata {RELEASE_METADATA} is not a JSON object"]
     problems = []
     if metadata.get("version") != os.path.basename(os.path.normpath(release_dir)):
         problems.append(f"metadata version {metadata.get('version')!r} does not match the release directory name")
-    if not isinstance(metadata.get("artifact_sha256"), str) or not _SHA256.match(metadata["artifact_sha256"]):
+    if not isinstance(metadata.get("artifact_sha256"), str) or not SHA256_PATTERN.match(metadata["artifact_sha256"]):
         problems.append("metadata artifact_sha256 is missing or invalid")
     files = metadata.get("files")
     links = metadata.get("links", {})
@@ -595,7 +474,7 @@ def remove_release(layout: HostLayout, version: str) -> None:
         return
     doomed = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}prune-{secrets.token_hex(4)}")
     os.rename(path, doomed)
-    _remove_path(doomed)
+    remove_path(doomed)
 
 
 # ---------------------------------------------------------------------------------------- switch, state
@@ -613,13 +492,13 @@ def switch_current(layout: HostLayout, version: str) -> None:
     apps_dir = layout.apps_dir
     for name in os.listdir(apps_dir):
         if name.startswith(f"current{_TMP_MARK}"):
-            _remove_path(os.path.join(apps_dir, name))
+            remove_path(os.path.join(apps_dir, name))
     tmp = os.path.join(apps_dir, f"current{_TMP_MARK}{secrets.token_hex(6)}")
     os.symlink(f"releases/{version}", tmp)
     try:
         os.replace(tmp, current)
     except OSError as exc:
-        _remove_path(tmp)
+        remove_path(tmp)
         raise ReleaseError(f"cannot switch {current} to {version}: {exc}") from exc
     fsync_directory(apps_dir)
 
@@ -629,33 +508,6 @@ def remove_current(layout: HostLayout) -> None:
     if os.path.islink(layout.current_link):
         os.unlink(layout.current_link)
         fsync_directory(layout.apps_dir)
-
-
-def current_version(layout: HostLayout) -> str | None:
-    """Version the current link points at, None when there is no link."""
-    current = layout.current_link
-    if os.path.islink(current):
-        target = os.readlink(current)
-        resolved = os.path.normpath(os.path.join(os.path.dirname(current), target))
-        if os.path.dirname(resolved) != os.path.normpath(layout.releases_dir):
-            raise ReleaseError(f"{current} points to {target}, outside {layout.releases_dir}")
-        return os.path.basename(resolved)
-    if os.path.lexists(current):
-        raise ReleaseError(f"{current} exists and is not a symlink")
-    return None
-
-
-def read_host_state(layout: HostLayout) -> dict[str, t.Any]:
-    """{"current_version", "current_release", "manifest"} as found on disk (no hashing)."""
-    version = current_version(layout)
-    release = layout.release_path(version) if version is not None else None
-    try:
-        manifest = read_json(layout.manifest_path)
-    except ValueError as exc:
-        raise ReleaseError(f"host manifest {layout.manifest_path} is not valid JSON: {exc}") from exc
-    if manifest is not None and not isinstance(manifest, dict):
-        raise ReleaseError(f"host manifest {layout.manifest_path} is not a JSON object")
-    return {"current_version": version, "current_release": release, "manifest": manifest}
 
 
 def _release_ref(layout: HostLayout, ref: t.Mapping[str, t.Any] | None) -> dict[str, t.Any] | None:
@@ -713,50 +565,10 @@ def append_audit(
     return record
 
 
-# --------------------------------------------------------------------------------------- side effects
-
-
-class HostOps:
-    """The side effects an apply needs besides the filesystem: commands, URLs, clock.
-
-    The module passes an AnsibleModule-backed subclass; tests use this stdlib one or a fake.
-    """
-
-    def __init__(self, *, check_mode: bool = False) -> None:
-        self.check_mode = check_mode
-        self.warnings: list[str] = []
-
-    def run(self, argv: t.Sequence[str]) -> tuple[int, str, str]:
-        try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-        except OSError as exc:
-            return 127, "", f"cannot run {argv[0]}: {exc}"
-        return proc.returncode, proc.stdout, proc.stderr
-
-    def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
-        # plain urllib for tests and standalone callers; the module goes through ansible's open_url
-        import urllib.request
-
-        opener = urllib.request.build_opener()
-        return opener.open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> str:
-        return utc_now()
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-
 def _remove_partials(directory: str, sha256: str) -> None:
     for name in os.listdir(directory):
         if name.startswith(f".{sha256}.") and name.endswith(".part"):
-            _remove_path(os.path.join(directory, name))
+            remove_path(os.path.join(directory, name))
 
 
 def fetch_artifact(
@@ -796,7 +608,7 @@ def fetch_artifact(
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
-        _remove_path(tmp)
+        remove_path(tmp)
         raise
     fsync_directory(directory)
     return total
@@ -1205,7 +1017,7 @@ def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, resul
                                f"{plan.bundle.metadata['delta']['full_sha256']}, not {request.sha256}")
         result.act(f"unpack {request.version}" + (" from the delta bundle" if delta else ""))
         if plan is not None:
-            ensure_free_space(_existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
+            ensure_free_space(existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
         if not ops.check_mode:
             try:
                 extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),

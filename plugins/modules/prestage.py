@@ -303,7 +303,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage impor
     build_stage_request,
     run_stage,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import HostLayout, HostOps, ReleaseError
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostLayout, HostOps, ReleaseError
 
 
 class ModuleOps(HostOps):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle, _demo_fleet, _prestage
+from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle, _demo_fleet, _fetch, _prestage
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import (
     BuildInfo,
     scan_tree,
@@ -31,7 +31,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage impor
     build_stage_request,
     cached_entries,
     meta_path,
-    part_path,
     plan_retention,
     readiness_report,
     render_report,
@@ -278,7 +277,7 @@ def test_not_enough_free_space_fails_before_a_byte_is_written(tmp_path: Path, se
     def full(directory: str, needed: int, *, what: str) -> None:
         raise ReleaseError(f"not enough free space in {directory} to {what}: need {needed} bytes, 0 available")
 
-    monkeypatch.setattr(_prestage, "ensure_free_space", full)
+    monkeypatch.setattr(_fetch, "ensure_free_space", full)
     result = stage(tmp_path, url=server.url("/o"))
     assert result["failed"] and "not enough free space" in result["msg"]
     assert route.requests == []
@@ -296,7 +295,7 @@ def test_a_disk_filling_up_mid_transfer_leaves_no_partial_file(tmp_path: Path, s
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data[:1000])
 
-    monkeypatch.setattr(_prestage.os, "write", write)
+    monkeypatch.setattr(_fetch.os, "write", write)
     result = stage(tmp_path, url=server.url("/o"))
     monkeypatch.undo()
     assert result["failed"] and "the disk is full; the partial download was removed" in result["msg"]
@@ -649,4 +648,4 @@ def test_cut_transfer_is_an_edge_fault() -> None:
 
 def test_part_path_is_hidden_next_to_the_final_path(tmp_path: Path) -> None:
     layout = HostLayout(str(tmp_path), "myapp")
-    assert part_path(layout, DIGEST) == f"{tmp_path}/cache/sha256/.{DIGEST}.part"
+    assert layout.part_path(DIGEST) == f"{tmp_path}/cache/sha256/.{DIGEST}.part"
