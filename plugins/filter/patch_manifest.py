@@ -20,6 +20,13 @@ options:
     description: The patch manifest.
     type: dict
     required: true
+  require_sizes:
+    description:
+      - Also require C(artifact.size) (and C(artifact.delta.size) when there is a delta), as pre-staging does,
+        because every transfer stops at the declared size.
+    type: bool
+    default: false
+    version_added: 0.2.0
 seealso:
   - module: fleetpatch.rollout.rollout_plan
   - module: fleetpatch.rollout.patch_bundle
@@ -29,6 +36,12 @@ EXAMPLES = r"""
 - name: Load and validate the patch manifest
   ansible.builtin.set_fact:
     patch: "{{ lookup('ansible.builtin.file', 'patches/FP-2026-0042.yml') | from_yaml | fleetpatch.rollout.patch_manifest }}"
+
+- name: Load a manifest for pre-staging (declared sizes required)
+  ansible.builtin.set_fact:
+    patch: >-
+      {{ lookup('ansible.builtin.file', 'patches/FP-2026-0042.yml') | from_yaml
+         | fleetpatch.rollout.patch_manifest(require_sizes=true) }}
 """
 
 RETURN = r"""
@@ -44,9 +57,9 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import ManifestError, validate_patch_manifest
 
 
-def patch_manifest(data: t.Any) -> dict[str, t.Any]:
+def patch_manifest(data: t.Any, require_sizes: bool = False) -> dict[str, t.Any]:
     try:
-        return validate_patch_manifest(data)
+        return validate_patch_manifest(data, require_sizes=bool(require_sizes))
     except ManifestError as exc:
         raise AnsibleFilterError(f"fleetpatch.rollout.patch_manifest: {exc}") from exc
 

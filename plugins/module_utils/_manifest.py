@@ -87,8 +87,12 @@ def _validate_delta(delta: t.Any, where: str) -> dict[str, t.Any]:
     return normalized
 
 
-def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest") -> dict[str, t.Any]:
-    """Return a normalised copy of a patch manifest or raise ManifestError naming the bad field."""
+def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest", require_sizes: bool = False) -> dict[str, t.Any]:
+    """Return a normalised copy of a patch manifest or raise ManifestError naming the bad field.
+
+    require_sizes: pre-staging stops every transfer at the declared size, so it needs artifact.size (and
+    artifact.delta.size when there is a delta).
+    """
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - KNOWN)
@@ -129,6 +133,9 @@ def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest") -> d
     if artifact.get("delta") is not None:
         normalized_artifact["delta"] = _validate_delta(artifact["delta"], f"{prefix}artifact.delta")
     manifest["artifact"] = normalized_artifact
+    if require_sizes and (size is None or (artifact.get("delta") is not None and artifact["delta"].get("size") is None)):
+        raise ManifestError(f"patch {manifest['patch_id']}: pre-staging needs artifact.size (and artifact.delta.size) "
+                            "in the patch manifest")
     return manifest
 
 

@@ -47,6 +47,31 @@ def test_bad_signature_or_delta_is_refused_naming_the_filter(artifact: dict[str,
     assert str(exc.value).startswith(f"fleetpatch.rollout.patch_manifest: patch manifest: {message}")
 
 
+DELTA = {"url": "https://o/d", "sha256": SHA, "base_version": "1.0.0"}
+
+
+@pytest.mark.parametrize(
+    ("artifact", "refused"),
+    [
+        ({}, False),
+        ({"size": None}, True),
+        ({"delta": dict(DELTA, size=3)}, False),
+        ({"delta": DELTA}, True),
+    ],
+)
+def test_require_sizes_refuses_a_manifest_without_declared_sizes(artifact: dict[str, t.Any], refused: bool) -> None:
+    data = manifest(**artifact)
+    data["artifact"] = {key: value for key, value in data["artifact"].items() if value is not None}
+    assert patch_manifest(data)["patch_id"] == "FP-1"  # sizes are optional unless asked for
+    if not refused:
+        assert patch_manifest(data, require_sizes=True)["artifact"]["size"] == 10
+        return
+    with pytest.raises(AnsibleFilterError) as exc:
+        patch_manifest(data, require_sizes=True)
+    assert str(exc.value) == ("fleetpatch.rollout.patch_manifest: patch FP-1: pre-staging needs artifact.size "
+                              "(and artifact.delta.size) in the patch manifest")
+
+
 def test_edge_cache_urls_by_host_and_region() -> None:
     from ansible_collections.fleetpatch.rollout.plugins.filter.edge_cache_urls import edge_cache_urls
 
