@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import typing as t
 
+from ansible.errors import AnsibleError
+
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import run_id_for
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import ManifestError, run_id_for, validate_patch_manifest
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import readiness_report, render_report
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     RunPaths,
@@ -27,7 +29,8 @@ ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
     "edges": {"type": "list", "elements": "str", "default": []},
     "result_var": {"type": "str", "default": "__prestage_result"},
-    "patch": {"type": "dict", "required": True},
+    "patch": {"type": "dict"},
+    "patch_manifest": {"type": "str"},
     "state_dir": {"type": "str"},
     "run": {"type": "dict"},
     "unstaged": {"type": "str", "default": "skip", "choices": ["stage", "skip", "fail"]},
@@ -37,6 +40,19 @@ ARGUMENT_SPEC = {
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
+    errors = (ManifestError,)
+
+    def _patch(self, args: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The patch manifest: given, or loaded from patch_manifest (looked up like the file lookup does)."""
+        if (args["patch"] is None) == (args["patch_manifest"] is None):
+            raise ManifestError("give exactly one of patch and patch_manifest")
+        if args["patch"] is not None:
+            return args["patch"]
+        try:
+            path = self._find_needle("files", args["patch_manifest"])
+        except AnsibleError as exc:
+            raise ManifestError(f"patch_manifest {args['patch_manifest']}: {exc}") from None
+        return validate_patch_manifest(self._loader.load_from_file(path), source=f"patch manifest {args['patch_manifest']}")
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         check_mode = bool(self._task.check_mode)
@@ -50,7 +66,7 @@ class ActionModule(ControllerAction):
             edges = readiness_report(collect(args["edges"]))
             report["edges"] = {"ready": edges["ready"], "hosts": edges["hosts"], "not_ready": edges["not_ready"],
                                "bytes_by_source": edges["bytes_by_source"]}
-        patch = args["patch"]
+        patch = self._patch(args)
         run = args["run"]
         now = iso(utc_now())
         # hosts the plan already skips (quarantined earlier) keep their outcome
@@ -72,7 +88,7 @@ class ActionModule(ControllerAction):
                 events = queued_events(paths)
         lines = render_report(report)
         result: dict[str, t.Any] = {"changed": False, "report": report, "lines": lines, "skip_hosts": skip, "report_path": path,
-                                    "msg": "; ".join(lines)}
+                                    "patch": patch, "msg": "; ".join(lines)}
         if events:
             result["fleetpatch_events"] = events
         if report["percent"] < args["fail_below"]:

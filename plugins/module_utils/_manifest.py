@@ -142,3 +142,36 @@ def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest", requ
 def run_id_for(patch_id: str) -> str:
     """The controller run id for a patch: running the same patch again resumes the same run."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", patch_id)
+
+
+# Options of fleetpatch.rollout.prestage a play passes the same to every host (role variable -> module argument).
+PRESTAGE_SHARED_OPTIONS = (
+    "state", "allowed_signers", "signer_identity", "require_signature", "url_headers", "timeout", "retries", "backoff",
+    "backoff_max", "min_throughput", "max_time", "keep",
+)
+
+
+def prestage_module_args(data: t.Any, options: t.Mapping[str, t.Any] | None = None) -> dict[str, t.Any]:
+    """The fleetpatch.rollout.prestage arguments every host of a play shares, from a patch manifest (validated here,
+    sizes required) and the play's options; options that are None or empty strings are left to the module's defaults.
+
+    The host-specific ones (root, edge_url, delta_mode) are not included.
+    """
+    manifest = validate_patch_manifest(data, require_sizes=True)
+    artifact = manifest["artifact"]
+    args: dict[str, t.Any] = {
+        "service": manifest["service"],
+        "version": manifest["target_version"],
+        "sha256": artifact["sha256"],
+        "size": artifact["size"],
+        "name": artifact.get("name"),
+        "url": artifact.get("url"),
+        "signature": artifact.get("signature"),
+        # the controller-side path of a delta is of no use on a host
+        "delta": {key: value for key, value in artifact["delta"].items() if key != "path"} if artifact.get("delta") else None,
+    }
+    unknown = sorted(set(options or {}) - set(PRESTAGE_SHARED_OPTIONS))
+    if unknown:
+        raise ManifestError(f"unknown prestage option(s) {', '.join(unknown)}")
+    args.update(options or {})
+    return {key: value for key, value in args.items() if value is not None and value != ""}

@@ -47,9 +47,16 @@ options:
     type: str
     default: __prestage_result
   patch:
-    description: The validated patch manifest (C(patch_id), C(service), C(target_version)).
+    description:
+      - The validated patch manifest (C(patch_id), C(service), C(target_version)).
+      - Exactly one of O(patch) and O(patch_manifest) is required.
     type: dict
-    required: true
+  patch_manifest:
+    description:
+      - Path of the patch manifest on the controller (found like the C(file) lookup finds files), loaded and validated
+        by the task.
+    type: str
+    version_added: 0.2.0
   state_dir:
     description:
       - Controller state directory. Empty means C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
@@ -112,4 +119,8 @@ report_path:
   description: Where the report was written (or would be, in check mode).
   returned: always
   type: str
+patch:
+  description: The patch manifest the report is about (validated).
+  returned: always
+  type: dict
 """
