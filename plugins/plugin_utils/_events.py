@@ -28,7 +28,6 @@ import fcntl
 import hashlib
 import json
 import multiprocessing
-import operator
 import os
 import re
 import secrets
@@ -697,7 +696,7 @@ class FileReport:
 def _chunks(path: str, start: int = 0, end: int | None = None) -> t.Iterator[tuple[list[bytes], bool]]:
     """(complete lines, is_last) over [start, end) of a file (both on line boundaries) read in large chunks; the
     last list may hold an unterminated line."""
-    with open(path, "rb") as handle:
+    with open(path, "rb", buffering=0) as handle:
         handle.seek(start)
         remaining = (os.fstat(handle.fileno()).st_size if end is None else end) - start
         rest = b""
@@ -708,40 +707,82 @@ def _chunks(path: str, start: int = 0, end: int | None = None) -> t.Iterator[tup
                 if rest:
                     yield [rest], True
                 return
-            data = rest + chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            rest = data[cut + 1:]
-            yield data[:cut].split(b"\n"), False
+            # split the chunk as read and carry its unterminated end over: joining or cutting whole chunks would
+            # copy every byte twice more, and a fresh multi-megabyte buffer costs page faults
+            lines = chunk.split(b"\n")
+            del chunk
+            lines[0] = rest + lines[0]
+            rest = lines.pop()
+            if lines:
+                yield lines, False
 
 
-_digest = operator.methodcaller("digest")
-_prev_of = operator.itemgetter(_PREV)
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 
 
+def _hash_lines(chunk: bytes, start: int, stop: int, digests: list[bytes], prevs: list[bytes]) -> int:
+    """Append the sha256 and the prev field of every line of chunk[start:stop] (stop is just past a newline); return
+    the offset of the last line. Lines are hashed through a memoryview: cutting the chunk into line objects costs
+    as much as hashing them (an allocation and a copy per line)."""
+    find, view, sha256 = chunk.find, memoryview(chunk), hashlib.sha256
+    add_digest, add_prev = digests.append, prevs.append
+    first, last, pos = _PREV.start, _PREV.stop, start
+    line_start = start
+    while pos < stop:
+        end = find(b"\n", pos, stop)
+        add_digest(sha256(view[pos:end]).digest())
+        add_prev(chunk[pos + first:pos + last])
+        line_start, pos = pos, end + 1
+    return line_start
+
+
 def _scan(path: str, start: int, end: int) -> tuple[int, str, bool, str, bytes, bool]:
-    """Hash every line of [start, end) and compare each with the next line's prev, in C loops.
+    """Hash every line of [start, end) and compare each with the next line's prev, in bulk.
     Returns (lines, prev of the first line, chain intact inside the range, hash of the last line, last line,
     ends with a newline)."""
     count, intact, first_prev, head, last, ends = 0, True, b"", b"", b"", True
-    for lines, is_last in _chunks(path, start, end):
-        ends = not is_last
-        digests = list(map(_digest, map(hashlib.sha256, lines)))
-        prevs = b"".join(map(_prev_of, lines))
-        if count == 0:
-            first_prev, prevs, expected = prevs[:64], prevs[64:], b"".join(digests[:-1])
-        else:
-            expected = head + b"".join(digests[:-1])
-        if intact:
-            try:
-                intact = binascii.unhexlify(prevs) == expected
-            except (binascii.Error, ValueError):
-                intact = False
-        count += len(lines)
-        head, last = digests[-1], lines[-1]
+    carry = b""  # the start of a line the previous chunk cut
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(start)
+        remaining = end - start
+        while True:
+            chunk = handle.read(min(_READ_CHUNK, remaining)) if remaining > 0 else b""
+            remaining -= len(chunk)
+            digests: list[bytes] = []
+            prevs: list[bytes] = []
+            if not chunk:
+                if not carry:
+                    break
+                # an unterminated last line
+                _hash_lines(carry + b"\n", 0, len(carry) + 1, digests, prevs)
+                last, carry, ends = carry, b"", False
+            else:
+                cut = chunk.rfind(b"\n") + 1
+                if not cut:
+                    carry += chunk
+                    continue
+                body = 0
+                if carry:
+                    body = chunk.find(b"\n") + 1
+                    joined = carry + chunk[:body]
+                    _hash_lines(joined, 0, len(joined), digests, prevs)
+                    last = joined[:-1]
+                if body < cut:
+                    line = _hash_lines(chunk, body, cut, digests, prevs)
+                    last = chunk[line:cut - 1]
+                carry = chunk[cut:]
+            joined_prevs = b"".join(prevs)
+            if count == 0:
+                first_prev, joined_prevs, expected = joined_prevs[:64], joined_prevs[64:], b"".join(digests[:-1])
+            else:
+                expected = head + b"".join(digests[:-1])
+            if intact:
+                try:
+                    intact = binascii.unhexlify(joined_prevs) == expected
+                except (binascii.Error, ValueError):
+                    intact = False
+            count += len(digests)
+            head = digests[-1]
     return count, first_prev.decode("ascii", "replace"), intact, head.hex(), last, ends
 
 
@@ -782,8 +823,10 @@ def verify_event_file(path: str, *, anchors: t.Iterable[t.Mapping[str, t.Any]] =
         parts = workers or (min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1)
         ranges = _byte_ranges(path, size, parts) if parts > 1 else [(0, size)]
         if len(ranges) > 1:
-            with concurrent.futures.ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("fork")) as pool:
-                scans = list(pool.map(_scan, [path] * len(ranges), *zip(*ranges)))
+            # the other ranges in forked workers, the first one here meanwhile
+            with concurrent.futures.ProcessPoolExecutor(len(ranges) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+                others = [pool.submit(_scan, path, *bounds) for bounds in ranges[1:]]
+                scans = [_scan(path, *ranges[0])] + [future.result() for future in others]
         else:
             scans = [_scan(path, *ranges[0])]
     except (OSError, BrokenProcessPool) as exc:
