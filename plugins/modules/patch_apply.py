@@ -321,44 +321,17 @@ diff:
     after: {version: 1.0.1, sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, release: /srv/fleetpatch/apps/web/releases/1.0.1}
 """
 
-import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-from ansible.module_utils.urls import SSLValidationError, open_url
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import ModuleOps
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
     ApplyResult,
     HostLayout,
-    HostOps,
     ReleaseError,
     build_request,
     run_apply,
 )
-
-
-class ModuleOps(HostOps):
-    """Commands through run_command, URLs through open_url (proxies, certificates), warnings to the task."""
-
-    def __init__(self, module: AnsibleModule) -> None:
-        super().__init__(check_mode=module.check_mode)
-        self._module = module
-
-    def run(self, argv: t.Sequence[str]) -> tuple[int, str, str]:
-        try:
-            return self._module.run_command(list(argv), handle_exceptions=False, expand_user_and_vars=False)
-        except OSError as exc:
-            return 127, "", f"cannot run {argv[0]}: {exc}"
-
-    def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
-        try:
-            return open_url(url, headers=dict(headers), timeout=timeout)
-        except (UrlsConnectionError, SSLValidationError) as exc:
-            raise OSError(str(exc)) from exc
-
-    def warn(self, message: str) -> None:
-        super().warn(message)
-        self._module.warn(message)
 
 
 def main() -> None:

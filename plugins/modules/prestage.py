@@ -294,38 +294,16 @@ diff:
   type: dict
 """
 
-import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostLayout, ReleaseError
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import ModuleOps
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import (
     StageResult,
     build_stage_request,
     run_stage,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostLayout, HostOps, ReleaseError
-
-
-class ModuleOps(HostOps):
-    """URLs through ansible's open_url (proxies, certificates), warnings to the task."""
-
-    def __init__(self, module: AnsibleModule) -> None:
-        super().__init__(check_mode=module.check_mode)
-        self._module = module
-
-    def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
-        # imported here: a run that finds everything staged downloads nothing and skips its import cost
-        from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-        from ansible.module_utils.urls import SSLValidationError, open_url
-
-        try:
-            return open_url(url, headers=dict(headers), timeout=timeout)
-        except (UrlsConnectionError, SSLValidationError) as exc:
-            raise OSError(str(exc)) from exc
-
-    def warn(self, message: str) -> None:
-        super().warn(message)
-        self._module.warn(message)
 
 
 def main() -> None:
