@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import typing as t
@@ -87,11 +88,31 @@ def run_playbook(
     return result
 
 
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_subnet_index() -> int:
+    """The next subnet index whose origin and first host address:port are free: a demo fleet left running by another
+    process (bin/demo, a benchmark, another test run) must not make this one fail to bind."""
+    for _attempt in range(200):
+        index = next(_SUBNETS) + (os.getpid() % 50) * 4
+        prefix = f"127.{90 + index // 250}.{index % 250}"
+        if _bindable(f"{prefix}.1", 30000 + index) and _bindable(f"{prefix}.2", 20000 + index):
+            return index
+    raise RuntimeError("no free loopback subnet for a demo fleet after 200 tries")
+
+
 class DemoFleet:
     """One demo fleet on its own loopback subnet and ports, built and torn down by the collection's playbooks."""
 
     def __init__(self, base: str, **params: t.Any) -> None:
-        index = next(_SUBNETS) + (os.getpid() % 50) * 4
+        index = _free_subnet_index()
         self.path = os.path.join(base, "fleet")
         self.state_dir = os.path.join(base, "controller")
         self.params = {
