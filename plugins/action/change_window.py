@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
@@ -12,7 +11,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar impor
     CalendarError,
     iso_z,
     parse_calendar,
-    parse_instant,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import host_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import constraints, evaluate_wave
@@ -28,13 +26,12 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
     utc_now,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import decision_clock, host_var
 
 ARGUMENT_SPEC = {
     "run": {"type": "dict", "required": True},
     "clock": {"type": "str"},
 }
-CLOCK_ENV = "FLEETPATCH_CLOCK"
 
 
 class WindowError(Exception):
@@ -44,14 +41,6 @@ class WindowError(Exception):
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
     errors = (WindowError, CalendarError)
-
-    @staticmethod
-    def _clock(value: str | None) -> tuple[t.Any, str]:
-        if value:
-            return parse_instant(value, "clock (rollout_clock)"), "rollout_clock"
-        if os.environ.get(CLOCK_ENV):
-            return parse_instant(os.environ[CLOCK_ENV], CLOCK_ENV), CLOCK_ENV
-        return utc_now(), "controller"
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"]
@@ -69,7 +58,7 @@ class ActionModule(ControllerAction):
         skip = set(run.get("skip_hosts", []))
         hosts = [host for host in batch["hosts"] if host not in skip]
         scopes = {host: {key: host_var(task_vars, host, f"fleet_{key}") for key in SCOPE_KEYS} for host in hosts}
-        now, clock_source = self._clock(args["clock"])
+        now, clock_source = decision_clock(args["clock"])
         limits = constraints(change["constraints"], change.get("override"))
         found = evaluate_wave(parse_calendar(change["calendar"]), scopes, now, limits)
         check_mode = bool(self._task.check_mode or run.get("preview"))

@@ -9,7 +9,7 @@ import typing as t
 
 from ansible.errors import AnsibleError
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError, iso_z, parse_instant
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError, iso_z
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import (
@@ -52,6 +52,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import (
     controller_identity,
+    decision_clock,
     host_var,
     resolve_state_dir,
 )
@@ -74,7 +75,6 @@ ARGUMENT_SPEC = {
     "override": {"type": "raw"},
     "clock": {"type": "str"},
 }
-CLOCK_ENV = "FLEETPATCH_CLOCK"
 FLEET_VARS = ("fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment")
 
 
@@ -114,15 +114,6 @@ class ActionModule(ControllerAction):
             return self._loader.load_from_file(path), f"{what} {path}"
         except AnsibleError as exc:
             raise RolloutPlanError(f"{what} {path} is not valid YAML/JSON: {exc}") from exc
-
-    @staticmethod
-    def _clock(value: str | None) -> tuple[t.Any, str]:
-        """The one authoritative UTC clock of this run's calendar decisions; injected only by tests."""
-        if value:
-            return parse_instant(value, "clock (rollout_clock)"), "rollout_clock"
-        if os.environ.get(CLOCK_ENV):
-            return parse_instant(os.environ[CLOCK_ENV], CLOCK_ENV), CLOCK_ENV
-        return utc_now(), "controller"
 
     def _change(self, args: dict[str, t.Any], manifest: dict[str, t.Any], manifest_path: str) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
         """Validate the change fields, load the change policy, classify and pick the profile."""
@@ -180,7 +171,7 @@ class ActionModule(ControllerAction):
         manifest, change_policy = self._change(args, manifest, manifest_path)
         # approvers are mandatory change fields: every rollout needs an approval that is not a self-approval
         approval = approval_chain(manifest, require=True)
-        now, clock_source = self._clock(args["clock"])
+        now, clock_source = decision_clock(args["clock"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
         classified = change_policy["change"]
         rollout_policy, overridden = merge_rollout(classified["profile"], args["policy"])

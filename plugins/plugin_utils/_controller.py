@@ -15,7 +15,23 @@ import urllib.error
 
 from ansible.module_utils.urls import open_url
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import parse_instant
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import utc_now
+
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
+
+
+CLOCK_ENV = "FLEETPATCH_CLOCK"
+
+
+def decision_clock(value: str | None) -> tuple[t.Any, str]:
+    """(now, where it came from): the one UTC clock of a run's calendar decisions. rollout_clock or FLEETPATCH_CLOCK
+    inject it (tests, rehearsals); otherwise it is the controller's."""
+    if value:
+        return parse_instant(value, "clock (rollout_clock)"), "rollout_clock"
+    if os.environ.get(CLOCK_ENV):
+        return parse_instant(os.environ[CLOCK_ENV], CLOCK_ENV), CLOCK_ENV
+    return utc_now(), "controller"
 
 
 def resolve_state_dir(value: str | None) -> str:
