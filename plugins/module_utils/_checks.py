@@ -52,6 +52,7 @@ MISSING: t.Any = object()
 _COMMON_KEYS = (
     "baseline",
     "description",
+    "initial_delay",
     "interval",
     "kind",
     "latency_ms",
@@ -77,6 +78,7 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TEMPLATE_RE = re.compile(r"\$(\$)?\{([^}]*)\}")
 _PROMQL_REGEX_SPECIALS = set(".^$*+?()[]{}|\\")
 _MAX_SAMPLES = 1000
+_MAX_INITIAL_DELAY = 3600  # an hour: longer waits belong in bake_seconds
 
 
 class CheckError(ValueError):
@@ -460,6 +462,7 @@ def _normalize_check(value: t.Any, where: str) -> dict[str, t.Any]:
         "kind": kind,
         "samples": _int(data.get("samples", 3), f"{where}.samples", minimum=1, maximum=_MAX_SAMPLES),
         "interval": _number(data.get("interval", 0), f"{where}.interval"),
+        "initial_delay": _number(data.get("initial_delay", 0), f"{where}.initial_delay", maximum=_MAX_INITIAL_DELAY),
         "timeout": _number(data.get("timeout", 5), f"{where}.timeout", positive=True),
         "max_error_rate": _fraction(data.get("max_error_rate", 0), f"{where}.max_error_rate"),
         "max_consecutive_errors": (

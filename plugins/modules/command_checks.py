@@ -88,6 +88,8 @@ def run_check(module: AnsibleModule, check: dict[str, t.Any], timeout_bin: str |
         prefix = [timeout_bin, "--kill-after=1", f"{check['timeout']:g}"]
         argv = prefix + (argv if isinstance(argv, list) else shlex.split(argv))
     samples = []
+    if check.get("initial_delay"):
+        time.sleep(check["initial_delay"])
     for number in range(check["samples"]):
         if number and check["interval"]:
             time.sleep(check["interval"])

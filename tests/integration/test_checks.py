@@ -201,7 +201,9 @@ def test_check_without_data_holds_instead_of_passing(make_fleet, prometheus) -> 
     url = prometheus(fleet)
     before = {host: fleet.host_manifest(host) for host in fleet.nodes()}
     checks = [
-        {"name": "service-up", "kind": "prometheus", "url": url, "query": 'min(fleet_service_up{host=~"${hosts_regex}"})', "condition": {"min": 1}},
+        # A scrape during the canary's restart reads 0 until the next scrape (every second): wait two scrape intervals.
+        {"name": "service-up", "kind": "prometheus", "url": url, "query": 'min(fleet_service_up{host=~"${hosts_regex}"})', "condition": {"min": 1},
+         "initial_delay": 2},
         {"name": "checkout-success", "kind": "prometheus", "url": url, "samples": 2, "interval": 0.5,
          "query": 'myapp_checkout_success_ratio{host=~"${hosts_regex}"}', "condition": {"min": 0.99}},
     ]

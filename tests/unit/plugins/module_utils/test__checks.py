@@ -51,6 +51,7 @@ def test_single_request_is_one_step_named_after_the_check() -> None:
         "kind": "http",
         "samples": 3,
         "interval": 0,
+        "initial_delay": 0,
         "timeout": 5,
         "max_error_rate": 0,
         "max_consecutive_errors": None,
@@ -101,8 +102,8 @@ ERRORS: list[tuple[str, t.Any, str]] = [
     ("bad name", [{"name": "bad name!"}], "policy.checks[0].name must be letters, digits, '.', '_' or '-' (at most 64), got 'bad name!'"),
     ("duplicate name", [http(), {"name": "a", "kind": "dns", "hostname": "x"}], "policy.checks: check name(s) a used twice"),
     ("unknown kind", [{"name": "a", "kind": "smtp"}], f"{P}.kind: expected one of http, tcp, dns, command, prometheus, got 'smtp'"),
-    ("unknown key", [http(urll=1)], f"{P}: unknown key 'urll'; allowed: baseline, body, capture, description, expect, headers, interval, json, "
-     "kind, latency_ms, max_consecutive_errors, max_error_rate, method, must_have_data, name, samples, steps, timeout, url, validate_certs"),
+    ("unknown key", [http(urll=1)], f"{P}: unknown key 'urll'; allowed: baseline, body, capture, description, expect, headers, initial_delay, interval, "
+     "json, kind, latency_ms, max_consecutive_errors, max_error_rate, method, must_have_data, name, samples, steps, timeout, url, validate_certs"),
     ("no url", [{"name": "a"}], f"{P}: an http check needs 'url' (one request) or 'steps' (a journey)"),
     ("url and steps", [http(steps=[])], f"{P}: give 'steps' or a single request (url), not both"),
     ("empty steps", [{"name": "a", "steps": []}], f"{P}.steps must list at least one request"),
@@ -140,6 +141,7 @@ ERRORS: list[tuple[str, t.Any, str]] = [
     ("zero samples", [http(samples=0)], f"{P}.samples must be between 1 and 1000, got 0"),
     ("bool samples", [http(samples=True)], f"{P}.samples must be an integer, got bool"),
     ("negative interval", [http(interval=-1)], f"{P}.interval must be >= 0, got -1"),
+    ("initial delay over an hour", [http(initial_delay=3601)], f"{P}.initial_delay must be between 0 and 3600, got 3601"),
     ("zero timeout", [http(timeout=0)], f"{P}.timeout must be > 0, got 0"),
     ("rate over 100%", [http(max_error_rate="150%")], f"{P}.max_error_rate must be between 0 and 1 (0% to 100%), got 150%"),
     ("rate over 1", [http(max_error_rate=1.5)], f"{P}.max_error_rate must be between 0 and 1, got 1.5"),

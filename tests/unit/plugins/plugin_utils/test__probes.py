@@ -6,6 +6,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 import typing as t
 import urllib.parse
 
@@ -109,6 +110,17 @@ def test_tcp_and_dns(server: str) -> None:
     assert _probes.take_samples(tcp, context(server), correlation_id="c")[0]["outcome"] == "ok"
     (item,) = _probes.take_samples(dns, context(server), correlation_id="c")
     assert item["outcome"] == "ok" and "127.0.0.1" in item["addresses"]
+
+
+def test_initial_delay_waits_before_the_first_sample_only(server: str) -> None:
+    """Metrics lag a restart by up to a scrape interval; the first sample waits, the latency does not include the wait."""
+    (tcp,) = normalize_checks([{"name": "tcp", "kind": "tcp", "address": "127.0.0.1", "port": int(server.split(":")[1]),
+                                "samples": 2, "initial_delay": 0.3}])
+    started = time.monotonic()
+    samples = _probes.take_samples(tcp, context(server), correlation_id="c")
+    elapsed = time.monotonic() - started
+    assert [item["outcome"] for item in samples] == ["ok", "ok"]
+    assert 0.3 <= elapsed < 0.6 and all(item["latency_ms"] < 300 for item in samples)
 
 
 def prometheus(server: str, **extra: t.Any) -> dict[str, t.Any]:
