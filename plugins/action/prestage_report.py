@@ -40,12 +40,11 @@ ARGUMENT_SPEC = {
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
+    argument_constraints = {"mutually_exclusive": [["patch", "patch_manifest"]], "required_one_of": [["patch", "patch_manifest"]]}
     errors = (ManifestError,)
 
     def _patch(self, args: dict[str, t.Any]) -> dict[str, t.Any]:
         """The patch manifest: given, or loaded from patch_manifest (looked up like the file lookup does)."""
-        if (args["patch"] is None) == (args["patch_manifest"] is None):
-            raise ManifestError("give exactly one of patch and patch_manifest")
         if args["patch"] is not None:
             return args["patch"]
         try:

@@ -13,7 +13,9 @@ from ansible.plugins.action import ActionBase
 class ControllerAction(ActionBase):
     """An action that runs on the controller only: validated arguments in, one error boundary around `_act`.
 
-    A subclass sets `argument_spec`, the exceptions that mean "this task failed" in `errors` (and, if its
+    A subclass sets `argument_spec` (and, when its options depend on each other, `argument_constraints`: the
+    mutually_exclusive / required_one_of / required_together / required_if / required_by lists a module's
+    AnsibleModule takes), the exceptions that mean "this task failed" in `errors` (and, if its
     messages carry one, `error_prefix`), and implements `_act`. Any other exception propagates to Ansible.
     """
 
@@ -21,6 +23,7 @@ class ControllerAction(ActionBase):
     _requires_connection = False
 
     argument_spec: t.ClassVar[dict[str, t.Any]] = {}
+    argument_constraints: t.ClassVar[dict[str, list[t.Any]]] = {}
     errors: t.ClassVar[tuple[type[Exception], ...]] = ()
     error_prefix: t.ClassVar[str] = ""
 
@@ -28,7 +31,7 @@ class ControllerAction(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         # Outside the boundary on purpose: bad arguments raise AnsibleActionFail, which Ansible reports itself.
-        _validation, args = self.validate_argument_spec(argument_spec=self.argument_spec)
+        _validation, args = self.validate_argument_spec(argument_spec=self.argument_spec, **self.argument_constraints)
         try:
             result.update(self._act(args, task_vars))
         except self.errors as exc:

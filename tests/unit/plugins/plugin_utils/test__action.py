@@ -67,3 +67,23 @@ def test_no_declared_errors_lets_every_exception_through() -> None:
 
     with pytest.raises(DeclaredError):
         make(Strict, {"value": "x", "raise_": "declared"}).run(task_vars={})
+
+
+class OneSource(Echo):
+    """Takes its value from exactly one of two options, declared like a module's constraints."""
+
+    argument_spec = {"value": {"type": "str"}, "value_file": {"type": "str"}, "raise_": {"type": "str"}}
+    argument_constraints = {"mutually_exclusive": [["value", "value_file"]], "required_one_of": [["value", "value_file"]]}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"value": "a", "value_file": "f"}, "parameters are mutually exclusive: value|value_file"),
+    ({}, "one of the following is required: value, value_file"),
+])
+def test_declared_constraints_are_checked_with_the_arguments(args: dict[str, t.Any], message: str) -> None:
+    with pytest.raises(AnsibleActionFail, match=message.replace("|", r"\|")):
+        make(OneSource, args).run(task_vars={})
+
+
+def test_arguments_meeting_the_constraints_reach_the_plugin() -> None:
+    assert make(OneSource, {"value_file": "f"}).run(task_vars={})["value"] is None
