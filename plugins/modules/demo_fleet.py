@@ -479,6 +479,26 @@ class Supervisor:
         return pid
 
 
+def fleet_endpoints(layout: FleetLayout, params: t.Mapping[str, t.Any], effective: t.Mapping[str, t.Any]) -> list[tuple[str, int]]:
+    """Every address:port the supervisor listens on: the origin and each host that is not faulted unreachable."""
+    return [(layout.origin_address, params["origin_port"])] + [
+        (host.address, params["port"]) for host in layout.hosts if not effective.get(host.name, {}).get("unreachable")
+    ]
+
+
+def busy_endpoints(endpoints: t.Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The endpoints another socket listens on (SO_REUSEADDR, like the supervisor: TIME_WAIT leftovers do not count)."""
+    taken = []
+    for address, port in endpoints:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                taken.append((address, port))
+    return taken
+
+
 def mounts_under(path: str) -> list[str]:
     """Mount points at or below path, deepest first."""
     found = []
@@ -656,6 +676,16 @@ class DemoFleet:
         previous = read_json(self.p("fleet.json")) if exists else None
         status = self.supervisor.status() if exists else None
         before = self.summary(previous, status is not None)
+        if status is None and not (exists and self.supervisor.pids()):
+            # another process (often a second demo fleet on the default addresses) would make the supervisor fail
+            # after the files are written: say so before anything is
+            taken = busy_endpoints(fleet_endpoints(layout, params, effective))
+            if taken:
+                shown = ", ".join(f"{address}:{port}" for address, port in taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+                raise DemoFleetError(
+                    f"{shown} already in use by another process (another demo fleet?): tear that one down or give this fleet "
+                    "its own demo_fleet_cidr, demo_fleet_port and demo_fleet_origin_port"
+                )
 
         origin_url = f"http://{layout.origin_address}:{params['origin_port']}"
         artifacts: dict[str, dict[str, t.Any]] = {}
@@ -888,9 +918,7 @@ class DemoFleet:
         effective: dict[str, t.Any],
         faults_changed: bool,
     ) -> int | None:
-        endpoints = [(layout.origin_address, self.params["origin_port"])] + [
-            (host.address, self.params["port"]) for host in layout.hosts if not effective.get(host.name, {}).get("unreachable")
-        ]
+        endpoints = fleet_endpoints(layout, self.params, effective)
         if status is None:
             stray = self.supervisor.pids() if os.path.isdir(self.path) else []
             if stray and self.act(f"stop unresponsive supervisor (pid {', '.join(map(str, stray))})"):

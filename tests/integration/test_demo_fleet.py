@@ -512,6 +512,18 @@ def test_refuses_a_non_loopback_cidr(make_fleet: t.Callable[..., Fleet]) -> None
     assert not os.path.exists(fleet.path)
 
 
+def test_refuses_addresses_another_fleet_listens_on_before_writing_anything(fleet: Fleet, make_fleet: t.Callable[..., Fleet]) -> None:
+    second = make_fleet()
+    taken = {key: fleet.params[key] for key in ("demo_fleet_cidr", "demo_fleet_port", "demo_fleet_origin_port")}
+    run = second.build(expect="failed", **taken)
+    origin = f"{fleet.data['origin']['address']}:{fleet.params['demo_fleet_origin_port']}"
+    assert run.result["msg"].startswith(f"{origin}, "), run.result["msg"]
+    assert "already in use by another process (another demo fleet?)" in run.result["msg"]
+    assert not os.path.exists(second.path)
+    status, body, _seconds = fleet.health(next(iter(fleet.data["hosts"])))
+    assert status == 200 and body["status"] == "ok"
+
+
 def test_refuses_a_directory_that_is_not_a_fleet(make_fleet: t.Callable[..., Fleet]) -> None:
     fleet = make_fleet()
     os.makedirs(fleet.path)

@@ -575,8 +575,8 @@ NORMALIZE_CASES: list[tuple[str, t.Any, dict[str, t.Any]]] = [
     ("null order and budgets", {"order": None, "disruption_budget": None}, {}),
     ("all levels", {"levels": list(LEVELS), "order": {"environment": ["prod"]}}, {"levels": list(LEVELS), "order": {"environment": ["prod"]}}),
     ("stabilization filled in", {"checks": [{"name": "p", "kind": "tcp", "address": "${host}", "port": 22}], "stabilization": {"seconds": 30.0}},
-     {"checks": [{"name": "p", "kind": "tcp", "address": "${host}", "port": 22, "samples": 3, "interval": 0, "initial_delay": 0, "timeout": 5, "max_error_rate": 0,
-                  "max_consecutive_errors": None, "must_have_data": True, "latency_ms": {}, "baseline": None}],
+     {"checks": [{"name": "p", "kind": "tcp", "address": "${host}", "port": 22, "samples": 3, "interval": 0, "initial_delay": 0, "timeout": 5,
+                  "max_error_rate": 0, "max_consecutive_errors": None, "must_have_data": True, "latency_ms": {}, "baseline": None}],
       "stabilization": {"seconds": 30, "interval": 5, "response": "rollback_all"}}),
 ]
 
