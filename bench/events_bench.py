@@ -174,6 +174,7 @@ def bench_verify(lines: int, repeats: int, events_file: str | None) -> dict[str,
             if baseline in summary:
                 summary[f"ratio_vs_{baseline}"] = {
                     "wall": round(summary["verify"]["wall_best"] / summary[baseline]["wall_best"], 3),  # type: ignore[index]
+                    "wall_median": round(summary["verify"]["wall_median"] / summary[baseline]["wall_median"], 3),  # type: ignore[index]
                     "cpu": round(summary["verify"]["cpu_best"] / summary[baseline]["cpu_best"], 3)}  # type: ignore[index]
         return summary
     finally:
