@@ -3,6 +3,8 @@
 1. callback on vs off: bench/events_tasks.yml (5 tasks, 3 of them module executions) over a demo fleet of at least
    200 nodes, runs interleaved in one process (off, on, on, off, ...). CPU seconds are the children's rusage
    (ansible-playbook and every process it forks), wall time is measured around each run. Goal: <= 1.03x.
+   The recorder's own CPU for a run's events is also measured apart (a lower bound of the callback's cost, free of the
+   playbook runs' noise).
 2. verify of an event file of 500,000 lines written by the real recorder (host.task events like a rollout's) against
    a bare sha256 pass over the same file (Python hashlib in 1 MiB chunks, and coreutils sha256sum), page cache warm,
    best of N. Goal: <= 1.5x.
@@ -85,6 +87,7 @@ def bench_playbook(rounds: int, hosts_per_cell: int) -> dict[str, object]:
     fleet = DemoFleet(base, demo_fleet_hosts_per_cell=hosts_per_cell, **FLEET)
     fleet.create()
     results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    event_lines = 0
     try:
         nodes = len(fleet.nodes())
         print(f"playbook: {nodes} demo nodes x 5 tasks, {rounds} round(s) of off/on interleaved", flush=True)
@@ -97,6 +100,7 @@ def bench_playbook(rounds: int, hosts_per_cell: int) -> dict[str, object]:
                 measured = run_playbook(fleet, callback=which == "on", events=events, config=config[which == "on"])
                 results[which].append(measured)
                 lines = sum(1 for _line in open(events, "rb")) if which == "on" else 0
+                event_lines = max(event_lines, lines)
                 print(f"  round {index + 1} {which:3}  wall {measured['wall']:7.2f}s  cpu {measured['cpu']:7.2f}s"
                       + (f"  ({lines} event lines, verify: {'ok' if verify_event_file(events).ok else 'FAILED'})" if lines else ""), flush=True)
     finally:
@@ -106,13 +110,31 @@ def bench_playbook(rounds: int, hosts_per_cell: int) -> dict[str, object]:
     for key in ("wall", "cpu"):
         off = statistics.median(run[key] for run in results["off"])
         on = statistics.median(run[key] for run in results["on"])
-        summary[key] = {"off_median": round(off, 3), "on_median": round(on, 3), "ratio": round(on / off, 4)}
+        summary[key] = {"off_median": round(off, 3), "on_median": round(on, 3), "ratio": round(on / off, 4),
+                        "per_round": [round(on_run[key] / off_run[key], 4) for on_run, off_run in zip(results["on"], results["off"])]}
+    summary["recorder"] = recorder_cost(event_lines, statistics.median(run["cpu"] for run in results["off"]))
     return summary
 
 
-def write_event_file(path: str, lines: int) -> None:
+def recorder_cost(events_per_run: int, off_cpu: float, sample: int = 20000) -> dict[str, float]:
+    """The recorder's own CPU for one run's events, measured apart from the playbook's run-to-run noise: a lower
+    bound of the callback's cost (Ansible's hook dispatch and the hooks' result conversion are not in it)."""
+    base = tempfile.mkdtemp(prefix="fleetpatch-recorder-bench-")
+    try:
+        path = os.path.join(base, "events.jsonl")
+        _wall, cpu = timed(lambda: write_event_file(path, sample, fsync=True))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    per_event = cpu / sample
+    print(f"  recorder: {per_event * 1e6:.1f} us CPU per event (fsync at each flush) -> {per_event * events_per_run:.3f} s for "
+          f"{events_per_run} events = {per_event * events_per_run / off_cpu:.5f} of a run's {off_cpu:.1f} CPU-s", flush=True)
+    return {"us_per_event": round(per_event * 1e6, 2), "seconds_per_run": round(per_event * events_per_run, 4),
+            "ratio": round(1 + per_event * events_per_run / off_cpu, 5)}
+
+
+def write_event_file(path: str, lines: int, *, fsync: bool = False) -> None:
     """lines events, written by the real recorder: host.task results like a rollout's apply and gate tasks."""
-    recorder = RunRecorder(RecorderOptions(path=path, correlation_id="awx-job-4242", fsync=False, flush_seconds=1.0),
+    recorder = RunRecorder(RecorderOptions(path=path, correlation_id="awx-job-4242", fsync=fsync, flush_seconds=1.0),
                            warn=print, say=lambda _text: None, environ={}, timer=False)
     recorder.playbook_start(playbook="playbooks/rollout.yml", check_mode=False, ansible_version="2.19")
     hosts = [f"{region}-t{tenant}-{segment}-prod-{index:02d}" for region in ("eu-west", "us-east") for tenant in range(5)
