@@ -81,6 +81,12 @@ _MAX_SAMPLES = 1000
 _MAX_INITIAL_DELAY = 3600  # an hour: longer waits belong in bake_seconds
 
 
+def pause_before(check: t.Mapping[str, t.Any], number: int) -> float:
+    """Seconds to wait before sample number (0-based): initial_delay before the first, interval between the others.
+    Checks normalized before initial_delay existed (a resumed run's stored plan) have none."""
+    return float(check.get("initial_delay") or 0) if number == 0 else float(check["interval"] or 0)
+
+
 class CheckError(ValueError):
     """A check spec that cannot be run. The message names the policy path of the offending value."""
 

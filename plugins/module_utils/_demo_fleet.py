@@ -152,6 +152,13 @@ def validate_cidr(cidr: str) -> t.Any:
     return network.cidr
 
 
+def fleet_endpoints(layout: FleetLayout, *, port: int, origin_port: int, effective: t.Mapping[str, t.Any]) -> list[tuple[str, int]]:
+    """Every address:port the fleet's supervisor listens on: the origin, then each host not faulted unreachable."""
+    return [(layout.origin_address, origin_port)] + [
+        (host.address, port) for host in layout.hosts if not effective.get(host.name, {}).get("unreachable")
+    ]
+
+
 def allocate_addresses(cidr: str, count: int) -> list[str]:
     """The first ``count`` usable addresses of cidr, in order."""
     network = validate_cidr(cidr)

@@ -77,6 +77,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import 
     CheckError,
     judge_command,
     normalize_checks,
+    pause_before,
     sample,
 )
 
@@ -88,11 +89,10 @@ def run_check(module: AnsibleModule, check: dict[str, t.Any], timeout_bin: str |
         prefix = [timeout_bin, "--kill-after=1", f"{check['timeout']:g}"]
         argv = prefix + (argv if isinstance(argv, list) else shlex.split(argv))
     samples = []
-    if check.get("initial_delay"):
-        time.sleep(check["initial_delay"])
     for number in range(check["samples"]):
-        if number and check["interval"]:
-            time.sleep(check["interval"])
+        pause = pause_before(check, number)
+        if pause:
+            time.sleep(pause)
         started = time.monotonic()
         rc, stdout, stderr = module.run_command(argv, check_rc=False)
         latency = (time.monotonic() - started) * 1000

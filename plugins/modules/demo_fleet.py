@@ -314,6 +314,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet imp
     corrupt_bytes,
     digest_text,
     dump_yaml,
+    fleet_endpoints,
     patch_manifest,
     render_faults_file,
     render_inventory,
@@ -477,13 +478,6 @@ class Supervisor:
                         raise DemoFleetError(f"{address}:{port} does not answer after the supervisor started: {exc}") from exc
                     time.sleep(0.02)
         return pid
-
-
-def fleet_endpoints(layout: FleetLayout, params: t.Mapping[str, t.Any], effective: t.Mapping[str, t.Any]) -> list[tuple[str, int]]:
-    """Every address:port the supervisor listens on: the origin and each host that is not faulted unreachable."""
-    return [(layout.origin_address, params["origin_port"])] + [
-        (host.address, params["port"]) for host in layout.hosts if not effective.get(host.name, {}).get("unreachable")
-    ]
 
 
 def busy_endpoints(endpoints: t.Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -679,7 +673,7 @@ class DemoFleet:
         if status is None and not (exists and self.supervisor.pids()):
             # another process (often a second demo fleet on the default addresses) would make the supervisor fail
             # after the files are written: say so before anything is
-            taken = busy_endpoints(fleet_endpoints(layout, params, effective))
+            taken = busy_endpoints(fleet_endpoints(layout, port=params["port"], origin_port=params["origin_port"], effective=effective))
             if taken:
                 shown = ", ".join(f"{address}:{port}" for address, port in taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
                 raise DemoFleetError(
@@ -918,7 +912,7 @@ class DemoFleet:
         effective: dict[str, t.Any],
         faults_changed: bool,
     ) -> int | None:
-        endpoints = fleet_endpoints(layout, self.params, effective)
+        endpoints = fleet_endpoints(layout, port=self.params["port"], origin_port=self.params["origin_port"], effective=effective)
         if status is None:
             stray = self.supervisor.pids() if os.path.isdir(self.path) else []
             if stray and self.act(f"stop unresponsive supervisor (pid {', '.join(map(str, stray))})"):

@@ -210,11 +210,10 @@ SAMPLERS: dict[str, t.Callable[..., dict[str, t.Any]]] = {
 def take_samples(check: t.Mapping[str, t.Any], context: t.Mapping[str, t.Any], *, correlation_id: str) -> Samples:
     sampler = SAMPLERS[check["kind"]]
     samples = []
-    if check.get("initial_delay"):
-        time.sleep(check["initial_delay"])
     for number in range(check["samples"]):
-        if number and check["interval"]:
-            time.sleep(check["interval"])
+        pause = _checks.pause_before(check, number)
+        if pause:
+            time.sleep(pause)
         samples.append(sampler(check, context, correlation_id=correlation_id))
     return samples
 

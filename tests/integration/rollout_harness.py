@@ -7,13 +7,14 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import typing as t
 import urllib.request
 
 import ansible_runner
+
+from ansible_collections.fleetpatch.rollout.plugins.modules.demo_fleet import busy_endpoints
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
@@ -88,22 +89,13 @@ def run_playbook(
     return result
 
 
-def _bindable(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_subnet_index() -> int:
     """The next subnet index whose origin and first host address:port are free: a demo fleet left running by another
     process (bin/demo, a benchmark, another test run) must not make this one fail to bind."""
     for _attempt in range(200):
         index = next(_SUBNETS) + (os.getpid() % 50) * 4
         prefix = f"127.{90 + index // 250}.{index % 250}"
-        if _bindable(f"{prefix}.1", 30000 + index) and _bindable(f"{prefix}.2", 20000 + index):
+        if not busy_endpoints([(f"{prefix}.1", 30000 + index), (f"{prefix}.2", 20000 + index)]):
             return index
     raise RuntimeError("no free loopback subnet for a demo fleet after 200 tries")
 

@@ -16,6 +16,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import 
     judge_value,
     normalize_checks,
     overview,
+    pause_before,
     promql_regex,
     referenced_vars,
     render,
@@ -375,3 +376,10 @@ def test_sample_shape() -> None:
     assert sample("nodata", None, "empty", series=0) == {"outcome": "nodata", "latency_ms": None, "reason": "empty", "series": 0}
     with pytest.raises(ValueError, match="unknown sample outcome 'maybe'"):
         sample("maybe")
+
+
+def test_pause_before_each_sample() -> None:
+    (check,) = normalize_checks([{"name": "a", "kind": "tcp", "address": "x", "port": 1, "samples": 3, "interval": 0.5, "initial_delay": 2}])
+    assert [pause_before(check, number) for number in range(3)] == [2.0, 0.5, 0.5]
+    stored_before_initial_delay = {key: value for key, value in check.items() if key != "initial_delay"}
+    assert pause_before(stored_before_initial_delay, 0) == 0.0

@@ -65,6 +65,14 @@ def test_default_layout_names_and_addresses() -> None:
     assert len({h.address for h in fleet.hosts} | {fleet.origin_address}) == 19
 
 
+def test_endpoints_are_the_origin_then_every_reachable_host() -> None:
+    fleet = layout(regions=["eu-west"], tenants=["acme"], segments=["web"])
+    unreachable = {fleet.nodes[0].name: {"unreachable": True}, fleet.nodes[1].name: {"slow": {"delay_ms": 5}}}
+    assert demo.fleet_endpoints(fleet, port=18080, origin_port=18000, effective=unreachable) == [
+        ("127.77.0.1", 18000), ("127.77.0.2", 18080), ("127.77.0.4", 18080),
+    ]
+
+
 def test_addresses_cross_octet_boundaries_and_skip_network_address() -> None:
     fleet = layout(regions=["r1", "r2", "r3", "r4"], tenants=[f"t{i}" for i in range(5)], segments=[f"s{i}" for i in range(5)])
     assert len(fleet.nodes) == 200
