@@ -374,6 +374,8 @@ def test_ranges_checked_in_parallel_agree_with_one_pass(tmp_path, workers: int) 
     assert (parallel.lines, parallel.last_seq, parallel.head, parallel.findings) == (40, 40, line_hash(lines[39]), [])
     wrong = verify_event_file(path, anchors=[{"seq": 17, "head": "0" * 64, "where": "registry record #9"}], workers=workers)
     assert [(finding.kind, finding.where) for finding in wrong.findings] == [("edited", "e.jsonl seq 17")]
+    wrong_seal = verify_event_file(path, anchors=[{"seq": 40, "head": "0" * 64, "where": "registry record #9"}], workers=workers)
+    assert [(finding.kind, finding.where) for finding in wrong_seal.findings] == [("edited", "e.jsonl seq 40")]
     rewrite(path, lines[:20] + lines[21:])
     assert [(finding.kind, finding.where) for finding in verify_event_file(path, workers=workers).findings] == [
         ("deleted", "e.jsonl line 21 (seq 22)")]
