@@ -17,10 +17,8 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 import resource
 import shutil
@@ -40,11 +38,9 @@ from tests.integration.rollout_harness import ANSIBLE_CFG, DemoFleet  # noqa: E4
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (  # noqa: E402
     RecorderOptions,
     RunRecorder,
+    _chunks,
+    scan_ranges,
     verify_event_file,
-)
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (  # noqa: E402  # pylint: disable=ungrouped-imports
-    PARALLEL_MIN_BYTES,
-    _byte_ranges,
 )
 
 PLAYBOOK = os.path.join(HERE, "events_tasks.yml")
@@ -176,33 +172,18 @@ def sha256_pass(path: str) -> str:
 
 
 def hash_each_line(path: str, start: int, end: int) -> int:
-    """sha256 of every line of [start, end) on its own, read like the verifier reads (512 KiB chunks)."""
-    count, carry, sha256 = 0, b"", hashlib.sha256
-    with open(path, "rb", buffering=0) as handle:
-        handle.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            chunk = handle.read(min(512 * 1024, remaining))
-            remaining -= len(chunk)
-            lines = chunk.split(b"\n")
-            lines[0] = carry + lines[0]
-            carry = lines.pop()
-            for line in lines:
-                sha256(line).digest()
-            count += len(lines)
-    return count + (1 if carry else 0)
+    """sha256 of every line of [start, end) on its own, read in the verifier's chunks."""
+    count, sha256 = 0, hashlib.sha256
+    for lines, _is_last in _chunks(path, start, end):
+        for line in lines:
+            sha256(line).digest()
+        count += len(lines)
+    return count
 
 
 def per_line_floor(path: str) -> int:
-    """Every line hashed on its own, over as many processes as the verifier uses."""
-    size = os.path.getsize(path)
-    parts = min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1
-    ranges = _byte_ranges(path, size, parts) if parts > 1 else [(0, size)]
-    if len(ranges) == 1:
-        return hash_each_line(path, *ranges[0])
-    with concurrent.futures.ProcessPoolExecutor(len(ranges) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-        others = [pool.submit(hash_each_line, path, *bounds) for bounds in ranges[1:]]
-        return hash_each_line(path, *ranges[0]) + sum(future.result() for future in others)
+    """Every line hashed on its own, over the verifier's ranges and processes."""
+    return sum(scan_ranges(path, hash_each_line)[1])
 
 
 def bench_verify(lines: int, repeats: int, events_file: str | None) -> dict[str, object]:

@@ -17,6 +17,7 @@ import io
 import itertools
 import json
 import re
+import socket
 import tarfile
 import typing as t
 
@@ -157,6 +158,29 @@ def fleet_endpoints(layout: FleetLayout, *, port: int, origin_port: int, effecti
     return [(layout.origin_address, origin_port)] + [
         (host.address, port) for host in layout.hosts if not effective.get(host.name, {}).get("unreachable")
     ]
+
+
+def busy_endpoints(endpoints: t.Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The endpoints another socket listens on (SO_REUSEADDR, like the supervisor: TIME_WAIT leftovers do not count)."""
+    taken = []
+    for address, port in endpoints:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                taken.append((address, port))
+    return taken
+
+
+def endpoints_in_use_error(taken: t.Sequence[tuple[str, int]], *, shown: int = 5) -> DemoFleetError:
+    """The refusal for a fleet whose addresses another process holds, naming the first few and the variables to change."""
+    listed = ", ".join(f"{address}:{port}" for address, port in taken[:shown])
+    more = f" and {len(taken) - shown} more" if len(taken) > shown else ""
+    return DemoFleetError(
+        f"{listed}{more} already in use by another process (another demo fleet?): tear that one down or give this fleet "
+        "its own demo_fleet_cidr, demo_fleet_port and demo_fleet_origin_port"
+    )
 
 
 def allocate_addresses(cidr: str, count: int) -> list[str]:

@@ -311,9 +311,11 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet imp
     artifact_name,
     build_layout,
     build_release_tarball,
+    busy_endpoints,
     corrupt_bytes,
     digest_text,
     dump_yaml,
+    endpoints_in_use_error,
     fleet_endpoints,
     patch_manifest,
     render_faults_file,
@@ -478,19 +480,6 @@ class Supervisor:
                         raise DemoFleetError(f"{address}:{port} does not answer after the supervisor started: {exc}") from exc
                     time.sleep(0.02)
         return pid
-
-
-def busy_endpoints(endpoints: t.Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The endpoints another socket listens on (SO_REUSEADDR, like the supervisor: TIME_WAIT leftovers do not count)."""
-    taken = []
-    for address, port in endpoints:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError:
-                taken.append((address, port))
-    return taken
 
 
 def mounts_under(path: str) -> list[str]:
@@ -675,11 +664,7 @@ class DemoFleet:
             # after the files are written: say so before anything is
             taken = busy_endpoints(fleet_endpoints(layout, port=params["port"], origin_port=params["origin_port"], effective=effective))
             if taken:
-                shown = ", ".join(f"{address}:{port}" for address, port in taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
-                raise DemoFleetError(
-                    f"{shown} already in use by another process (another demo fleet?): tear that one down or give this fleet "
-                    "its own demo_fleet_cidr, demo_fleet_port and demo_fleet_origin_port"
-                )
+                raise endpoints_in_use_error(taken)
 
         origin_url = f"http://{layout.origin_address}:{params['origin_port']}"
         artifacts: dict[str, dict[str, t.Any]] = {}

@@ -48,6 +48,7 @@ FORMAT = 1
 GENESIS = "0" * 64
 PREFIX = b'{"prev":"'
 _PREV = slice(9, 73)
+T = t.TypeVar("T")
 _HEAD_RE = re.compile(rb'\{"prev":"([0-9a-f]{64})","seq":([0-9]+),')
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _CORRELATION_RE = re.compile(r"[^A-Za-z0-9._:@/+-]")
@@ -807,6 +808,19 @@ def _line_at(path: str, start: int, index: int) -> bytes:
     return b""
 
 
+def scan_ranges(path: str, scan: t.Callable[[str, int, int], T], *, workers: int | None = None) -> tuple[list[tuple[int, int]], list[T]]:
+    """scan(path, start, end) over line-aligned byte ranges of the file, in order: one range for a small file; for one
+    over PARALLEL_MIN_BYTES, one per CPU (at most 8), the first checked here while forked workers check the others."""
+    size = os.path.getsize(path)
+    parts = workers or (min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1)
+    ranges = _byte_ranges(path, size, parts) if parts > 1 else [(0, size)]
+    if len(ranges) == 1:
+        return ranges, [scan(path, *ranges[0])]
+    with concurrent.futures.ProcessPoolExecutor(len(ranges) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+        others = [pool.submit(scan, path, *bounds) for bounds in ranges[1:]]
+        return ranges, [scan(path, *ranges[0])] + [future.result() for future in others]
+
+
 def verify_event_file(path: str, *, anchors: t.Iterable[t.Mapping[str, t.Any]] = (), workers: int | None = None) -> FileReport:
     """Check the chain of an event file. Anchors ({seq, head, where}) are heads recorded elsewhere (the registry):
     they catch a rewritten chain and lines cut off the end.
@@ -819,16 +833,7 @@ def verify_event_file(path: str, *, anchors: t.Iterable[t.Mapping[str, t.Any]] =
     rel = os.path.basename(path)
     anchors = [anchor for anchor in anchors if isinstance(anchor.get("seq"), int) and anchor.get("seq")]
     try:
-        size = os.path.getsize(path)
-        parts = workers or (min(os.cpu_count() or 1, 8) if size >= PARALLEL_MIN_BYTES else 1)
-        ranges = _byte_ranges(path, size, parts) if parts > 1 else [(0, size)]
-        if len(ranges) > 1:
-            # the other ranges in forked workers, the first one here meanwhile
-            with concurrent.futures.ProcessPoolExecutor(len(ranges) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-                others = [pool.submit(_scan, path, *bounds) for bounds in ranges[1:]]
-                scans = [_scan(path, *ranges[0])] + [future.result() for future in others]
-        else:
-            scans = [_scan(path, *ranges[0])]
+        ranges, scans = scan_ranges(path, _scan, workers=workers)
     except (OSError, BrokenProcessPool) as exc:
         report.findings.append(Finding("missing_file", rel, f"cannot read {path}: {exc}"))
         return report

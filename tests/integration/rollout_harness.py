@@ -14,7 +14,7 @@ import urllib.request
 
 import ansible_runner
 
-from ansible_collections.fleetpatch.rollout.plugins.modules.demo_fleet import busy_endpoints
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import busy_endpoints
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -71,6 +72,26 @@ def test_endpoints_are_the_origin_then_every_reachable_host() -> None:
     assert demo.fleet_endpoints(fleet, port=18080, origin_port=18000, effective=unreachable) == [
         ("127.77.0.1", 18000), ("127.77.0.2", 18080), ("127.77.0.4", 18080),
     ]
+
+
+def test_busy_endpoints_names_only_the_address_another_socket_listens_on() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as reserved:  # a port nobody listens on, held unbound
+            reserved.bind(("127.0.0.1", 0))
+            free_port = reserved.getsockname()[1]
+        assert demo.busy_endpoints([("127.0.0.1", free_port), ("127.0.0.1", port)]) == [("127.0.0.1", port)]
+    assert demo.busy_endpoints([("127.0.0.1", port)]) == []
+
+
+def test_endpoints_in_use_error_lists_five_and_counts_the_rest() -> None:
+    taken = [(f"127.77.0.{index}", 18080) for index in range(1, 8)]
+    message = str(demo.endpoints_in_use_error(taken))
+    assert message.startswith("127.77.0.1:18080, 127.77.0.2:18080, 127.77.0.3:18080, 127.77.0.4:18080, 127.77.0.5:18080 and 2 more ")
+    assert "127.77.0.6" not in message and "demo_fleet_cidr, demo_fleet_port and demo_fleet_origin_port" in message
+    assert str(demo.endpoints_in_use_error(taken[:1])).startswith("127.77.0.1:18080 already in use")
 
 
 def test_addresses_cross_octet_boundaries_and_skip_network_address() -> None:

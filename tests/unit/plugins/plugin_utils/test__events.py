@@ -365,6 +365,26 @@ def test_the_fast_path_and_the_slow_path_agree_on_a_clean_file(tmp_path) -> None
     assert lines[0].startswith(b'{"prev":"' + GENESIS.encode() + b'","seq":1,')
 
 
+def first_and_last_line(path: str, start: int, end: int) -> tuple[bytes, bytes, int]:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        lines = handle.read(end - start).splitlines()
+    return lines[0], lines[-1], len(lines)
+
+
+def test_scan_ranges_cuts_on_line_boundaries_and_returns_results_in_file_order(tmp_path) -> None:
+    path = str(tmp_path / "e.jsonl")
+    lines = write_log(path, 30)
+    ranges, results = _events.scan_ranges(path, first_and_last_line, workers=3)
+    assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == os.path.getsize(path)
+    assert all(end == next_start for (_start, end), (next_start, _end) in zip(ranges, ranges[1:]))
+    assert [first for first, _last, _count in results][0] == lines[0] and results[-1][1] == lines[-1]
+    assert sum(count for _first, _last, count in results) == 30
+    assert [line for first, last, _count in results for line in (first, last)] == sorted(
+        [line for first, last, _count in results for line in (first, last)], key=lines.index)
+    assert _events.scan_ranges(path, first_and_last_line) == ([(0, os.path.getsize(path))], [(lines[0], lines[-1], 30)])
+
+
 @pytest.mark.parametrize("workers", [2, 3, 7])
 def test_ranges_checked_in_parallel_agree_with_one_pass(tmp_path, workers: int) -> None:
     path = str(tmp_path / "e.jsonl")
