@@ -51,6 +51,11 @@ class ActionModule(ControllerAction):
     errors = (RegistryError, OSError)
     error_prefix = "patch registry: "
 
+    def _failure(self, exc: Exception) -> dict[str, t.Any]:
+        # a RegistryError that names the registry file already says "patch registry <path> ..."
+        text = str(exc)
+        return {"failed": True, "msg": text if text.startswith("patch registry") else f"{self.error_prefix}{text}"}
+
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"] or {}
         if self._task.check_mode or run.get("preview"):

@@ -11,7 +11,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import writ
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     RunPaths,
     append_event,
-    failures,
+    failed_hosts,
     iso,
     load_state,
     queued_events,
@@ -22,6 +22,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import redaction_policy, scrub_data
 
 ARGUMENT_SPEC = {
     "run": {"type": "dict", "required": True},
@@ -50,7 +51,8 @@ class ActionModule(ControllerAction):
             status = "interrupted"
         state["status"] = status
         state["finished"] = now
-        summary = self._summary(state, run, status)
+        # what the summary says comes from hosts' messages and the plan: scrub URL credentials and secret parameters
+        summary = scrub_data(self._summary(state, run, status), policy=redaction_policy(run))
         save_state(paths, state)
         write_json_atomic(paths.summary, summary)
         for host in args["rollback_hosts"]:
@@ -65,7 +67,9 @@ class ActionModule(ControllerAction):
         append_event(
             paths,
             {"ts": now, "event": "run.finished", "run_id": run["run_id"], "correlation_id": run.get("correlation_id"),
-             "status": status, "counts": summary["counts"], "failures": summary["failures"]},
+             "status": status, "counts": summary["counts"], "failures": summary["failures"], "rolled_back": summary["rolled_back"],
+             "rollback_failed": summary["rollback_failed"], "not_applicable": summary["not_applicable"],
+             "trigger": (summary.get("halted") or {}).get("trigger")},
         )
         release_lock(paths)
         # The event callback, the only writer of events.jsonl, records these from the result.
@@ -82,12 +86,14 @@ class ActionModule(ControllerAction):
         for host in args["rollback_hosts"]:
             outcome = host_var(task_vars, host, args["rollback_result_var"])
             previous = state.get("hosts", {}).get(host, {})
+            # cause: the outcome the rollback replaces, so the summary still lists a host that failed and was rolled back
+            cause = previous.get("cause") if previous.get("outcome") in ("rolled_back", "rollback_failed") else previous.get("outcome")
             if isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable"):
-                record_outcome(state, host, "rolled_back", at=now, reason=previous.get("reason"),
+                record_outcome(state, host, "rolled_back", at=now, reason=previous.get("reason"), cause=cause,
                                version=outcome.get("version"), wave=previous.get("wave"), batch=previous.get("batch"))
             else:
                 message = outcome.get("msg") if isinstance(outcome, dict) else "no rollback result (unreachable?)"
-                record_outcome(state, host, "rollback_failed", at=now, reason=str(message)[:500],
+                record_outcome(state, host, "rollback_failed", at=now, reason=str(message)[:500], cause=cause,
                                wave=previous.get("wave"), batch=previous.get("batch"))
                 failed.append(host)
         return failed
@@ -106,7 +112,10 @@ class ActionModule(ControllerAction):
             "status": status,
             "fleet_size": plan["fleet_size"],
             "counts": dict(sorted(counts.items())) | {"untouched": len(untouched)},
-            "failures": failures(state),
+            "failures": failed_hosts(state),
+            "rolled_back": sorted(host for host, entry in hosts.items() if entry.get("outcome") == "rolled_back"),
+            "rollback_failed": sorted(host for host, entry in hosts.items() if entry.get("outcome") == "rollback_failed"),
+            "not_applicable": {host: hosts[host].get("version") for host in sorted(hosts) if hosts[host].get("outcome") == "not_applicable"},
             "error_budget": plan["error_budget"],
             "halted": state.get("halted"),
             "waiting": state.get("waiting") if status == "waiting_window" else None,

@@ -69,7 +69,8 @@ class ActionModule(ControllerAction):
         for host in hosts:
             outcome = results[host]
             url = host_var(task_vars, host, "fleetpatch_health_url")
-            if probe and url and host not in skip and isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable"):
+            if (probe and url and host not in skip and isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable")
+                    and not outcome.get("not_applicable")):
                 to_probe[host] = url
         health = probe_many(to_probe, timeout=timeout)
         verdicts = [
@@ -116,7 +117,8 @@ class ActionModule(ControllerAction):
             if index not in state.setdefault("completed_batches", []):
                 state["completed_batches"].append(index)
             if stop:
-                state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": wave["name"], "reasons": list(decision.reasons)}
+                state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": wave["name"], "trigger": decision.trigger,
+                                   "reasons": list(decision.reasons)}
                 state["status"] = {"hold": "held", "halt": "halted"}.get(decision.action, "rolling_back")
             elif last_batch:
                 state["status"] = "rolled_out"
@@ -168,7 +170,7 @@ class ActionModule(ControllerAction):
             "baked_seconds": baked,
             "check_mode": check_mode,
             "checks": checks,
-            "msg": f"batch {index} ({wave['name']}): {decision.action}: " + "; ".join(decision.reasons),
+            "msg": f"batch {index} ({wave['name']}): {decision.action}: " + (f"{decision.trigger}; " if decision.trigger else "") + "; ".join(decision.reasons),
         }
         stabilization = plan["policy"].get("stabilization") or {}
         if last_batch and not stop and not check_mode and stabilization.get("seconds"):
@@ -275,7 +277,8 @@ class ActionModule(ControllerAction):
             {"at": now, "batch": index, "wave": window["name"], "action": decision.action, "reasons": list(decision.reasons)}
         )
         if stop:
-            state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": window["name"], "reasons": list(decision.reasons)}
+            state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": window["name"], "trigger": decision.trigger,
+                               "reasons": list(decision.reasons)}
             state["status"] = {"hold": "held", "halt": "halted"}.get(decision.action, "rolling_back")
         details = {"seconds": spec["seconds"], "elapsed": elapsed, "rounds": rounds, "checked_hosts": len(hosts)}
         state["stabilization"].update(details, finished=now, action=decision.action)
@@ -318,7 +321,8 @@ class ActionModule(ControllerAction):
                 checks: dict[str, t.Any] | None = None) -> GateDecision:
         for verdict in verdicts:
             if verdict.outcome != "skipped":
-                record_outcome(state, verdict.host, verdict.outcome, at=now, reason=verdict.reason or None, batch=batch_index, wave=wave["name"])
+                record_outcome(state, verdict.host, verdict.outcome, at=now, reason=verdict.reason or None, batch=batch_index, wave=wave["name"],
+                               version=verdict.version if verdict.outcome == "not_applicable" else None)
         budget = plan["error_budget"]
         decision = decide(
             verdicts=verdicts,

@@ -18,7 +18,7 @@ ROLLBACK_RESPONSES = ("rollback_wave", "rollback_all")
 @dataclasses.dataclass(frozen=True)
 class HostVerdict:
     host: str
-    outcome: str  # patched | failed | unreachable | unhealthy | skipped
+    outcome: str  # patched | failed | unreachable | unhealthy | skipped | not_applicable
     reason: str = ""
     changed: bool = False
     version: str | None = None
@@ -32,6 +32,9 @@ class GateDecision:
     failures_total: int
     budget_limit: int
     budget_spent: bool
+    # what made the gate act, in words: the response policy to named host failures, the error budget, a fleet check,
+    # inconclusive checks (empty for continue); never "error budget" when the response policy acted alone
+    trigger: str = ""
 
     def as_dict(self) -> dict[str, t.Any]:
         data = dataclasses.asdict(self)
@@ -56,6 +59,11 @@ def classify_host(
         return HostVerdict(host, "unreachable", str(apply_result.get("msg", "unreachable")).strip()[:500])
     if apply_result.get("failed"):
         return HostVerdict(host, "failed", str(apply_result.get("msg", "apply failed")).strip()[:500], bool(apply_result.get("changed")))
+    if apply_result.get("not_applicable"):
+        # the patch does not apply to the installed version: a terminal outcome, never a failure, never rolled back
+        installed = apply_result.get("installed_version")
+        why = str(apply_result.get("msg") or f"installed version {installed} is not in the patch's affected versions").strip()[:500]
+        return HostVerdict(host, "not_applicable", why, False, None if installed is None else str(installed))
     changed = bool(apply_result.get("changed"))
     version = apply_result.get("version")
     if health is not None and not health.get("ok", False):
@@ -66,6 +74,31 @@ def classify_host(
             host, "unhealthy", f"health reports version {health.get('version')}, expected {target_version}", changed, version
         )
     return HostVerdict(host, "patched", "", changed, version)
+
+
+def failure_kind(verdict: HostVerdict) -> str:
+    """What kind of failure a host had, in words an operator reads first (halt reasons and summaries)."""
+    reason = verdict.reason.lower()
+    if verdict.outcome == "unreachable":
+        return "unreachable"
+    if verdict.outcome == "failed":
+        if "signature" in reason:
+            return "signature failure"
+        if reason.startswith("downgrade refused"):
+            return "downgrade refused"
+        return "apply failed"
+    if verdict.outcome == "unhealthy":
+        if reason.startswith(("health check failed", "health reports")):
+            return "health check failed"
+        return "check failed"
+    return verdict.outcome
+
+
+def _host_trigger(verdicts: t.Sequence[HostVerdict], failed: t.Sequence[str]) -> str:
+    shown = [verdict for verdict in verdicts if verdict.host in failed]
+    kinds = sorted({failure_kind(verdict) for verdict in shown})
+    hosts = ", ".join(verdict.host for verdict in shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+    return f"{len(shown)} host(s) with {' / '.join(kinds)}: {hosts}"
 
 
 def budget_spent(failures: int, limit: int, halt_when: str) -> bool:
@@ -117,14 +150,28 @@ def decide(
             if inconclusive_response not in RESPONSES or inconclusive_response == "quarantine":
                 raise ValueError(f"unknown inconclusive response {inconclusive_response!r}; expected hold, halt, rollback_wave or rollback_all")
             held = tuple(f"{wave_name}: inconclusive, no pass without data: {reason}" for reason in inconclusive)
-            return GateDecision(inconclusive_response, held + (budget_text,), (), failures_total, budget_limit, False)
+            trigger = f"inconclusive checks in {wave_name} ({len(inconclusive)}): inconclusive_response {inconclusive_response}"
+            return GateDecision(inconclusive_response, held + (budget_text,), (), failures_total, budget_limit, False, trigger)
         return GateDecision("continue", (f"{wave_name}: all hosts in batch healthy", budget_text), (), failures_total, budget_limit, False)
+    causes = []
+    if failed:
+        causes.append(_host_trigger(verdicts, failed))
+    if fleet_failures:
+        causes.append(f"{len(fleet_failures)} failed fleet check(s): {fleet_failures[0]}")
+    cause = "; ".join(causes)
     if spent:
         action = response if response in ROLLBACK_RESPONSES else "halt"
         reasons.append(f"{budget_text}: spent")
-        return GateDecision(action, tuple(reasons), failed, failures_total, budget_limit, True)
+        if action == response and cause:
+            # the response policy acted on this batch's failures; the budget being spent too is said second
+            trigger = f"response {response} of {wave_name} to {cause}; error budget spent too ({failures_total} of limit {budget_limit})"
+        else:
+            trigger = f"error budget spent: {failures_total} failed host(s) across the run, limit {budget_limit} ({halt_when})" + (
+                f"; in {wave_name}: {cause}" if cause else "")
+        return GateDecision(action, tuple(reasons), failed, failures_total, budget_limit, True, trigger)
     reasons.append(budget_text)
     if not failed and response == "quarantine":
         # a fleet-wide check failed: there is no host to quarantine
-        return GateDecision("halt", tuple(reasons), failed, failures_total, budget_limit, False)
-    return GateDecision(response, tuple(reasons), failed, failures_total, budget_limit, False)
+        trigger = f"{cause} in {wave_name}: halt (a fleet check has no host to quarantine)"
+        return GateDecision("halt", tuple(reasons), failed, failures_total, budget_limit, False, trigger)
+    return GateDecision(response, tuple(reasons), failed, failures_total, budget_limit, False, f"response {response} of {wave_name} to {cause}")

@@ -21,7 +21,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
 
 # Outcomes that count against the error budget.
 FAILED_OUTCOMES = frozenset({"failed", "unreachable", "quarantined", "unhealthy"})
-TERMINAL_OUTCOMES = FAILED_OUTCOMES | {"patched", "rolled_back", "rollback_failed"}
+# not_applicable: the installed version is not one the patch applies to (never patched, never rolled back, no failure)
+TERMINAL_OUTCOMES = FAILED_OUTCOMES | {"patched", "rolled_back", "rollback_failed", "not_applicable"}
 
 
 class LockError(RuntimeError):
@@ -86,6 +87,17 @@ def record_outcome(state: dict[str, t.Any], host: str, outcome: str, *, at: str,
 def failures(state: t.Mapping[str, t.Any]) -> list[str]:
     """Hosts whose latest outcome counts against the error budget, sorted."""
     return sorted(host for host, entry in state.get("hosts", {}).items() if entry.get("outcome") in FAILED_OUTCOMES)
+
+
+def failed_hosts(state: t.Mapping[str, t.Any]) -> list[str]:
+    """Every host that failed in this run, also when a rollback replaced its outcome since: latest outcome failed,
+    rollback_failed, or rolled back after its own failure (``cause``). The summary's list; the budget counts failures()."""
+    found = []
+    for host, entry in state.get("hosts", {}).items():
+        outcome = entry.get("outcome")
+        if outcome in FAILED_OUTCOMES or outcome == "rollback_failed" or entry.get("cause") in FAILED_OUTCOMES:
+            found.append(host)
+    return sorted(found)
 
 
 def hosts_with_outcome(state: t.Mapping[str, t.Any], *outcomes: str) -> list[str]:

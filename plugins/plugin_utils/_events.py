@@ -40,6 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import (
     DEFAULT_SECRET_PATTERNS,
     Redactor,
+    Scrubber,
     clean_result,
     digest_text,
 )
@@ -125,6 +126,29 @@ def events_callback_active(environ: t.Mapping[str, str] | None = None) -> bool:
     """Whether the event callback runs in the ansible-playbook process that forked this action plugin's worker."""
     environ = os.environ if environ is None else environ
     return environ.get(ACTIVE_ENV) == str(os.getppid())
+
+
+REQUIRED_ENV = "FLEETPATCH_EVENTS_REQUIRED"
+ENABLE_HINT = ("enable it with ANSIBLE_CALLBACKS_ENABLED=fleetpatch.rollout.events in the environment, or"
+               " callbacks_enabled = fleetpatch.rollout.events in the [defaults] section of the ansible.cfg the run uses")
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
+
+
+def recorder_problem(environ: t.Mapping[str, str] | None = None) -> str | None:
+    """Why a rollout must not start without its event log (None when the callback records this playbook run).
+
+    A rollout whose decisions are not recorded is not auditable, and the registry would later miss its log: so the
+    plan refuses before any host is touched, unless the operator said so explicitly (FLEETPATCH_EVENTS_REQUIRED=false),
+    which the registry records as a run without an event log.
+    """
+    environ = os.environ if environ is None else environ
+    if events_callback_active(environ):
+        return None
+    if str(environ.get(REQUIRED_ENV, "")).strip().lower() in _FALSE:
+        return None
+    return ("the event callback fleetpatch.rollout.events is not enabled, so this rollout would leave no event log;"
+            f" refusing to start before any host is touched: {ENABLE_HINT}"
+            f" (to run knowingly without an event log, set {REQUIRED_ENV}=false)")
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:
@@ -580,6 +604,12 @@ class RunRecorder:
                     self.redactor.add(facts[name], name=name)
         run = result.get("fleetpatch_run")
         if isinstance(run, dict) and run.get("run_id"):
+            if isinstance(result.get("redaction"), dict) and not self.run:
+                # the run's rollout_policy.redaction (validated by the plan): its names join the defaults
+                try:
+                    self.redactor.scrubber = Scrubber.from_policy(result["redaction"])
+                except ValueError as exc:
+                    self.warn(f"fleetpatch.rollout.events: ignoring the run's redaction policy: {exc}")
             self._announce(run)
         registry = result.get("fleetpatch_registry")
         if isinstance(registry, dict) and registry.get("path"):

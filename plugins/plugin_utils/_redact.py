@@ -18,6 +18,8 @@ import json
 import re
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import PlanError
+
 MASK = "********"
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
 DEFAULT_SECRET_PATTERNS = ("*password*", "*passwd*", "*passphrase*", "*token*", "*secret*", "*private_key*", "*api_key*", "*credential*")
@@ -30,11 +32,131 @@ DROPPED_RESULT_KEYS = frozenset({"invocation", "fleetpatch_events", "fleetpatch_
 _NO_LOG_PRESERVE = ("attempts", "changed", "failed", "skipped", "unreachable", "retries")
 
 
+# rollout_policy.redaction defaults: query parameters and HTTP headers whose values are credentials
+DEFAULT_QUERY_PARAMS = ("token", "access_token", "sig", "signature", "password", "secret", "X-Amz-Signature", "X-Amz-Credential")
+DEFAULT_HEADERS = ("Authorization", "X-Api-Key", "Cookie", "Proxy-Authorization")
+_REDACTION_KEYS = ("query_params", "headers")
+_NAME_RE = re.compile(r"[A-Za-z0-9._~-]{1,128}\Z")
+# scheme://userinfo@ : the userinfo never holds '/', '?', '#', '@', whitespace, quotes or a backslash (JSON escapes)
+_USERINFO = re.compile(r"(://)[^\s/?#@\"'\\<>]+@")
+
+
+class RedactionError(PlanError):
+    """rollout_policy.redaction is not valid (a plan error: the plan reports it before any host is touched)."""
+
+
+def normalize_redaction(section: t.Any) -> dict[str, list[str]]:
+    """rollout_policy.redaction with defaults: the names listed are added to the defaults, never replace them."""
+    if section is None:
+        section = {}
+    if not isinstance(section, _c.Mapping):
+        raise RedactionError(f"policy.redaction must be a mapping, got {type(section).__name__}")
+    unknown = sorted(str(key)[:40] for key in section if key not in _REDACTION_KEYS)
+    if unknown:
+        raise RedactionError(f"policy.redaction: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_REDACTION_KEYS)}")
+    out: dict[str, list[str]] = {}
+    for key, defaults in (("query_params", DEFAULT_QUERY_PARAMS), ("headers", DEFAULT_HEADERS)):
+        given = section.get(key) or []
+        if isinstance(given, str) or not isinstance(given, (list, tuple)):
+            raise RedactionError(f"policy.redaction.{key} must be a list of names, got {str(given)[:60]!r}")
+        names = list(defaults)
+        for index, name in enumerate(given):
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                raise RedactionError(f"policy.redaction.{key}[{index}]: {str(name)[:60]!r} is not a parameter or header name"
+                                     " (1-128 of A-Z a-z 0-9 . _ ~ -)")
+            if name.lower() not in {known.lower() for known in names}:
+                names.append(name)
+        out[key] = names
+    return out
+
+
+def split_redaction(policy: t.Any) -> tuple[t.Any, dict[str, list[str]]]:
+    """(the rollout policy without its redaction section, the validated section). Raises RedactionError, a ValueError
+    whose message names the field; the plan reports it before any host is touched."""
+    if not isinstance(policy, _c.Mapping) or "redaction" not in policy:
+        return policy, normalize_redaction(None)
+    rest = {key: value for key, value in policy.items() if key != "redaction"}
+    return rest, normalize_redaction(policy["redaction"])
+
+
+def redaction_policy(run: t.Any) -> dict[str, list[str]]:
+    """The redaction section a planned run carries (``__rollout_run.redaction``), else the defaults."""
+    section = run.get("redaction") if isinstance(run, _c.Mapping) else None
+    try:
+        return normalize_redaction(section)
+    except RedactionError:
+        return normalize_redaction(None)
+
+
+class Scrubber:
+    """Removes credentials that travel inside URLs and headers: URL userinfo, the values of the query parameters and
+    of the headers the redaction policy names. Text passes are guarded by substring checks, so text without a URL
+    costs one ``in``."""
+
+    def __init__(self, *, query_params: t.Iterable[str] = DEFAULT_QUERY_PARAMS, headers: t.Iterable[str] = DEFAULT_HEADERS) -> None:
+        params = sorted({name.lower() for name in query_params}, key=len, reverse=True)
+        self.headers = frozenset(name.lower() for name in headers)
+        self._query = re.compile(r"([?&;](?:%s)=)[^&#\s\"'\\<>]*" % "|".join(re.escape(name) for name in params), re.IGNORECASE) if params else None
+        self._key_cache: dict[str, bool] = {}
+
+    @classmethod
+    def from_policy(cls, policy: t.Mapping[str, t.Any] | None) -> "Scrubber":
+        policy = normalize_redaction(policy)
+        return cls(query_params=policy["query_params"], headers=policy["headers"])
+
+    def scrub_text(self, text: str) -> str:
+        if "://" not in text:
+            return text
+        if "@" in text:
+            text = _USERINFO.sub("\\1" + MASK + "@", text)
+        if self._query is not None and "=" in text:
+            text = self._query.sub("\\1" + MASK, text)
+        return text
+
+    def is_header(self, key: t.Any) -> bool:
+        if not isinstance(key, str):
+            return False
+        known = self._key_cache.get(key)
+        if known is None:
+            known = self._key_cache[key] = key.lower() in self.headers
+        return known
+
+    def scrub_data(self, data: t.Any, *, depth: int = 0) -> t.Any:
+        """A copy of data with URL credentials scrubbed in every string and header values masked by key."""
+        if depth > _MAX_DEPTH:
+            return data
+        if isinstance(data, str):
+            return self.scrub_text(data)
+        if isinstance(data, _c.Mapping):
+            return {self.scrub_text(str(key)): (MASK if self.is_header(key) and data[key] not in (None, "") else self.scrub_data(data[key], depth=depth + 1))
+                    for key in data}
+        if isinstance(data, (list, tuple)):
+            return [self.scrub_data(value, depth=depth + 1) for value in data]
+        return data
+
+
+DEFAULT_SCRUBBER = Scrubber()
+
+
+def scrub_url(url: t.Any, *, scrubber: Scrubber | None = None) -> t.Any:
+    """A URL with its userinfo and secret query parameters masked (anything else is returned as it is)."""
+    return (scrubber or DEFAULT_SCRUBBER).scrub_text(url) if isinstance(url, str) else url
+
+
+def scrub_data(data: t.Any, *, policy: t.Mapping[str, t.Any] | None = None) -> t.Any:
+    """data with URL credentials and secret headers masked, for files written outside the event log (summary, reports)."""
+    scrubber = DEFAULT_SCRUBBER if policy is None else Scrubber.from_policy(policy)
+    return scrubber.scrub_data(data)
+
+
 class Redactor:
-    """Masks the values of secret variables. Collect values first (collect/add), then mask text or data."""
+    """Masks the values of secret variables. Collect values first (collect/add), then mask text or data.
+
+    It also scrubs URL credentials and secret headers (its Scrubber) from everything it dumps."""
 
     def __init__(self, *, names: t.Iterable[str] = (), patterns: t.Iterable[str] = DEFAULT_SECRET_PATTERNS,
-                 min_length: int = MIN_SECRET_LENGTH) -> None:
+                 min_length: int = MIN_SECRET_LENGTH, scrubber: Scrubber | None = None) -> None:
+        self.scrubber = scrubber or DEFAULT_SCRUBBER
         self.names = frozenset(name.lower() for name in names)
         self.patterns = tuple(pattern.lower() for pattern in patterns)
         self.min_length = min_length
@@ -103,6 +225,8 @@ class Redactor:
 
     def mask_data(self, data: t.Any, *, depth: int = 0) -> t.Any:
         """A copy of data with secrets masked in every string and key (slower than mask_text; always valid)."""
+        if depth == 0:
+            data = self.scrubber.scrub_data(data)
         if self._compiled() is None or depth > _MAX_DEPTH:
             return data
         if isinstance(data, str):
@@ -113,11 +237,19 @@ class Redactor:
             return [self.mask_data(value, depth=depth + 1) for value in data]
         return data
 
-    def dumps(self, data: t.Any) -> str:
+    def dumps(self, data: t.Any, *, structural: bool = False) -> str:
         """Canonical JSON of data with secrets masked. Masks the text in one pass; if a secret happened to span
-        JSON syntax (a value like 'true",'), masks the data structurally instead so the result stays valid JSON."""
+        JSON syntax (a value like 'true",'), masks the data structurally instead so the result stays valid JSON.
+        URL credentials are scrubbed from the text too (only text holding '://' is searched); structural also masks
+        the values of secret header names wherever they are keys (the event recorder does that in clean_result)."""
+        if structural:
+            data = self.scrubber.scrub_data(data)
         text = canonical(data)
         masked, count = self.mask_text(text)
+        if "://" in masked:
+            scrubbed = self.scrubber.scrub_text(masked)
+            if scrubbed != masked:
+                masked, count = scrubbed, count + 1
         if count:
             try:
                 json.loads(masked)
@@ -172,16 +304,20 @@ def clean_result(result: t.Any, *, redactor: Redactor, max_chars: int = 4096, de
             kept = {key: result[key] for key in _NO_LOG_PRESERVE if key in result and isinstance(result[key], (bool, int))}
             return dict(kept, censored=CENSORED)
         cleaned = {}
+        is_header = redactor.scrubber.is_header
         for key, value in result.items():
             key = str(key)
             if key.startswith("_ansible_") or key in DROPPED_RESULT_KEYS:
+                continue
+            if is_header(key) and value not in (None, ""):
+                cleaned[key] = MASK  # an Authorization, Cookie, ... header's value, in any shape
                 continue
             cleaned[key] = clean_result(value, redactor=redactor, max_chars=max_chars, depth=depth + 1)
         return cleaned
     if isinstance(result, (list, tuple)):
         return [clean_result(value, redactor=redactor, max_chars=max_chars, depth=depth + 1) for value in result]
     if isinstance(result, str) and len(result) > max_chars:
-        return truncated(redactor.mask_text(result)[0], keep=min(512, max_chars))
+        return truncated(redactor.scrubber.scrub_text(redactor.mask_text(result)[0]), keep=min(512, max_chars))
     if result is None or isinstance(result, (bool, int, float, str)):
         return result
     return str(result)

@@ -40,7 +40,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import 
     utc_ts,
     verify_event_file,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import Redactor, canonical
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import Redactor, canonical, scrub_url
 
 FORMAT = 1
 REGISTRY_FILE = "registry.sqlite3"
@@ -50,7 +50,6 @@ SIGN_NAMESPACE = "fleetpatch-registry"
 OUT_OF_BAND = frozenset({"out-of-band", "out_of_band", "oob", "emergency", "hotfix"})
 FINAL_STATES = ("rolled_out", "halted", "held", "waiting_window", "rolled_back", "rollback_failed", "interrupted")
 STATES = ("registered", "approved", "prestaged", "running") + FINAL_STATES
-_URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
@@ -73,6 +72,24 @@ class RegistryError(Exception):
     """The registry cannot do what was asked."""
 
 
+LOCK_TIMEOUT_ENV = "FLEETPATCH_REGISTRY_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+
+def lock_timeout(environ: t.Mapping[str, str] | None = None) -> float:
+    """Seconds a writer waits for another process's registry transaction (FLEETPATCH_REGISTRY_TIMEOUT, default 30)."""
+    value = (os.environ if environ is None else environ).get(LOCK_TIMEOUT_ENV, "").strip()
+    if not value:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise RegistryError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds, got {value[:40]!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise RegistryError(f"{LOCK_TIMEOUT_ENV} must be between 0 and 3600 seconds, got {value[:40]!r}")
+    return seconds
+
+
 class ApprovalError(RegistryError):
     """The patch's approval chain does not allow a rollout."""
 
@@ -89,7 +106,7 @@ def registry_paths(state_dir: str, *, registry_path: str | None = None, checkpoi
 
 
 def strip_url_credentials(url: t.Any) -> t.Any:
-    return _URL_CREDENTIALS.sub(r"\1***@", url) if isinstance(url, str) else url
+    return scrub_url(url)
 
 
 def relative_to(path: str | None, base: str) -> str | None:
@@ -213,9 +230,9 @@ def record_hash(seq: int, ts: str, kind: str, patch_id: str | None, run_id: str 
 class Registry:
     """The SQLite ledger. Each append is one IMMEDIATE transaction, so concurrent writers serialise cleanly."""
 
-    def __init__(self, path: str, *, create: bool = True, timeout: float = 30.0) -> None:
+    def __init__(self, path: str, *, create: bool = True, timeout: float | None = None) -> None:
         self.path = os.path.abspath(path)
-        self.timeout = timeout
+        self.timeout = lock_timeout() if timeout is None else timeout
         if not os.path.exists(self.path):
             if not create:
                 raise RegistryError(f"no registry at {self.path}")
@@ -229,10 +246,23 @@ class Registry:
 
     @contextlib.contextmanager
     def _connect(self) -> t.Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"patch registry {self.path} cannot be opened: {exc}") from exc
         try:
             conn.execute("PRAGMA synchronous=FULL")
             yield conn
+        except sqlite3.OperationalError as exc:
+            # sqlite says "database is locked" and nothing else: which file, and what to do, is ours to say
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise RegistryError(f"patch registry {self.path} is locked by another process (sqlite: {text}; waited"
+                                    f" {self.timeout:g} s, {LOCK_TIMEOUT_ENV} sets the wait): let that process finish,"
+                                    " then run again") from exc
+            raise RegistryError(f"patch registry {self.path}: {text}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(f"patch registry {self.path} is not a readable registry: {exc}") from exc
         finally:
             conn.close()
 
@@ -244,7 +274,8 @@ class Registry:
 
     def append(self, kind: str, body: t.Mapping[str, t.Any], *, patch_id: str | None = None, run_id: str | None = None,
                correlation_id: str | None = None, ts: str | None = None, redactor: Redactor | None = None) -> dict[str, t.Any]:
-        text = redactor.dumps(dict(body)) if redactor is not None else canonical(dict(body))
+        # URL credentials and secret headers never reach a row, whoever calls (structural: a registry write is rare)
+        text = (redactor or Redactor()).dumps(dict(body), structural=True)
         ts = ts or utc_ts()
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -481,6 +512,8 @@ def _report(paths: dict[str, str], findings: list[Finding], head: dict[str, t.An
 def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], findings: list[Finding]) -> list[dict[str, t.Any]]:
     anchors: dict[str, list[dict[str, t.Any]]] = collections.defaultdict(list)
     pruned: dict[str, dict[str, t.Any]] = {}
+    # event files of runs whose records say the callback did not run: no log was ever written (not deleted)
+    unrecorded: dict[str, int] = {}
     for record in records:
         body = record["body"]
         events = body.get("events") if isinstance(body, dict) else None
@@ -489,6 +522,9 @@ def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], finding
             anchors.setdefault(path, [])
             if isinstance(events.get("seq"), int) and events.get("head"):
                 anchors[path].append({"seq": events["seq"], "head": events["head"], "where": f"registry record #{record['seq']}"})
+            log = body.get("log") if isinstance(body.get("log"), dict) else {}
+            if events.get("callback") is False or log.get("callback") is False:
+                unrecorded.setdefault(path, record["seq"])
         if record["kind"] == "retention.pruned" and isinstance(body, dict):
             for item in body.get("files", []):
                 pruned[_absolute(item["path"], state_dir)] = {"seq": record["seq"], **item}
@@ -499,6 +535,10 @@ def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], finding
         if not os.path.exists(path):
             if path in pruned:
                 findings.append(Finding("pruned", path, f"removed by retention (registry record #{pruned[path]['seq']})", "info"))
+            elif path in unrecorded and not anchors[path]:
+                # nothing ever sealed this file, and the run's own records say no callback wrote it
+                findings.append(Finding("not_recorded", path, "no event log was recorded for this run: the fleetpatch.rollout.events"
+                                        f" callback was not enabled (registry record #{unrecorded[path]}); not tampering", "warning"))
             else:
                 findings.append(Finding("deleted", path, "the registry links this event file, but it is gone"))
             continue

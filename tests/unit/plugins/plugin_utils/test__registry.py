@@ -60,7 +60,7 @@ def test_approval_chain_merges_and_dedupes() -> None:
 
 def test_patch_body_strips_url_credentials() -> None:
     body = patch_body(MANIFEST)
-    assert body["artifact"]["url"] == "https://***@artifacts.example/myapp.tar.gz"
+    assert body["artifact"]["url"] == "https://********@artifacts.example/myapp.tar.gz"
     assert body["affected_versions"] == ["1.0.0"] and body["purpose"] == "Fix the refresh race"
 
 
