@@ -32,7 +32,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     remove_path,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
-    fsync_directory,
     read_json,
     sha256_file,
     write_json_atomic,
@@ -91,6 +90,8 @@ class FetchPolicy:
     throughput_window: float = 10.0
     max_time: float = 0.0
     headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    # the byte cap of a transfer whose size is not declared (the apply path; prestage always declares one)
+    max_artifact_bytes: int = 2 * 1024 ** 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,9 @@ class StageRequest:
     require_signature: bool = False
     inspect_bundles: bool = True
     keep: int = 3
+    # when the region's edge failed (edge_failed says why), nodes fetch from the origin only if this allows it
+    origin_fallback: bool = True
+    edge_failed: str | None = None
     policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
 
 
@@ -163,6 +167,8 @@ def build_stage_request(params: t.Mapping[str, t.Any]) -> StageRequest:
         require_signature=bool(params.get("require_signature")),
         inspect_bundles=bool(params.get("inspect_bundles", True)),
         keep=number("keep", 3, 0),
+        origin_fallback=bool(params.get("origin_fallback", True)),
+        edge_failed=str(params.get("edge_failed") or "")[:500] or None,
         policy=FetchPolicy(
             timeout=number("timeout", 30, 0.1),
             retries=number("retries", 3, 0),
@@ -244,6 +250,13 @@ class StageResult:
     bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)
     fallback_reason: str | None = None
     removed: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
+    # refused artifacts removed from this host's cache (bad signature or members), with the reason
+    purged: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
+    # the edge served bytes that did not verify ({sha256, reason}): the report names the edge, which re-verifies
+    edge_refused: dict[str, t.Any] | None = None
+    # why the edge source failed, when it did; and why this host fetched from the origin instead of its edge
+    edge_error: str | None = None
+    origin_fallback: str | None = None
     actions: list[str] = dataclasses.field(default_factory=list)
     reason: str | None = None
     before: list[str] = dataclasses.field(default_factory=list)
@@ -269,6 +282,10 @@ class StageResult:
             "bytes_by_source": dict(sorted(self.bytes_by_source.items())),
             "fallback_reason": self.fallback_reason,
             key: self.removed,
+            "purged": self.purged,
+            "edge_refused": self.edge_refused,
+            "edge_error": self.edge_error,
+            "origin_fallback": self.origin_fallback,
             "actions": self.actions,
             "reason": self.reason,
             "diff": {"before": {"cached": self.before}, "after": {"cached": self.after}},
@@ -289,10 +306,20 @@ class Stager:
     # --------------------------------------------------------------- checks
 
     def sources(self, artifact: Artifact) -> list[tuple[str, str]]:
+        """The edge, then the origin. When every edge of the region failed (edge_failed), the edge is not tried and
+        the origin only with origin_fallback; with origin_fallback off a node with an edge never goes to the origin
+        (the origin is sized for the edges, not for every node of a region)."""
+        request = self.request
         found = []
-        if self.request.edge_url:
-            found.append(("edge", self.request.edge_url.rstrip("/") + "/" + artifact.sha256))
-        if artifact.url:
+        if request.edge_url and request.edge_failed:
+            if not request.origin_fallback:
+                raise StageError(f"every edge of this host's region failed ({request.edge_failed}) and origin_fallback "
+                                 "is off: nothing to stage from")
+            if artifact.url:
+                self.result.origin_fallback = f"every edge of the region failed ({request.edge_failed})"
+        elif request.edge_url:
+            found.append(("edge", request.edge_url.rstrip("/") + "/" + artifact.sha256))
+        if artifact.url and (request.origin_fallback or not found):
             found.append(("origin", artifact.url))
         return found
 
@@ -325,6 +352,7 @@ class Stager:
             return
         metadata = _bundle().read_bundle_metadata(path)  # raises BundleError (a ReleaseError) for a malformed bundle
         if metadata is None:
+            _check_tar_members(path)
             return
         if metadata["service"] != self.request.service:
             raise StageError(f"bundle {artifact.sha256[:12]} is for service {metadata['service']}, not {self.request.service}")
@@ -333,32 +361,49 @@ class Stager:
         if artifact.kind == "delta" and (metadata["kind"] != "delta" or metadata.get("base_version") != artifact.base_version):
             raise StageError(f"{artifact.sha256[:12]} is not a delta bundle against {artifact.base_version}")
 
-    def cached(self, artifact: Artifact) -> str | None:
-        """'ok' when the cached copy verifies, 'corrupt' when it exists and does not, None when absent."""
+    def cached(self, artifact: Artifact, *, thorough: bool = False) -> str | None:
+        """'ok' when the cached copy verifies, 'corrupt' when it lacks the declared size or digest, 'refused' when it
+        has them but its signature or members are refused (it is then purged: removed with its cache record), None
+        when absent.
+
+        The digest is checked on every run. Signature and members are checked when the cache record does not say
+        they were (a file cached by other means, another signature), and always when thorough (readiness: "staged"
+        means verified now, not once).
+        """
         path = self.layout.cache_path(artifact.sha256)
         if not os.path.isfile(path):
             return None
         if os.path.getsize(path) != artifact.size or sha256_file(path) != artifact.sha256:
             return "corrupt"
         meta = read_meta(self.layout, artifact.sha256) or {}
-        signature = meta.get("signature") or {}
         needed = self._signature_needed(artifact)
-        if needed and signature.get("sha256") != _text_digest(t.cast(str, artifact.signature)):
-            # verified before it was cached, but not with this signature (or cached by other means)
-            self.result.act(f"verify the signature of cached {artifact.kind} {artifact.sha256[:12]}")
-            if self.ops.check_mode:
-                return "ok"
-            try:
-                record = self._verify_signature(artifact, path)
-            except ReleaseError as exc:
-                raise StageError(f"cached {artifact.kind} artifact {artifact.sha256}: {exc}") from exc
-            self._write_meta(artifact, source=meta.get("source"), signature=record, staged_at=meta.get("staged_at"))
-        elif not meta:
-            # cached by other means (the demo fleet, a copy): give it a cache record so retention knows it
-            self.result.act(f"record cached {artifact.kind} {artifact.sha256[:12]}")
-            if not self.ops.check_mode:
-                self._write_meta(artifact, source=None, signature=None, staged_at=None)
+        signed = not needed or (meta.get("signature") or {}).get("sha256") == _text_digest(t.cast(str, artifact.signature))
+        inspected = not self.request.inspect_bundles or bool(meta.get("members_verified"))
+        if signed and inspected and meta and not thorough:
+            return "ok"
+        try:
+            record = self._verify_signature(artifact, path)
+            self._inspect(artifact, path)
+        except ReleaseError as exc:
+            self.purge(artifact, f"cached {artifact.kind} artifact {artifact.sha256} is refused: {exc}")
+            return "refused"
+        if signed and inspected and meta or self.request.state == "verified":
+            # readiness re-verifies and reports; it records nothing
+            return "ok"
+        self.result.act(f"record the verified cached {artifact.kind} {artifact.sha256[:12]}")
+        if not self.ops.check_mode:
+            self._write_meta(artifact, source=meta.get("source"), signature=record or meta.get("signature"),
+                             staged_at=meta.get("staged_at"))
         return "ok"
+
+    def purge(self, artifact: Artifact, reason: str) -> None:
+        """Caches hold only verified content: a refused artifact leaves the cache with its record."""
+        self.ops.warn(f"{reason}; removing it from the cache")
+        self.result.act(f"remove refused {artifact.kind} {artifact.sha256[:12]} from the cache")
+        self.result.purged.append({"sha256": artifact.sha256, "kind": artifact.kind, "reason": reason[:1000]})
+        if not self.ops.check_mode:
+            remove_path(self.layout.cache_path(artifact.sha256))
+            remove_path(meta_path(self.layout, artifact.sha256))
 
     def _write_meta(self, artifact: Artifact, *, source: str | None, signature: dict[str, t.Any] | None,
                     staged_at: str | None) -> None:
@@ -374,6 +419,8 @@ class Stager:
             "name": artifact.name,
             "source": source,
             "signature": signature,
+            # the members were checked (bundle manifest or tar headers) before this record was written
+            "members_verified": self.request.inspect_bundles,
             "staged_at": staged_at or now,
             "verified_at": now,
         })
@@ -400,6 +447,9 @@ class Stager:
         if state == "ok":
             entry["action"] = "present"
             return entry
+        if state == "refused":
+            # the digest is the manifest's, so every source serves the same refused bytes: do not fetch them again
+            raise StageError(f"{self.result.purged[-1]['reason']}; it was removed from the cache")
         if state == "corrupt":
             self.ops.warn(f"cached {artifact.kind} artifact {artifact.sha256} does not match its digest; staging it again")
             self.result.act(f"remove corrupt cached {artifact.kind} {artifact.sha256[:12]}")
@@ -425,66 +475,44 @@ class Stager:
         return entry
 
     def fetch(self, artifact: Artifact, sources: list[tuple[str, str]]) -> Transfer:
-        # the HTTP transfer code is only compiled on a host that has something to download
+        # the transfer code (shared with patch_apply) is only compiled on a host that has something to download
         from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import (
-            Fetcher,
+            DownloadFailed,
             FetchRefused,
-            GiveUp,
-            SourceFailed,
+            Refused,
             Transfer,
+            download,
+            part_path,
         )
 
-        layout = self.layout
-        os.makedirs(layout.cache_dir, exist_ok=True)
-        fetcher = Fetcher(self.ops, layout, self.request.policy)
         transfer = Transfer(sha256=artifact.sha256, kind=artifact.kind)
-        part = layout.part_path(artifact.sha256)
-        final = layout.cache_path(artifact.sha256)
+        verified: dict[str, t.Any] = {}
+
+        def check(path: str) -> None:
+            verified["signature"] = self._verify_signature(artifact, path)
+            self._inspect(artifact, path)
+
         try:
-            for name, url in sources:
-                restarted = False
-                while True:
-                    mixed = os.path.isfile(part) and os.path.getsize(part) > 0
-                    try:
-                        fetcher.from_source(artifact.sha256, artifact.size, name, url, transfer)
-                    except SourceFailed as exc:
-                        transfer.errors.append(f"{name}: {exc}")
-                        break
-                    except FetchRefused as exc:
-                        raise StageError(str(exc)) from None
-                    digest = sha256_file(part)
-                    if digest != artifact.sha256:
-                        remove_path(part)
-                        if mixed and not restarted:
-                            # the partial came from another source or an earlier run: try this source whole
-                            transfer.errors.append(f"{name}: resumed download has sha256 {digest}; starting again from byte 0")
-                            restarted = True
-                            transfer.restarts += 1
-                            continue
-                        transfer.errors.append(f"{name}: served {artifact.size} bytes with sha256 {digest}, expected "
-                                               f"{artifact.sha256} (corrupt); the bytes were discarded")
-                        break
-                    try:
-                        signature = self._verify_signature(artifact, part)
-                        self._inspect(artifact, part)
-                    except ReleaseError as exc:
-                        remove_path(part)
-                        raise StageError(f"{artifact.kind} artifact {artifact.sha256} has the right digest but is refused: "
-                                         f"{exc}; nothing was cached") from exc
-                    os.chmod(part, 0o644)
-                    os.replace(part, final)
-                    fsync_directory(layout.cache_dir)
-                    transfer.source = name
-                    self._write_meta(artifact, source=name, signature=signature, staged_at=None)
-                    return transfer
-        except GiveUp as exc:
-            transfer.errors.append(str(exc))
+            download(self.ops, cache_dir=self.layout.cache_dir, sha256=artifact.sha256, size=artifact.size, sources=sources,
+                     policy=self.request.policy, transfer=transfer, check=check)
+        except FetchRefused as exc:
+            raise StageError(str(exc)) from None
+        except Refused as exc:
+            raise StageError(f"{artifact.kind} artifact {artifact.sha256} has the right digest but is refused: {exc}; "
+                             "nothing was cached") from None
+        except DownloadFailed as exc:
+            note = f"; {exc.kept} bytes kept in {part_path(self.layout.cache_dir, artifact.sha256)} to resume from" if exc.kept else ""
+            raise StageError(f"could not stage {artifact.kind} artifact {artifact.sha256} ({artifact.name or 'unnamed'}): "
+                             f"{exc}{note}") from None
         finally:
             self.result.add_transfer(transfer)
-        kept = os.path.getsize(part) if os.path.isfile(part) else 0
-        note = f"; {kept} bytes kept in {part} to resume from" if kept else ""
-        raise StageError(f"could not stage {artifact.kind} artifact {artifact.sha256} ({artifact.name or 'unnamed'}): "
-                         f"{'; '.join(transfer.errors[-6:])}{note}")
+            if "edge" in transfer.corrupt:
+                self.result.edge_refused = {"sha256": artifact.sha256, "reason": transfer.corrupt["edge"]}
+            edge_errors = [error for error in transfer.errors if error.startswith("edge")]
+            if edge_errors:
+                self.result.edge_error = edge_errors[-1][:500]
+        self._write_meta(artifact, source=transfer.source, signature=verified.get("signature"), staged_at=None)
+        return transfer
 
     # --------------------------------------------------------------- the step
 
@@ -570,9 +598,12 @@ class Stager:
                     reasons.append(f"delta: {why_not}")
                     continue
             try:
-                state = self.cached(artifact)
+                state = self.cached(artifact, thorough=True)
             except StageError as exc:
                 reasons.append(str(exc))
+                continue
+            if state == "refused":
+                reasons.append(f"{self.result.purged[-1]['reason']}; it was removed from the cache")
                 continue
             if state == "ok":
                 entry = dict(self._entry(artifact), action="present")
@@ -599,6 +630,23 @@ class Stager:
             if not self.ops.check_mode:
                 remove_path(self.layout.cache_path(entry["sha256"]))
                 remove_path(meta_path(self.layout, entry["sha256"]))
+
+
+def _check_tar_members(path: str) -> None:
+    """A plain release tarball's members, checked as the apply will check them (no escape, no device, no link out).
+
+    A file that is not a tar archive at all is left to the apply, which refuses it before writing anything.
+    """
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, EOFError):
+        return
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import validate_members
+
+    validate_members(path, members)
 
 
 class _BaseProblem(Exception):

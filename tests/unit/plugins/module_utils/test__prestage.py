@@ -310,14 +310,17 @@ def test_a_source_below_min_throughput_is_left_for_the_next(tmp_path: Path, serv
                    min_throughput=10_000_000, throughput_window=0.2)
     entry = result["artifacts"][0]
     assert entry["source"] == "origin"
-    assert any("is below min_throughput 10000000 B/s" in error for error in entry["errors"])
+    shown = server.url("/cache/sha256/") + DIGEST
+    assert any(f"edge: artifact transfer from {shown} stopped: slower than 10000000 B/s for 0.2 s" in error
+               for error in entry["errors"]), entry["errors"]
+    assert leftovers(tmp_path) == []
 
 
 def test_max_time_gives_up(tmp_path: Path, server: Server) -> None:
     slow = server.add("/o", PAYLOAD)
     slow.delay = 0.05
     result = stage(tmp_path, url=server.url("/o"), max_time=0.2)
-    assert result["failed"] and "gave up after max_time 0.2s" in result["msg"]
+    assert result["failed"] and f"artifact transfer from {server.url('/o')} stopped: max_time 0.2 s reached" in result["msg"]
     assert not (tmp_path / "cache" / "sha256" / DIGEST).exists()
 
 
