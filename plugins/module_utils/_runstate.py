@@ -142,8 +142,12 @@ def queued_events(paths: RunPaths) -> list[dict[str, t.Any]]:
 
 @contextlib.contextmanager
 def _locked_directory(locks_dir: str) -> t.Iterator[None]:
-    os.makedirs(locks_dir, exist_ok=True)
-    fd = os.open(os.path.join(locks_dir, ".guard"), os.O_RDWR | os.O_CREAT, 0o644)
+    guard = os.path.join(locks_dir, ".guard")
+    try:
+        os.makedirs(locks_dir, exist_ok=True)
+        fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LockError(f"cannot open the run lock guard {guard}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -218,6 +222,7 @@ def acquire_lock(
             if stale is None:
                 raise LockError(
                     f"{len(overlap)} host(s) (first: {overlap[0]}) are locked by a running rollout: {describe_lock(lock)}"
+                    f" (lock file {lock_path})"
                 )
             if same_run:
                 notes.append(f"took over the stale lock of an earlier attempt of this run ({stale}): {describe_lock(lock)}")
@@ -225,8 +230,9 @@ def acquire_lock(
                 notes.append(f"broke stale lock ({stale}): {describe_lock(lock)}")
             else:
                 raise LockError(
-                    f"stale lock ({stale}) covers {len(overlap)} host(s) (first: {overlap[0]}): {describe_lock(lock)};"
-                    " make sure that rollout is not running, then break it deliberately with rollout_break_lock=true"
+                    f"stale lock ({stale}) covers {len(overlap)} host(s) (first: {overlap[0]}): {describe_lock(lock)}"
+                    f" (lock file {lock_path}); make sure that rollout is not running, then break it deliberately with"
+                    " rollout_break_lock=true"
                 )
             os.unlink(lock_path)
         lock = {

@@ -128,3 +128,33 @@ def test_inconclusive_cannot_quarantine() -> None:
     with pytest.raises(ValueError, match="unknown inconclusive response 'quarantine'"):
         decide(verdicts=[], failures_total=0, budget_limit=0, halt_when="exceeded", response="halt", wave_name="w",
                inconclusive=("x",), inconclusive_response="quarantine")
+
+
+def test_not_applicable_is_its_own_outcome_and_never_a_failure() -> None:
+    verdict = classify_host("h1", {"failed": False, "changed": False, "not_applicable": True, "installed_version": "0.9.0",
+                                   "msg": "installed version 0.9.0 is not in affected_versions [1.0.0]"}, None, target_version="1.0.1")
+    assert (verdict.outcome, verdict.version, verdict.changed) == ("not_applicable", "0.9.0", False)
+    decision = decide(verdicts=[verdict], failures_total=0, budget_limit=0, halt_when="reached", response="rollback_wave", wave_name="canary")
+    assert (decision.action, decision.failed_hosts, decision.trigger) == ("continue", (), "")
+
+
+def test_rollback_wave_trigger_names_the_response_not_the_budget() -> None:
+    verdicts = [HostVerdict("h1", "unhealthy", "health check failed: status 503"), HostVerdict("h2", "patched")]
+    decision = decide(verdicts=verdicts, failures_total=1, budget_limit=3, halt_when="exceeded", response="rollback_wave", wave_name="wave-1")
+    assert decision.action == "rollback_wave" and not decision.budget_spent
+    assert decision.trigger == "response rollback_wave of wave-1 to 1 host(s) with health check failed: h1"
+
+
+def test_budget_trigger_when_the_budget_turns_a_soft_response_into_halt() -> None:
+    verdicts = [HostVerdict("h1", "failed", "signature: principal evil@example.com is not allowed")]
+    decision = decide(verdicts=verdicts, failures_total=2, budget_limit=1, halt_when="exceeded", response="quarantine", wave_name="canary")
+    assert decision.action == "halt"
+    assert decision.trigger == ("error budget spent: 2 failed host(s) across the run, limit 1 (exceeded);"
+                                " in canary: 1 host(s) with signature failure: h1")
+
+
+def test_fleet_check_trigger_says_it_was_a_check() -> None:
+    decision = decide(verdicts=[HostVerdict("h1", "patched")], failures_total=0, budget_limit=0, halt_when="exceeded",
+                      response="quarantine", wave_name="wave-2", fleet_failures=["check errors: fail: value 0.5 > max 0.05"])
+    assert decision.action == "halt"
+    assert decision.trigger == "1 failed fleet check(s): check errors: fail: value 0.5 > max 0.05 in wave-2: halt (a fleet check has no host to quarantine)"
