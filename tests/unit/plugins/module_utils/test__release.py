@@ -439,9 +439,9 @@ def test_fetch_artifact_file_url(tmp_path: Path, layout: HostLayout) -> None:
 @pytest.mark.parametrize(
     ("digest", "size", "message"),
     [
-        ("0" * 64, None, "has sha256 {sha}, expected " + "0" * 64 + "; it was not cached"),
-        (None, 10, "is larger than the declared 10 bytes"),
-        (None, 10**6, "bytes, declared 1000000"),
+        ("0" * 64, None, "bytes with sha256 {sha}, expected " + "0" * 64 + " (corrupt); the bytes were discarded; it was not cached"),
+        (None, 10, "bytes, the declared size is 10"),
+        (None, 10**6, "bytes, the declared size is 1000000"),
     ],
 )
 def test_fetch_artifact_refuses_and_leaves_nothing(tmp_path: Path, layout: HostLayout, digest: str | None, size: int | None, message: str) -> None:
