@@ -37,7 +37,7 @@ KINDS = ("windows", "freezes", "peak_hours", "releases")
 SCOPE_KEYS = ("region", "tenant", "environment")
 _RULE_KEYS = ("name", "scope", "timezone", "weekly", "monthly", "once")
 _RELEASE_KEYS = ("name", "scope", "timezone", "at", "before", "after")
-_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+_TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms])")
 _UNITS = {"w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _DAY = _dt.timedelta(days=1)
@@ -113,7 +113,7 @@ def to_utc(local: _dt.datetime, tz: _dt.tzinfo) -> _dt.datetime:
 
 
 def _time(value: t.Any, where: str) -> _dt.time:
-    match = _TIME.match(value) if isinstance(value, str) else None
+    match = _TIME.fullmatch(value) if isinstance(value, str) else None
     if not match:
         shown = repr(value) if isinstance(value, str) else _type_name(value)
         raise CalendarError(f"{where}: expected a wall time HH:MM or HH:MM:SS, got {shown}")

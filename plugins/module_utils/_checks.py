@@ -73,8 +73,8 @@ _KIND_KEYS: dict[str, tuple[str, ...]] = {
 }
 _EXPECT_KEYS = ("body_regex", "json", "max_latency_ms", "status")
 _BASELINE_KEYS = ("control_hosts", "error_rate_delta", "latency_ratio", "min_delta_ms", "percentile")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TEMPLATE_RE = re.compile(r"\$(\$)?\{([^}]*)\}")
 _PROMQL_REGEX_SPECIALS = set(".^$*+?()[]{}|\\")
 _MAX_SAMPLES = 1000
@@ -265,7 +265,7 @@ def _check_names(text: str, where: str, *, allowed: tuple[str, ...], captures: t
     for name in template_names(text, where):
         namespace, dot, rest = name.partition(".")
         if dot and namespace == "var" and captures is not None:
-            if not _IDENT_RE.match(rest):
+            if not _IDENT_RE.fullmatch(rest):
                 raise CheckError(f"{where}: '${{{name}}}' does not name a host variable")
             continue
         if dot and namespace == "capture" and captures is not None:
@@ -387,7 +387,7 @@ def _step(value: t.Any, where: str, index: int, captured: set[str]) -> dict[str,
     data = _mapping(value, where)
     _unknown_keys(data, _STEP_KEYS, where)
     name = data.get("name", f"step-{index + 1}")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise CheckError(f"{where}.name must be letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
     method = _string(data.get("method", "GET"), f"{where}.method").upper()
     if method not in METHODS:
@@ -398,13 +398,17 @@ def _step(value: t.Any, where: str, index: int, captured: set[str]) -> dict[str,
     _check_names(url, f"{where}.url", allowed=HOST_NAMES, captures=captured)
     if not re.match(r"^(https?://|\$\{)", url, re.IGNORECASE):
         raise CheckError(f"{where}.url: expected an http:// or https:// URL, got {url!r}")
+    if re.search(r"\s", url):
+        raise CheckError(f"{where}.url: {url[:40]!r} contains whitespace; percent-encode it (%20)")
     headers: dict[str, str] = {}
     for key, header in _mapping(data.get("headers") or {}, f"{where}.headers").items():
-        if not isinstance(key, str) or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", key):
+        if not isinstance(key, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
             raise CheckError(f"{where}.headers: {key!r} is not a valid header name")
         if isinstance(header, (int, float)) and not isinstance(header, bool):
             header = str(header)
         headers[str(key)] = _string(header, f"{where}.headers.{key}", empty=True)
+        if re.search(r"[\r\n\x00]", headers[str(key)]):
+            raise CheckError(f"{where}.headers.{key}: a header value must be one line (no CR, LF or NUL)")
         _check_names(headers[str(key)], f"{where}.headers.{key}", allowed=HOST_NAMES, captures=captured)
     if "body" in data and "json" in data:
         raise CheckError(f"{where}: give 'body' or 'json', not both")
@@ -433,7 +437,7 @@ def _step(value: t.Any, where: str, index: int, captured: set[str]) -> dict[str,
     step["expect"] = expect
     capture: dict[str, str] = {}
     for key, query in _mapping(data.get("capture") or {}, f"{where}.capture").items():
-        if not isinstance(key, str) or not _IDENT_RE.match(key):
+        if not isinstance(key, str) or not _IDENT_RE.fullmatch(key):
             raise CheckError(f"{where}.capture: {key!r} is not a name (letters, digits, '_')")
         capture[key] = _jmespath(query, f"{where}.capture.{key}")
     step["capture"] = capture
@@ -455,7 +459,7 @@ def _strings_in(value: t.Any) -> t.Iterator[str]:
 def _normalize_check(value: t.Any, where: str) -> dict[str, t.Any]:
     data = _mapping(value, where)
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise CheckError(f"{where}.name must be letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
     where = f"{where} ({name})"
     kind = data.get("kind", "http")

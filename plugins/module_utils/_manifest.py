@@ -7,11 +7,29 @@ from __future__ import annotations
 import re
 import typing as t
 
-PATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-URL_SCHEMES = ("http://", "https://", "file://")
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import (
+    NAME_MAX,
+    TEXT_MAX,
+    InputError,
+    check_bool,
+    check_path,
+    check_strings,
+    check_text,
+    check_url,
+    label,
+    redact_url,
+    shown,
+)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions, version_key
+
+# matched whole (re.fullmatch): "1.0.1\n" is not a version; every name is at most NAME_MAX (128) characters
+PATCH_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
+VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,127}")
+SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+URL_SCHEMES = ("http", "https", "file")
+# free-text fields may span lines (an armored signature, a justification); every other string is one line
+MULTILINE = frozenset({"description", "justification", "reason", "downgrade_justification", "signature"})
 
 REQUIRED = ("patch_id", "service", "target_version", "artifact")
 KNOWN = frozenset(REQUIRED) | {
@@ -33,110 +51,199 @@ KNOWN = frozenset(REQUIRED) | {
     "requester",
     "approvers",
     "security",
+    # direction: a target older than base_version / affected_versions needs both (docs/security.md)
+    "allow_downgrade",
+    "downgrade_justification",
+    "downgrade",  # computed: a validated manifest validates again unchanged
 }
-ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "delta"})
+ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "delta", "url_redacted"})
 # artifact.delta: a delta bundle against base_version (fleetpatch.rollout.patch_bundle)
-DELTA_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "base_version"})
+DELTA_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "base_version", "url_redacted"})
 SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
+# an artifact's file name in a cache or a release record: no directory part
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A patch manifest that must not be used."""
 
 
 def _require_str(data: t.Mapping[str, t.Any], key: str, pattern: re.Pattern[str], where: str) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise ManifestError(f"{where}{key} is required and must be a non-empty string")
-    if not pattern.match(value):
-        raise ManifestError(f"{where}{key} {value!r} does not match {pattern.pattern}")
+    return check_text(value, field=key, where=where, max_len=NAME_MAX, pattern=pattern, error=ManifestError)
+
+
+def _sha256(value: t.Any, field: str, where: str) -> str:
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
+        raise ManifestError(f"{where}{field} must be 64 hexadecimal characters, got {shown(value)}")
+    return value.lower()
+
+
+def _url(value: t.Any, field: str, where: str) -> str:
+    return check_url(value, field=field, where=where, schemes=URL_SCHEMES, error=ManifestError)
+
+
+def _size(value: t.Any, field: str, where: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ManifestError(f"{where}{field} must be a positive integer, got {shown(value)}")
     return value
 
 
-def _check_signature(signature: t.Any, where: str) -> None:
+def _check_signature(signature: t.Any, field: str, prefix: str) -> None:
     """A detached signature is carried inline, as the armored text ssh-keygen -Y sign prints."""
-    if signature is not None and (not isinstance(signature, str) or SIGNATURE_BEGIN not in signature):
-        raise ManifestError(f"{where} must be an armored SSH signature (the text of ssh-keygen -Y sign, {SIGNATURE_BEGIN} ...)")
+    if signature is None:
+        return
+    check_text(signature, field=field, where=prefix, max_len=TEXT_MAX, multiline=True, error=ManifestError)
+    if SIGNATURE_BEGIN not in signature:
+        raise ManifestError(f"{prefix}{field} must be an armored SSH signature (the text of ssh-keygen -Y sign, {SIGNATURE_BEGIN} ...)")
 
 
-def _validate_delta(delta: t.Any, where: str) -> dict[str, t.Any]:
-    if not isinstance(delta, dict):
-        raise ManifestError(f"{where} must be a mapping")
-    unknown = sorted(set(delta) - DELTA_KNOWN)
+def _default_name(url: str | None, path: str | None) -> str:
+    """The file name of the artifact's URL or path; never its query string (it may carry a token)."""
+    source = (url or "").partition("?")[0].partition("#")[0] or path or ""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _validate_artifact(artifact: t.Any, field: str, prefix: str, known: frozenset[str]) -> dict[str, t.Any]:
+    """artifact or artifact.delta: a digest, a url (http, https, file) or an absolute path, a size, a signature."""
+    if not isinstance(artifact, dict):
+        raise ManifestError(f"{prefix}{field} is required and must be a mapping" if field == "artifact" else f"{prefix}{field} must be a mapping")
+    unknown = sorted(str(key) for key in set(artifact) - known)
     if unknown:
-        raise ManifestError(f"{where} has unknown field(s) {', '.join(unknown)}")
-    sha256 = delta.get("sha256")
-    if not isinstance(sha256, str) or not SHA256_RE.match(sha256.lower()):
-        raise ManifestError(f"{where}.sha256 must be 64 hexadecimal characters")
-    base = delta.get("base_version")
-    if not isinstance(base, str) or not VERSION_RE.match(base):
-        raise ManifestError(f"{where}.base_version is required and must match {VERSION_RE.pattern}")
-    url, path = delta.get("url"), delta.get("path")
+        raise ManifestError(f"{prefix}{field} has unknown field(s) {', '.join(label(key) for key in unknown)}")
+    normalized = dict(artifact, sha256=_sha256(artifact.get("sha256"), f"{field}.sha256", prefix))
+    url, path = artifact.get("url"), artifact.get("path")
     if url is None and path is None:
-        raise ManifestError(f"{where} needs a url or a path")
-    if url is not None and (not isinstance(url, str) or not url.startswith(URL_SCHEMES)):
-        raise ManifestError(f"{where}.url must start with one of {', '.join(URL_SCHEMES)}")
-    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-        raise ManifestError(f"{where}.path must be an absolute path")
-    size = delta.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ManifestError(f"{where}.size must be a positive integer")
-    _check_signature(delta.get("signature"), f"{where}.signature")
-    normalized = dict(delta, sha256=sha256.lower())
-    normalized.setdefault("name", (url or path or "").rstrip("/").rsplit("/", 1)[-1] or sha256.lower())
+        raise ManifestError(f"{prefix}{field} needs a url or a path")
+    if url is not None:
+        url = normalized["url"] = _url(url, f"{field}.url", prefix)
+    if path is not None:
+        path = normalized["path"] = check_path(path, field=f"{field}.path", where=prefix, error=ManifestError)
+    _size(artifact.get("size"), f"{field}.size", prefix)
+    _check_signature(artifact.get("signature"), f"{field}.signature", prefix)
+    if "name" in artifact:
+        normalized["name"] = check_text(artifact["name"], field=f"{field}.name", where=prefix, max_len=255, pattern=_FILE_NAME_RE,
+                                        error=ManifestError)
     return normalized
+
+
+def _validate_delta(delta: t.Any, prefix: str) -> dict[str, t.Any]:
+    field = "artifact.delta"
+    normalized = _validate_artifact(delta, field, prefix, DELTA_KNOWN)
+    if delta.get("base_version") is None:
+        raise ManifestError(f"{prefix}{field}.base_version is required and must match {VERSION_RE.pattern}")
+    normalized["base_version"] = check_text(delta["base_version"], field=f"{field}.base_version", where=prefix, pattern=VERSION_RE,
+                                            error=ManifestError)
+    normalized.setdefault("name", _default_name(normalized.get("url"), normalized.get("path")) or normalized["sha256"])
+    return normalized
+
+
+def _versions(value: t.Any, field: str, prefix: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ManifestError(f"{prefix}{field} must be a list of versions, got {shown(value)}")
+    if len(value) > 1000:
+        raise ManifestError(f"{prefix}{field} lists {len(value)} versions; at most 1000")
+    versions: list[str] = []
+    for index, item in enumerate(value):
+        version = check_text(item, field=f"{field}[{index}]", where=prefix, pattern=VERSION_RE, error=ManifestError)
+        if version not in versions:
+            versions.append(version)
+    return versions
+
+
+def _direction(manifest: dict[str, t.Any], prefix: str) -> dict[str, t.Any] | None:
+    """Refuse a target older than base_version or any affected version unless the manifest allows the downgrade with a
+    justification. Returns the allowed downgrade (from, to, justification), or None when the patch goes forward."""
+    target = manifest["target_version"]
+    older_than = [version for version in [manifest.get("base_version")] + manifest["affected_versions"]
+                  if version is not None and compare_versions(target, version) < 0]
+    if not older_than:
+        return None
+    newest = max(older_than, key=version_key)
+    which = "base_version" if newest == manifest.get("base_version") else "affected_versions"
+    if not manifest["allow_downgrade"]:
+        raise ManifestError(f"{prefix}target_version {target} is older than {which} {newest}: a downgrade is refused unless the"
+                            " manifest sets allow_downgrade: true with a downgrade_justification")
+    if not manifest.get("downgrade_justification"):
+        raise ManifestError(f"{prefix}target_version {target} is older than {which} {newest}: allow_downgrade needs a non-empty"
+                            " downgrade_justification")
+    return {"from": newest, "to": target, "justification": manifest["downgrade_justification"]}
+
+
+def downgrade_text(downgrade: t.Mapping[str, t.Any] | None) -> str:
+    """The plan's line for an allowed downgrade ('' when the patch goes forward)."""
+    if not downgrade:
+        return ""
+    return f"DOWNGRADE {downgrade['from']} -> {downgrade['to']} allowed: {downgrade['justification']}\n"
 
 
 def validate_patch_manifest(data: t.Any, *, source: str = "patch manifest", require_sizes: bool = False) -> dict[str, t.Any]:
     """Return a normalised copy of a patch manifest or raise ManifestError naming the bad field.
+
+    Every string is checked whole (no trailing newline), bounded and typed; URLs parse (http, https, file). Always present
+    in the result: affected_versions (list, [] = any installed version), allow_downgrade (bool), downgrade (the allowed
+    downgrade or None).
 
     require_sizes: pre-staging stops every transfer at the declared size, so it needs artifact.size (and
     artifact.delta.size when there is a delta).
     """
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - KNOWN)
+    unknown = sorted(str(key) for key in set(data) - KNOWN)
     if unknown:
-        raise ManifestError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        raise ManifestError(f"{source}: unknown field(s) {', '.join(label(key) for key in unknown)}")
     prefix = f"{source}: "
+    # no value anywhere is a megabyte or carries a control character into a log line (the fields below say more)
+    check_strings(data, where=source, max_len=TEXT_MAX, error=ManifestError)
     manifest = dict(data)
     manifest["patch_id"] = _require_str(data, "patch_id", PATCH_ID_RE, prefix)
     manifest["service"] = _require_str(data, "service", SERVICE_RE, prefix)
     manifest["target_version"] = _require_str(data, "target_version", VERSION_RE, prefix)
     if data.get("base_version") is not None:
         manifest["base_version"] = _require_str(data, "base_version", VERSION_RE, prefix)
-    artifact = data.get("artifact")
-    if not isinstance(artifact, dict):
-        raise ManifestError(f"{prefix}artifact is required and must be a mapping")
-    unknown = sorted(set(artifact) - ARTIFACT_KNOWN)
-    if unknown:
-        raise ManifestError(f"{prefix}artifact has unknown field(s) {', '.join(unknown)}")
-    sha256 = artifact.get("sha256")
-    if not isinstance(sha256, str) or not SHA256_RE.match(sha256.lower()):
-        raise ManifestError(f"{prefix}artifact.sha256 must be 64 hexadecimal characters")
-    normalized_artifact = dict(artifact, sha256=sha256.lower())
-    url = artifact.get("url")
-    path = artifact.get("path")
-    if url is None and path is None:
-        raise ManifestError(f"{prefix}artifact needs a url or a path")
-    if url is not None and (not isinstance(url, str) or not url.startswith(URL_SCHEMES)):
-        raise ManifestError(f"{prefix}artifact.url must start with one of {', '.join(URL_SCHEMES)}")
-    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-        raise ManifestError(f"{prefix}artifact.path must be an absolute path")
-    size = artifact.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ManifestError(f"{prefix}artifact.size must be a positive integer")
-    if "name" not in normalized_artifact:
-        source_name = (url or path or "").rstrip("/").rsplit("/", 1)[-1]
-        normalized_artifact["name"] = source_name or f"{manifest['service']}-{manifest['target_version']}"
-    _check_signature(artifact.get("signature"), f"{prefix}artifact.signature")
+    for key in ("description", "justification", "reason", "downgrade_justification"):
+        if data.get(key) is not None:
+            manifest[key] = check_text(data[key], field=key, where=prefix, max_len=TEXT_MAX, multiline=True, allow_empty=True,
+                                       error=ManifestError).strip()
+    manifest["affected_versions"] = _versions(data.get("affected_versions"), "affected_versions", prefix)
+    manifest["allow_downgrade"] = check_bool(data.get("allow_downgrade", False), field="allow_downgrade", where=prefix, error=ManifestError)
+    manifest["downgrade"] = _direction(manifest, prefix)
+    artifact = _validate_artifact(data.get("artifact"), "artifact", prefix, ARTIFACT_KNOWN)
+    artifact.setdefault("name", _default_name(artifact.get("url"), artifact.get("path")) or f"{manifest['service']}-{manifest['target_version']}")
     if artifact.get("delta") is not None:
-        normalized_artifact["delta"] = _validate_delta(artifact["delta"], f"{prefix}artifact.delta")
-    manifest["artifact"] = normalized_artifact
-    if require_sizes and (size is None or (artifact.get("delta") is not None and artifact["delta"].get("size") is None)):
+        artifact["delta"] = _validate_delta(artifact["delta"], prefix)
+    manifest["artifact"] = artifact
+    if require_sizes and (artifact.get("size") is None or (artifact.get("delta") is not None and artifact["delta"].get("size") is None)):
         raise ManifestError(f"patch {manifest['patch_id']}: pre-staging needs artifact.size (and artifact.delta.size) "
                             "in the patch manifest")
     return manifest
+
+
+def redacted(manifest: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The validated manifest with the userinfo of artifact.url and artifact.delta.url replaced by ``***`` (and
+    ``url_redacted: true`` where it was): what the plan result, -v output, events and the registry may carry."""
+    result = dict(manifest)
+    artifact = dict(result["artifact"])
+    if artifact.get("delta"):
+        artifact["delta"] = dict(artifact["delta"])
+    for holder in (artifact, artifact.get("delta")):
+        if holder and holder.get("url"):
+            masked = redact_url(holder["url"])
+            holder["url_redacted"] = masked != holder["url"]
+            holder["url"] = masked
+    result["artifact"] = artifact
+    return result
+
+
+def artifact_urls(manifest: t.Mapping[str, t.Any]) -> dict[str, str | None]:
+    """The raw (credential-bearing) URLs of a validated manifest, for the apply step's no_log options only."""
+    artifact = manifest["artifact"]
+    delta = artifact.get("delta") or {}
+    return {"url": artifact.get("url"), "delta_url": delta.get("url")}
 
 
 def run_id_for(patch_id: str) -> str:

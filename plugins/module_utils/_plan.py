@@ -27,6 +27,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import NAME_MAX, NAME_RE, check_text, shown
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
 
 SCHEMA = 1
@@ -171,11 +172,11 @@ def _parse_selector(value: t.Any, where: str) -> tuple[tuple[str, str], ...]:
     for part in value.split(","):
         level, sep, group = (item.strip() for item in part.partition("="))
         if not sep or not level or not group:
-            raise PlanError(f"{where}: {value!r} is not a selector such as 'region=eu-west' or 'region=eu-west,tenant=acme'")
+            raise PlanError(f"{where}: {shown(value)} is not a selector such as 'region=eu-west' or 'region=eu-west,tenant=acme'")
         level = _level(level, where)
         if level in pairs:
             raise PlanError(f"{where}: level {level!r} appears twice in {value!r}")
-        pairs[level] = group
+        pairs[level] = check_text(group, field=f"group of {level}", where=where, max_len=NAME_MAX, pattern=NAME_RE, error=PlanError)
     return tuple((level, pairs[level]) for level in LEVELS if level in pairs)
 
 
@@ -218,6 +219,7 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         for index, name in enumerate(_list(groups, f"policy.order.{level}")):
             if not isinstance(name, str) or not name:
                 raise PlanError(f"policy.order.{level}[{index}] must be a non-empty string, got {_type_name(name)}")
+            check_text(name, field=f"policy.order.{level}[{index}]", max_len=NAME_MAX, pattern=NAME_RE, error=PlanError)
             if name in names:
                 raise PlanError(f"policy.order.{level}[{index}]: {name!r} is listed twice")
             names.append(str(name))
@@ -333,7 +335,7 @@ def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]
     for name in fleet:
         if not isinstance(name, str) or not name:
             raise PlanError(f"hosts: every hostname must be a non-empty string, got {_type_name(name)}")
-        names.append(str(name))
+        names.append(check_text(name, field="hostname", where="hosts", max_len=255, error=PlanError))
     if not names:
         raise PlanError("hosts: the fleet is empty; there is nothing to plan")
     attributes: dict[str, dict[str, str]] = {}
@@ -350,7 +352,9 @@ def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]
                 raise PlanError(f"host {name!r}: variable {_var(level)!r} must be a non-empty string, got {_type_name(value)}")
             if not value:
                 raise PlanError(f"host {name!r}: variable {_var(level)!r} must be a non-empty string, got an empty string")
-            attributes[name][level] = str(value)
+            # whole match, bounded: a group name never carries a selector separator, a newline or a megabyte into events
+            attributes[name][level] = check_text(value, field=f"variable {_var(level)!r}", where=f"host {name!r}", max_len=NAME_MAX,
+                                                 pattern=NAME_RE, error=PlanError)
     return attributes
 
 

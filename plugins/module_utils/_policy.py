@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import NAME_MAX, TEXT_MAX, check_strings, check_text, shown
+
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
     SCOPE_KEYS,
     Calendar,
@@ -140,6 +142,31 @@ def _duration(value: t.Any, where: str) -> float:
 # manifest change fields and severity
 
 
+def _strict_types(spec: Mapping[str, Mapping[str, t.Any]], fields: Mapping[str, t.Any], source: str, path: str = "") -> None:
+    """The argument spec validator turns a list into its str() for a str option; a list where a string is expected is an
+    error here, and every string is bounded (free text: TEXT_MAX, anything else one line of NAME_MAX)."""
+    names = {alias: name for name, option in spec.items() for alias in [name, *option.get("aliases", [])]}
+    for key, value in fields.items():
+        option = spec.get(names.get(key, key))
+        if option is None or value is None:
+            continue
+        field = f"{path}{key}"
+        if option["type"] == "str":
+            free = names.get(key, key) == "justification"
+            check_text(value, field=field, where=source, max_len=TEXT_MAX if free else NAME_MAX, multiline=free, allow_empty=True,
+                       error=PolicyError)
+        elif option["type"] == "list" and option.get("elements") == "str":
+            if isinstance(value, str):  # "bob, carol": the validator splits it on commas
+                check_text(value, field=field, where=source, max_len=TEXT_MAX, error=PolicyError)
+                continue
+            if not isinstance(value, (list, tuple)):
+                raise PolicyError(f"{source}: {field} must be a list of strings, got {shown(value)}")
+            for index, item in enumerate(value):
+                check_text(item, field=f"{field}[{index}]", where=source, max_len=NAME_MAX, error=PolicyError)
+        elif option["type"] == "dict" and option.get("options") and isinstance(value, Mapping):
+            _strict_types(option["options"], value, source, f"{field}.")
+
+
 def validate_change(manifest: Mapping[str, t.Any], *, source: str = "patch manifest") -> dict[str, t.Any]:
     """The manifest with its change fields validated and normalised (canonical names, lists); raises PolicyError."""
     fields = {key: manifest[key] for key in CHANGE_FIELDS if key in manifest}
@@ -148,6 +175,7 @@ def validate_change(manifest: Mapping[str, t.Any], *, source: str = "patch manif
             raise PolicyError(f"{source}: give {name} or its alias {alias}, not both")
         if alias in fields and name in fields:
             del fields[alias]
+    _strict_types(CHANGE_SPEC, fields, source)
     result = ArgumentSpecValidator(CHANGE_SPEC, **_CHANGE_RULES).validate(fields)
     if result.error_messages:
         raise PolicyError(f"{source}: " + "; ".join(result.error_messages))
@@ -251,6 +279,7 @@ def load_change_policy(data: t.Any, *, source: str = "change policy") -> dict[st
     when it names none."""
     spec = _mapping(data or {}, source)
     _unknown(spec, _POLICY_KEYS, source)
+    check_strings(spec, where=source, error=PolicyError)
     raw = spec.get("profiles")
     if raw is None:
         raw = DEFAULT_PROFILES
@@ -363,6 +392,7 @@ def validate_override(data: t.Any, *, manifest: Mapping[str, t.Any], profile: Ma
     """An emergency override, or PolicyError. Fails closed: anything missing, expired or out of scope refuses it."""
     spec = dict(_mapping(data, "override"))
     _unknown(spec, _OVERRIDE_KEYS, "override")
+    check_strings(spec, where="override", path="override", error=PolicyError)
     patch_id = manifest["patch_id"]
     if not profile.get("freeze_override"):
         raise PolicyError(f"override: profile {profile['name']} ({manifest['change_type']}/{manifest['classification']})"
