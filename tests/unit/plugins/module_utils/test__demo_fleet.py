@@ -429,7 +429,8 @@ def test_patch_manifest_passes_the_collection_validator() -> None:
             "size": 1234,
         },
     }
-    assert validate_patch_manifest(yaml.safe_load(demo.dump_yaml(manifest))) == manifest
+    # the validator adds the direction fields it always returns (allow_downgrade, downgrade)
+    assert validate_patch_manifest(yaml.safe_load(demo.dump_yaml(manifest))) == dict(manifest, allow_downgrade=False, downgrade=None)
     # a rollout also needs the change fields (docs/policy.md)
     assert validate_change(manifest)["classification"] == "functional"
 
