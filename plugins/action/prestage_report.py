@@ -11,7 +11,7 @@ from ansible.errors import AnsibleError
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import ManifestError, run_id_for, validate_patch_manifest
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import readiness_report, render_report
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import readiness_report, region_verdicts, render_report
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     RunPaths,
     append_event,
@@ -24,6 +24,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate impor
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
@@ -36,6 +37,24 @@ ARGUMENT_SPEC = {
     "unstaged": {"type": "str", "default": "skip", "choices": ["stage", "skip", "fail"]},
     "fail_below": {"type": "float", "default": 0.0},
 }
+
+
+def failed_edge_regions(edges: t.Mapping[str, t.Mapping[str, t.Any]]) -> dict[str, str]:
+    """{region: reason} for every region whose edges all failed (a failed or unreachable result; not run: not counted)."""
+    by_region: dict[str, list[tuple[str, t.Any]]] = {}
+    for host, info in sorted(edges.items()):
+        by_region.setdefault(str(info.get("region") or "(none)"), []).append((host, info.get("result")))
+    failed = {}
+    for region, entries in by_region.items():
+        reasons = []
+        for host, result in entries:
+            if not isinstance(result, t.Mapping) or (result.get("ready") and not result.get("failed") and not result.get("unreachable")):
+                break
+            why = " ".join(str(result.get("msg") or result.get("reason") or "failed").split())
+            reasons.append(f"{host}: {why[:160]}")
+        else:
+            failed[region] = "; ".join(reasons)
+    return failed
 
 
 class ActionModule(ControllerAction):
@@ -51,7 +70,11 @@ class ActionModule(ControllerAction):
             path = self._find_needle("files", args["patch_manifest"])
         except AnsibleError as exc:
             raise ManifestError(f"patch_manifest {args['patch_manifest']}: {exc}") from None
-        return validate_patch_manifest(self._loader.load_from_file(path), source=f"patch manifest {args['patch_manifest']}")
+        try:
+            data = load_file(path, what="patch manifest", loader=self._loader)  # duplicate keys and alias bombs refused
+        except YamlError as exc:
+            raise ManifestError(str(exc)) from None
+        return validate_patch_manifest(data, source=f"patch manifest {args['patch_manifest']}")
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         check_mode = bool(self._task.check_mode)
@@ -60,11 +83,16 @@ class ActionModule(ControllerAction):
             return {host: {"region": host_var(task_vars, host, "fleet_region"),
                            "result": host_var(task_vars, host, args["result_var"])} for host in hosts}
 
-        report = readiness_report(collect(args["hosts"]))
+        nodes = collect(args["hosts"])
+        report = readiness_report(nodes)
+        edge_failures: dict[str, str] = {}
         if args["edges"]:
-            edges = readiness_report(collect(args["edges"]))
+            edge_hosts = collect(args["edges"])
+            edges = readiness_report(edge_hosts)
             report["edges"] = {"ready": edges["ready"], "hosts": edges["hosts"], "not_ready": edges["not_ready"],
                                "bytes_by_source": edges["bytes_by_source"]}
+            edge_failures = failed_edge_regions(edge_hosts)
+        report["verdicts"] = region_verdicts(report, nodes, edge_failures)
         patch = self._patch(args)
         run = args["run"]
         now = iso(utc_now())
@@ -90,6 +118,11 @@ class ActionModule(ControllerAction):
                                     "patch": patch, "msg": "; ".join(lines)}
         if events:
             result["fleetpatch_events"] = events
+        failed_regions = {region: verdict for region, verdict in report["verdicts"].items() if verdict["verdict"] == "failed"}
+        if run is None and failed_regions:
+            # the pre-staging run: a region that cannot be staged is a failure with its reason (the rollout's readiness
+            # gate decides with unstaged=skip|stage|fail instead)
+            result.update(failed=True, msg="; ".join(verdict["line"] for verdict in failed_regions.values()))
         if report["percent"] < args["fail_below"]:
             result.update(failed=True, msg=f"only {report['percent']}% of the hosts are staged, below fail_below "
                                            f"{args['fail_below']}%: " + "; ".join(lines))
@@ -116,4 +149,12 @@ class ActionModule(ControllerAction):
             "unstaged": report["unstaged"],
             "skip_hosts": skip,
             "not_ready": report["not_ready"],
+            "verdicts": {region: verdict["verdict"] for region, verdict in report.get("verdicts", {}).items()},
         })
+        for region, verdict in report.get("verdicts", {}).items():
+            if verdict["verdict"] == "staged_from_origin" or (verdict["verdict"] == "failed" and "every edge failed" in verdict["reason"]):
+                append_event(paths, {
+                    "ts": now, "event": "prestage.origin_fallback", "run_id": run["run_id"],
+                    "correlation_id": run.get("correlation_id"), "region": region, "verdict": verdict["verdict"],
+                    "message": verdict["line"],
+                })

@@ -773,6 +773,51 @@ def readiness_report(hosts: t.Mapping[str, t.Mapping[str, t.Any]]) -> dict[str, 
     }
 
 
+def region_verdicts(
+    report: t.Mapping[str, t.Any], nodes: t.Mapping[str, t.Mapping[str, t.Any]],
+    edge_failures: t.Mapping[str, str] | None = None,
+) -> dict[str, dict[str, t.Any]]:
+    """One verdict per region: staged, staged_from_origin (every edge failed, the nodes fell back) or failed, with
+    the reason and the line the report prints.
+
+    nodes is the readiness_report input ({host: {region, result}}); edge_failures maps a region whose every edge
+    failed to why (the edges' own results, or, without them, what the region's nodes saw from their edge).
+    """
+    verdicts: dict[str, dict[str, t.Any]] = {}
+    for region, bucket in report["regions"].items():
+        members = [host for host in sorted(nodes) if str(nodes[host].get("region") or "(none)") == region]
+        results = [nodes[host].get("result") for host in members]
+        results = [result for result in results if isinstance(result, t.Mapping)]
+        fell_back = [host for host in members if isinstance(nodes[host].get("result"), t.Mapping)
+                     and nodes[host]["result"].get("origin_fallback")]
+        edge_errors = [str(result.get("edge_error")) for result in results if result.get("edge_error")]
+        transferred = [result for result in results if result.get("transferred_bytes") or result.get("edge_error")]
+        edges_failed = (edge_failures or {}).get(region)
+        if not edges_failed and transferred and len(edge_errors) == len(transferred) and all(
+                (result.get("bytes_by_source") or {}).get("edge", 0) == 0 for result in transferred):
+            # no edge results (the rollout's readiness gate): every node that needed bytes found its edge failing
+            edges_failed = edge_errors[0]
+        refused = [host for host in members if isinstance(nodes[host].get("result"), t.Mapping) and nodes[host]["result"].get("edge_refused")]
+        if bucket["not_ready"]:
+            first = bucket["not_ready"][0]
+            why = str(report["not_ready"].get(first, "not staged"))
+            reason = (f"every edge failed ({edges_failed}); " if edges_failed else "") + (
+                f"{len(bucket['not_ready'])} of {bucket['hosts']} nodes not staged ({first}: {why})")
+            verdict = {"verdict": "failed", "reason": reason[:1000], "line": f"region {region}: failed: {reason}"[:1000]}
+        elif edges_failed or fell_back:
+            count = len(fell_back) or len([result for result in results if (result.get("bytes_by_source") or {}).get("origin")])
+            reason = f"every edge failed ({edges_failed or 'the edge'}); {count} node{'s' if count != 1 else ''} fell back to the origin"
+            verdict = {"verdict": "staged_from_origin", "reason": reason[:1000], "line": f"region {region}: {reason}"[:1000]}
+        else:
+            verdict = {"verdict": "staged", "reason": None, "line": f"region {region}: staged"}
+        if refused:
+            verdict["edge_refused"] = refused
+            verdict["line"] += (f"; the edge served bytes that did not verify to {len(refused)} node(s) (discarded; the "
+                                "edge's next prestage re-verifies and purges its copy)")
+        verdicts[region] = verdict
+    return verdicts
+
+
 def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 1) if whole else 100.0
 
@@ -789,4 +834,7 @@ def render_report(report: t.Mapping[str, t.Any]) -> list[str]:
         lines.append("  staged: " + ", ".join(f"{kind} {count}" for kind, count in report["kinds"].items()))
     if report.get("bytes_by_source"):
         lines.append("  bytes moved: " + ", ".join(f"{name} {count}" for name, count in report["bytes_by_source"].items()))
+    for verdict in (report.get("verdicts") or {}).values():
+        if verdict["verdict"] != "staged" or verdict.get("edge_refused"):
+            lines.append("  " + verdict["line"])
     return lines

@@ -23,7 +23,11 @@ description:
     signature verifies against O(allowed_signers), and a fleetpatch bundle's members all check out) is the file
     renamed to its final path, so a complete file is the only thing ever found there. When the disk fills up the
     partial file is removed.
-  - A cached artifact is re-hashed on every run; a run that finds everything staged transfers nothing.
+  - A cached artifact is re-hashed on every run; its signature and members are checked again whenever its cache
+    record does not say they verified (a file cached by other means, another signature) and always with
+    O(state=verified). Caches hold only verified content, so a cached artifact that is refused (signature, member
+    list) is removed with its cache record, and never reported staged.
+  - A run that finds everything staged transfers nothing.
   - With O(state=verified) nothing is transferred or removed; RV(ready) tells whether the host holds what the apply
     needs (the rollout's readiness gate).
 author:
@@ -65,7 +69,10 @@ options:
     description: File name of the artifact, for messages and the cache record.
     type: str
   url:
-    description: Origin URL of the full artifact (V(http://), V(https://) or V(file://)).
+    description:
+      - Origin URL of the full artifact (V(http://), V(https://) or V(file://)).
+      - Never logged (it may hold credentials in its userinfo or query string); messages show it as
+        C(https://***@host/path?***).
     type: str
   signature:
     description:
@@ -89,7 +96,7 @@ options:
         type: str
         required: true
       url:
-        description: Origin URL of the delta bundle.
+        description: Origin URL of the delta bundle. Never logged.
         type: str
       signature:
         description: Detached signature of the delta bundle (armored text).
@@ -102,6 +109,19 @@ options:
       - Base URL of the region's edge cache, for example C(http://edge-eu-west:8080/cache/sha256/); the digest is
         appended. Tried before the origin. Leave it out on edge hosts themselves.
     type: str
+  edge_failed:
+    description:
+      - Set when every edge of this host's region failed to stage (the prestage play passes the edges' errors). The
+        edge is then not tried; with O(origin_fallback) the host fetches from the origin and RV(origin_fallback) says
+        why, without it the host fails with the reason.
+    type: str
+  origin_fallback:
+    description:
+      - Whether a host that has an O(edge_url) may fetch from the origin when its edge fails (the region-level
+        fallback of C(rollout_policy.artifacts.origin_fallback)).
+      - V(false) keeps the origin's load to one copy per region; a node whose edge fails then fails.
+    type: bool
+    default: true
   delta_mode:
     description:
       - V(auto) stages the delta when the host runs its base release and has zstd, else the full artifact.
@@ -113,8 +133,9 @@ options:
   state:
     description:
       - V(present) stages (and applies retention).
-      - V(verified) only checks. RV(ready) is V(true) when the host runs O(version) already or holds a verified copy
-        of what it needs; nothing is transferred or removed, and a host that is not ready does not fail.
+      - V(verified) only checks. RV(ready) is V(true) when the host runs O(version) already or holds a copy of what it
+        needs that verifies now (digest, signature, bundle members or tar headers); nothing is transferred, and a host
+        that is not ready does not fail. A cached copy that is refused is removed (RV(purged)).
     type: str
     choices: [present, verified]
     default: present
@@ -288,6 +309,30 @@ actions:
   type: list
   elements: str
   sample: ["download full 4c1e0f3b0a9d from edge then origin", "remove full 0a9d8e7f6a5b (0.9.0) from the cache"]
+purged:
+  description: Refused artifacts removed from this host's cache (a bad signature or member), with the reason.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, kind: full,
+            reason: "cached full artifact 4c1e... is refused: signature was not made by any key in allowed_signers"}]
+edge_refused:
+  description:
+    - The edge served bytes that did not have the declared digest (V(null) otherwise); the bytes were discarded.
+      M(fleetpatch.rollout.prestage_report) names the edge, and C(playbooks/prestage.yml) has it re-verify its cache.
+  returned: always
+  type: dict
+  sample: {sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, reason: "served 204800 bytes with sha256 0f1e..."}
+edge_error:
+  description: Why the edge source failed, when it did.
+  returned: always
+  type: str
+  sample: "edge: <urlopen error [Errno 111] Connection refused> (after 4 attempts)"
+origin_fallback:
+  description: Why this host fetched from the origin instead of its edge (every edge of its region failed).
+  returned: always
+  type: str
+  sample: "every edge of the region failed (edge-eu-west: connection refused)"
 diff:
   description: Digests of the cached artifacts with a cache record, before and after.
   returned: always
@@ -314,17 +359,19 @@ def main() -> None:
         sha256=dict(type="str", required=True),
         size=dict(type="int", required=True),
         name=dict(type="str"),
-        url=dict(type="str"),
+        url=dict(type="str", no_log=True),
         signature=dict(type="str"),
         delta=dict(type="dict", options=dict(
             sha256=dict(type="str", required=True),
             size=dict(type="int", required=True),
             base_version=dict(type="str", required=True),
-            url=dict(type="str"),
+            url=dict(type="str", no_log=True),
             signature=dict(type="str"),
             name=dict(type="str"),
         )),
         edge_url=dict(type="str"),
+        edge_failed=dict(type="str"),
+        origin_fallback=dict(type="bool", default=True),
         delta_mode=dict(type="str", default="auto", choices=["auto", "both", "never"]),
         state=dict(type="str", default="present", choices=["present", "verified"]),
         allowed_signers=dict(type="str"),

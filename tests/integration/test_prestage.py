@@ -37,7 +37,9 @@ NO_EDGES = "no_such_edges"  # a host pattern that matches nothing: stage the nod
 
 
 def prestage(fleet: DemoFleet, manifest: str | None = None, *, cmdline: str | None = None, **extra: t.Any) -> RunResult:
-    extravars = {"prestage_patch_manifest": manifest or fleet.manifest(), "prestage_state_dir": fleet.state_dir}
+    # the demo's environment is production: prestage_require_signature auto requires the demo's signers
+    extravars = {"prestage_patch_manifest": manifest or fleet.manifest(), "prestage_state_dir": fleet.state_dir,
+                 "prestage_allowed_signers_file": fleet.allowed_signers}
     extravars.update(extra)
     return run_playbook("prestage.yml", inventory=fleet.inventory, extravars=extravars, cmdline=cmdline)
 
@@ -296,6 +298,7 @@ def test_signed_delta_bundles_and_refused_bundles(make_fleet, tmp_path) -> None:
         evil = {"url": url_base + os.path.basename(path), "sha256": sha256_file(path), "size": os.path.getsize(path)}
         unsigned = dict(one_node)
         unsigned["prestage_allowed_signers_file"] = ""
+        unsigned["prestage_require_signature"] = "false"
         run = prestage(fleet, write_manifest(tmp_path / f"{label}.yml", f"FP-EVIL-{label}", "1.1.0", evil), **unsigned)
         result = run.task_results("prestage")[node]
         assert run.status == "failed" and "refusing bundle" in result["msg"], result["msg"]
