@@ -22,7 +22,7 @@ import tarfile
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json, pretty_json
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions, version_key
 
 try:
     import netaddr
@@ -41,6 +41,8 @@ except ImportError:  # pragma: no cover - JSON is valid YAML, so the files stay 
 LOOPBACK_CIDR = "127.0.0.0/8"
 MAX_HOSTS = 4000
 MARKER = ".fleetpatch-demo-fleet"
+# the principal of the key that signs the demo's release artifacts (keys/allowed_signers)
+SIGNING_PRINCIPAL = "release@fleetpatch-demo"
 # Every member of a release tarball carries this mtime (2024-01-01T00:00:00Z) so digests are reproducible.
 RELEASE_MTIME = 1704067200
 
@@ -542,10 +544,12 @@ def dump_yaml(data: t.Any) -> str:
 
 
 def patch_manifest(
-    *, service: str, version: str, base_version: str, origin_url: str, artifact_path: str, sha256: str, size: int
+    *, service: str, version: str, base_version: str, origin_url: str, artifact_path: str, sha256: str, size: int,
+    affected_versions: t.Sequence[str] | None = None, signature: str | None = None,
 ) -> dict[str, t.Any]:
+    """A demo patch manifest; affected_versions defaults to [base_version], signature (armored text) is added when given."""
     name = artifact_name(service, version)
-    return {
+    manifest = {
         "patch_id": f"FP-DEMO-{service}-{version}",
         "service": service,
         "target_version": version,
@@ -555,7 +559,7 @@ def patch_manifest(
         "change_type": "scheduled",
         "classification": "functional",
         "justification": f"Demo: roll {service} {version} out across the demo fleet",
-        "affected_versions": [base_version],
+        "affected_versions": list(affected_versions or [base_version]),
         "regression_risk": "low",
         "requested_by": "demo-requester",
         "approvals": [{"by": "demo-approver", "role": "service owner"}],
@@ -567,6 +571,22 @@ def patch_manifest(
             "size": size,
         },
     }
+    if signature:
+        manifest["artifact"]["signature"] = signature
+    return manifest
+
+
+def affected_by(version: str, versions: t.Iterable[str]) -> list[str]:
+    """The demo's versions a patch to version applies to: every older one (a host on 1.0.1 takes 1.1.0 too)."""
+    return sorted((other for other in set(versions) if version_key(other) < version_key(version)), key=version_key)
+
+
+def allowed_signers_line(public_key: str, *, principal: str = SIGNING_PRINCIPAL) -> str:
+    """The allowed_signers line that trusts the demo's signing key for fleetpatch signatures only."""
+    fields = public_key.split()
+    if len(fields) < 2:
+        raise DemoFleetError(f"the demo's public signing key is not an OpenSSH public key: {public_key[:80]!r}")
+    return f'{principal} namespaces="fleetpatch" {fields[0]} {fields[1]}\n'
 
 
 def host_vars(

@@ -43,6 +43,13 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     url_errors,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import (
+    TrustError,
+    check_armored,
+    fingerprint,
+    parse_allowed_signers,
+    verify_artifact_signature,
+)
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
 
 if t.TYPE_CHECKING:
@@ -286,7 +293,8 @@ def _extract_into(tmp: str, artifact_path: str, plan: ArtifactPlan) -> tuple[dic
 
 
 def extract_release(
-    layout: HostLayout, *, version: str, artifact_path: str, sha256: str, plan: ArtifactPlan | None = None
+    layout: HostLayout, *, version: str, artifact_path: str, sha256: str, plan: ArtifactPlan | None = None,
+    record: t.Mapping[str, t.Any] | None = None,
 ) -> str:
     """Unpack an artifact whose digest the caller has verified into releases/<version>, atomically.
 
@@ -308,14 +316,14 @@ def extract_release(
     tmp = tempfile.mkdtemp(prefix=f".{version}{_TMP_MARK}", dir=layout.releases_dir)
     aside = ""
     try:
-        record: dict[str, t.Any] = {}
+        extra: dict[str, t.Any] = {}
         if plan.bundle is not None:
             # imported here: _bundle builds on this module
             from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import apply_bundle
 
             # a delta records the full bundle's digest as the release's artifact_sha256 (same tree, same identity)
-            files, links, record = apply_bundle(plan.bundle, tmp, service=layout.service, version=version,
-                                                sha256=sha256, releases_dir=layout.releases_dir)
+            files, links, extra = apply_bundle(plan.bundle, tmp, service=layout.service, version=version,
+                                               sha256=sha256, releases_dir=layout.releases_dir)
         else:
             files, links = _extract_into(tmp, artifact_path, plan)
         metadata = {
@@ -325,7 +333,9 @@ def extract_release(
             "files": files,
             "links": links,
         }
-        metadata.update(record)
+        metadata.update(extra)
+        # what the caller verified about the artifact (its signature), kept with the release it made
+        metadata.update(record or {})
         write_json_atomic(os.path.join(tmp, RELEASE_METADATA), metadata)
         os.chmod(tmp, 0o755)
         fsync_directory(tmp)
@@ -566,52 +576,83 @@ def append_audit(
 
 
 def _remove_partials(directory: str, sha256: str) -> None:
-    for name in os.listdir(directory):
+    """Remove what a download of sha256 left behind: the downloader's .part file and the randomly named partial files
+    of releases before the one downloader (``.<digest>.<random>.part``)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
         if name.startswith(f".{sha256}.") and name.endswith(".part"):
             remove_path(os.path.join(directory, name))
 
 
+# the apply path's transfer limits (rollout_policy.artifacts): a byte cap when no size is declared, an overall
+# deadline, and a minimum throughput averaged over a window
+DEFAULT_MAX_ARTIFACT_BYTES = 2 * 1024 ** 3
+DEFAULT_MAX_TIME = 900.0
+DEFAULT_MIN_THROUGHPUT = 1024
+DEFAULT_THROUGHPUT_WINDOW = 30.0
+
+
 def fetch_artifact(
     ops: HostOps, *, url: str, dest: str, sha256: str, size: int | None = None,
-    headers: t.Mapping[str, str] | None = None, timeout: float = 30,
+    headers: t.Mapping[str, str] | None = None, timeout: float = 30, max_bytes: int | None = DEFAULT_MAX_ARTIFACT_BYTES,
+    max_time: float | None = DEFAULT_MAX_TIME, min_throughput: float | None = DEFAULT_MIN_THROUGHPUT,
+    throughput_window: float | None = DEFAULT_THROUGHPUT_WINDOW,
 ) -> int:
-    """Download url to dest through a temporary file next to it; only a verified file is renamed into place."""
+    """Download url into the content-addressed cache at dest through prestage's downloader; return its size.
+
+    Bounded: at most the declared size (else max_bytes), within max_time seconds, never slower than min_throughput
+    bytes/s over throughput_window seconds (0 turns a limit off). Only a file with the digest is renamed to dest; on
+    any failure nothing of the download is left (the apply does not resume, a failed host is retried by a new run).
+    No message names the URL with its userinfo or query values.
+    """
+    # the transfer code is compiled only on a host that has something to download
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import (
+        DownloadFailed,
+        FetchRefused,
+        Transfer,
+        download,
+        shown_url,
+    )
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import FetchPolicy, cache_lock
+
     directory = os.path.dirname(dest)
+    if os.path.basename(dest) != sha256:
+        raise ReleaseError(f"cannot download into {dest}: the cache path of {sha256} is {directory}/{sha256}")
     os.makedirs(directory, exist_ok=True)
-    _remove_partials(directory, sha256)
-    if size is not None:
-        ensure_free_space(directory, size, what="download the artifact")
-    fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".part", dir=directory)
-    try:
-        digest = hashlib.sha256()
-        total = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with ops.open_url(url, headers=headers or {}, timeout=timeout) as response:
-                    for chunk in iter(lambda: response.read(CHUNK_SIZE), b""):
-                        total += len(chunk)
-                        if size is not None and total > size:
-                            raise ReleaseError(f"artifact from {url} is larger than the declared {size} bytes")
-                        digest.update(chunk)
-                        out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            except http_error() as exc:
-                raise ReleaseError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
-            except url_errors() as exc:
-                raise ReleaseError(f"cannot download {url}: {exc}") from exc
-        if size is not None and total != size:
-            raise ReleaseError(f"artifact from {url} is {total} bytes, declared {size}")
-        actual = digest.hexdigest()
-        if actual != sha256:
-            raise ReleaseError(f"artifact from {url} has sha256 {actual}, expected {sha256}; it was not cached")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        remove_path(tmp)
-        raise
-    fsync_directory(directory)
-    return total
+    policy = FetchPolicy(
+        timeout=timeout, retries=2, backoff=0.5, backoff_max=5.0,
+        min_throughput=int(min_throughput or 0),
+        throughput_window=float(throughput_window or DEFAULT_THROUGHPUT_WINDOW),
+        max_time=float(max_time or 0),
+        headers=dict(headers or {}),
+        max_artifact_bytes=int(max_bytes or DEFAULT_MAX_ARTIFACT_BYTES),
+    )
+    transfer = Transfer(sha256=sha256, kind="full")
+    shown = shown_url(url)
+    # one writer per digest: a prestage running on this host at the same time grows the same .part file
+    with cache_lock(HostLayout(os.path.dirname(os.path.dirname(directory)), "cache"), ops):
+        _remove_partials(directory, sha256)
+        try:
+            download(ops, cache_dir=directory, sha256=sha256, size=size, sources=[("origin", url)], policy=policy,
+                     transfer=transfer, keep_partial=False)
+        except FetchRefused as exc:
+            raise ReleaseError(f"cannot download {shown}: {exc}") from None
+        except DownloadFailed as exc:
+            if "origin" in transfer.corrupt:
+                raise ReleaseError(f"artifact from {shown} {transfer.corrupt['origin']}; it was not cached") from None
+            # the last error is why the source was given up (the ones before it are retried attempts)
+            message = transfer.errors[-1] if transfer.errors else str(exc)
+            if message.startswith("origin: "):
+                message = message[len("origin: "):]
+            if not message.startswith("artifact transfer from "):
+                message = f"cannot download {shown}: {message}"
+            raise ReleaseError(message) from None
+        finally:
+            _remove_partials(directory, sha256)
+    return os.path.getsize(dest)
 
 
 def check_health(
@@ -681,8 +722,26 @@ class ApplyRequest:
     health_delay: float = 0.5
     require_rollback_point: bool = True
     keep_releases: int = 3
-    # delta bundle against base_version: {sha256, base_version, size, url}; used when the host runs that base
+    # delta bundle against base_version: {sha256, base_version, size, url, signature}; used when the host runs that base
     delta: t.Mapping[str, t.Any] | None = None
+    # detached SSH signature (armored text) of the artifact, and who may have made it
+    signature: str | None = dataclasses.field(default=None, repr=False)
+    allowed_signers: str = dataclasses.field(default="", repr=False)
+    signer_identity: str | None = None
+    require_signature: bool = False
+    # installed versions this patch applies to (empty: any); an older target is refused unless allow_downgrade
+    affected_versions: tuple[str, ...] = ()
+    allow_downgrade: bool = False
+    # transfer limits handed to fetch_artifact (slice "transfer"); None: the downloader's defaults
+    max_artifact_bytes: int | None = None
+    max_time: float | None = None
+    min_throughput: float | None = None
+    throughput_window: float | None = None
+
+    def transfer_limits(self) -> dict[str, t.Any]:
+        limits = {"max_bytes": self.max_artifact_bytes, "max_time": self.max_time, "min_throughput": self.min_throughput,
+                  "throughput_window": self.throughput_window}
+        return {key: value for key, value in limits.items() if value is not None}
 
 
 def parse_delta(value: t.Any) -> dict[str, t.Any] | None:
@@ -702,7 +761,17 @@ def parse_delta(value: t.Any) -> dict[str, t.Any] | None:
         "base_version": check_name(value.get("base_version"), what="delta base_version"),
         "size": size,
         "url": url,
+        "signature": _signature(value.get("signature"), what="delta signature"),
     }
+
+
+def _signature(value: t.Any, *, what: str) -> str | None:
+    if value in (None, ""):
+        return None
+    try:
+        return check_armored(value, what=what)
+    except TrustError as exc:
+        raise ReleaseError(str(exc)) from None
 
 
 def parse_command(value: t.Any) -> tuple[str, ...] | None:
@@ -746,6 +815,13 @@ def build_request(params: t.Mapping[str, t.Any]) -> ApplyRequest:
     if state not in ("present", "rollback"):
         raise ReleaseError(f"state must be present or rollback, got {state!r}")
     headers = params.get("url_headers") or {}
+    affected = params.get("affected_versions") or []
+    if not isinstance(affected, (list, tuple)):
+        raise ReleaseError(f"affected_versions must be a list of versions, got {type(affected).__name__}")
+    limits = {name: params.get(name) for name in ("max_artifact_bytes", "max_time", "min_throughput", "throughput_window")}
+    for name, value in limits.items():
+        if value is not None and value < 0:
+            raise ReleaseError(f"{name} must not be negative, got {value}")
     return ApplyRequest(
         version=check_name(params.get("version"), what="version"),
         sha256=check_sha256(params.get("sha256")),
@@ -763,6 +839,13 @@ def build_request(params: t.Mapping[str, t.Any]) -> ApplyRequest:
         require_rollback_point=bool(params.get("require_rollback_point", True)),
         keep_releases=number("keep_releases", 3, 1),
         delta=parse_delta(params.get("delta")),
+        signature=_signature(params.get("signature"), what="signature"),
+        allowed_signers=params.get("allowed_signers") or "",
+        signer_identity=params.get("signer_identity") or None,
+        require_signature=bool(params.get("require_signature")),
+        affected_versions=tuple(check_name(str(item), what=f"affected_versions[{index}]") for index, item in enumerate(affected)),
+        allow_downgrade=bool(params.get("allow_downgrade")),
+        **limits,
     )
 
 
@@ -835,55 +918,135 @@ def _run_health(ops: HostOps, request: ApplyRequest, result: ApplyResult, expect
         )
 
 
+def discard_cached(layout: HostLayout, sha256: str, ops: HostOps, result: ApplyResult) -> bool:
+    """Remove a refused artifact and its pre-staging record from the node cache, so that nothing reuses it."""
+    paths = [path for path in (layout.cache_path(sha256), f"{layout.root}/cache/meta/{sha256}.json") if os.path.lexists(path)]
+    if not paths:
+        return False
+    result.act(f"remove refused artifact {sha256} from the cache")
+    if not ops.check_mode:
+        for path in paths:
+            remove_path(path)
+        fsync_directory(layout.cache_dir)
+    return True
+
+
+def _refused(layout: HostLayout, sha256: str, ops: HostOps, result: ApplyResult, message: str) -> ReleaseError:
+    removed = discard_cached(layout, sha256, ops, result)
+    if removed:
+        message += f"; refused and {'would be ' if ops.check_mode else ''}removed from {layout.cache_dir}"
+    return ReleaseError(message)
+
+
+def _signer_fingerprints(allowed_signers: str) -> set[str]:
+    try:
+        return {fingerprint(entry["blob"]) for entry in parse_allowed_signers(allowed_signers)}
+    except TrustError:
+        return set()
+
+
+def _still_trusted(metadata: t.Mapping[str, t.Any], request: ApplyRequest) -> bool:
+    """Whether an unpacked release was built from an artifact whose signature verified with a key still trusted."""
+    seen = metadata.get("signature")
+    if not isinstance(seen, dict) or not seen.get("principal"):
+        return False
+    if request.signer_identity and seen["principal"] != request.signer_identity:
+        return False
+    return str(seen.get("key", "")).rsplit(" ", 1)[-1] in _signer_fingerprints(request.allowed_signers)
+
+
+def _check_signature(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, *, path: str, sha256: str,
+    signature: str | None, what: str,
+) -> dict[str, str] | None:
+    """Verify the signature of a cached file whose digest matched, right before it is used: {principal, key}, or None
+    when it carries none and none is required. A refused file leaves the cache."""
+    if not signature:
+        if request.require_signature:
+            raise _refused(layout, sha256, ops, result, f"no signature: {what} {sha256} carries no signature and this "
+                                                        "host installs only signed artifacts (require_signature)")
+        return None
+    if not request.allowed_signers:
+        if request.require_signature:
+            raise ReleaseError(f"the signature of {what} {sha256} cannot be verified: no allowed_signers were given and "
+                               "this host installs only signed artifacts (require_signature)")
+        ops.warn(f"{what} {sha256} is signed but no allowed_signers were given; its signature is not checked")
+        return None
+    try:
+        seen = verify_artifact_signature(path, signature=signature, allowed_signers=request.allowed_signers,
+                                         identity=request.signer_identity, what=f"{what} {sha256}")
+    except TrustError as exc:
+        raise _refused(layout, sha256, ops, result, str(exc)) from None
+    return dict(seen, artifact=what)
+
+
 def _delta_artifact(
     layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, cur_version: str | None
-) -> tuple[str, str] | None:
-    """(path, digest) of the verified delta bundle to build the release from ("" as path in check mode when it
-    would be downloaded), or None to use the full artifact: the host does not run the delta's base, the full
-    artifact is already cached, or the delta is neither cached nor downloadable."""
+) -> tuple[str, str, dict[str, str] | None] | None:
+    """(path, digest, signature seen) of the verified delta bundle to build the release from ("" as path in check
+    mode when it would be downloaded), or None to use the full artifact: the host does not run the delta's base, the
+    full artifact is already cached, or the delta is neither cached nor downloadable (nor signed when it must be)."""
     delta = request.delta
     if not delta or cur_version != delta["base_version"] or os.path.isfile(layout.cache_path(request.sha256)):
+        return None
+    if request.require_signature and not delta["signature"]:
+        ops.warn(f"delta bundle {delta['sha256']} carries no signature and this host installs only signed artifacts; "
+                 "using the full artifact")
         return None
     path = layout.cache_path(delta["sha256"])
     if os.path.isfile(path):
         try:
             verify_artifact(path, sha256=delta["sha256"], size=delta["size"])
-            return path, delta["sha256"]
         except ReleaseError as exc:
-            ops.warn(f"{exc}; not using the cached delta bundle")
+            discard_cached(layout, delta["sha256"], ops, result)
+            ops.warn(f"{exc}; removed the cached delta bundle")
+        else:
+            seen = _check_signature(layout, request, ops, result, path=path, sha256=delta["sha256"],
+                                    signature=delta["signature"], what="delta bundle")
+            return path, delta["sha256"], seen
     if not delta["url"]:
         return None
     result.act("download delta bundle")
     if ops.check_mode:
-        return "", delta["sha256"]
+        return "", delta["sha256"], None
     try:
         fetch_artifact(ops, url=delta["url"], dest=path, sha256=delta["sha256"], size=delta["size"],
-                       headers=request.url_headers, timeout=request.timeout)
+                       headers=request.url_headers, timeout=request.timeout, **request.transfer_limits())
     except ReleaseError as exc:
         ops.warn(f"{exc}; using the full artifact instead")
         return None
-    return path, delta["sha256"]
+    seen = _check_signature(layout, request, ops, result, path=path, sha256=delta["sha256"], signature=delta["signature"],
+                            what="delta bundle")
+    return path, delta["sha256"], seen
 
 
-def _ensure_artifact(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> str | None:
-    """Path of the verified artifact in the cache; None in check mode when it would be downloaded."""
+def _ensure_artifact(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult
+) -> tuple[str | None, dict[str, str] | None]:
+    """(path of the verified artifact in the cache, signature seen); path None in check mode when it would be
+    downloaded. A cached copy is verified (digest, size, signature) right before it is used, and removed when refused."""
     path = layout.cache_path(request.sha256)
     if os.path.isfile(path):
         try:
             verify_artifact(path, sha256=request.sha256, size=request.artifact_size)
-            return path
         except ReleaseError as exc:
             if not request.artifact_url:
-                raise ReleaseError(f"{exc}; the cached copy is corrupt and no artifact_url was given") from exc
-            ops.warn(f"{exc}; downloading it again")
+                raise _refused(layout, request.sha256, ops, result,
+                               f"{exc}; the cached copy is corrupt and no artifact_url was given") from exc
+            discard_cached(layout, request.sha256, ops, result)
+            ops.warn(f"{exc}; removed the cached copy, downloading it again")
+        else:
+            return path, _check_signature(layout, request, ops, result, path=path, sha256=request.sha256,
+                                          signature=request.signature, what="artifact")
     elif not request.artifact_url:
         raise ReleaseError(f"artifact {request.sha256} is not in {layout.cache_dir} and no artifact_url was given")
     result.act("download artifact")
     if ops.check_mode:
-        return None
+        return None, None
     fetch_artifact(ops, url=request.artifact_url, dest=path, sha256=request.sha256, size=request.artifact_size,
-                   headers=request.url_headers, timeout=request.timeout)
-    return path
+                   headers=request.url_headers, timeout=request.timeout, **request.transfer_limits())
+    return path, _check_signature(layout, request, ops, result, path=path, sha256=request.sha256,
+                                  signature=request.signature, what="artifact")
 
 
 def _restart_or_revert(
@@ -946,6 +1109,32 @@ def _complete_present(
             remove_release(layout, version)
 
 
+def _not_applicable(
+    layout: HostLayout, request: ApplyRequest, result: ApplyResult, cur_version: str | None, cur_release: str | None,
+    manifest: t.Mapping[str, t.Any] | None,
+) -> bool:
+    """True (and the result says why) when this patch does not apply to the installed version; raise on a downgrade.
+
+    Decided before anything is downloaded or written: a host outside affected_versions (a fresh host too, when the
+    list is not empty) is left exactly as it is.
+    """
+    if request.affected_versions and cur_version not in request.affected_versions:
+        sha = _recorded_sha(manifest, cur_version, cur_release)
+        result.version, result.sha256, result.release = cur_version, sha, cur_release
+        result.before = result.after = _side(cur_version, sha, cur_release)
+        installed = f"{layout.service} {cur_version} is installed" if cur_version else f"{layout.service} is not installed"
+        result.extra.update(not_applicable=True, installed_version=cur_version,
+                            msg=f"not applicable: {installed}, and patch {request.patch_id or request.version} applies only "
+                                f"to {', '.join(request.affected_versions)}; nothing was changed")
+        return True
+    if cur_version is not None and version_key(request.version) < version_key(cur_version):
+        if not request.allow_downgrade:
+            raise ReleaseError(f"downgrade refused: {layout.service} {cur_version} is installed and the target {request.version} "
+                               "is older; a downgrade needs allow_downgrade (with its justification in the patch manifest)")
+        result.extra["downgrade"] = {"from": cur_version, "to": request.version}
+    return False
+
+
 def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> None:
     host = read_host_state(layout)
     cur_version, cur_release, manifest = host["current_version"], host["current_release"], host["manifest"]
@@ -983,6 +1172,8 @@ def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, resul
         _complete_present(layout, request, ops, result, previous)
         return
 
+    if _not_applicable(layout, request, result, cur_version, cur_release, manifest):
+        return
     previous = None
     if cur_version is not None:
         metadata, problems = inspect_release(cur_release)
@@ -1007,29 +1198,46 @@ def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, resul
     if os.path.lexists(target_release):
         metadata, problems = inspect_release(target_release)
         ready = not problems and metadata is not None and metadata.get("artifact_sha256") == request.sha256
+        # unpacked by a run that verified no signature (or with a key no longer trusted): build it again from a verified artifact
+        ready = ready and (not request.require_signature or _still_trusted(t.cast(dict, metadata), request))
     if not ready:
+        if request.require_signature and not request.signature:
+            # refused before anything is downloaded; a copy already staged in the cache leaves it
+            raise _refused(layout, request.sha256, ops, result, f"no signature: artifact {request.sha256} carries no signature "
+                                                                "and this host installs only signed artifacts (require_signature)")
         delta = _delta_artifact(layout, request, ops, result, cur_version)
-        artifact, digest = delta if delta else (_ensure_artifact(layout, request, ops, result), request.sha256)
-        plan = inspect_artifact(artifact) if artifact else None
+        if delta:
+            artifact, digest, seen = delta
+        else:
+            (artifact, seen), digest = _ensure_artifact(layout, request, ops, result), request.sha256
+        try:
+            plan = inspect_artifact(artifact) if artifact else None
+        except ReleaseError as exc:
+            # a bundle with a bad member never stays in the cache to be offered again
+            raise _refused(layout, digest, ops, result, str(exc)) from None
         if plan is not None and plan.bundle is not None and plan.bundle.kind == "delta" and (
                 plan.bundle.metadata["delta"]["full_sha256"] != request.sha256):
             raise ReleaseError(f"delta bundle {artifact} builds the release of artifact "
                                f"{plan.bundle.metadata['delta']['full_sha256']}, not {request.sha256}")
+        if seen:
+            result.extra["signature"] = seen
         result.act(f"unpack {request.version}" + (" from the delta bundle" if delta else ""))
         if plan is not None:
             ensure_free_space(existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
         if not ops.check_mode:
             try:
                 extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
-                                sha256=digest, plan=plan)
+                                sha256=digest, plan=plan, record={"signature": seen} if seen else None)
             except DeltaNotApplicable as exc:
                 if not delta:
                     raise
                 ops.warn(f"{exc}; falling back to the full artifact")
                 result.act(f"unpack {request.version} from the full artifact (fallback)")
-                artifact = _ensure_artifact(layout, request, ops, result)
+                artifact, seen = _ensure_artifact(layout, request, ops, result)
+                if seen:
+                    result.extra["signature"] = seen
                 extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
-                                sha256=request.sha256)
+                                sha256=request.sha256, record={"signature": seen} if seen else None)
     result.act(f"switch current {cur_version or '(none)'} -> {request.version}")
     if not ops.check_mode:
         os.makedirs(layout.apps_dir, exist_ok=True)

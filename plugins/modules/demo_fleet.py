@@ -20,6 +20,11 @@ description:
   - Release tarballs for O(base_version) and every O(patch_versions) entry are built deterministically (the same
     inputs always give the same sha256) into C(<path>/origin/artifacts/), with one patch manifest per patch
     version in C(<path>/patches/<service>-<version>.yml).
+  - The demo signs what it ships. The first run generates an ed25519 signing key without passphrase in
+    C(<path>/keys/signing_key) (mode C(0600)) and trusts it for namespace C(fleetpatch) in C(<path>/keys/allowed_signers)
+    (principal C(release@fleetpatch-demo)). Every release tarball is signed with C(ssh-keygen -Y sign) (C(<artifact>.sig)
+    beside it) and every patch manifest carries that signature in C(artifact.signature), so a rollout of the demo
+    (whose environment V(prod) requires signatures by default) verifies it on every host before anything is unpacked.
   - One supervisor process (C(<path>/bin/fleet_service.py)) plays every host's service on the host's own
     loopback address (allocated from O(cidr)) at O(port), and the artifact origin on the first address at
     O(origin_port). Each host answers C(/health), C(/version), C(/metrics) and C(/); edges also serve
@@ -267,6 +272,11 @@ origin_url:
   returned: always
   type: str
   sample: http://127.77.0.1:18000
+allowed_signers:
+  description: The allowed_signers file that trusts the demo's signing key (C(rollout_policy.artifacts.allowed_signers_file)).
+  returned: always
+  type: str
+  sample: /tmp/demo-fleet/keys/allowed_signers
 fleet_json:
   description: Machine-readable description of the fleet (hosts, addresses, ports, pid, origin, manifests).
   returned: always
@@ -306,8 +316,11 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import (
     HAS_NETADDR,
     MARKER,
+    SIGNING_PRINCIPAL,
     DemoFleetError,
     FleetLayout,
+    affected_by,
+    allowed_signers_line,
     artifact_name,
     build_layout,
     build_release_tarball,
@@ -325,6 +338,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet imp
     validate_faults,
     validate_versions,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import find_tool, sign_file
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import pretty_json, read_json, sha256_file, write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
     HostLayout,
@@ -616,6 +630,7 @@ class DemoFleet:
             "edges": [],
             "inventory": self.p("inventory", "demo.fleet.yml"),
             "manifests": [],
+            "allowed_signers": self.p("keys", "allowed_signers"),
             "origin_url": "",
             "fleet_json": self.p("fleet.json"),
             "pid": None,
@@ -699,9 +714,12 @@ class DemoFleet:
             if not os.path.exists(path) or sha256_file(path) != artifact["sha256"]:
                 if self.act(f"build artifact {artifact['name']}"):
                     write_file_atomic(path, artifact["data"])
+        signatures = self.sign_artifacts(artifacts)
         for version, path in manifests.items():
             artifact = artifacts[version]
             manifest = patch_manifest(
+                affected_versions=affected_by(version, artifacts),
+                signature=signatures[version],
                 service=service,
                 version=version,
                 base_version=base,
@@ -741,7 +759,10 @@ class DemoFleet:
             "origin_port": params["origin_port"],
             "python": self.python,
             "origin": {"address": layout.origin_address, "port": params["origin_port"], "url": origin_url, "artifacts_dir": self.p("origin", "artifacts")},
-            "artifacts": {version: {k: v for k, v in artifact.items() if k != "data"} for version, artifact in artifacts.items()},
+            "artifacts": {version: dict({k: v for k, v in artifact.items() if k != "data"}, signature=signatures[version])
+                          for version, artifact in artifacts.items()},
+            "signing": {"key": self.p("keys", "signing_key"), "allowed_signers": self.p("keys", "allowed_signers"),
+                        "principal": SIGNING_PRINCIPAL},
             "manifests": dict(manifests),
             "inventory": inventory_path,
             "faults": faults,
@@ -785,11 +806,53 @@ class DemoFleet:
             "edges": [host.name for host in layout.edges],
             "inventory": inventory_path,
             "manifests": list(manifests.values()),
+            "allowed_signers": self.p("keys", "allowed_signers"),
             "origin_url": origin_url,
             "fleet_json": self.p("fleet.json"),
             "pid": pid,
             "faulty_hosts": sorted(effective),
         }
+
+    # ------------------------------------------------------------------ signatures
+
+    def sign_artifacts(self, artifacts: dict[str, dict[str, t.Any]]) -> dict[str, str | None]:
+        """Generate the demo's signing key once, trust it in keys/allowed_signers, sign every release artifact.
+
+        ed25519 signatures are deterministic, so signing again on every run rewrites nothing.
+        """
+        key = self.p("keys", "signing_key")
+        unsigned: dict[str, str | None] = {version: None for version in artifacts}
+        ssh_keygen = find_tool("ssh-keygen")
+        if not ssh_keygen:
+            raise DemoFleetError("the demo signs its artifacts with ssh-keygen (OpenSSH client), which is not installed here")
+        if not os.path.exists(key):
+            if not self.act("generate the demo signing key keys/signing_key (ed25519)"):
+                return unsigned
+            os.makedirs(self.p("keys"), mode=0o700, exist_ok=True)
+            tmp = f"{key}.tmp-{os.getpid()}"
+            for leftover in (tmp, f"{tmp}.pub"):
+                if os.path.lexists(leftover):
+                    os.unlink(leftover)
+            self.run([ssh_keygen, "-q", "-t", "ed25519", "-N", "", "-C", SIGNING_PRINCIPAL, "-f", tmp])
+            os.chmod(tmp, 0o600)
+            # the public half first: a key file always has its .pub beside it
+            os.replace(f"{tmp}.pub", f"{key}.pub")
+            os.replace(tmp, key)
+        elif os.stat(key).st_mode & 0o777 != 0o600 and self.act("set mode 600 on keys/signing_key"):
+            os.chmod(key, 0o600)
+        public = self.read_bytes(f"{key}.pub")
+        if public is None:
+            raise DemoFleetError(f"{key}.pub is missing; remove {key} to make the demo generate a new signing key")
+        self.ensure_file(self.p("keys", "allowed_signers"), allowed_signers_line(public.decode("utf-8")).encode(),
+                         what="keys/allowed_signers")
+        signatures = dict(unsigned)
+        for version, artifact in artifacts.items():
+            # in check mode an artifact that is not built yet has nothing to sign
+            if os.path.exists(artifact["path"]) and sha256_file(artifact["path"]) == artifact["sha256"]:
+                signatures[version] = sign_file(artifact["path"], key=key, ssh_keygen=ssh_keygen)
+                self.ensure_file(f"{artifact['path']}.sig", t.cast(str, signatures[version]).encode(),
+                                 what=f"signature {artifact['name']}.sig")
+        return signatures
 
     # ------------------------------------------------------------------ hosts
 

@@ -58,8 +58,10 @@ options:
   artifact_url:
     description:
       - Where to get the artifact when C(cache/sha256/<digest>) is absent or corrupt.
-      - V(http://), V(https://) and V(file://) URLs are supported. The download goes to a temporary file in
-        the cache directory and is renamed into place only after its digest (and O(artifact_size)) matched.
+      - V(http://), V(https://) and V(file://) URLs are supported. The download (the one downloader
+        M(fleetpatch.rollout.prestage) uses, bounded by O(max_artifact_bytes), O(max_time) and O(min_throughput)) goes to
+        C(cache/sha256/.<digest>.part) and is renamed into place only after its digest (and O(artifact_size)) matched.
+      - Never logged (it may hold credentials in its userinfo or query string).
     type: str
   artifact_size:
     description:
@@ -67,8 +69,74 @@ options:
     type: int
   url_headers:
     description:
-      - HTTP headers sent with the artifact download, for example an authorization token.
+      - HTTP headers sent with the artifact download, for example an authorization token. Never logged.
     type: dict
+  signature:
+    description:
+      - Detached signature of the artifact O(sha256), the armored text C(ssh-keygen -Y sign -n fleetpatch) prints
+        (the patch manifest's C(artifact.signature)).
+      - When given and O(allowed_signers) is set, it is verified against the exact cached file right before that file is
+        unpacked, before the release directory exists, whatever brought the file into the cache (a download, a copy from the
+        controller, pre-staging). A file whose signature does not verify is removed from the cache and the task fails,
+        naming the principal (or the key fingerprint) that signed it.
+    type: str
+  allowed_signers:
+    description:
+      - The text of an ssh C(allowed_signers) file listing the keys trusted to sign artifacts (C(rollout_policy.artifacts)).
+    type: str
+  signer_identity:
+    description:
+      - The principal that must have made the signature; by default any principal of O(allowed_signers) whose key signed it.
+    type: str
+  require_signature:
+    description:
+      - Install only signed artifacts. An artifact without O(signature) (or a host without O(allowed_signers)) fails with
+        V(no signature) before anything is downloaded, and a copy already in the cache is removed.
+      - The rollout role sets it per host from C(rollout_policy.artifacts.require_signature) (V(auto) requires it for the
+        policy's production environments).
+      - An installed release (nothing to do) is not verified again, so re-runs stay cheap; a release directory that was
+        unpacked without a verified signature is rebuilt from a verified artifact.
+    type: bool
+    default: false
+  affected_versions:
+    description:
+      - The installed versions this patch applies to; empty means any.
+      - A host that runs another version (or nothing yet, when the list is not empty) is left unchanged; nothing is
+        downloaded or written and the result says RV(not_applicable=true).
+    type: list
+    elements: str
+    default: []
+  allow_downgrade:
+    description:
+      - Allow O(version) to be older than the installed version. Without it such a host fails with V(downgrade refused).
+    type: bool
+    default: false
+  max_artifact_bytes:
+    description:
+      - The most bytes a download of the artifact (or delta bundle) may bring when no size is declared
+        (O(artifact_size), O(delta.size)); an origin that sends more, or never ends its response, is stopped there.
+      - With a declared size, the download never reads past it.
+      - The rollout role passes C(rollout_policy.artifacts.max_artifact_bytes).
+    type: int
+    default: 2147483648
+  max_time:
+    description:
+      - Overall deadline of one artifact download in seconds, retries included; V(0) means none.
+      - A breach fails the host with the reason and removes the partial file.
+    type: float
+    default: 900
+  min_throughput:
+    description:
+      - Minimum download speed in bytes per second, averaged over O(throughput_window); V(0) means none.
+      - An origin that sends slower (or stalls) fails the host within the window, with the reason
+        (C(artifact transfer from <url> stopped: slower than 1024 B/s for 30 s)), and the partial file is removed.
+        URLs in messages never show their userinfo or query string.
+    type: int
+    default: 1024
+  throughput_window:
+    description: The window in seconds over which O(min_throughput) is averaged.
+    type: float
+    default: 30
   timeout:
     description:
       - Timeout in seconds of the artifact download connection.
@@ -152,7 +220,13 @@ options:
         description: Declared size of the delta bundle in bytes.
         type: int
       url:
-        description: Where to download the delta bundle when it is not cached.
+        description: Where to download the delta bundle when it is not cached. Never logged.
+        type: str
+      signature:
+        description:
+          - Detached signature of the delta bundle (armored text), verified like O(signature) before the bundle is used.
+          - With O(require_signature), an unsigned delta is not used (the full artifact is); a delta whose signature does
+            not verify fails the task and is removed from the cache.
         type: str
 notes:
   - O(sha256) may name a plain release tarball or a fleetpatch bundle (M(fleetpatch.rollout.patch_bundle)); a bundle
@@ -173,6 +247,10 @@ EXAMPLES = r"""
     sha256: "{{ patch.artifact.sha256 }}"
     artifact_url: "{{ patch.artifact.url }}"
     artifact_size: "{{ patch.artifact.size }}"
+    signature: "{{ patch.artifact.signature }}"
+    allowed_signers: "{{ lookup('ansible.builtin.file', 'allowed_signers') }}"
+    require_signature: true
+    affected_versions: [1.0.0]
     url_headers:
       Authorization: "Bearer {{ artifact_token }}"
     patch_id: "{{ patch.id }}"
@@ -289,6 +367,41 @@ health:
       description: Why the check failed.
       type: str
       returned: when RV(health.ok) is false
+not_applicable:
+  description:
+    - V(true) when the installed version is not in O(affected_versions); the host was not changed (RV(version) is the
+      installed one) and RV(msg) says why.
+  returned: when the patch does not apply to this host
+  type: bool
+  sample: true
+installed_version:
+  description: The version installed on a host the patch does not apply to (V(null) when nothing is installed).
+  returned: when RV(not_applicable=true)
+  type: str
+  sample: 0.9.0
+signature:
+  description: The verified signature of the artifact (or delta bundle) this execution unpacked.
+  returned: when a signature was verified
+  type: dict
+  sample: {principal: release@example.com, key: ssh-ed25519 key SHA256:uh3qSOWf5gZq8vsBcrydg4Ng2yPg9GAgqGGvOJV52YQ, artifact: artifact}
+  contains:
+    principal:
+      description: The allowed signer whose key made the signature.
+      type: str
+      returned: always
+    key:
+      description: Type and SHA256 fingerprint of that key.
+      type: str
+      returned: always
+    artifact:
+      description: V(artifact) or V(delta bundle).
+      type: str
+      returned: always
+downgrade:
+  description: The installed and target versions of a downgrade allowed by O(allow_downgrade).
+  returned: when the target is older than the installed version
+  type: dict
+  sample: {from: 1.1.0, to: 1.0.1}
 reverted:
   description: Whether O(restart_command) failed and the host was switched back to its previous release.
   returned: always
@@ -340,7 +453,7 @@ def main() -> None:
         service=dict(type="str", required=True),
         version=dict(type="str", required=True),
         sha256=dict(type="str", required=True),
-        artifact_url=dict(type="str"),
+        artifact_url=dict(type="str", no_log=True),
         artifact_size=dict(type="int"),
         url_headers=dict(type="dict", no_log=True),
         timeout=dict(type="int", default=30),
@@ -357,8 +470,19 @@ def main() -> None:
             sha256=dict(type="str", required=True),
             base_version=dict(type="str", required=True),
             size=dict(type="int"),
-            url=dict(type="str"),
+            url=dict(type="str", no_log=True),
+            signature=dict(type="str"),
         )),
+        signature=dict(type="str"),
+        allowed_signers=dict(type="str"),
+        signer_identity=dict(type="str"),
+        require_signature=dict(type="bool", default=False),
+        affected_versions=dict(type="list", elements="str", default=[]),
+        allow_downgrade=dict(type="bool", default=False),
+        max_artifact_bytes=dict(type="int", default=2147483648),
+        max_time=dict(type="float", default=900),
+        min_throughput=dict(type="int", default=1024),
+        throughput_window=dict(type="float", default=30),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     result = ApplyResult()

@@ -119,6 +119,18 @@ class DemoFleet:
     def inventory(self) -> str:
         return os.path.join(self.path, "inventory", "demo.fleet.yml")
 
+    @property
+    def allowed_signers(self) -> str:
+        """The allowed_signers file that trusts the key the demo signs its artifacts with."""
+        return os.path.join(self.path, "keys", "allowed_signers")
+
+    def trusting(self, policy: dict[str, t.Any] | None) -> dict[str, t.Any]:
+        """policy, with policy.artifacts trusting the demo's signing key unless the test set policy.artifacts itself: the
+        demo's environment (prod) requires signed artifacts, as a production fleet's would."""
+        policy = dict(policy or {})
+        policy.setdefault("artifacts", {"allowed_signers_file": self.allowed_signers})
+        return policy
+
     def manifest(self, version: str = "1.0.1") -> str:
         return os.path.join(self.path, "patches", f"myapp-{version}.yml")
 
@@ -196,7 +208,7 @@ class DemoFleet:
         extravars = {
             "rollout_patch_manifest": self.manifest(version),
             "rollout_state_dir": self.state_dir,
-            "rollout_policy": policy or {},
+            "rollout_policy": self.trusting(policy),
         }
         extravars.update(extra)
         return run_playbook(playbook, inventory=self.inventory, extravars=extravars, cmdline=cmdline, cancel_callback=cancel_callback,

@@ -319,7 +319,9 @@ def test_wrong_digest_download_refused(fleet: Fleet) -> None:
     wrong = "f" * 64
     result = fleet.run({**fleet.args("1.0.1", restart_command=TRUE), "sha256": wrong})
     assert result["failed"] is True
-    assert result["msg"] == f"artifact from file://{path} has sha256 {fleet.artifacts['1.0.1'][1]}, expected {wrong}; it was not cached"
+    assert f"sha256 {fleet.artifacts['1.0.1'][1]}, expected {wrong}" in result["msg"] and "it was not cached" in result["msg"]
+    # artifact_url is no_log: it may carry credentials, so it never appears in a result
+    assert path not in json.dumps(result)
     assert os.listdir(fleet.layout.cache_dir) == [fleet.artifacts["1.0.0"][1]]
     assert fleet.snapshot() == before
 
@@ -330,7 +332,9 @@ def test_corrupt_cache_is_downloaded_again_or_refused(fleet: Fleet) -> None:
     Path(fleet.layout.cache_path(sha)).write_bytes(b"bitrot")
     refused = fleet.run({k: v for k, v in fleet.args("1.0.1").items() if k != "artifact_url"})
     assert refused["failed"] is True
-    assert refused["msg"].endswith("the cached copy is corrupt and no artifact_url was given")
+    assert refused["msg"].endswith(f"the cached copy is corrupt and no artifact_url was given; refused and removed from {fleet.layout.cache_dir}")
+    # a refused cache entry is never left to be reused
+    assert not os.path.exists(fleet.layout.cache_path(sha))
     healed = fleet.run(fleet.args("1.0.1"))
     assert healed["changed"] is True and healed["actions"][0] == "download artifact"
     assert sha256_file(fleet.layout.cache_path(sha)) == sha
@@ -459,3 +463,135 @@ def test_restart_command_as_string(fleet: Fleet) -> None:
     result = fleet.install("1.0.0", restart_command=f"touch '{marker}'")
     assert "restart" in result["actions"]
     assert marker.exists()
+
+
+# ------------------------------------------------------------------------------ signatures, applicability, direction
+
+
+class Signer:
+    """An ed25519 key made with ssh-keygen, its allowed_signers line and detached signatures of files."""
+
+    def __init__(self, directory: Path, principal: str) -> None:
+        import subprocess
+
+        self._run = subprocess.run
+        self.key = str(directory / principal.split("@")[0])
+        self._run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", principal, "-f", self.key], check=True)
+        public = Path(self.key + ".pub").read_text().split()
+        self.line = f"{principal} {public[0]} {public[1]}\n"
+        self.fingerprint = self._run(["ssh-keygen", "-lf", self.key + ".pub"], check=True, capture_output=True, text=True).stdout.split()[1]
+
+    def sign(self, path: str) -> str:
+        with open(path, "rb") as handle:
+            return self._run(["ssh-keygen", "-q", "-Y", "sign", "-f", self.key, "-n", "fleetpatch"], stdin=handle, check=True,
+                             capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def signers(tmp_path: Path) -> dict[str, Signer]:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    return {name: Signer(keys, f"{name}@example.com") for name in ("release", "rogue")}
+
+
+def signed(fleet: Fleet, signers: dict[str, Signer], version: str, *, by: str = "release", **extra: t.Any) -> dict[str, t.Any]:
+    path, _sha = fleet.artifacts[version]
+    return fleet.args(version, restart_command=TRUE, signature=signers[by].sign(path), allowed_signers=signers["release"].line,
+                      require_signature=True, **extra)
+
+
+def test_signed_artifact_installs_and_records_its_signer(fleet: Fleet, signers: dict[str, Signer]) -> None:
+    fleet.install("1.0.0")
+    result = fleet.run(signed(fleet, signers, "1.0.1"))
+    assert not result.get("failed"), result
+    assert result["signature"] == {"principal": "release@example.com", "key": f"ssh-ed25519 key {signers['release'].fingerprint}",
+                                   "artifact": "artifact"}
+    metadata = json.loads(Path(fleet.layout.release_path("1.0.1"), ".fleetpatch-release.json").read_text())
+    assert metadata["signature"]["principal"] == "release@example.com"
+    # an installed release is not verified again: a re-run stays cheap and unchanged
+    again = fleet.run(signed(fleet, signers, "1.0.1"))
+    assert again["changed"] is False and "signature" not in again
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["copied-into-cache", "downloaded"])
+def test_wrong_key_is_refused_before_any_release_directory_and_leaves_the_cache(
+        fleet: Fleet, signers: dict[str, Signer], cached: bool) -> None:
+    fleet.install("1.0.0")
+    path, sha = fleet.artifacts["1.0.1"]
+    args = signed(fleet, signers, "1.0.1", by="rogue")
+    if cached:
+        # rollout_stage=copy / prestaged: the bytes are in the cache, the digest is right, the signer is not trusted
+        os.makedirs(fleet.layout.cache_dir, exist_ok=True)
+        Path(fleet.layout.cache_path(sha)).write_bytes(Path(path).read_bytes())
+        args.pop("artifact_url")
+    before = fleet.snapshot()
+    # check mode verifies what is cached the same way; what it would download it cannot verify yet
+    for check in (True, False) if cached else (False,):
+        result = fleet.run(args, check=check)
+        assert result["failed"] is True
+        assert result["msg"].startswith(f"signature of artifact {sha} was made by ssh-ed25519 key {signers['rogue'].fingerprint}, which is "
+                                        "not in allowed_signers (trusted: release@example.com); refused and ")
+        assert result["msg"].endswith(f"removed from {fleet.layout.cache_dir}")
+        assert fleet.current() == "1.0.0" and os.listdir(fleet.layout.releases_dir) == ["1.0.0"]
+    assert not os.path.exists(fleet.layout.cache_path(sha))
+    before.pop(os.path.relpath(fleet.layout.cache_path(sha), fleet.root), None)
+    assert fleet.snapshot() == before
+
+
+def test_missing_signature_when_required(fleet: Fleet, signers: dict[str, Signer]) -> None:
+    fleet.install("1.0.0")
+    path, sha = fleet.artifacts["1.0.1"]
+    Path(fleet.layout.cache_path(sha)).write_bytes(Path(path).read_bytes())
+    args = {k: v for k, v in signed(fleet, signers, "1.0.1").items() if k != "signature"}
+    result = fleet.run(args)
+    assert result["failed"] is True
+    assert result["msg"] == (f"no signature: artifact {sha} carries no signature and this host installs only signed artifacts "
+                             f"(require_signature); refused and removed from {fleet.layout.cache_dir}")
+    assert not os.path.exists(fleet.layout.cache_path(sha)) and fleet.current() == "1.0.0"
+    no_signers = fleet.run(dict(signed(fleet, signers, "1.0.1"), allowed_signers=None))
+    assert no_signers["failed"] is True and "no allowed_signers were given" in no_signers["msg"]
+    # not required: an unsigned artifact installs (a dev host)
+    assert not fleet.run(dict(args, require_signature=False)).get("failed")
+
+
+def test_release_unpacked_without_a_verified_signature_is_rebuilt(fleet: Fleet, signers: dict[str, Signer]) -> None:
+    fleet.install("1.0.0")
+    path, sha = fleet.artifacts["1.0.1"]
+    unpack_release(fleet.layout, version="1.0.1", artifact_path=path, sha256=sha)
+    result = fleet.run(signed(fleet, signers, "1.0.1"))
+    assert not result.get("failed"), result
+    assert "unpack 1.0.1" in result["actions"] and result["signature"]["principal"] == "release@example.com"
+
+
+def test_not_applicable_host_is_left_alone(fleet: Fleet) -> None:
+    fleet.install("1.0.0")
+    fleet.install("1.0.2")
+    before = fleet.snapshot()
+    for check in (True, False):
+        result = fleet.run(fleet.args("1.0.3", restart_command=TRUE, affected_versions=["1.0.0", "1.0.1"]), check=check)
+        assert not result.get("failed") and result["changed"] is False and result["not_applicable"] is True
+        assert result["installed_version"] == "1.0.2" and result["version"] == "1.0.2" and result["actions"] == []
+        assert result["msg"] == "not applicable: web 1.0.2 is installed, and patch 1.0.3 applies only to 1.0.0, 1.0.1; nothing was changed"
+    assert fleet.snapshot() == before
+    applies = fleet.run(fleet.args("1.0.3", restart_command=TRUE, affected_versions=["1.0.2"]))
+    assert not applies.get("failed") and "not_applicable" not in applies and fleet.current() == "1.0.3"
+
+
+def test_fresh_host_applies_only_without_affected_versions(fleet: Fleet) -> None:
+    result = fleet.run(fleet.args("1.0.0", require_rollback_point=False, affected_versions=["0.9.0"]))
+    assert result["not_applicable"] is True and result["installed_version"] is None
+    assert not os.path.exists(fleet.root)
+    assert not fleet.run(fleet.args("1.0.0", require_rollback_point=False)).get("failed")
+
+
+def test_downgrade_refused_unless_allowed(fleet: Fleet) -> None:
+    fleet.install("1.0.0")
+    fleet.install("1.0.2")
+    before = fleet.snapshot()
+    refused = fleet.run(fleet.args("1.0.1", restart_command=TRUE, affected_versions=["1.0.2"]))
+    assert refused["failed"] is True
+    assert refused["msg"] == ("downgrade refused: web 1.0.2 is installed and the target 1.0.1 is older; a downgrade needs "
+                              "allow_downgrade (with its justification in the patch manifest)")
+    assert fleet.snapshot() == before
+    allowed = fleet.run(fleet.args("1.0.1", restart_command=TRUE, affected_versions=["1.0.2"], allow_downgrade=True))
+    assert not allowed.get("failed") and allowed["downgrade"] == {"from": "1.0.2", "to": "1.0.1"} and fleet.current() == "1.0.1"
