@@ -37,6 +37,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report i
     write_facts_file,
     write_reports,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "default": []},
@@ -83,7 +84,10 @@ class ActionModule(ControllerAction):
             path = os.path.abspath(os.path.expanduser(args["desired_state"]))
             if not os.path.exists(path):
                 raise DriftError(f"desired state file {path} does not exist")
-            loaded = self._loader.load_from_file(path)
+            try:
+                loaded = load_file(path, what="desired state file", loader=self._loader)  # duplicate keys and alias bombs refused
+            except YamlError as exc:
+                raise DriftError(str(exc)) from None
             if loaded is not None and not isinstance(loaded, dict):
                 raise DriftError(f"desired state file {path} must hold a mapping")
             data = dict(loaded or {})
@@ -100,8 +104,8 @@ class ActionModule(ControllerAction):
             if not os.path.exists(path):
                 raise DriftError(f"change policy file {path} does not exist")
             try:
-                policy = load_change_policy(self._loader.load_from_file(path), source=f"change policy {path}")
-            except PolicyError as exc:
+                policy = load_change_policy(load_file(path, what="change policy", loader=self._loader), source=f"change policy {path}")
+            except (PolicyError, YamlError) as exc:
                 raise DriftError(str(exc)) from None
             desired = with_slo_targets(desired, slo_targets(policy), source=f"change policy {path}")
         return with_slo_targets(desired, args["slo_targets"], source="slo_targets option")

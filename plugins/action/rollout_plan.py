@@ -7,13 +7,22 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible.errors import AnsibleError
-
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError, iso_z
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import (
+    InputError,
+    check_command,
+    check_name,
+    check_path,
+    check_strings,
+    check_text,
+    check_url,
+)
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import (
     ManifestError,
+    downgrade_text,
+    redacted,
     run_id_for,
     validate_patch_manifest,
 )
@@ -36,6 +45,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import 
     validate_change,
     validate_override,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError, check_plan_signatures, validate_artifacts_policy
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     LockError,
     RunPaths,
@@ -56,8 +66,10 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller imp
     host_var,
     resolve_state_dir,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import correlation_for_action, events_callback_active
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import correlation_for_action, events_callback_active, recorder_problem
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._probes import contexts_for
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import split_redaction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import ApprovalError, approval_chain
 
 ARGUMENT_SPEC = {
@@ -92,7 +104,8 @@ class OverrideRefused(Exception):
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (OverrideRefused, RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError)
+    errors = (OverrideRefused, RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError,
+              InputError, YamlError, TrustError)
 
     def _failure(self, exc: Exception) -> dict[str, t.Any]:
         failure = super()._failure(exc)
@@ -107,13 +120,16 @@ class ActionModule(ControllerAction):
             return value, f"{what} <inline>"
         if not isinstance(value, str) or not value:
             raise RolloutPlanError(f"{what} must be a path to a YAML/JSON file or a mapping")
-        path = os.path.abspath(os.path.expanduser(value))
+        path = self._path(value, what)
+        # duplicate keys and alias bombs are errors naming the file; vault-encrypted files still load
+        return load_file(path, what=what, loader=self._loader), f"{what} {path}"
+
+    @staticmethod
+    def _path(value: str, what: str) -> str:
+        path = os.path.abspath(os.path.expanduser(check_text(value, field=what, max_len=4096, error=RolloutPlanError)))
         if not os.path.isfile(path):
             raise RolloutPlanError(f"{what} {path} does not exist")
-        try:
-            return self._loader.load_from_file(path), f"{what} {path}"
-        except AnsibleError as exc:
-            raise RolloutPlanError(f"{what} {path} is not valid YAML/JSON: {exc}") from exc
+        return path
 
     def _change(self, args: dict[str, t.Any], manifest: dict[str, t.Any], manifest_path: str) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
         """Validate the change fields, load the change policy, classify and pick the profile."""
@@ -144,13 +160,8 @@ class ActionModule(ControllerAction):
             return validate_patch_manifest(manifest), "<inline>"
         if not isinstance(manifest, str) or not manifest:
             raise RolloutPlanError("manifest must be a path to a patch manifest file or a mapping")
-        path = os.path.abspath(os.path.expanduser(manifest))
-        if not os.path.isfile(path):
-            raise RolloutPlanError(f"patch manifest {path} does not exist")
-        try:
-            data = self._loader.load_from_file(path)
-        except AnsibleError as exc:
-            raise RolloutPlanError(f"patch manifest {path} is not valid YAML/JSON: {exc}") from exc
+        path = self._path(manifest, "patch manifest")
+        data = load_file(path, what="patch manifest", loader=self._loader)
         return validate_patch_manifest(data, source=f"patch manifest {path}"), path
 
     def _collect_hosts(self, targets: list[str], task_vars: dict[str, t.Any]) -> tuple[dict[str, dict[str, t.Any]], list[str]]:
@@ -164,9 +175,39 @@ class ActionModule(ControllerAction):
             hosts[host] = {name: value for name, value in attributes.items() if value is not None}
             if not host_var(task_vars, host, "fleetpatch_host_root"):
                 raise RolloutPlanError(f"host {host!r}: variable 'fleetpatch_host_root' is missing")
+            self._check_host_vars(host, task_vars, hosts[host])
         return hosts, edges
 
+    @staticmethod
+    def _check_host_vars(host: str, task_vars: dict[str, t.Any], attributes: dict[str, t.Any]) -> None:
+        """Every host variable the plan and the apply step use, checked before any host is touched: a 1 MB region would be
+        copied into every event, a health URL with a space fails its gate only after the patch is installed."""
+        where = f"host {host!r}"
+        for name, value in attributes.items():
+            # empty or missing: _plan names the variable the policy needs
+            if value != "":
+                attributes[name] = check_name(value, field=f"variable {name!r}", where=where)
+        check_path(host_var(task_vars, host, "fleetpatch_host_root"), field="variable 'fleetpatch_host_root'", where=where)
+        health_url = host_var(task_vars, host, "fleetpatch_health_url")
+        if health_url is not None:
+            check_url(health_url, field="variable 'fleetpatch_health_url'", where=where, schemes=("http", "https"))
+        command = host_var(task_vars, host, "fleetpatch_restart_command")
+        if command is not None:
+            check_command(command, field="variable 'fleetpatch_restart_command'", where=where)
+
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        # no event log, no rollout (slice "secrets": _events.recorder_problem says how to enable the callback)
+        if (events_problem := recorder_problem()) is not None:
+            raise RolloutPlanError(events_problem)
+        if not args["targets"]:
+            raise RolloutPlanError("no target hosts: the targets match no host of the inventory (an inventory source that failed to parse"
+                                   " is named in a warning above)")
+        for index, target in enumerate(args["targets"]):
+            check_text(target, field=f"targets[{index}]", max_len=255, error=RolloutPlanError)
+        if args["clock"]:
+            check_text(args["clock"], field="clock", max_len=64, error=RolloutPlanError)
+        # every string of the rollout policy: bounded, no control characters (its own validators say what each means)
+        check_strings(args["policy"], where="rollout policy", path="policy", error=RolloutPlanError)
         manifest, manifest_path = self._load_manifest(args["manifest"])
         manifest, change_policy = self._change(args, manifest, manifest_path)
         # approvers are mandatory change fields: every rollout needs an approval that is not a self-approval
@@ -174,7 +215,13 @@ class ActionModule(ControllerAction):
         now, clock_source = decision_clock(args["clock"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
         classified = change_policy["change"]
-        rollout_policy, overridden = merge_rollout(classified["profile"], args["policy"])
+        # rollout_policy.redaction is slice "secrets"' section: validated here, carried as __rollout_run.redaction
+        args["policy"], redaction = split_redaction(args["policy"])
+        # policy.artifacts (module_utils/_trust.py): trusted signers and transfer limits, for the hosts, not the plan
+        plan_policy = {key: value for key, value in args["policy"].items() if key != "artifacts"}
+        artifacts = validate_artifacts_policy(args["policy"].get("artifacts"))
+        check_plan_signatures(artifacts, manifest, hosts, source=f"patch manifest {manifest_path}")
+        rollout_policy, overridden = merge_rollout(classified["profile"], plan_policy)
         plan = compile_plan(hosts, rollout_policy, manifest["patch_id"])
         override = self._override(args, manifest, change_policy, plan["host_order"], now)
         limits = constraints(classified["profile"], override)
@@ -205,7 +252,9 @@ class ActionModule(ControllerAction):
         # every check's templates rendered for every target host: a check that cannot run is an error now, not a pass later
         names = {"run_id": run_id_for(manifest["patch_id"]), "patch_id": manifest["patch_id"], "target_version": manifest["target_version"]}
         validate_targets(checks, contexts_for(plan["host_order"], checks, task_vars, names))
-        plan_text = render_plan_text(plan) + schedule_text(change, schedule)
+        # an allowed downgrade is part of the plan (plan.json, the registry's plan record) and its first line
+        plan["downgrade"] = manifest["downgrade"]
+        plan_text = downgrade_text(manifest["downgrade"]) + render_plan_text(plan) + schedule_text(change, schedule)
         run_id = run_id_for(manifest["patch_id"])
         state_dir = resolve_state_dir(args["state_dir"])
         paths = RunPaths(state_dir, run_id)
@@ -216,7 +265,10 @@ class ActionModule(ControllerAction):
         common = {
             "changed": False,
             "run_id": run_id,
-            "patch": manifest,
+            # URL userinfo masked: this result is printed at -v and recorded; the raw URLs reach patch_apply only through
+            # the no_log variable __rollout_artifact_urls (roles/rollout/tasks/plan.yml)
+            "patch": redacted(manifest),
+            "downgrade": manifest["downgrade"],
             "manifest_path": manifest_path,
             "plan": plan,
             "plan_text": plan_text,
@@ -231,6 +283,8 @@ class ActionModule(ControllerAction):
             "checks": overview(checks),
             "change": change,
             "schedule": schedule,
+            "redaction": redaction,
+            "artifacts": artifacts,
         }
         previous = load_state(paths)
         skip_hosts: list[str] = []
@@ -244,7 +298,8 @@ class ActionModule(ControllerAction):
                 " continue this patch with the new plan"
             )
         if preview:
-            common["warnings"] = warnings
+            # a preview writes nothing, so it names no file it would have written
+            common.update(warnings=warnings, written=[], run_dir=None, plan_path=None, events_path=None, summary_path=None)
             return common
 
         identity = controller_identity(task_vars)
@@ -265,6 +320,7 @@ class ActionModule(ControllerAction):
                 existing = handle.read()
         if existing != content:
             write_file_atomic(paths.plan, content)
+        common["written"] = [paths.plan, paths.state]
         state = previous or empty_state(run_id, manifest["patch_id"], plan["fingerprint"])
         state["plan_fingerprint"] = plan["fingerprint"]
         correlation_id, correlation_source = correlation_for_action(task_vars)

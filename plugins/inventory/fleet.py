@@ -22,6 +22,10 @@ description:
   - Values under O(hosts) are data and are never templated, as they often come from an export or a generator;
     compute host variables from them with O(compose). Values under O(defaults) are configuration like group
     variables and may use templates.
+  - The file is refused, naming the file and the key, when a mapping repeats a key (YAML would keep the last one
+    silently), when it expands to more than a million nodes through aliases (an alias bomb) or is larger than 32 MiB.
+  - Hostnames are at most 255 characters, without control characters. The C(fleet_*) values (literal or composed)
+    are checked by M(fleetpatch.rollout.rollout_plan), which names the host.
 extends_documentation_fragment:
   - constructed
 options:
@@ -91,6 +95,9 @@ import os
 import typing as t
 
 from ansible.errors import AnsibleParserError
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import InputError, check_text
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 # ansible-core 2.19 keeps wrap_var as the way to strip template trust from data (what make_unsafe did before)
 from ansible.utils.unsafe_proxy import wrap_var as make_unsafe
@@ -119,6 +126,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
 
     def parse(self, inventory: t.Any, loader: t.Any, path: str, cache: bool = True) -> None:
         super().parse(inventory, loader, path, cache)
+        try:
+            # duplicate keys and alias bombs first, with the safe loader; Ansible's loader then reads the same file with
+            # the template trust that compose/groups/defaults need
+            load_file(path, what="fleet file", loader=loader)
+        except YamlError as exc:
+            raise AnsibleParserError(str(exc)) from None
         config = self._read_config_data(path)
         unknown = sorted(str(key) for key in config if key not in self._options)
         if unknown:
@@ -130,6 +143,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         for name, variables in hosts.items():
             if not isinstance(name, str) or not name:
                 raise AnsibleParserError(f"{path}: hosts: every hostname must be a non-empty string, got {name!r}")
+            try:
+                check_text(name, field="hostname", where=f"fleet file {path}", max_len=255)
+            except InputError as exc:
+                raise AnsibleParserError(str(exc)) from None
             if variables is None:
                 variables = {}
             if not isinstance(variables, Mapping):
