@@ -40,7 +40,9 @@ class ActionModule(ControllerAction):
         check_mode = bool(self._task.check_mode or run.get("preview"))
         state = load_state(paths)
         if check_mode or state is None:
-            return {"changed": False, "status": "preview" if check_mode else "not-started", "paths": self._paths(paths), "check_mode": check_mode}
+            return {"changed": False, "status": "preview" if check_mode else "not-started",
+                    # a preview writes nothing: it names no file (issue 15)
+                    "paths": {} if check_mode else self._paths(paths), "check_mode": check_mode}
         now = iso(utc_now())
         rollback_failed = self._record_rollbacks(state, args, task_vars, now)
         status = state.get("status", "running")
