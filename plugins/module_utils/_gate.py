@@ -86,6 +86,8 @@ def failure_kind(verdict: HostVerdict) -> str:
             return "signature failure"
         if reason.startswith("downgrade refused"):
             return "downgrade refused"
+        if reason.startswith("health check failed"):
+            return "health check failed"  # patch_apply's own health check after the restart
         return "apply failed"
     if verdict.outcome == "unhealthy":
         if reason.startswith(("health check failed", "health reports")):
