@@ -69,7 +69,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller imp
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import correlation_for_action, events_callback_active, recorder_problem
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._probes import contexts_for
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import split_redaction
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import scrub_data, split_redaction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import ApprovalError, approval_chain
 
 ARGUMENT_SPEC = {
@@ -267,7 +267,7 @@ class ActionModule(ControllerAction):
             "run_id": run_id,
             # URL userinfo masked: this result is printed at -v and recorded; the raw URLs reach patch_apply only through
             # the no_log variable __rollout_artifact_urls (roles/rollout/tasks/plan.yml)
-            "patch": redacted(manifest),
+            "patch": scrub_data(redacted(manifest), policy=redaction),  # + secret query parameters (slice secrets)
             "downgrade": manifest["downgrade"],
             "manifest_path": manifest_path,
             "plan": plan,
