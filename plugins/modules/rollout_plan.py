@@ -24,6 +24,21 @@ description:
     and when the others may start. M(fleetpatch.rollout.change_window) checks again before every batch.
   - Takes a lock over the planned hosts. A live lock of another run over any of them refuses the run; a stale lock is
     reported and only broken with O(break_lock=true) (or taken over when it belongs to an earlier attempt of this run).
+  - Every input is checked before any host is touched (C(docs/security.md)). Strings are matched whole and bounded -
+    patch id, service, versions and the host variables C(fleet_region), C(fleet_tenant), C(fleet_segment),
+    C(fleet_environment) at most 128 characters (group names use letters, digits and C(._:@+-)), paths and URLs 4096, free
+    text 65536, no control characters. C(fleetpatch_health_url) and the artifact URLs must parse (scheme V(http),
+    V(https) or V(file) for artifacts, a host, no whitespace); C(fleetpatch_host_root) is an absolute path,
+    C(fleetpatch_restart_command) an argv list or a string. An error names the field, the value (its first 40 characters
+    and its length) and the host or file. Check mode and O(preview=true) report the same errors.
+  - The manifest, change policy and override files are read with a strict loader - a duplicate key is an error naming the
+    file and key, an alias bomb (more than a million nodes once aliases are expanded) or a file over 32 MiB is refused;
+    vault-encrypted files still load.
+  - A target older than C(base_version) or any of C(affected_versions) is refused unless the manifest sets
+    C(allow_downgrade=true) with a non-empty C(downgrade_justification); an allowed downgrade is in the plan and the
+    first line of the plan text (C(DOWNGRADE 1.2.0 -> 1.1.0 allowed) and the justification).
+  - The result shows artifact URLs with their userinfo replaced by C(***); the role hands the URLs as written to the
+    apply step through a C(no_log) task (P(fleetpatch.rollout.artifact_urls#lookup)).
   - This is an action plugin; it runs on the controller only and never touches a target host.
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
@@ -145,12 +160,28 @@ preview:
   description: Whether this was a preview (nothing written).
   returned: success
   type: bool
+patch:
+  description:
+    - The validated patch manifest. C(artifact.url) and C(artifact.delta.url) have their userinfo replaced by C(***)
+      (C(url_redacted) says whether it was). C(affected_versions) (V([]) means any installed version) and C(allow_downgrade)
+      are always present.
+  returned: success
+  type: dict
+downgrade:
+  description: The allowed downgrade (C(from), C(to), C(justification)), or V(null) when the target is not older.
+  returned: success
+  type: dict
+written:
+  description: Files this task wrote (none in a preview).
+  returned: success
+  type: list
+  elements: str
 plan_path:
-  description: Where the plan is saved.
+  description: Where the plan is saved; V(null) in a preview, which writes nothing.
   returned: success
   type: str
 events_path:
-  description: The run's JSON-lines event file.
+  description: The run's JSON-lines event file; V(null) in a preview.
   returned: success
   type: str
 correlation_id:
