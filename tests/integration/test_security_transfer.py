@@ -120,10 +120,11 @@ def test_endless_and_slow_origins_fail_the_canary_with_the_reason(make_fleet, ba
                             size=None)
     run = fleet.rollout(policy={"artifacts": policy_artifacts}, rollout_patch_manifest=endless, rollout_stage="url")
     assert run.status == "failed", run.stdout[-3000:]
-    failed = [result for result in run.task_results("patch_apply").values() if result.get("failed")]
-    assert len(failed) == 1  # the canary, and no other host started
-    assert (f"artifact transfer from {bad_origin.url('/endless')} stopped: more than max_artifact_bytes 1048576 bytes"
-            in failed[0]["msg"]), failed[0]["msg"]
+    failed = [result for result in run.task_results("patch_apply").values()
+              if result.get("failed") or result["_event"] == "runner_on_failed"]
+    assert len(failed) == 1, run.stdout[-3000:]  # the canary, and no other host started
+    # the URL option is no_log: the message shows it masked, never with its credentials
+    assert "stopped: more than max_artifact_bytes 1048576 bytes and the origin is still sending" in failed[0]["msg"], failed[0]["msg"]
     assert fleet.versions() == before
     for host in fleet.nodes():
         assert not [name for name in cache_names(fleet, host) if name.endswith(".part")]
@@ -134,9 +135,10 @@ def test_endless_and_slow_origins_fail_the_canary_with_the_reason(make_fleet, ba
     slow = manifest_with(fleet, str(tmp_path / "slow.yml"), patch_id="FP-SLOW-1", url=bad_origin.url("/trickle"), size=None)
     run = fleet.rollout(policy={"artifacts": policy_artifacts}, rollout_patch_manifest=slow, rollout_stage="url")
     assert run.status == "failed", run.stdout[-3000:]
-    failed = [result for result in run.task_results("patch_apply").values() if result.get("failed")]
+    failed = [result for result in run.task_results("patch_apply").values()
+              if result.get("failed") or result["_event"] == "runner_on_failed"]
     assert len(failed) == 1
-    assert f"artifact transfer from {bad_origin.url('/trickle')} stopped: max_time 3 s reached" in failed[0]["msg"], failed[0]["msg"]
+    assert "stopped: max_time 3 s reached" in failed[0]["msg"], failed[0]["msg"]
     assert fleet.versions() == before
     for host in fleet.nodes():
         assert not [name for name in cache_names(fleet, host) if name.endswith(".part")]
@@ -172,8 +174,10 @@ def test_a_refused_bundle_leaves_node_caches_and_is_never_reported_staged(make_f
     assert digest not in cache_names(fleet, node)
 
     # later: a verify-only pass (the rollout's readiness) and a full prestage never report it staged
-    again = prestage(fleet, manifest, prestage_targets=node, prestage_edges=NO_EDGES, prestage_require_signature="false")
-    assert again.status == "failed"
+    again = prestage(fleet, manifest, prestage_targets=node, prestage_edges=NO_EDGES, prestage_require_signature="false",
+                     prestage_state="verified")
+    # the verify-only pass does not fail the host, the report fails the run with the region's verdict
+    assert again.status == "failed", again.stdout[-3000:]
     assert not again.task_results("prestage")[node]["ready"]
     assert digest not in cache_names(fleet, node)
     with open(os.path.join(fleet.state_dir, "prestage", "FP-EVIL-1.json"), encoding="utf-8") as handle:
