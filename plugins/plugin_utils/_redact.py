@@ -304,12 +304,17 @@ def clean_result(result: t.Any, *, redactor: Redactor, max_chars: int = 4096, de
             kept = {key: result[key] for key in _NO_LOG_PRESERVE if key in result and isinstance(result[key], (bool, int))}
             return dict(kept, censored=CENSORED)
         cleaned = {}
-        is_header = redactor.scrubber.is_header
+        # one C-level pass over the keys; only a mapping that holds a secret header name (any case) takes the slow path
+        headers = redactor.scrubber.headers
+        try:
+            has_header = not headers.isdisjoint(map(str.lower, result))
+        except TypeError:  # a key that is not a string
+            has_header = any(redactor.scrubber.is_header(key) for key in result)
         for key, value in result.items():
             key = str(key)
             if key.startswith("_ansible_") or key in DROPPED_RESULT_KEYS:
                 continue
-            if is_header(key) and value not in (None, ""):
+            if has_header and key.lower() in headers and value not in (None, ""):
                 cleaned[key] = MASK  # an Authorization, Cookie, ... header's value, in any shape
                 continue
             cleaned[key] = clean_result(value, redactor=redactor, max_chars=max_chars, depth=depth + 1)
