@@ -53,7 +53,14 @@ status:
   returned: always
   type: str
 summary:
-  description: Counts per outcome, failures, budget, halt reasons and per-host outcomes.
+  description:
+    - Counts per outcome, failures, budget, halt reasons and per-host outcomes, as written to C(summary.json).
+    - C(failures) lists every host that failed in this run, also when a rollback replaced its outcome since (the host entry's
+      C(cause) keeps the outcome the rollback replaced); C(rolled_back) and C(rollback_failed) list those hosts; C(not_applicable)
+      maps each host the patch does not apply to onto its installed version.
+    - C(halted.trigger) says what stopped the run in words (the response policy to named host failures, the error budget, a fleet
+      check, inconclusive checks).
+    - URL userinfo, secret query parameters and secret headers are masked (C(rollout_policy.redaction)).
   returned: when not in check mode
   type: dict
 paths:

@@ -81,7 +81,11 @@ stop:
   returned: success
   type: bool
 decision:
-  description: The decision with its reasons, failed hosts, failures across the run and the budget limit.
+  description:
+    - The decision with its reasons, failed hosts, failures across the run and the budget limit.
+    - C(trigger) names what made the gate act, for example C(response rollback_wave of wave-1 to 1 host(s) with health check
+      failed: web-01) or C(error budget spent: 3 failed host(s) across the run, limit 2 (exceeded)); empty for V(continue).
+      A host whose apply result says C(not_applicable) is its own outcome, never a failure.
   returned: success
   type: dict
 rollback_hosts:
