@@ -158,7 +158,7 @@ def test_untrusted_input_is_refused_at_plan_before_any_host(fleet: DemoFleet, tm
     assert_on(fleet, fleet.nodes(), "1.0.0", ["1.0.0"])
 
 
-def test_the_demo_is_signed_and_a_non_production_host_may_take_an_unsigned_artifact(fleet: DemoFleet) -> None:
+def test_the_demo_is_signed_and_rebuilding_it_changes_nothing(fleet: DemoFleet) -> None:
     info = fleet.fleet()
     key = info["signing"]["key"]
     assert os.stat(key).st_mode & 0o777 == 0o600
