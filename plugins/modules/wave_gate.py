@@ -83,9 +83,9 @@ stop:
 decision:
   description:
     - The decision with its reasons, failed hosts, failures across the run and the budget limit.
-    - C(trigger) names what made the gate act, for example C(response rollback_wave of wave-1 to 1 host(s) with health check
-      failed: web-01) or C(error budget spent: 3 failed host(s) across the run, limit 2 (exceeded)); empty for V(continue).
-      A host whose apply result says C(not_applicable) is its own outcome, never a failure.
+    - C(trigger) names what made the gate act in words, for example the response V(rollback_wave) of a wave to named hosts whose
+      health check failed, or the error budget spent across the run, a failed fleet check or inconclusive checks; it is empty for
+      V(continue). A host whose apply result says C(not_applicable) is its own outcome, never a failure.
   returned: success
   type: dict
 rollback_hosts:
