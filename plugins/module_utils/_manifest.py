@@ -255,6 +255,8 @@ def run_id_for(patch_id: str) -> str:
 PRESTAGE_SHARED_OPTIONS = (
     "state", "allowed_signers", "signer_identity", "require_signature", "url_headers", "timeout", "retries", "backoff",
     "backoff_max", "min_throughput", "max_time", "keep",
+    # slice "transfer": the region-level origin fallback and the throughput window
+    "origin_fallback", "throughput_window",
 )
 
 
