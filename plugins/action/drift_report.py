@@ -22,6 +22,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     host_record,
     parse_desired_state,
     parse_time,
+    registry_marks,
     with_slo_targets,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import PolicyError, load_change_policy, slo_targets
@@ -152,6 +153,9 @@ class ActionModule(ControllerAction):
                 desired, derived = apply_registry(desired, views, reconciler.host_environments())
                 registry_info.update(derived)
                 reconciler.use_desired(desired)
+                # quarantined, unhealthy and not_applicable hosts: what the registry's host rows say beyond the facts
+                marks, registry_info["marks"] = registry_marks(views)
+                reconciler.use_registry_marks(marks)
         if not desired.environments:
             warnings.append("the desired state names no environment: every host and service is unknown")
         if reconciler.rejected_count:

@@ -11,7 +11,10 @@ facts of several runs or AWX slices give the same report as one unsliced run.
 Every host and service gets exactly one status: ``in_sync``, ``drifted`` (another version than desired, without a
 missing fix), ``missing_patch`` (lacks a fix the desired version carries), ``unexpected_version`` (a version or build
 the catalogue does not know) or ``unknown`` (unreachable, no data, corrupt data, no desired state). Nothing is ever
-``in_sync`` without data.
+``in_sync`` without data. The patch registry adds what facts cannot tell (HostMark, applied to a host's rows after the
+classification its shape shares): ``quarantined`` and ``unhealthy`` (the host's latest rollout outcome for the service
+was quarantine, or a failure or rollback; whatever its facts say, so never ``in_sync``) and ``not_applicable`` (the
+patch that installs the desired version does not apply to the installed version: outside its affected_versions).
 
 The accumulator keeps one small tuple per host (name, times) pointing at the host's shape: what all hosts of one kind
 share (attributes, state, per service version, build, state and reason). Classification, the plan of a host's rows
@@ -42,10 +45,15 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import
 REPORT_SCHEMA = "fleetpatch.drift-report/1"
 FACTS_TYPE = "fleetpatch.patch_facts"
 FACTS_FORMAT = 1
-STATUSES = ("in_sync", "drifted", "missing_patch", "unexpected_version", "unknown")
-DRIFT_STATUSES = ("drifted", "missing_patch", "unexpected_version")
+STATUSES = ("in_sync", "drifted", "missing_patch", "unexpected_version", "unknown", "not_applicable", "quarantined", "unhealthy")
+# statuses that need someone's action: failures in JUnit, what fail_on_drift fails on by default, summary.drift
+DRIFT_STATUSES = ("drifted", "missing_patch", "unexpected_version", "quarantined", "unhealthy")
 # worst first: the status a matrix cell shows
-STATUS_RANK = ("unexpected_version", "missing_patch", "drifted", "unknown", "in_sync")
+STATUS_RANK = ("unexpected_version", "unhealthy", "quarantined", "missing_patch", "drifted", "unknown", "not_applicable", "in_sync")
+# the registry's latest host outcome of a service (by the time it was recorded) that makes the host's rows of that
+# service quarantined or unhealthy, whatever its facts say (plugins/module_utils/_runstate.py's outcomes)
+REGISTRY_QUARANTINED = ("quarantined",)
+REGISTRY_UNHEALTHY = ("failed", "unhealthy", "unreachable", "rolled_back", "rollback_failed")
 SEVERITIES = ("critical", "high", "medium", "low")
 DAY = 86400.0
 DEFAULT_SLO_TARGETS = {"critical": 7 * DAY, "high": 30 * DAY, "medium": 90 * DAY, "low": 180 * DAY}
@@ -524,6 +532,97 @@ def apply_registry(desired: DesiredState, views: t.Iterable[t.Mapping[str, t.Any
     return dataclasses.replace(desired, patches=tuple(patches), environments=environments), info
 
 
+@dataclasses.dataclass(frozen=True)
+class HostMark:
+    """What the patch registry knows about one host and service that the host's facts cannot tell.
+
+    ``status`` (quarantined or unhealthy, with ``reason``) comes from the host's latest recorded outcome for the
+    service across every patch (REGISTRY_QUARANTINED, REGISTRY_UNHEALTHY; None when that outcome is fine); it overrides
+    whatever the facts say, so such a host is never in_sync. ``not_applicable`` lists the patches whose rollout found the
+    installed version outside their affected_versions: (target version, affected versions, version recorded, patch id).
+    """
+
+    service: str
+    status: str | None = None
+    reason: str | None = None
+    not_applicable: tuple[tuple[str, tuple[str, ...], str | None, str], ...] = ()
+
+    def not_applicable_reason(self, verdict: Verdict) -> str | None:
+        """Why a row the facts call drifted or missing_patch is not_applicable instead, or None when it is not.
+
+        Only for the patch that installs the row's desired version, and only while the version still lies outside its
+        affected_versions (without a list: while the host still runs the version the rollout recorded).
+        """
+        version = verdict.version
+        if verdict.status not in ("drifted", "missing_patch") or version is None or version == verdict.desired:
+            return None
+        for target, affected, recorded, patch_id in self.not_applicable:
+            if target != verdict.desired or (version in affected if affected else version != recorded):
+                continue
+            scope = ", ".join(affected[:10]) + (f" and {len(affected) - 10} more" if len(affected) > 10 else "")
+            return (f"runs {version}, and {patch_id}, which installs desired {target}, applies only to {scope}"
+                    if affected else f"runs {version}, which the rollout of {patch_id} (desired {target}) recorded as not applicable")
+        return None
+
+
+def _short(value: t.Any, limit: int = 300) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def registry_marks(views: t.Iterable[t.Mapping[str, t.Any]]) -> tuple[dict[str, tuple[HostMark, ...]], dict[str, int]]:
+    """Per host, what the registry's host rows say beyond the facts (HostMark, one per service), and counts of them.
+
+    ``views`` are the registry's folded patch records (their ``hosts``: host -> the latest outcome of that patch's runs,
+    with ``at``, ``reason`` and ``version``). A host's latest outcome for a service is the one recorded last across every
+    patch of the service (by ``at``; at equal times the patch registered later).
+    """
+    latest: dict[tuple[str, str], tuple[tuple[str, int], str, t.Mapping[str, t.Any]]] = {}
+    not_applicable: dict[tuple[str, str], list[tuple[str, tuple[str, ...], str | None, str]]] = {}
+    for order, view in enumerate(views):
+        service, patch_id, hosts = view.get("service"), view.get("patch_id"), view.get("hosts")
+        if not isinstance(service, str) or not service or not isinstance(patch_id, str) or not isinstance(hosts, t.Mapping):
+            continue
+        target = view.get("target_version")
+        raw = view.get("affected_versions")
+        affected = tuple(str(item) for item in raw if isinstance(item, (str, int, float)) and not isinstance(item, bool)) \
+            if isinstance(raw, (list, tuple)) else ()
+        for host, entry in hosts.items():
+            if not isinstance(host, str) or not isinstance(entry, t.Mapping):
+                continue
+            at = entry.get("at")
+            key = (at if isinstance(at, str) else "", order)
+            current = latest.get((host, service))
+            if current is None or key > current[0]:
+                latest[(host, service)] = (key, patch_id, entry)
+            if entry.get("outcome") == "not_applicable" and isinstance(target, (str, int, float)) and str(target):
+                version = entry.get("version")
+                not_applicable.setdefault((host, service), []).append(
+                    (str(target), affected, str(version) if isinstance(version, (str, int, float)) else None, patch_id))
+    marks: dict[str, list[HostMark]] = {}
+    counts = {"quarantined": 0, "unhealthy": 0, "not_applicable": 0}
+    for host, service in sorted(set(latest) | set(not_applicable)):
+        status = reason = None
+        found = latest.get((host, service))
+        if found is not None:
+            (at, _order), patch_id, entry = found
+            outcome = entry.get("outcome")
+            why = f": {_short(entry['reason'])}" if entry.get("reason") else ""
+            if outcome in REGISTRY_QUARANTINED:
+                status, reason = "quarantined", f"quarantined by the rollout of {patch_id} at {at or 'an unrecorded time'}{why}"
+            elif outcome in REGISTRY_UNHEALTHY:
+                status = "unhealthy"
+                reason = f"{str(outcome).replace('_', ' ')} in the rollout of {patch_id} at {at or 'an unrecorded time'}{why}"
+        listed = tuple(not_applicable.get((host, service), ()))
+        if status is None and not listed:
+            continue
+        if status is not None:
+            counts[status] += 1
+        counts["not_applicable"] += len(listed)
+        marks.setdefault(host, []).append(HostMark(service, status, reason, listed))
+    return {host: tuple(found) for host, found in marks.items()}, counts
+
+
 # --------------------------------------------------------------------------------------------- host records
 
 
@@ -582,7 +681,7 @@ class Verdict:
     """
 
     __slots__ = ("environment", "service", "status", "reason", "version", "desired", "missing", "equivalent_to", "sha256",
-                 "count", "installed", "first_host", "fragment")
+                 "count", "installed", "first_host", "fragment", "facts_status")
 
     def __init__(self, environment: str, service: str, status: str, reason: str | None, *, version: str | None = None,
                  desired: str | None = None, missing: tuple[str, ...] = (), equivalent_to: str | None = None,
@@ -590,6 +689,8 @@ class Verdict:
         self.environment, self.service, self.status, self.reason = environment, service, status, reason
         self.version, self.desired, self.missing, self.equivalent_to, self.sha256 = version, desired, missing, equivalent_to, sha256
         self.count = 0
+        # the status the host's facts alone give (another than status when the registry overrides it: HostMark)
+        self.facts_status = status
         # where its hosts' installed_at values are: (index in the host tuple, host tuples)
         self.installed: list[tuple[int, list[t.Any]]] = []
         self.first_host: str | None = None
@@ -645,7 +746,7 @@ class Shape:
     """
 
     __slots__ = ("attrs", "state", "reason", "collected", "came_ok", "services", "blank", "token", "rows", "violations",
-                 "members")
+                 "members", "base", "marks")
 
     def __init__(self, attrs: tuple[t.Any, ...], state: t.Any, reason: str | None, collected: bool,
                  services: t.Sequence[t.Any], came_ok: bool | None = None) -> None:
@@ -672,6 +773,18 @@ class Shape:
         self.rows: tuple[_PlanRow, ...] = ()
         self.violations: tuple[tuple[int, str, str, str], ...] = ()
         self.members: list[_HostEntry] = []
+        # a shape of hosts the registry marks: the shape of their facts, and the marks (Reconciler._marked_entries)
+        self.base: Shape | None = None
+        self.marks: tuple[HostMark, ...] | None = None
+
+    def marked(self, marks: tuple[HostMark, ...]) -> Shape:
+        """This shape for hosts that the registry marks so: the same facts, rows made from this shape's (_plan)."""
+        shape = Shape.__new__(Shape)
+        for name in Shape.__slots__:
+            setattr(shape, name, getattr(self, name))
+        shape.token, shape.rows, shape.violations, shape.members = None, (), (), []
+        shape.base, shape.marks = self, marks
+        return shape
 
 
 class Reconciler:
@@ -696,12 +809,24 @@ class Reconciler:
         self.rejected: list[str] = []
         self.rejected_count = 0
         self.records = 0
+        # host -> what the patch registry says of it beyond its facts (use_registry_marks)
+        self._marks: dict[str, tuple[HostMark, ...]] = {}
         self.use_desired(desired)
+
+    def use_registry_marks(self, marks: t.Mapping[str, tuple[HostMark, ...]]) -> None:
+        """Apply the registry's host marks (registry_marks): quarantined, unhealthy and not_applicable hosts.
+
+        They are applied to the rows of a host's shape when the report is built, after (and apart from) the
+        classification that every host of the shape shares, so the cache of verdicts per version stays valid.
+        """
+        self._marks = dict(marks)
 
     def use_desired(self, desired: DesiredState) -> None:
         """Reconcile against this desired state (for example once completed from the registry's records)."""
         self.desired = desired
         self._verdicts: dict[tuple[t.Any, ...], Verdict] = {}
+        # (verdict, mark) -> the verdict of a marked host's row (the same verdict when the mark does not change it)
+        self._marked_verdicts: dict[tuple[Verdict, HostMark], Verdict] = {}
         self._fixed: dict[tuple[int, str], bool] = {}
         self._by_service: dict[str, list[tuple[int, Patch]]] = collections.defaultdict(list)
         for index, patch in enumerate(desired.patches):
@@ -1029,6 +1154,9 @@ class Reconciler:
 
     def _plan(self, shape: Shape) -> None:
         """The rows of every host of a shape (in service order) and the host-scope compatibility rules it breaks."""
+        if shape.marks is not None:
+            self._plan_marked(shape)
+            return
         attrs = shape.attrs
         env = attrs[0]
         applicable = self._applicable.get(attrs)
@@ -1078,12 +1206,65 @@ class Reconciler:
                     violations.append((index, env, left, right or ""))
             shape.violations = tuple(violations)
 
+    def _plan_marked(self, shape: Shape) -> None:
+        """The rows of hosts the registry marks: their facts' rows (the base shape's), with each mark applied."""
+        base = t.cast(Shape, shape.base)
+        self._plan(base)
+        by_service = {mark.service: mark for mark in t.cast(tuple, shape.marks)}
+        rows: list[_PlanRow] = []
+        for verdict, slot, own, given in base.rows:
+            mark = by_service.get(verdict.service)
+            rows.append((verdict if mark is None else self._marked(verdict, mark), slot, own, given))
+        shape.rows, shape.violations = tuple(rows), base.violations
+
+    def _marked(self, verdict: Verdict, mark: HostMark) -> Verdict:
+        """The verdict of a row whose host the registry marks: quarantined or unhealthy whatever the facts say (they
+        stay in the reason), not_applicable instead of drifted or missing_patch (HostMark.not_applicable_reason)."""
+        key = (verdict, mark)
+        marked = self._marked_verdicts.get(key)
+        if marked is None:
+            status, reason = mark.status, None
+            if status is not None:
+                facts = verdict.reason or f"runs {verdict.version}, desired {verdict.desired}"
+                reason = f"{mark.reason}; its facts say {verdict.status}: {facts}"
+            else:
+                reason = mark.not_applicable_reason(verdict)
+                status = "not_applicable" if reason else None
+            if status is None:
+                marked = verdict
+            else:
+                marked = Verdict(verdict.environment, verdict.service, status, reason, version=verdict.version,
+                                 desired=verdict.desired, missing=verdict.missing, equivalent_to=verdict.equivalent_to,
+                                 sha256=verdict.sha256)
+                marked.facts_status = verdict.status
+                self._verdicts[("marked", verdict, mark)] = marked
+            self._marked_verdicts[key] = marked
+        return marked
+
+    def _marked_entries(self, entries: list[_HostEntry]) -> list[_HostEntry]:
+        """entries, with every host the registry marks pointing at a marked copy of its shape (one per shape and marks)."""
+        marks = self._marks
+        derived: dict[tuple[Shape, tuple[HostMark, ...]], Shape] = {}
+        for index, entry in enumerate(entries):
+            found = marks.get(entry[0])
+            if found is None:
+                continue
+            key = (entry[2], found)
+            shape = derived.get(key)
+            if shape is None:
+                shape = derived[key] = entry[2].marked(found)
+            entries[index] = (entry[0], entry[1], shape, *entry[3:])
+        return entries
+
     def build(self) -> Report:
         """Classify every host and service, then aggregate alignment, compatibility, lag and time-to-patch.
 
         The report is valid until this reconciler builds again.
         """
         entries = self._entries()
+        if self._marks:
+            # only the few hosts the registry marks take this way; the others keep their shape
+            entries = self._marked_entries(entries)
         token = object()
         # the hosts of every shape, in host order; the shapes in the order of their first host, so that verdicts come
         # into being in the same order as rows do
@@ -1149,10 +1330,19 @@ class Report:
         self.counts: dict[tuple[str, str], list[int]] = {}
         # (environment, service, version) -> [hosts, installed_at values, first host, earliest and latest installed_at]
         self.groups: dict[tuple[str, str, str], list[t.Any]] = {}
+        # hosts a patch of the desired state does not apply to ((environment, service, version) -> hosts): never lacking
+        # a fix in lag and time to patch; and the rows without usable facts per (environment, service), whatever their
+        # status (a quarantined host without data is unknown to time to patch)
+        self.not_applicable: dict[tuple[str, str, str], int] = collections.Counter()
+        self.facts_unknown: dict[tuple[str, str], int] = collections.Counter()
         for verdict in verdicts:
             self.counts.setdefault((verdict.environment, verdict.service), [0] * len(STATUSES))[status_index[verdict.status]] += verdict.count
-            if verdict.version is None or verdict.status == "unknown":
+            if verdict.facts_status == "unknown":
+                self.facts_unknown[(verdict.environment, verdict.service)] += verdict.count
+            if verdict.version is None or verdict.facts_status == "unknown":
                 continue
+            if verdict.status == "not_applicable":
+                self.not_applicable[(verdict.environment, verdict.service, verdict.version)] += verdict.count
             group = self.groups.setdefault((verdict.environment, verdict.service, verdict.version), [0, [], verdict.first_host])
             group[0] += verdict.count
             for slot, members in verdict.installed:
@@ -1282,7 +1472,8 @@ class Report:
                 wanted = self.desired.desired(env, service)
                 out.append({"environment": env, "service": service, "desired": wanted.version if wanted else None,
                             "versions": versions, "lines": lines, "mixed": len(versions) > 1, "mixed_lines": len(lines) > 1,
-                            "unknown": self.counts[(env, service)][STATUSES.index("unknown")]})
+                            "unknown": self.counts[(env, service)][STATUSES.index("unknown")],
+                            "not_applicable": self.counts[(env, service)][STATUSES.index("not_applicable")]})
         return out
 
     def compatibility(self) -> list[dict[str, t.Any]]:
@@ -1320,12 +1511,15 @@ class Report:
         for (g_env, g_svc, version), group in self.groups.items():
             if g_env != env or g_svc != patch.service or not patch.applies(version):
                 continue
-            total += group[0]
             if self.rec.is_fixed(index, patch, version):
+                total += group[0]
                 fixed += group[0]
                 if group[1]:
                     times += [group[3], group[4]]
-            elif lacking is None or group[2] < lacking:
+                continue
+            hosts = group[0] - self.not_applicable.get((g_env, g_svc, version), 0)
+            total += hosts
+            if hosts and (lacking is None or group[2] < lacking):
                 lacking = group[2]
         return total, fixed, times, lacking
 
@@ -1369,7 +1563,6 @@ class Report:
         targets = self.desired.slo_targets
         scope = self.desired.slo_environments
         envs = [env for env in self.environments if scope is None or env in scope]
-        unknown_index = STATUSES.index("unknown")
         per_patch = []
         skipped = []
         for index, patch in enumerate(self.desired.patches):
@@ -1397,15 +1590,17 @@ class Report:
                         no_time = hosts - len(times)
                         entry["within"] += in_time + (no_time if self.now <= deadline else 0)
                         entry["late"] += len(times) - in_time + (0 if self.now <= deadline else no_time)
-                    elif age > target:
+                        continue
+                    hosts -= self.not_applicable.get((g_env, g_svc, version), 0)
+                    if not hosts:
+                        continue
+                    if age > target:
                         entry["overdue"] += hosts
                         if entry["example_overdue_host"] is None or first < entry["example_overdue_host"]:
                             entry["example_overdue_host"] = first
                     else:
                         entry["open"] += hosts
-                count = self.counts.get((env, patch.service))
-                if count:
-                    entry["unknown"] += count[unknown_index]
+                entry["unknown"] += self.facts_unknown.get((env, patch.service), 0)
             entry["hosts"] = entry["within"] + entry["late"] + entry["open"] + entry["overdue"] + entry["unknown"]
             entry["share_within_target"] = round((entry["within"] + entry["open"]) / entry["hosts"], 4) if entry["hosts"] else None
             if not entry["open"] and not entry["overdue"]:

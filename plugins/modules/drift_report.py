@@ -18,11 +18,16 @@ description:
     compatibility rules and time-to-patch targets. When the patch registry exists (O(registry)), its patches complete
     the list of patches, and an environment the file gives no version of a service takes the newest version a
     completed rollout installed there.
-  - Gives every host and service one status, V(in_sync), V(drifted), V(missing_patch), V(unexpected_version) or
-    V(unknown) (unreachable, no data, corrupt or inconsistent host manifest, no desired state), never V(in_sync) without
-    data; per environment and service the version alignment and broken compatibility rules; the patches each environment
-    lacks that the one before it in the promotion order has, and since when; time to patch per severity against the
-    targets. A fix delivered on several version lines is one remediation.
+  - Gives every host and service one status, V(in_sync), V(drifted), V(missing_patch), V(unexpected_version),
+    V(unknown) (unreachable, no data, corrupt or inconsistent host manifest, no desired state), V(not_applicable),
+    V(quarantined) or V(unhealthy), never V(in_sync) without data; per environment and service the version alignment
+    and broken compatibility rules; the patches each environment lacks that the one before it in the promotion order
+    has, and since when; time to patch per severity against the targets. A fix delivered on several version lines is one remediation.
+  - From the patch registry's host rows, a host whose latest rollout outcome for the service was quarantine is
+    V(quarantined), one whose latest outcome was failed, unhealthy, unreachable, rolled back or rollback failed is
+    V(unhealthy), whatever its facts say (the reason keeps both); a host the rollout of the patch that installs the
+    desired version recorded as not applicable (installed version outside the patch's C(affected_versions)), and that
+    still runs such a version, is V(not_applicable) instead of V(drifted) or V(missing_patch).
   - Writes the JSON report (schema C(docs/drift-report.schema.json); every other format is derived from it), a
     self-contained HTML page, a Markdown summary, JUnit XML (one test case per host and service) and Prometheus textfile
     metrics, each atomically, into O(output_dir).
@@ -118,8 +123,8 @@ options:
     description: Statuses that count as drift for O(fail_on_drift).
     type: list
     elements: str
-    choices: [drifted, missing_patch, unexpected_version, unknown]
-    default: [drifted, missing_patch, unexpected_version]
+    choices: [drifted, missing_patch, unexpected_version, unknown, not_applicable, quarantined, unhealthy]
+    default: [drifted, missing_patch, unexpected_version, quarantined, unhealthy]
   now:
     description:
       - Evaluate lag and time to patch as of this UTC time (ISO 8601) instead of the current time, for reproducible reports.
@@ -202,7 +207,10 @@ facts_file:
   returned: always
   type: str
 inputs:
-  description: Facts files read, records skipped, registry used (or why not), desired state source.
+  description:
+    - Facts files read, records skipped, registry used (or why not), desired state source.
+    - C(registry.marks) counts the host and service pairs the registry marks V(quarantined) or V(unhealthy) and its
+      V(not_applicable) records.
   returned: when a report was built
   type: dict
 """

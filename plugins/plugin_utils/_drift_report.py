@@ -38,7 +38,8 @@ FORMATS = ("json", "html", "markdown", "junit", "prometheus")
 FILE_NAMES = {"json": "drift-report.json", "html": "drift-report.html", "markdown": "drift-report.md",
               "junit": "drift-junit.xml", "prometheus": "fleetpatch_drift.prom"}
 STATUS_LABELS = {"in_sync": "in sync", "drifted": "drifted", "missing_patch": "missing patch",
-                 "unexpected_version": "unexpected version", "unknown": "unknown"}
+                 "unexpected_version": "unexpected version", "unknown": "unknown", "not_applicable": "not applicable",
+                 "quarantined": "quarantined", "unhealthy": "unhealthy"}
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _XML_SPECIAL = re.compile("[&<>\"'\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _FIRST = operator.itemgetter(0)
@@ -266,7 +267,8 @@ def drift_rows(report: Report, environments: t.Sequence[str]) -> list[Row]:
 
 _CSS = """
 :root{--in_sync:#1b7f3b;--in_sync-bg:#e3f4e8;--drifted:#a86300;--drifted-bg:#fff1d6;--missing_patch:#c0392b;
---missing_patch-bg:#fde4e1;--unexpected_version:#7b2a9e;--unexpected_version-bg:#f1e4f8;--unknown:#5f6670;--unknown-bg:#eceff2}
+--missing_patch-bg:#fde4e1;--unexpected_version:#7b2a9e;--unexpected_version-bg:#f1e4f8;--unknown:#5f6670;--unknown-bg:#eceff2;
+--not_applicable:#2f6f8f;--not_applicable-bg:#e2f0f6;--quarantined:#8a1538;--quarantined-bg:#f9e0e8;--unhealthy:#9e1b1b;--unhealthy-bg:#fbe0dc}
 *{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
 header{background:#1d232a;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}header p{margin:0;color:#c5ccd3}
 main{padding:20px 28px;max-width:1400px}section{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:16px 20px;margin:0 0 18px}
@@ -278,11 +280,13 @@ th{font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#5f6670;ba
 .ok{background:var(--in_sync-bg);color:var(--in_sync)}.bad{background:var(--missing_patch-bg);color:var(--missing_patch)}
 .s-in_sync{background:var(--in_sync-bg);color:var(--in_sync)}.s-drifted{background:var(--drifted-bg);color:var(--drifted)}
 .s-missing_patch{background:var(--missing_patch-bg);color:var(--missing_patch)}.s-unexpected_version{background:var(--unexpected_version-bg);color:var(--unexpected_version)}
-.s-unknown{background:var(--unknown-bg);color:var(--unknown)}
+.s-unknown{background:var(--unknown-bg);color:var(--unknown)}.s-not_applicable{background:var(--not_applicable-bg);color:var(--not_applicable)}
+.s-quarantined{background:var(--quarantined-bg);color:var(--quarantined)}.s-unhealthy{background:var(--unhealthy-bg);color:var(--unhealthy)}
 table.matrix td.cell{border:2px solid #fff;border-radius:6px;min-width:170px}.cell .desired{font-size:12px;opacity:.8}
 .bar{display:flex;height:8px;border-radius:4px;overflow:hidden;margin-top:6px;background:#e6e9ed}.bar span{display:block;height:100%}
 .b-in_sync{background:var(--in_sync)}.b-drifted{background:var(--drifted)}.b-missing_patch{background:var(--missing_patch)}
-.b-unexpected_version{background:var(--unexpected_version)}.b-unknown{background:var(--unknown)}
+.b-unexpected_version{background:var(--unexpected_version)}.b-unknown{background:var(--unknown)}.b-not_applicable{background:var(--not_applicable)}
+.b-quarantined{background:var(--quarantined)}.b-unhealthy{background:var(--unhealthy)}
 .legend span{margin-right:10px}.muted{color:#5f6670}.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
 footer{padding:0 28px 28px;color:#5f6670;font-size:12px}table+table{margin-top:18px}table.matrix th:first-child{width:150px}
 section p{margin:8px 0}
@@ -537,6 +541,9 @@ def _junit_spec(env: str, rows: t.Sequence[t.Any], cases: dict[t.Any, tuple[str,
             head = f'    <testcase classname="drift.{_x(env)}.{_x(verdict.service)}" name="'
             if verdict.status == "in_sync":
                 tail = '" time="0"/>'
+            elif verdict.status == "not_applicable":
+                # the patch does not apply to this host: neither a pass nor a failure
+                tail = f'" time="0"><skipped message="{_x(STATUS_LABELS[verdict.status] + ": " + (verdict.reason or ""))}"/></testcase>'
             else:
                 tag = "error" if verdict.status == "unknown" else "failure"
                 message = _x(STATUS_LABELS[verdict.status] + ": " + (verdict.reason or ""))
@@ -589,16 +596,17 @@ class JUnitSuites:
         failures = sum(totals[status] for status in DRIFT_STATUSES)
         sink.write('<?xml version="1.0" encoding="UTF-8"?>\n'
                    f'<testsuites name="fleetpatch drift" tests="{document["summary"]["rows"]}" failures="{failures}" '
-                   f'errors="{totals["unknown"]}" timestamp="{_x(document["now"])}">\n')
+                   f'errors="{totals["unknown"]}" skipped="{totals["not_applicable"]}" timestamp="{_x(document["now"])}">\n')
         per_env: dict[str, list[int]] = {}
         for (env, _service), count in report.counts.items():
-            entry = per_env.setdefault(env, [0, 0, 0])
+            entry = per_env.setdefault(env, [0, 0, 0, 0])
             entry[0] += sum(count[STATUSES.index(status)] for status in DRIFT_STATUSES)
             entry[1] += count[STATUSES.index("unknown")]
             entry[2] += sum(count)
+            entry[3] += count[STATUSES.index("not_applicable")]
         for env, pieces in self.pieces.items():
-            fails, errors, tests = per_env.get(env, [0, 0, 0])
-            sink.write(f'  <testsuite name="drift.{_x(env)}" tests="{tests}" failures="{fails}" errors="{errors}" skipped="0">\n')
+            fails, errors, tests, skipped = per_env.get(env, [0, 0, 0, 0])
+            sink.write(f'  <testsuite name="drift.{_x(env)}" tests="{tests}" failures="{fails}" errors="{errors}" skipped="{skipped}">\n')
             for start in range(0, len(pieces), 10000):
                 sink.write("".join(pieces[start:start + 10000]))
             sink.write("  </testsuite>\n")
@@ -606,7 +614,8 @@ class JUnitSuites:
 
 
 def write_junit(document: t.Mapping[str, t.Any], report: Report, sink: t.Any, *, chunk: int = 500) -> None:
-    """One test suite per environment, one test case per host and service: drift is a failure, unknown an error."""
+    """One test suite per environment, one test case per host and service: drift (quarantined and unhealthy too) is a
+    failure, unknown an error, not_applicable skipped."""
     suites = JUnitSuites(document, report)
     entries = report.entries
     for start in range(0, len(entries), chunk):
@@ -644,7 +653,7 @@ def render_prometheus(document: t.Mapping[str, t.Any], *, now: float) -> str:
     metric("fleetpatch_drift_pairs", "Host and service pairs per environment, service and status.",
            [({"environment": c["environment"], "service": c["service"], "status": status}, c["statuses"][status])
             for c in document["matrix"] for status in STATUSES])
-    metric("fleetpatch_drift_found", "1 when any host and service is drifted, missing a patch or runs an unexpected version.",
+    metric("fleetpatch_drift_found", "1 when any host and service is drifted, missing a patch, runs an unexpected version, is quarantined or unhealthy.",
            [({}, document["summary"]["drift_found"])])
     metric("fleetpatch_drift_versions", "Distinct versions of a service running in an environment.",
            [({"environment": a["environment"], "service": a["service"]}, len(a["versions"])) for a in document["alignment"]])

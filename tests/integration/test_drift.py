@@ -139,7 +139,8 @@ def test_each_status_appears_where_it_should(drift_fleet: DriftFleet, full_run) 
     report = drift_fleet.report(report_dir)
     rows = {row["host"]: row for row in report["rows"]}
     assert {host: row["status"] for host, row in rows.items()} == EXPECTED
-    assert report["summary"]["statuses"] == {"in_sync": 6, "drifted": 1, "missing_patch": 2, "unexpected_version": 1, "unknown": 2}
+    assert report["summary"]["statuses"] == {"in_sync": 6, "drifted": 1, "missing_patch": 2, "unexpected_version": 1, "unknown": 2,
+                                             "not_applicable": 0, "quarantined": 0, "unhealthy": 0}
     # unknown comes with its reason, never as in sync
     assert rows[UNREACHABLE]["reason"].startswith("unreachable: ") and rows[UNREACHABLE]["version"] is None
     assert "myapp.manifest.json is not valid JSON" in rows[CORRUPT]["reason"]
@@ -241,3 +242,77 @@ def test_html_report_renders_in_headless_chromium(drift_fleet: DriftFleet, full_
         assert f'data-status="{status}"' in dom
     assert UNREACHABLE in dom and "CVE-DEMO-1" in dom and "Time to patch" in dom
     assert png.startswith(b"\x89PNG") and len(png) > 20000
+
+
+NA_HOST = "eu-west-acme-api-prod-01"
+OK_HOST = "eu-west-acme-api-prod-02"
+QUARANTINED = "eu-west-acme-api-prod-03"
+
+
+def test_registry_not_applicable_and_quarantined_hosts_in_the_report(tmp_path) -> None:
+    """A rollout whose manifest's affected_versions leave one host out (not_applicable) and that quarantines another
+    (installed, then unhealthy), then reconcile: neither is drifted nor in sync, in every output."""
+    fleet = DemoFleet(str(tmp_path), demo_fleet_environments=["prod"], demo_fleet_regions=["eu-west"], demo_fleet_tenants=["acme"],
+                      demo_fleet_segments=["api"], demo_fleet_hosts_per_cell=3,
+                      demo_fleet_faults=[{"kind": "unhealthy_after", "version": "1.0.1", "match": {"host": QUARANTINED}}])
+    try:
+        fleet.create()
+        assert sorted(fleet.nodes()) == [NA_HOST, OK_HOST, QUARANTINED]
+        first = fleet.rollout(policy=FAST, version="1.1.0", rollout_targets=NA_HOST)
+        assert first.status == "successful", first.stdout[-3000:]
+        # the 1.0.1 patch applies only to 1.0.0: NA_HOST (1.1.0 now) is left alone
+        with open(fleet.manifest("1.0.1"), encoding="utf-8") as handle:
+            manifest = yaml.safe_load(handle)
+        manifest.update(patch_id="FP-DRIFT-NA", affected_versions=["1.0.0"])
+        manifest_path = os.path.join(str(tmp_path), "FP-DRIFT-NA.yml")
+        with open(manifest_path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(manifest, handle)
+        second = fleet.rollout(policy={"canary": {"size": 1}, "waves": ["100%"], "max_concurrency": 10, "error_budget": 1,
+                                       "response": "quarantine"}, rollout_patch_manifest=manifest_path)
+        assert second.status == "successful", second.stdout[-3000:]
+        summary = fleet.summary("FP-DRIFT-NA")
+        assert summary["not_applicable"] == {NA_HOST: "1.1.0"}
+        assert summary["hosts"][QUARANTINED]["outcome"] == "quarantined"
+        assert fleet.versions() == {NA_HOST: "1.1.0", OK_HOST: "1.0.1", QUARANTINED: "1.0.1"}
+
+        desired = {"promotion": ["prod"], "environments": {"prod": {"myapp": "1.0.1"}},
+                   "services": {"myapp": {"supported_lines": ["1.0"]}}}
+        drift = DriftFleet(fleet, str(tmp_path))
+        with open(drift.desired_path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(desired, handle)
+        before = tree_snapshot(*drift.host_roots())
+        report_dir = os.path.join(str(tmp_path), "report")
+        result = drift.reconcile(report_dir, reconcile_fail_on_drift=True, reconcile_fail_statuses=["drifted", "missing_patch"])
+        assert result.status == "successful", result.stdout[-3000:]  # not_applicable and quarantined are not drifted
+        assert changed_tasks(result) == [] and tree_snapshot(*drift.host_roots()) == before
+        report = drift.report(report_dir)
+        rows = {row["host"]: row for row in report["rows"]}
+        assert {host: (row["status"], row["version"], row["desired"]) for host, row in rows.items()} == {
+            NA_HOST: ("not_applicable", "1.1.0", "1.0.1"), OK_HOST: ("in_sync", "1.0.1", "1.0.1"),
+            QUARANTINED: ("quarantined", "1.0.1", "1.0.1")}
+        assert rows[NA_HOST]["reason"] == "runs 1.1.0, and FP-DRIFT-NA, which installs desired 1.0.1, applies only to 1.0.0"
+        assert rows[QUARANTINED]["reason"].startswith("quarantined by the rollout of FP-DRIFT-NA at ")
+        assert rows[QUARANTINED]["reason"].endswith("; its facts say in_sync: runs 1.0.1, desired 1.0.1")
+        statuses = report["summary"]["statuses"]
+        assert (statuses["in_sync"], statuses["not_applicable"], statuses["quarantined"], statuses["drifted"]) == (1, 1, 1, 0)
+        assert report["inputs"]["registry"]["used"] is True
+        assert report["inputs"]["registry"]["marks"] == {"quarantined": 1, "unhealthy": 0, "not_applicable": 1}
+        # the other formats say the same
+        junit = ET.parse(os.path.join(report_dir, "drift-junit.xml")).getroot()
+        cases = {case.get("name"): case for case in junit.iter("testcase")}
+        assert cases[NA_HOST].find("skipped") is not None and cases[QUARANTINED].find("failure").get("type") == "quarantined"
+        assert len(list(cases[OK_HOST])) == 0
+        with open(os.path.join(report_dir, "fleetpatch_drift.prom"), encoding="utf-8") as handle:
+            prom = handle.read()
+        assert 'fleetpatch_drift_pairs{environment="prod",service="myapp",status="not_applicable"} 1' in prom
+        assert 'fleetpatch_drift_pairs{environment="prod",service="myapp",status="quarantined"} 1' in prom
+        assert "fleetpatch_drift_found 1" in prom
+        with open(os.path.join(report_dir, "drift-report.md"), encoding="utf-8") as handle:
+            markdown = handle.read()
+        assert f"| quarantined | prod | {QUARANTINED} | myapp |" in markdown and f"| not applicable | prod | {NA_HOST} | myapp |" in markdown
+        # by default quarantined fails a fail_on_drift run (after writing the report)
+        gated = drift.reconcile(os.path.join(str(tmp_path), "report-gate"), reconcile_fail_on_drift=True)
+        assert gated.status == "failed"
+        assert gated.task_results("drift_report")["localhost"]["msg"].startswith("drift found: 1 quarantined (report: ")
+    finally:
+        fleet.teardown()

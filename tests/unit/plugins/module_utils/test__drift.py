@@ -11,6 +11,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     Patch,
     Reconciler,
     VersionSpec,
+    HostMark,
     apply_registry,
     fingerprint,
     fingerprint_start,
@@ -19,6 +20,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     parse_desired_state,
     parse_duration,
     parse_time,
+    registry_marks,
     row_json,
     version_line,
     with_slo_targets,
@@ -468,3 +470,123 @@ def test_json_rows_are_the_row_dicts_and_the_fingerprint() -> None:
     for _hosts, _text, fingerprint_text in pieces:
         digest.update(fingerprint_text.encode("utf-8"))
     assert digest.hexdigest() == fingerprint(document, report.rows)
+
+
+# --------------------------------------------------------------------------------------------- registry host marks
+
+
+def _view(patch_id: str, target: str, hosts: dict[str, t.Any], *, affected: list[str] | None = None, service: str = "app") -> dict[str, t.Any]:
+    return {"patch_id": patch_id, "service": service, "target_version": target, "state": "rolled_out",
+            "affected_versions": affected if affected is not None else ["1.0.0"], "hosts": hosts}
+
+
+def _outcome(outcome: str, at: str, **extra: t.Any) -> dict[str, t.Any]:
+    return {"outcome": outcome, "at": at, **extra}
+
+
+def test_registry_marks_take_the_latest_outcome_of_a_service_across_patches() -> None:
+    views = [
+        _view("FP-1", "1.0.1", {"q1": _outcome("quarantined", "2026-03-02T00:00:00.000000Z", reason="health check failed"),
+                                "later": _outcome("failed", "2026-03-02T00:00:00.000000Z", reason="boom"),
+                                "rb": _outcome("rollback_failed", "2026-03-03T00:00:00.000000Z", reason="restart failed"),
+                                "na": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0"),
+                                "ok": _outcome("patched", "2026-03-02T00:00:00.000000Z")}),
+        # a later rollout patched "later": its failure in FP-1 no longer counts
+        _view("FP-2", "1.0.2", {"later": _outcome("patched", "2026-03-04T00:00:00.000000Z")}),
+        _view("FP-3", "2.0.1", {"q1": _outcome("patched", "2026-03-05T00:00:00.000000Z")}, service="db"),
+    ]
+    marks, counts = registry_marks(views)
+    assert sorted(marks) == ["na", "q1", "rb"]
+    assert marks["q1"] == (HostMark("app", "quarantined", "quarantined by the rollout of FP-1 at 2026-03-02T00:00:00.000000Z: health check failed"),)
+    assert marks["rb"][0].status == "unhealthy"
+    assert marks["rb"][0].reason == "rollback failed in the rollout of FP-1 at 2026-03-03T00:00:00.000000Z: restart failed"
+    assert marks["na"] == (HostMark("app", None, None, (("1.0.1", ("1.0.0",), "0.9.0", "FP-1"),)),)
+    assert counts == {"quarantined": 1, "unhealthy": 1, "not_applicable": 1}
+    # malformed views and rows are skipped, not fatal
+    assert registry_marks([{"patch_id": "X"}, {"patch_id": "Y", "service": "app", "hosts": {"h": "patched"}}]) == (
+        {}, {"quarantined": 0, "unhealthy": 0, "not_applicable": 0})
+
+
+def _marked_report(records: list[dict[str, t.Any]], views: list[dict[str, t.Any]]):
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time(NOW)))
+    reconciler.add_all(records)
+    marks, _counts = registry_marks(views)
+    reconciler.use_registry_marks(marks)
+    return reconciler.build()
+
+
+def test_quarantined_and_unhealthy_hosts_are_never_in_sync_and_the_shape_cache_stays_right() -> None:
+    # q1, u1 and ok1 are of one shape (same facts but name and times): only the hosts the registry marks change
+    records = [host(name, "staging", {"app": svc("1.0.1", sha="b" * 64)}) for name in ("ok1", "q1", "u1")]
+    records.append(host("gone", "staging", state="unreachable", reason="unreachable: ssh refused"))
+    views = [_view("FP-1", "1.0.1", {"q1": _outcome("quarantined", "2026-03-02T00:00:00.000000Z", reason="health check failed"),
+                                     "u1": _outcome("rolled_back", "2026-03-02T00:00:00.000000Z", reason="wave rolled back"),
+                                     "gone": _outcome("quarantined", "2026-03-02T00:00:00.000000Z"),
+                                     "ok1": _outcome("patched", "2026-03-02T00:00:00.000000Z")})]
+    report = _marked_report(records, views)
+    rows = {(row["host"], row["service"]): row for row in report.row_dicts()}
+    assert rows[("ok1", "app")]["status"] == "in_sync"
+    assert rows[("q1", "app")]["status"] == "quarantined"
+    assert rows[("q1", "app")]["reason"] == ("quarantined by the rollout of FP-1 at 2026-03-02T00:00:00.000000Z: health check failed; "
+                                             "its facts say in_sync: runs 1.0.1, desired 1.0.1")
+    assert (rows[("u1", "app")]["status"], rows[("u1", "app")]["version"]) == ("unhealthy", "1.0.1")
+    assert rows[("u1", "app")]["reason"].startswith("rolled back in the rollout of FP-1 at 2026-03-02T00:00:00.000000Z: wave rolled back; ")
+    # no data now, quarantined by the last rollout: quarantined (the facts' unknown stays in the reason)
+    assert rows[("gone", "app")]["status"] == "quarantined"
+    assert rows[("gone", "app")]["reason"].endswith("its facts say unknown: unreachable: ssh refused")
+    # db is not marked: its rows keep what the facts say
+    assert {rows[(name, "db")]["status"] for name in ("q1", "u1", "ok1")} == {"unknown"}
+    assert report.totals["in_sync"] == 1 and report.totals["quarantined"] == 2 and report.totals["unhealthy"] == 1
+    assert report.drift_found
+    document = report.document()
+    assert document["summary"]["drift"] == 3
+    # every row is in the JSON text the writers stream, with the same statuses as the row dicts
+    text = "[" + "".join(part for _hosts, part, _fp in report.json_rows()) + "]"
+    assert [(row["host"], row["status"]) for row in json.loads(text)] == [(row["host"], row["status"]) for row in report.row_dicts()]
+    # a report without marks from the same reconciler state is the plain one
+    assert {row["host"]: row["status"] for row in build(records).row_dicts() if row["service"] == "app"} == {
+        "gone": "unknown", "ok1": "in_sync", "q1": "in_sync", "u1": "in_sync"}
+
+
+def test_not_applicable_replaces_drift_only_for_the_patch_of_the_desired_version_while_it_still_holds() -> None:
+    records = [
+        host("s1", "staging", {"app": svc("0.9.0")}),   # recorded not applicable at 0.9.0 by FP-1 (desired 1.0.1)
+        host("s2", "staging", {"app": svc("0.9.0")}),   # same version, not in the rollout: still missing the patch
+        host("s3", "staging", {"app": svc("1.0.0", sha="a" * 64)}),  # was not applicable, now runs an affected version
+        host("p1", "prod", {"app": svc("0.9.0")}),      # prod wants 1.0.0: FP-1 is not the patch of its desired version
+    ]
+    views = [_view("FP-1", "1.0.1", {"s1": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0"),
+                                     "s3": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0"),
+                                     "p1": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0")})]
+    report = _marked_report(records, views)
+    app = {row["host"]: row for row in report.row_dicts() if row["service"] == "app"}
+    assert {name: row["status"] for name, row in app.items()} == {"s1": "not_applicable", "s2": "missing_patch", "s3": "missing_patch",
+                                                                "p1": "drifted"}
+    assert app["s1"]["reason"] == "runs 0.9.0, and FP-1, which installs desired 1.0.1, applies only to 1.0.0"
+    assert app["s1"]["version"] == "0.9.0" and app["s1"]["missing_patches"] == ["CVE-1"]
+    assert not report.totals["drifted"] - 1 and report.totals["not_applicable"] == 1
+    # time to patch and lag: the host the patch does not apply to lacks nothing
+    slo = {entry["patch"]: entry for entry in report.slo()["patches"]}
+    assert slo["CVE-1"]["open"] + slo["CVE-1"]["overdue"] == 3  # s2, s3 and p1 (prod runs 0.9.0 < the fix)
+    alignment = {(a["environment"], a["service"]): a for a in report.alignment()}
+    assert alignment[("staging", "app")]["versions"] == {"0.9.0": 2, "1.0.0": 1} and alignment[("staging", "app")]["not_applicable"] == 1
+
+
+def test_not_applicable_without_affected_versions_holds_while_the_recorded_version_runs() -> None:
+    records = [host("s1", "staging", {"app": svc("0.9.0")}), host("s2", "staging", {"app": svc("1.0.0", sha="a" * 64)})]
+    views = [_view("FP-1", "1.0.1", {name: _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0")
+                                     for name in ("s1", "s2")}, affected=[])]
+    statuses = {row["host"]: row["status"] for row in _marked_report(records, views).row_dicts() if row["service"] == "app"}
+    assert statuses == {"s1": "not_applicable", "s2": "missing_patch"}
+
+
+def test_marks_do_not_depend_on_the_order_hosts_come_in() -> None:
+    records = [host(f"h{index}", "staging", {"app": svc("0.9.0" if index % 2 else "1.0.1", sha=None if index % 2 else "b" * 64)})
+               for index in range(10)]
+    views = [_view("FP-1", "1.0.1", {"h1": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0"),
+                                     "h2": _outcome("quarantined", "2026-03-02T00:00:00.000000Z")})]
+    one, two = _marked_report(records, views), _marked_report(list(reversed(records)), views)
+    assert list(one.row_dicts()) == list(two.row_dicts())
+    doc_one, doc_two = one.document(), two.document()
+    assert fingerprint(doc_one, one.rows) == fingerprint(doc_two, two.rows)
+    assert doc_one["summary"]["statuses"]["not_applicable"] == 1 and doc_one["summary"]["statuses"]["quarantined"] == 1

@@ -14,6 +14,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     Reconciler,
     parse_desired_state,
     parse_time,
+    registry_marks,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
     FORMATS,
@@ -196,3 +197,45 @@ def test_json_report_matches_its_documented_schema(tmp_path: Path) -> None:
                           "registry": {"used": False, "path": None, "reason": "no registry file"}, "desired_state": "d",
                           "facts_file_written": None}, title="t", html_max_rows=10)
     jsonschema.validate(json.loads(Path(paths["json"]).read_text()), schema)
+
+
+def test_registry_statuses_in_every_format(tmp_path: Path) -> None:
+    """not_applicable, quarantined and unhealthy rows in JSON (schema), HTML, Markdown, JUnit and Prometheus."""
+    records = [record("d1", "dev", "1.0.1"), record("d2", "dev", "0.9.0"), record("d3", "dev", "1.0.1"), record("d4", "dev", "1.0.1")]
+    views = [{"patch_id": "FP-1", "service": "app", "target_version": "1.0.1", "affected_versions": ["1.0.0"], "hosts": {
+        "d2": {"outcome": "not_applicable", "at": "2026-03-02T00:00:00.000000Z", "version": "0.9.0"},
+        "d3": {"outcome": "quarantined", "at": "2026-03-02T00:00:00.000000Z", "reason": "health <check> failed"},
+        "d4": {"outcome": "failed", "at": "2026-03-02T00:00:00.000000Z", "reason": "apply failed"}}}]
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time("2026-03-05T00:00:00Z")))
+    reconciler.add_all(records)
+    marks, counts = registry_marks(views)
+    reconciler.use_registry_marks(marks)
+    paths = output_paths(str(tmp_path), FORMATS)
+    inputs = {"hosts_from_run": 4, "facts_files": [], "records_rejected": 0, "desired_state": "d", "facts_file_written": None,
+              "registry": {"used": True, "path": "r", "reason": None, "marks": counts}}
+    document = write_reports(reconciler.build(), paths=paths, generated_at="2026-03-05T00:00:01Z", inputs=inputs, title="t", html_max_rows=10)
+    data = json.loads(Path(paths["json"]).read_text())
+    assert [(row["host"], row["status"]) for row in data["rows"]] == [("d1", "in_sync"), ("d2", "not_applicable"), ("d3", "quarantined"),
+                                                                       ("d4", "unhealthy")]
+    assert document["summary"]["statuses"] == {"in_sync": 1, "drifted": 0, "missing_patch": 0, "unexpected_version": 0, "unknown": 0,
+                                               "not_applicable": 1, "quarantined": 1, "unhealthy": 1}
+    assert document["summary"]["drift"] == 2 and document["summary"]["drift_found"] is True
+    assert document["matrix"][0]["status"] == "unhealthy"
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(data, json.loads((Path(__file__).resolve().parents[4] / "docs" / "drift-report.schema.json").read_text()))
+    junit = ET.parse(paths["junit"]).getroot()
+    suite = junit.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "2", "0", "1")
+    cases = {case.get("name"): case for case in junit.iter("testcase")}
+    assert cases["d2"].find("skipped").get("message").startswith("not applicable: runs 0.9.0, and FP-1, which installs desired 1.0.1")
+    assert cases["d3"].find("failure").get("type") == "quarantined"
+    assert "health <check> failed" in cases["d3"].find("failure").get("message")
+    assert cases["d4"].find("failure").get("type") == "unhealthy" and len(list(cases["d1"])) == 0
+    prom = Path(paths["prometheus"]).read_text()
+    for status, value in (("not_applicable", 1), ("quarantined", 1), ("unhealthy", 1), ("in_sync", 1)):
+        assert f'fleetpatch_drift_pairs{{environment="dev",service="app",status="{status}"}} {value}' in prom
+    page = Path(paths["html"]).read_text()
+    assert '<span class="badge s-quarantined">quarantined</span>' in page and "health &lt;check&gt; failed" in page
+    assert '<td class="cell s-unhealthy" data-status="unhealthy">' in page and ".s-not_applicable{" in page
+    markdown = Path(paths["markdown"]).read_text()
+    assert "| not applicable | 1 |" in markdown and "| quarantined | dev | d3 | app |" in markdown
