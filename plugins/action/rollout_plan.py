@@ -220,9 +220,9 @@ class ActionModule(ControllerAction):
         # policy.artifacts (module_utils/_trust.py): trusted signers and transfer limits, for the hosts, not the plan
         plan_policy = {key: value for key, value in args["policy"].items() if key != "artifacts"}
         artifacts = validate_artifacts_policy(args["policy"].get("artifacts"))
-        check_plan_signatures(artifacts, manifest, hosts, source=f"patch manifest {manifest_path}")
         rollout_policy, overridden = merge_rollout(classified["profile"], plan_policy)
         plan = compile_plan(hosts, rollout_policy, manifest["patch_id"])
+        check_plan_signatures(artifacts, manifest, hosts, source=f"patch manifest {manifest_path}")
         override = self._override(args, manifest, change_policy, plan["host_order"], now)
         limits = constraints(classified["profile"], override)
         scopes = host_scopes(hosts)

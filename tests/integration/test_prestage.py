@@ -258,7 +258,9 @@ def test_signed_delta_bundles_and_refused_bundles(make_fleet, tmp_path) -> None:
         assert meta["signature"]["principal"] == "builder@fleetpatch"
 
     # the window: every node builds 1.0.1 from the delta; the tree is the full bundle's, to the byte
-    rollout = fleet.rollout(rollout_stage="prestaged", rollout_patch_manifest=manifest)
+    # these bundles are signed by the test's builder key, not the demo's: the rollout's policy trusts that key
+    rollout = fleet.rollout(rollout_stage="prestaged", rollout_patch_manifest=manifest,
+                            policy={"artifacts": {"allowed_signers_file": str(signers_file)}})
     assert rollout.status == "successful", rollout.stdout[-3000:]
     reference = extract_release(HostLayout(str(tmp_path / "reference"), "myapp"), version="1.0.1",
                                 artifact_path=built["bundle"]["path"], sha256=built["bundle"]["sha256"])
