@@ -560,8 +560,8 @@ def test_not_applicable_replaces_drift_only_for_the_patch_of_the_desired_version
                                      "p1": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0")})]
     report = _marked_report(records, views)
     app = {row["host"]: row for row in report.row_dicts() if row["service"] == "app"}
-    assert {name: row["status"] for name, row in app.items()} == {"s1": "not_applicable", "s2": "missing_patch", "s3": "missing_patch",
-                                                                "p1": "drifted"}
+    expected = {"s1": "not_applicable", "s2": "missing_patch", "s3": "missing_patch", "p1": "drifted"}
+    assert {name: row["status"] for name, row in app.items()} == expected
     assert app["s1"]["reason"] == "runs 0.9.0, and FP-1, which installs desired 1.0.1, applies only to 1.0.0"
     assert app["s1"]["version"] == "0.9.0" and app["s1"]["missing_patches"] == ["CVE-1"]
     assert not report.totals["drifted"] - 1 and report.totals["not_applicable"] == 1

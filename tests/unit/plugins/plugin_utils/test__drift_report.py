@@ -215,8 +215,8 @@ def test_registry_statuses_in_every_format(tmp_path: Path) -> None:
               "registry": {"used": True, "path": "r", "reason": None, "marks": counts}}
     document = write_reports(reconciler.build(), paths=paths, generated_at="2026-03-05T00:00:01Z", inputs=inputs, title="t", html_max_rows=10)
     data = json.loads(Path(paths["json"]).read_text())
-    assert [(row["host"], row["status"]) for row in data["rows"]] == [("d1", "in_sync"), ("d2", "not_applicable"), ("d3", "quarantined"),
-                                                                       ("d4", "unhealthy")]
+    expected = [("d1", "in_sync"), ("d2", "not_applicable"), ("d3", "quarantined"), ("d4", "unhealthy")]
+    assert [(row["host"], row["status"]) for row in data["rows"]] == expected
     assert document["summary"]["statuses"] == {"in_sync": 1, "drifted": 0, "missing_patch": 0, "unexpected_version": 0, "unknown": 0,
                                                "not_applicable": 1, "quarantined": 1, "unhealthy": 1}
     assert document["summary"]["drift"] == 2 and document["summary"]["drift_found"] is True
