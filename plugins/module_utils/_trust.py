@@ -16,6 +16,7 @@ import base64
 import binascii
 import fnmatch
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -253,7 +254,7 @@ def _number(value: t.Any, where: str, *, minimum: float, integer: bool) -> int |
         number = float(value) if "." in value else int(value)
     else:
         raise TrustError(f"{where} must be a number, got {shown(value)}")
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise TrustError(f"{where} must be a finite number, got {shown(value)}")
     if integer and not float(number).is_integer():
         raise TrustError(f"{where} must be a whole number, got {shown(value)}")

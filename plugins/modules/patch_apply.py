@@ -129,7 +129,7 @@ options:
     description:
       - Minimum download speed in bytes per second, averaged over O(throughput_window); V(0) means none.
       - An origin that sends slower (or stalls) fails the host within the window, with the reason
-        (C(artifact transfer from <url> stopped: slower than 1024 B/s for 30 s)), and the partial file is removed.
+        (C(artifact transfer from <url> stopped - slower than 1024 B/s for 30 s)), and the partial file is removed.
         URLs in messages never show their userinfo or query string.
     type: int
     default: 1024
