@@ -141,8 +141,8 @@ def rogue() -> t.Iterator[Rogue]:
     ("foreign-identity", "identity", [],
      "policy.artifacts.signer_identity 'rogue@attacker' is not a principal of the allowed signers (release@fleetpatch-demo)"),
 ])
-def test_untrusted_input_is_refused_at_plan_before_any_host(fleet: DemoFleet, tmp_path, case: str, policy_artifacts: t.Any,
-                                                           drop: list[str], message: str) -> None:
+def test_untrusted_input_is_refused_at_plan_before_any_host(
+        fleet: DemoFleet, tmp_path, case: str, policy_artifacts: t.Any, drop: list[str], message: str) -> None:
     before = tree_snapshot(os.path.join(fleet.path, "hosts"))
     manifest = write_manifest(fleet, str(tmp_path), f"FP-SEC-PLAN-{case}", drop=drop)
     policy: dict[str, t.Any] = dict(CANARY_FIRST)
