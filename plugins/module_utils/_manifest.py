@@ -254,9 +254,7 @@ def run_id_for(patch_id: str) -> str:
 # Options of fleetpatch.rollout.prestage a play passes the same to every host (role variable -> module argument).
 PRESTAGE_SHARED_OPTIONS = (
     "state", "allowed_signers", "signer_identity", "require_signature", "url_headers", "timeout", "retries", "backoff",
-    "backoff_max", "min_throughput", "max_time", "keep",
-    # slice "transfer": the region-level origin fallback and the throughput window
-    "origin_fallback", "throughput_window",
+    "backoff_max", "min_throughput", "max_time", "keep", "origin_fallback", "throughput_window",
 )
 
 
@@ -276,8 +274,9 @@ def prestage_module_args(data: t.Any, options: t.Mapping[str, t.Any] | None = No
         "name": artifact.get("name"),
         "url": artifact.get("url"),
         "signature": artifact.get("signature"),
-        # the controller-side path of a delta is of no use on a host
-        "delta": {key: value for key, value in artifact["delta"].items() if key != "path"} if artifact.get("delta") else None,
+        # the controller-side path of a delta is of no use on a host, nor is the plan's note that a URL was masked
+        "delta": {key: value for key, value in artifact["delta"].items() if key not in ("path", "url_redacted")}
+        if artifact.get("delta") else None,
     }
     unknown = sorted(set(options or {}) - set(PRESTAGE_SHARED_OPTIONS))
     if unknown:
