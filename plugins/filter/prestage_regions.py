@@ -10,7 +10,7 @@ version_added: 0.3.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:
-  - O(_input) is C(hostvars). With O(edges), returns C({region: reason}) for every region whose edges all have a
+  - O(_input) is C(hostvars). With O(edges), returns a mapping of region to reason for every region whose edges all have a
     failed or unreachable M(fleetpatch.rollout.prestage) result in O(result_var) (edges without a result yet are
     not counted); the nodes of such a region skip their edge and, with C(origin_fallback), fetch from the origin.
   - Computed once per play (reading other hosts' variables is costly), like P(fleetpatch.rollout.edge_cache_urls#filter).

@@ -370,7 +370,7 @@ health:
 not_applicable:
   description:
     - V(true) when the installed version is not in O(affected_versions); the host was not changed (RV(version) is the
-      installed one) and RV(msg) says why.
+      installed one) and C(msg) says why.
   returned: when the patch does not apply to this host
   type: bool
   sample: true

@@ -327,7 +327,7 @@ edge_error:
   description: Why the edge source failed, when it did.
   returned: always
   type: str
-  sample: "edge: <urlopen error [Errno 111] Connection refused> (after 4 attempts)"
+  sample: "edge: [Errno 111] Connection refused (after 4 attempts)"
 origin_fallback:
   description: Why this host fetched from the origin instead of its edge (every edge of its region failed).
   returned: always

@@ -62,7 +62,7 @@ class Misbehaving:
                     while not owner.stop.is_set() and self._send(b"x"):
                         owner.stop.wait(1.0)
                 elif path == "/slow":
-                    for _ in range(64 * 32):
+                    for _chunk in range(64 * 32):
                         if owner.stop.is_set() or not self._send(BODY[:4096]):
                             break
                         owner.stop.wait(1 / 16)
