@@ -15,6 +15,8 @@ import urllib.request
 import ansible_runner
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import busy_endpoints
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import verify_event_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import verify_all
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
@@ -196,6 +198,13 @@ class DemoFleet:
                 except ValueError:
                     continue  # a torn line (a killed run); the event log's verifier reports those
         return events
+
+    def assert_records_verify(self, run_id: str) -> None:
+        """Nothing was lost: the run's event log is a whole chain and the registry with every event file it knows verifies."""
+        report = verify_event_file(os.path.join(self.run_dir(run_id), "events.jsonl"))
+        assert report.ok and report.lines > 0, report.findings
+        state = verify_all(self.state_dir)
+        assert state["ok"], state["findings"]
 
     def summary(self, run_id: str) -> dict[str, t.Any]:
         with open(os.path.join(self.run_dir(run_id), "summary.json"), encoding="utf-8") as handle:

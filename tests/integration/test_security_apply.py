@@ -17,8 +17,6 @@ import pytest
 import yaml
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import HostLayout, record_install, switch_current, unpack_release
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import verify_event_file
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import verify_all
 
 from .rollout_harness import DemoFleet, RunResult, run_playbook, tree_snapshot
 
@@ -77,13 +75,6 @@ def assert_on(fleet: DemoFleet, hosts: t.Iterable[str], version: str, releases: 
         assert fleet.host_manifest(host)["version"] == version, host
         if releases is not None:
             assert fleet.releases(host) == releases, host
-
-
-def assert_records_verify(fleet: DemoFleet, run_id: str) -> None:
-    report = verify_event_file(os.path.join(fleet.run_dir(run_id), "events.jsonl"))
-    assert report.ok and report.lines > 0, report.findings
-    state = verify_all(fleet.state_dir)
-    assert state["ok"], state["findings"]
 
 
 def cached(fleet: DemoFleet, host: str, sha256: str) -> bool:
@@ -199,7 +190,7 @@ def test_wrong_key_fails_the_canary_names_the_key_and_halts(fleet: DemoFleet, ro
     summary = fleet.summary(run_id)
     assert summary["status"] == "halted"
     assert canary in json.dumps(summary["failures"])
-    assert_records_verify(fleet, run_id)
+    fleet.assert_records_verify(run_id)
 
 
 def test_tampered_prestaged_copy_is_refused_and_removed(fleet: DemoFleet, tmp_path) -> None:
@@ -232,7 +223,7 @@ def test_tampered_prestaged_copy_is_refused_and_removed(fleet: DemoFleet, tmp_pa
     assert not cached(fleet, victim, artifact["sha256"])
     assert_on(fleet, nodes, "1.0.0", ["1.0.0"])
     assert fleet.summary(run_id)["status"] == "halted"
-    assert_records_verify(fleet, run_id)
+    fleet.assert_records_verify(run_id)
 
 
 def test_delta_bundle_with_a_wrong_signature_is_refused(fleet: DemoFleet, rogue: Rogue, tmp_path) -> None:
@@ -257,7 +248,7 @@ def test_delta_bundle_with_a_wrong_signature_is_refused(fleet: DemoFleet, rogue:
     assert not cached(fleet, canary, delta) and not cached(fleet, canary, built["bundle"]["sha256"])
     assert_on(fleet, fleet.nodes(), "1.0.0", ["1.0.0"])
     assert fleet.summary(run_id)["status"] == "halted"
-    assert_records_verify(fleet, run_id)
+    fleet.assert_records_verify(run_id)
 
 
 def build_bundle(tmp_path, **args: t.Any) -> dict[str, t.Any]:
@@ -296,7 +287,7 @@ def test_applicability_and_direction_on_the_host(make_fleet, tmp_path) -> None:
     assert tree_snapshot(demo.host_root(second)) == before
     assert demo.current_version(first) == "1.0.1" and demo.current_version(second) == "1.1.0"
     assert demo.summary("FP-SEC-APPLICABLE")["not_applicable"] == {second: "1.1.0"}
-    assert_records_verify(demo, "FP-SEC-APPLICABLE")
+    demo.assert_records_verify("FP-SEC-APPLICABLE")
 
     # a downgrade the manifest does not allow: refused at plan time, before any host
     refused = demo.rollout(policy={"waves": ["100%"]},
@@ -328,4 +319,4 @@ def test_applicability_and_direction_on_the_host(make_fleet, tmp_path) -> None:
     assert apply_results(done)[second]["downgrade"] == {"from": "1.1.0", "to": "1.0.1"}
     assert demo.current_version(first) == demo.current_version(second) == "1.0.1"
     assert demo.health(second)["version"] == "1.0.1"
-    assert_records_verify(demo, "FP-SEC-DOWN-OK")
+    demo.assert_records_verify("FP-SEC-DOWN-OK")

@@ -130,6 +130,7 @@ def test_endless_and_slow_origins_fail_the_canary_with_the_reason(make_fleet, ba
         assert not [name for name in cache_names(fleet, host) if name.endswith(".part")]
     summary = fleet.summary("FP-ENDLESS-1")
     assert summary["counts"].get("failed") == 1
+    fleet.assert_records_verify("FP-ENDLESS-1")
 
     # an origin that sends 1 byte per second: the deadline (max_time) fails the canary within seconds, not forever
     slow = manifest_with(fleet, str(tmp_path / "slow.yml"), patch_id="FP-SLOW-1", url=bad_origin.url("/trickle"), size=None)
@@ -142,6 +143,19 @@ def test_endless_and_slow_origins_fail_the_canary_with_the_reason(make_fleet, ba
     assert fleet.versions() == before
     for host in fleet.nodes():
         assert not [name for name in cache_names(fleet, host) if name.endswith(".part")]
+    fleet.assert_records_verify("FP-SLOW-1")
+
+    # the same trickle with a generous deadline: the minimum throughput over its window stops it, not the deadline
+    trickle = manifest_with(fleet, str(tmp_path / "trickle.yml"), patch_id="FP-TRICKLE-1", url=bad_origin.url("/trickle"), size=None)
+    run = fleet.rollout(policy={"artifacts": dict(policy_artifacts, max_time=600, min_throughput=1024, throughput_window=2)},
+                        rollout_patch_manifest=trickle, rollout_stage="url")
+    assert run.status == "failed", run.stdout[-3000:]
+    failed = [result for result in run.task_results("patch_apply").values()
+              if result.get("failed") or result["_event"] == "runner_on_failed"]
+    assert len(failed) == 1
+    assert "stopped: slower than 1024 B/s" in failed[0]["msg"], failed[0]["msg"]
+    assert fleet.versions() == before
+    fleet.assert_records_verify("FP-TRICKLE-1")
 
 
 # ------------------------------------------------------------------------------------- caches
