@@ -28,8 +28,9 @@ try:
 except AttributeError:  # pragma: no cover - PyYAML without libyaml
     _Base = yaml.SafeLoader
 
-MAX_NODES = 1_000_000  # expanded nodes: a 10,000-host fleet file with merged defaults is about 300,000
-MAX_BYTES = 32 * 1024 * 1024
+MAX_NODES = 1_000_000  # expanded nodes any document may stand for, however small it is
+ALIAS_FACTOR = 10  # a larger document may stand for up to this many times its own nodes (merged defaults per host)
+MAX_BYTES = 256 * 1024 * 1024  # a 100,000-host fleet file is about 30 MB
 
 
 class YamlError(ValueError):
@@ -41,9 +42,16 @@ def _line(node: t.Any) -> int:
 
 
 def expanded_size(root: t.Any, *, limit: int, source: str) -> int:
-    """Nodes in the document with every alias expanded; raises YamlError past limit or on a recursive alias."""
+    """Nodes in the document with every alias expanded; raises YamlError on a recursive alias, or when they exceed both
+    ``limit`` and ALIAS_FACTOR times the document's own (distinct) nodes.
+
+    The bound grows with the document because a fleet file that merges defaults into every host legitimately stands for
+    a few times its own nodes; an alias bomb stands for millions of times its own. Sizes are memoised per node, so the
+    count costs the size of the file, never of the expansion.
+    """
     sizes: dict[int, int] = {}
     active: set[int] = set()
+    first_over: t.Any = None
     # iterative post-order walk: a deep document must not hit Python's recursion limit either
     stack: list[tuple[t.Any, bool]] = [(root, False)]
     while stack:
@@ -58,8 +66,8 @@ def expanded_size(root: t.Any, *, limit: int, source: str) -> int:
             else:
                 children = []
             size = 1 + sum(sizes[id(child)] for child in children)
-            if size > limit:
-                raise YamlError(f"{source}: more than {limit} YAML nodes with aliases expanded (an alias bomb?) near line {_line(node)}")
+            if size > limit and first_over is None:
+                first_over = node
             sizes[key] = size
             continue
         if key in sizes:
@@ -72,7 +80,11 @@ def expanded_size(root: t.Any, *, limit: int, source: str) -> int:
             stack.extend((item, False) for pair in node.value for item in pair if id(item) not in sizes)
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, False) for item in node.value if id(item) not in sizes)
-    return sizes.get(id(root), 0)
+    total = sizes.get(id(root), 0)
+    if total > max(limit, ALIAS_FACTOR * len(sizes)):
+        raise YamlError(f"{source}: {len(sizes)} YAML nodes stand for {total} with aliases expanded (an alias bomb?) near line"
+                        f" {_line(first_over)}; at most {limit} or {ALIAS_FACTOR} times the document's own are read")
+    return total
 
 
 class StrictLoader(_Base):  # type: ignore[misc,valid-type]
