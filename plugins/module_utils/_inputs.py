@@ -16,7 +16,7 @@ import re
 import typing as t
 from urllib.parse import urlsplit, urlunsplit
 
-# documented limits (README "Input limits")
+# documented limits (docs/security.md, "The input rules")
 NAME_MAX = 128  # region / tenant / segment / environment / service / version / patch id
 PATH_MAX = 4096  # fleetpatch_host_root, artifact.path
 URL_MAX = 4096
