@@ -773,42 +773,22 @@ def sign_file(path: str, *, key: str, namespace: str = SIGNATURE_NAMESPACE, ssh_
 
 def verify_signature(
     path: str, *, signature: str, allowed_signers: str, identity: str | None = None,
-    namespace: str = SIGNATURE_NAMESPACE, ssh_keygen: str | None = None, runner: Runner = run_tool,
-    scratch_dir: str | None = None,
+    namespace: str = SIGNATURE_NAMESPACE, runner: Runner = run_tool, scratch_dir: str | None = None,
 ) -> str:
-    """Verify a detached SSH signature of path against allowed signers (file content); return the principal."""
-    signature = check_signature_text(signature)
-    if not allowed_signers or not allowed_signers.strip():
-        raise BundleError("allowed_signers is empty: a signature can only be verified against trusted keys")
-    ssh_keygen = ssh_keygen or find_tool("ssh-keygen")
-    if not ssh_keygen:
-        raise BundleError("signature verification needs ssh-keygen (OpenSSH client), which is not installed on "
-                          "this host; install it, or stop requiring signatures")
-    scratch = tempfile.mkdtemp(prefix=".fleetpatch-sig.tmp-", dir=scratch_dir)
+    """Verify a detached SSH signature of path against allowed signers (file content); return the principal.
+
+    One verifier for every path that trusts a file (bundles, pre-staging, the apply step): _trust's, which names the key
+    that signed when it is not trusted.
+    """
+    # imported here: _trust reaches back for run_tool/find_tool only when it runs ssh-keygen
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError, verify_artifact_signature
+
     try:
-        sig_path = os.path.join(scratch, "artifact.sig")
-        signers_path = os.path.join(scratch, "allowed_signers")
-        for file_path, content in ((sig_path, signature), (signers_path, allowed_signers.strip() + "\n")):
-            with open(file_path, "w", encoding="utf-8") as handle:
-                handle.write(content)
-        principals = [identity] if identity else []
-        if not principals:
-            rc, out, err = runner([ssh_keygen, "-Y", "find-principals", "-s", sig_path, "-f", signers_path])
-            principals = [line.strip() for line in out.splitlines() if line.strip()]
-            if rc != 0 or not principals:
-                raise BundleError(f"signature of {path} was not made by any key in allowed_signers "
-                                  f"({(err or out).strip()[-500:] or 'no principal matches'})")
-        errors = []
-        for principal in principals:
-            rc, out, err = runner([ssh_keygen, "-Y", "verify", "-f", signers_path, "-I", principal, "-n", namespace,
-                                   "-s", sig_path], stdin_path=path)
-            if rc == 0:
-                return principal
-            errors.append((err or out).strip()[-500:])
-        raise BundleError(f"signature of {path} does not verify for {', '.join(principals)} in namespace "
-                          f"{namespace}: {'; '.join(errors)}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        return verify_artifact_signature(path, signature=signature, allowed_signers=allowed_signers, identity=identity,
+                                         what=os.path.basename(path) or path, namespace=namespace, runner=runner,
+                                         scratch_dir=scratch_dir)["principal"]
+    except TrustError as exc:
+        raise BundleError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------- names

@@ -315,7 +315,7 @@ purged:
   type: list
   elements: dict
   sample: [{sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, kind: full,
-            reason: "cached full artifact 4c1e... is refused: signature was not made by any key in allowed_signers"}]
+            reason: "cached full artifact 4c1e... is refused: signature of 4c1e... was made by ssh-ed25519 key SHA256:..., which is not in allowed_signers"}]
 edge_refused:
   description:
     - The edge served bytes that did not have the declared digest (V(null) otherwise); the bytes were discarded.
