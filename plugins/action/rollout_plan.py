@@ -196,7 +196,7 @@ class ActionModule(ControllerAction):
             check_command(command, field="variable 'fleetpatch_restart_command'", where=where)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        # no event log, no rollout (slice "secrets": _events.recorder_problem says how to enable the callback)
+        # no event log, no rollout: the refusal says how to enable the callback
         if (events_problem := recorder_problem()) is not None:
             raise RolloutPlanError(events_problem)
         if not args["targets"]:
@@ -215,7 +215,7 @@ class ActionModule(ControllerAction):
         now, clock_source = decision_clock(args["clock"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
         classified = change_policy["change"]
-        # rollout_policy.redaction is slice "secrets"' section: validated here, carried as __rollout_run.redaction
+        # rollout_policy.redaction: validated here, carried as __rollout_run.redaction for the recorder
         args["policy"], redaction = split_redaction(args["policy"])
         # policy.artifacts (module_utils/_trust.py): trusted signers and transfer limits, for the hosts, not the plan
         plan_policy = {key: value for key, value in args["policy"].items() if key != "artifacts"}
@@ -267,7 +267,7 @@ class ActionModule(ControllerAction):
             "run_id": run_id,
             # URL userinfo masked: this result is printed at -v and recorded; the raw URLs reach patch_apply only through
             # the no_log variable __rollout_artifact_urls (roles/rollout/tasks/plan.yml)
-            "patch": scrub_data(redacted(manifest), policy=redaction),  # + secret query parameters (slice secrets)
+            "patch": scrub_data(redacted(manifest), policy=redaction),  # secret query parameters too
             "downgrade": manifest["downgrade"],
             "manifest_path": manifest_path,
             "plan": plan,

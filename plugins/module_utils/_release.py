@@ -732,7 +732,7 @@ class ApplyRequest:
     # installed versions this patch applies to (empty: any); an older target is refused unless allow_downgrade
     affected_versions: tuple[str, ...] = ()
     allow_downgrade: bool = False
-    # transfer limits handed to fetch_artifact (slice "transfer"); None: the downloader's defaults
+    # transfer limits handed to fetch_artifact; None: the downloader's defaults
     max_artifact_bytes: int | None = None
     max_time: float | None = None
     min_throughput: float | None = None

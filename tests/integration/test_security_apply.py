@@ -1,4 +1,4 @@
-"""Issue 15, slice apply: signatures where software is installed, applicability and direction on the host.
+"""Signatures where software is installed, applicability and direction on the host.
 
 Every scenario runs on a small demo fleet (one region, two nodes, one edge) and asserts the clear error, the version on every
 host (current link, releases, host manifest) and that the run's event log and the state directory still verify.

@@ -1,4 +1,4 @@
-"""Issue 15, slice "secrets": secrets never leave (a canary sweep over every byte a run writes) and honest records
+"""Secrets never leave (a canary sweep over every byte a run writes) and honest records
 (no event log without saying so, summaries that list every rolled-back host, halt reasons that name the trigger, lock
 errors that name their file, not_applicable hosts). Loopback only."""
 
@@ -29,7 +29,7 @@ from .rollout_harness import REPO_ROOT, DemoFleet, envvars
 pytestmark = pytest.mark.integration
 
 SMALL = {"demo_fleet_regions": ["eu-west"], "demo_fleet_tenants": ["acme"], "demo_fleet_segments": ["api"], "demo_fleet_hosts_per_cell": 2}
-# signatures are slice "apply"'s scenarios; these runs are about records and secrets
+# signatures have their own scenarios (test_security_apply.py); these runs are about records and secrets
 UNSIGNED = {"require_signature": False}
 POLICY = {"waves": ["100%"], "artifacts": UNSIGNED}
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")

@@ -203,7 +203,7 @@ def test_url_credentials_are_masked_in_the_plan_result_even_at_vvv(fleet, untouc
     assert result.status == "successful", result.stdout[-3000:]
     assert secret not in result.stdout
     plan = result.task_results("rollout_plan")["localhost"]
-    # masked by the plan (***), possibly masked again by the events/runner redaction (slice secrets)
+    # masked by the plan (***), possibly masked again by the events/runner redaction
     assert re.fullmatch(r"http://\*+@127\.[0-9.]+:[0-9]+/artifacts/myapp-1\.0\.1\.tar\.gz", plan["patch"]["artifact"]["url"])
     assert plan["patch"]["artifact"]["url_redacted"] is True
     assert secret not in repr(result.events)

@@ -1,4 +1,4 @@
-"""Slice "secrets" of issue 15: URL/header scrubbing, the recorder refusal, honest registry verify and lock errors."""
+"""URL/header scrubbing, the recorder refusal, honest registry verify and lock errors."""
 
 from __future__ import annotations
 
