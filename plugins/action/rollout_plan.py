@@ -196,8 +196,9 @@ class ActionModule(ControllerAction):
             check_command(command, field="variable 'fleetpatch_restart_command'", where=where)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        # no event log, no rollout: the refusal says how to enable the callback
-        if (events_problem := recorder_problem()) is not None:
+        # no event log, no rollout: the refusal says how to enable the callback. A preview (or check mode) writes nothing,
+        # events included, so it needs no event log.
+        if not (args["preview"] or self._task.check_mode) and (events_problem := recorder_problem()) is not None:
             raise RolloutPlanError(events_problem)
         if not args["targets"]:
             raise RolloutPlanError("no target hosts: the targets match no host of the inventory (an inventory source that failed to parse"

@@ -19,6 +19,9 @@ description:
     and the next execution finishes the job.
   - The controller decides; this module only acts. It never reverts on a failed health check (the wave gate
     decides that), only when O(restart_command) fails.
+requirements:
+  - C(ssh-keygen) (OpenSSH client) on the host when the artifact's signature is verified (O(allowed_signers) given, or
+    O(require_signature=true)).
 author:
   - fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:

@@ -30,6 +30,8 @@ description:
   - A run that finds everything staged transfers nothing.
   - With O(state=verified) nothing is transferred or removed; RV(ready) tells whether the host holds what the apply
     needs (the rollout's readiness gate).
+requirements:
+  - C(ssh-keygen) (OpenSSH client) on the host when signatures are verified.
 author:
   - fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:

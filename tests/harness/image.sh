@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Build the local test-node image (Debian bookworm minbase + python3, procps, iproute2) with debootstrap and
-# `podman import`, without any container registry. Does nothing when the image exists.
+# Build the local test-node image (Debian bookworm minbase + python3, procps, iproute2, and openssh-client: a node that
+# verifies artifact signatures runs ssh-keygen) with debootstrap and `podman import`, without any container registry.
+# Does nothing when the image exists with the same package list (its label says which).
 # Usage: tests/harness/image.sh [--rebuild]
 set -euo pipefail
 # shellcheck source=tests/harness/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 FP_DEBIAN_MIRROR="${FLEETPATCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-FP_IMAGE_PACKAGES="python3,procps,iproute2"
+FP_IMAGE_PACKAGES="python3,procps,iproute2,openssh-client"
 
 main() {
     local rebuild=false arg rootfs
@@ -19,7 +20,8 @@ main() {
     done
     command -v podman >/dev/null || fp_die "podman is not installed (bin/test installs it when run as root)"
     if podman image exists "$FP_IMAGE"; then
-        if [[ "$rebuild" == false ]]; then
+        if [[ "$rebuild" == false ]] &&
+            [[ "$(podman image inspect --format '{{ index .Labels "fleetpatch.packages" }}' "$FP_IMAGE")" == "$FP_IMAGE_PACKAGES" ]]; then
             fp_log "image ${FP_IMAGE} exists"
             return 0
         fi
@@ -40,7 +42,8 @@ main() {
     rm -rf "${rootfs}/var/cache/apt/archives/"*.deb "${rootfs}/var/lib/apt/lists/"*
     fp_log "importing ${FP_IMAGE}"
     tar -C "$rootfs" --numeric-owner -c . |
-        podman import --quiet --change 'CMD ["sleep", "infinity"]' - "$FP_IMAGE" >/dev/null
+        podman import --quiet --change 'CMD ["sleep", "infinity"]' --change "LABEL fleetpatch.packages=${FP_IMAGE_PACKAGES}" \
+            - "$FP_IMAGE" >/dev/null
     fp_log "built ${FP_IMAGE} ($(podman image inspect --format '{{.Size}}' "$FP_IMAGE") bytes)"
 }
 

@@ -85,7 +85,7 @@ def test_built_collection_installs_and_runs_by_fqcn(tmp_path) -> None:
     fleet.write_text(yaml.safe_dump({
         "plugin": "fleetpatch.rollout.fleet",
         "defaults": {"ansible_connection": "local", "fleetpatch_host_root": str(root)},
-        "hosts": {f"web-{i}": {"fleet_region": "eu", "fleet_tenant": "t", "fleet_segment": "web", "fleet_environment": "prod"} for i in range(1, 4)},
+        "hosts": {f"web-{i}": {"fleet_region": "eu", "fleet_tenant": "t", "fleet_segment": "web", "fleet_environment": "staging"} for i in range(1, 4)},
     }))
     manifest = outside / "patch.yml"
     manifest.write_text(yaml.safe_dump({"patch_id": "FP-T-1", "service": "app", "target_version": "1.0.1",

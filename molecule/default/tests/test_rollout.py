@@ -25,6 +25,12 @@ def test_current_points_at_the_target_release(host: t.Any) -> None:
     assert host.run(f"{APP}/current/bin/myapp").stdout == f"myapp {TARGET}\n"
 
 
+def test_target_release_records_the_signer_it_was_verified_with(host: t.Any) -> None:
+    metadata = read_json(host, f"{APP}/releases/{TARGET}/.fleetpatch-release.json")
+    assert metadata["signature"]["principal"] == "release@molecule"
+    assert metadata["signature"]["key"].startswith("ssh-ed25519 key SHA256:")
+
+
 def test_rollback_point_is_kept_with_its_metadata(host: t.Any) -> None:
     assert host.file(f"{APP}/releases/{BASE}").is_directory
     assert host.file(f"{APP}/releases/{BASE}/VERSION").content_string == f"{BASE}\n"
