@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import (
     SCOPE_KEYS,
     CalendarError,
     iso_z,
     parse_calendar,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import host_batch_index
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import constraints, evaluate_wave
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     RunPaths,
     append_event,

@@ -25,7 +25,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
     registry_marks,
     with_slo_targets,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import PolicyError, load_change_policy, slo_targets
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import PolicyError, load_change_policy, slo_targets
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError, iso_z
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import CalendarError, iso_z
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import (
     InputError,
@@ -26,13 +26,13 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest impor
     run_id_for,
     validate_patch_manifest,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import (
     PlanError,
     compile_plan,
     plan_json,
     render_plan_text,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import (
     PolicyError,
     classify,
     constraints,

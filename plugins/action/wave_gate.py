@@ -8,15 +8,15 @@ import dataclasses
 import time
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._analysis import compact, pick_control_hosts
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import compact, pick_control_hosts
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import HOST_KINDS, sample
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._gate import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import (
     GateDecision,
     HostVerdict,
     classify_host,
     decide,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import host_batch_index
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
     RunPaths,
     append_event,

@@ -52,7 +52,7 @@ import typing as t
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import PlanError, error_budget_limit
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import PlanError, error_budget_limit
 
 
 def error_budget(spec: t.Any, fleet_size: t.Any) -> int:

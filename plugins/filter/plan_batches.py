@@ -51,7 +51,7 @@ import typing as t
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import PlanError, serial_batches
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import PlanError, serial_batches
 
 
 def plan_batches(plan: t.Any) -> list[int]:

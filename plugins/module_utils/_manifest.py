@@ -44,7 +44,7 @@ KNOWN = frozenset(REQUIRED) | {
     "approved_by",
     "references",
     "build",
-    # change policy fields (plugins/module_utils/_policy.py validates them for a rollout)
+    # change policy fields (plugins/plugin_utils/_policy.py validates them for a rollout)
     "justification",
     "affected_versions",
     "regression_risk",

@@ -11,7 +11,7 @@ version_added: 0.1.0
 description:
   - Validates the patch manifest, the fleet attributes of every target host and the rollout policy, then compiles the
     plan (canary, waves, batches, disruption budgets, one error budget) with the pure planner in
-    C(plugins/module_utils/_plan.py).
+    C(plugins/plugin_utils/_plan.py).
   - The plan is byte-identical for the same inventory attributes, policy and patch id. It is saved as
     C(runs/<run_id>/plan.json) in the controller state directory, where C(run_id) is the patch id, so running the same
     patch again resumes the same run.

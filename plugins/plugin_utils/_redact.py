@@ -18,7 +18,7 @@ import json
 import re
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import PlanError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import PlanError
 
 MASK = "********"
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"

@@ -11,7 +11,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.fleetpatch.rollout.plugins.filter.plan_batches import FilterModule, plan_batches
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import compile_plan, plan_json
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import compile_plan, plan_json
 
 HOSTS = {
     f"{region}-web-{number}": {"fleet_region": region, "fleet_tenant": "acme", "fleet_segment": "web"}

@@ -4,7 +4,7 @@ import datetime
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import CalendarError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import CalendarError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import CLOCK_ENV, decision_clock
 
 

@@ -5,7 +5,7 @@ import typing as t
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import (
     CalendarError,
     Constraints,
     evaluate,

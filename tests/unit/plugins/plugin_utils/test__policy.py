@@ -5,8 +5,8 @@ import typing as t
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import parse_instant
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import parse_instant
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import (
     PolicyError,
     classify,
     constraints,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._gate import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import (
     HostVerdict,
     budget_spent,
     classify_host,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import RESPONSES, error_budget_spent
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import RESPONSES, error_budget_spent
 
 ROLLBACK_RESPONSES = ("rollback_wave", "rollback_all")
 

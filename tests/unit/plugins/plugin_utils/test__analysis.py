@@ -4,7 +4,7 @@ import typing as t
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._analysis import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import (
     FLEET,
     combine,
     compact,

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._plan import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import (
     LEVELS,
     PlanError,
     compile_plan,

@@ -16,7 +16,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import NAME_MAX, TEXT_MAX, check_strings, check_text, shown
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._calendar import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import (
     SCOPE_KEYS,
     Calendar,
     CalendarError,
