@@ -1,0 +1,66 @@
+"""fleetpatch.rollout.change_window: may this batch start now? The answer, and the waiting state when it may not."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import typing as t
+
+from conftest import run_action, run_arg
+
+
+def window_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
+    return {"run": run_arg(run), "clock": "2026-03-11T05:00:00Z", **changes}
+
+
+def batch(fleet: dict[str, t.Any], run: dict[str, t.Any], index: int) -> dict[str, t.Any]:
+    return dict(fleet["task_vars"], ansible_play_batch=run["plan"]["batches"][index]["hosts"])
+
+
+def frozen(run: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The run, with a freeze over the whole of March 2026 in its change calendar."""
+    run = copy.deepcopy(run)
+    run["change"]["calendar"] = dict(run["change"]["calendar"] or {},
+                                     freezes=[{"name": "quarter close", "once": {"start": "2026-03-01T00:00", "end": "2026-04-01T00:00"}}])
+    return run
+
+
+def test_open_batch_may_start(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    result = run_action("change_window", window_args(planned), batch(fleet, planned, 1))
+    assert not result.get("failed"), result.get("msg")
+    assert (result["batch"], result["wave"], result["fits"], result["stop"]) == (1, "wave-1", True, False)
+    assert result["clock"] == "2026-03-11T05:00:00Z" and result["clock_source"] == "rollout_clock"
+    assert result["msg"].startswith("batch 1 (wave-1) may start at 2026-03-11T05:00:00Z")
+    assert [event["event"] for event in result["fleetpatch_events"]] == ["window.checked"]
+
+
+def test_frozen_batch_waits_and_the_run_records_it(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    result = run_action("change_window", window_args(frozen(planned)), batch(fleet, planned, 0))
+    assert not result.get("failed"), result.get("msg")
+    assert result["fits"] is False and result["stop"] is True and result["reasons"]
+    assert "waits" in result["msg"] and "re-run the rollout then to resume" in result["msg"]
+    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert state["status"] == "waiting_window"
+    assert state["halted"]["action"] == "wait_window" and state["waiting"]["batch"] == 0
+
+
+def test_check_mode_answers_without_writing(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
+        before = handle.read()
+    result = run_action("change_window", window_args(frozen(planned)), batch(fleet, planned, 0), check_mode=True)
+    assert result["check_mode"] is True and result["fits"] is False and "fleetpatch_events" not in result
+    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
+        assert handle.read() == before
+
+
+def test_run_without_change_policy_is_refused(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    run = dict(planned, change=None)
+    result = run_action("change_window", window_args(run), batch(fleet, planned, 0))
+    assert result["failed"] and result["msg"].startswith("run has no change policy")
+
+
+def test_unknown_batch_is_an_error(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    result = run_action("change_window", window_args(planned), dict(fleet["task_vars"], ansible_play_batch=["nobody"]))
+    assert result["failed"] and result["msg"] == "cannot tell which plan batch is starting: play batch maps to batches []"
