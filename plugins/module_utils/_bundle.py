@@ -21,25 +21,24 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tarfile
 import tempfile
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import CHUNK_SIZE, canonical_json
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import PATCH_ID_RE, SIGNATURE_BEGIN
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
+from ansible_collections.fleetpatch.rollout.plugins.module_utils import _tools
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._archive import (
     BUNDLE_METADATA,
-    RELEASE_METADATA,
     ArtifactPlan,
     DeltaNotApplicable,
-    ReleaseError,
-    _extract_into,
-    _symlink_stays_inside,
-    _write_member,
-    check_name,
-    check_sha256,
+    extract_into,
+    inspect_tar,
+    symlink_stays_inside,
+    write_member,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import RELEASE_METADATA, ReleaseError, check_name, check_sha256
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import CHUNK_SIZE, canonical_json
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import PATCH_ID_RE, SIGNATURE_BEGIN
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._tools import Runner, run_tool
 
 BUNDLE_FORMAT = "fleetpatch-bundle"
 BUNDLE_SCHEMA = 1
@@ -58,37 +57,12 @@ MIN_PATCH_SIZE = 4096
 ZSTD_LEVEL = 19
 # zstd decompresses windows up to 2**27 without --long; larger bases need the window given on both sides
 ZSTD_DEFAULT_WINDOW_LOG = 27
-TOOL_TIMEOUT = 3600
 _MODE_RE = re.compile(r"^0[0-7]{3}$")
 _TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,512}$")
 
 
 class BundleError(ReleaseError):
     """A bundle that must not be built, trusted or unpacked; str() is the message for the operator."""
-
-
-Runner = t.Callable[..., t.Tuple[int, str, str]]
-
-
-def run_tool(argv: t.Sequence[str], *, stdin_path: str | None = None, timeout: float = TOOL_TIMEOUT) -> tuple[int, str, str]:
-    """Run a tool (zstd, ssh-keygen) without a shell; stdin from a file when given."""
-    try:
-        if stdin_path is None:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        else:
-            with open(stdin_path, "rb") as stdin:
-                proc = subprocess.run(list(argv), capture_output=True, check=False, timeout=timeout, stdin=stdin)
-            return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError) as exc:
-        return 127, "", f"cannot run {argv[0]}: {exc}"
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def find_tool(name: str) -> str | None:
-    """Absolute path of a tool on PATH (plus the sbin directories a non-login shell may miss), or None."""
-    path = os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/local/bin:/usr/bin:/bin"
-    return shutil.which(name, path=path)
 
 
 def normalize_mode(mode: int) -> int:
@@ -181,7 +155,7 @@ def scan_tree(root: str) -> Tree:
         # os.walk does not descend into symlinked directories, but lists them in dirnames
         dirnames[:] = [name for name in dirnames if kinds.get(name if rel_dir == "." else f"{rel_dir}/{name}") == "dir"]
     for rel, target in links.items():
-        if not _symlink_stays_inside(rel, target, kinds):
+        if not symlink_stays_inside(rel, target, kinds):
             raise BundleError(f"symlink {rel} in {root} points outside the release tree ({target})")
     return Tree(root=root, files=files, links=links, dirs=dirs)
 
@@ -197,10 +171,7 @@ class Materialized:
             return
         if not os.path.isfile(source):
             raise BundleError(f"release source {source} does not exist")
-        # imported here to keep inspect_artifact the one place that tells a bundle from a plain tarball
-        from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import inspect_artifact
-
-        plan = inspect_artifact(source)
+        plan = inspect_tar(source, bundle=inspect_bundle)
         self._tmp = tempfile.mkdtemp(prefix=".fleetpatch-source.tmp-", dir=scratch_dir)
         try:
             if plan.bundle is not None:
@@ -209,7 +180,7 @@ class Materialized:
                 apply_bundle(plan.bundle, self._tmp, service=plan.bundle.metadata["service"],
                              version=plan.bundle.metadata["target_version"], sha256=None)
             else:
-                _extract_into(self._tmp, source, plan)
+                extract_into(self._tmp, source, plan)
             self.tree = scan_tree(self._tmp)
         except BaseException:
             self.close()
@@ -533,7 +504,7 @@ def validate_metadata(bundle: str, metadata: t.Any) -> dict[str, t.Any]:
             parent = "/".join(parts[:depth])
             if kinds.get(parent, "dir") != "dir":
                 raise _refuse(bundle, f"{path!r} lies inside {parent!r}, which is a {kinds[parent]}")
-        if kind == "symlink" and not _symlink_stays_inside(path, links[path], kinds):
+        if kind == "symlink" and not symlink_stays_inside(path, links[path], kinds):
             raise _refuse(bundle, f"symlink {path!r} points outside the release tree ({links[path]})")
     if metadata["kind"] == "delta":
         delta = metadata.get("delta")
@@ -629,7 +600,7 @@ def read_bundle_metadata(path: str) -> dict[str, t.Any] | None:
 def _copy_verified(source: str, dest: str, mode: int, expected: str) -> str:
     fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as handle:
-        digest = _write_member(dest, handle, mode)
+        digest = write_member(dest, handle, mode)
     if digest != expected:
         os.unlink(dest)
     return digest
@@ -658,7 +629,7 @@ def apply_bundle(
         if not releases_dir or os.path.islink(base_dir) or not os.path.isdir(base_dir):
             raise DeltaNotApplicable(f"delta bundle {plan.path} needs release {base_version}, which is not installed here")
         if plan.needs_zstd:
-            zstd = zstd or find_tool("zstd")
+            zstd = zstd or _tools.find_tool("zstd")
             if not zstd:
                 raise DeltaNotApplicable(f"delta bundle {plan.path} holds zstd patches and zstd is not installed on this host")
     entries: dict[str, dict[str, t.Any]] = metadata["files"]
@@ -685,12 +656,12 @@ def apply_bundle(
                 target = os.path.join(dest, path)
                 with source:
                     if op == "file":
-                        files[path] = _write_member(target, source, mode)
+                        files[path] = write_member(target, source, mode)
                         if files[path] != entry["sha256"]:
                             raise BundleError(f"bundle {plan.path}: member {name!r} does not match its manifest digest")
                         continue
                     patch = os.path.join(scratch, "patch.zst")
-                    _write_member(patch, source, 0o600)
+                    write_member(patch, source, 0o600)
                 base_file = os.path.join(base_dir, path)
                 digest = _hash_file(base_file)[0] if os.path.isfile(base_file) and not os.path.islink(base_file) else None
                 if digest != entry["base_sha256"]:
@@ -760,7 +731,7 @@ def check_signature_text(signature: t.Any) -> str:
 def sign_file(path: str, *, key: str, namespace: str = SIGNATURE_NAMESPACE, ssh_keygen: str | None = None,
               runner: Runner = run_tool) -> str:
     """Detached ``ssh-keygen -Y sign`` signature of a file's bytes, as armored text."""
-    ssh_keygen = ssh_keygen or find_tool("ssh-keygen")
+    ssh_keygen = ssh_keygen or _tools.find_tool("ssh-keygen")
     if not ssh_keygen:
         raise BundleError("signing needs ssh-keygen (OpenSSH client), which is not installed here")
     if not os.path.isfile(key):
@@ -780,7 +751,7 @@ def verify_signature(
     One verifier for every path that trusts a file (bundles, pre-staging, the apply step): _trust's, which names the key
     that signed when it is not trusted.
     """
-    # imported here: _trust reaches back for run_tool/find_tool only when it runs ssh-keygen
+    # imported here: only what verifies a signature compiles the trust code
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError, verify_artifact_signature
 
     try:

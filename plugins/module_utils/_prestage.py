@@ -457,7 +457,7 @@ class Stager:
                 remove_path(self.layout.cache_path(artifact.sha256))
         if verify_base and artifact.kind == "delta":
             # the apply logic is only compiled when a delta is about to be staged
-            from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import verify_release
+            from ansible_collections.fleetpatch.rollout.plugins.module_utils._archive import verify_release
 
             problems = verify_release(self.layout.release_path(t.cast(str, artifact.base_version)))
             if problems:
@@ -644,7 +644,7 @@ def _check_tar_members(path: str) -> None:
             members = tar.getmembers()
     except (tarfile.TarError, EOFError):
         return
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import validate_members
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._archive import validate_members
 
     validate_members(path, members)
 

@@ -24,6 +24,8 @@ import struct
 import tempfile
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils import _tools
+
 SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 SIGNATURE_END = "-----END SSH SIGNATURE-----"
 SIGNATURE_NAMESPACE = "fleetpatch"
@@ -181,10 +183,7 @@ def verify_artifact_signature(
     proves the signature over the file's bytes. A certificate signature (cert-authority lines) is left to ssh-keygen's
     find-principals.
     """
-    # imported here: only a host that verifies a signature needs the tool runner (and _bundle's imports)
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import find_tool, run_tool
-
-    runner = runner or run_tool
+    runner = runner or _tools.run_tool
     keytype, blob = signature_key(signature, what=f"signature of {what}")
     key = f"{keytype} key {fingerprint(blob)}"
     entries = parse_allowed_signers(allowed_signers)
@@ -203,7 +202,7 @@ def verify_artifact_signature(
         principal = identity
     else:
         principal = principals[0] if principals else ""
-    ssh_keygen = find_tool("ssh-keygen")
+    ssh_keygen = _tools.find_tool("ssh-keygen")
     if not ssh_keygen:
         raise TrustError(f"verifying the signature of {what} needs ssh-keygen (OpenSSH client), which is not installed "
                          "on this host")

@@ -195,7 +195,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import 
     built_at_from,
     bundle_name,
     delta_name,
-    find_tool,
     newest_mtime,
     sign_file,
     verify_signature,
@@ -205,6 +204,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import 
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha256_file, write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import ReleaseError
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._tools import find_tool
 
 BUILDER = "fleetpatch.rollout.patch_bundle 0.2.0"
 

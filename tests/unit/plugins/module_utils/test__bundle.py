@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle
+from ansible_collections.fleetpatch.rollout.plugins.module_utils import _tools
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import (
     BUNDLE_METADATA,
     BuildInfo,
@@ -241,7 +241,7 @@ def test_delta_against_a_changed_base_is_not_applicable(tmp_path: Path, releases
 def test_delta_with_patches_needs_zstd_on_the_host(tmp_path: Path, releases: tuple[Path, Path], monkeypatch) -> None:
     _full, delta, _meta, _dmeta = build(tmp_path, *releases)
     layout = install_base(tmp_path, releases[0])
-    monkeypatch.setattr(_bundle, "find_tool", lambda name: None)
+    monkeypatch.setattr(_tools, "find_tool", lambda name: None)
     with pytest.raises(DeltaNotApplicable, match="zstd is not installed on this host"):
         extract_release(layout, version="1.0.1", artifact_path=delta, sha256=sha(delta))
 
@@ -401,7 +401,7 @@ def test_verification_without_ssh_keygen_fails_clearly(tmp_path: Path, keys: dic
     payload = tmp_path / "bundle"
     payload.write_bytes(b"content")
     signature = sign_file(str(payload), key=keys["builder"])
-    monkeypatch.setattr(_bundle, "find_tool", lambda name: None)
+    monkeypatch.setattr(_tools, "find_tool", lambda name: None)
     with pytest.raises(BundleError, match="verifying the signature of bundle needs ssh-keygen"):
         verify_signature(str(payload), signature=signature, allowed_signers=keys["builder_signers"])
 
