@@ -35,13 +35,12 @@ sys.path.insert(0, REPO)
 import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # installs the collection loader
 from tests.integration.rollout_harness import ANSIBLE_CFG, DemoFleet  # noqa: E402
 
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (  # noqa: E402
-    RecorderOptions,
-    RunRecorder,
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import (  # noqa: E402
     _chunks,
     scan_ranges,
     verify_event_file,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import RecorderOptions, RunRecorder  # noqa: E402
 
 PLAYBOOK = os.path.join(HERE, "events_tasks.yml")
 FLEET = {"demo_fleet_regions": ["eu-west", "us-east", "ap-south", "sa-east"], "demo_fleet_tenants": ["t1", "t2", "t3", "t4", "t5"],

@@ -33,13 +33,8 @@ import typing as t
 import uuid
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha256_file, write_file_atomic
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
-    GENESIS,
-    Finding,
-    file_head,
-    utc_ts,
-    verify_event_file,
-)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import Finding, verify_event_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import GENESIS, file_head, utc_ts
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import Redactor, canonical, scrub_url
 
 FORMAT = 1

@@ -16,7 +16,7 @@ import os
 import sys
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import verify_event_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
     STATES,
     Registry,

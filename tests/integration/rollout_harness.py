@@ -15,7 +15,7 @@ import urllib.request
 import ansible_runner
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import busy_endpoints
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import verify_event_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import verify_all
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

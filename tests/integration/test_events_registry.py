@@ -19,7 +19,8 @@ import yaml
 
 from ansible_collections.fleetpatch.rollout.plugins.callback.events import CallbackModule
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _registry_cli
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import read_events, verify_event_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import read_events
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import Registry, query_hosts, query_patches, query_timeline, verify_all
 
 from .rollout_harness import REPO_ROOT, DemoFleet, run_playbook

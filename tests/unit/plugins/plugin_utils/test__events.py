@@ -7,7 +7,7 @@ import typing as t
 import jsonschema
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _events
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _event_verify, _events
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
     GENESIS,
     EventLog,
@@ -17,8 +17,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import 
     parse_traceparent,
     read_events,
     resolve_correlation_id,
-    verify_event_file,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import CENSORED, MASK
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
@@ -359,7 +359,7 @@ def test_the_fast_path_and_the_slow_path_agree_on_a_clean_file(tmp_path) -> None
     path = str(tmp_path / "e.jsonl")
     lines = write_log(path, 50)
     fast = verify_event_file(path)
-    slow = _events._verify_slow(path, _events.FileReport(path), "e.jsonl", True, [])  # pylint: disable=protected-access
+    slow = _event_verify._verify_slow(path, _event_verify.FileReport(path), "e.jsonl", True, [])  # pylint: disable=protected-access
     assert (fast.lines, fast.last_seq, fast.head, fast.findings) == (50, 50, line_hash(lines[-1]), [])
     assert (slow.last_seq, slow.head, slow.findings) == (50, fast.head, [])
     assert lines[0].startswith(b'{"prev":"' + GENESIS.encode() + b'","seq":1,')
@@ -375,14 +375,14 @@ def first_and_last_line(path: str, start: int, end: int) -> tuple[bytes, bytes, 
 def test_scan_ranges_cuts_on_line_boundaries_and_returns_results_in_file_order(tmp_path) -> None:
     path = str(tmp_path / "e.jsonl")
     lines = write_log(path, 30)
-    ranges, results = _events.scan_ranges(path, first_and_last_line, workers=3)
+    ranges, results = _event_verify.scan_ranges(path, first_and_last_line, workers=3)
     assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == os.path.getsize(path)
     assert all(end == next_start for (_start, end), (next_start, _end) in zip(ranges, ranges[1:]))
     assert [first for first, _last, _count in results][0] == lines[0] and results[-1][1] == lines[-1]
     assert sum(count for _first, _last, count in results) == 30
     assert [line for first, last, _count in results for line in (first, last)] == sorted(
         [line for first, last, _count in results for line in (first, last)], key=lines.index)
-    assert _events.scan_ranges(path, first_and_last_line) == ([(0, os.path.getsize(path))], [(lines[0], lines[-1], 30)])
+    assert _event_verify.scan_ranges(path, first_and_last_line) == ([(0, os.path.getsize(path))], [(lines[0], lines[-1], 30)])
 
 
 @pytest.mark.parametrize("workers", [2, 3, 7])
