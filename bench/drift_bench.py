@@ -148,7 +148,7 @@ def desired_state(services: int) -> dict:
 
 def child_report(paths: list[str], out_dir: str, services: int) -> dict:
     sys.path.insert(0, os.path.join(REPO, "collections"))
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (  # noqa: PLC0415
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (  # noqa: PLC0415
         Reconciler,
         gc_paused,
         parse_desired_state,

@@ -28,7 +28,7 @@ def run_report(repo: str, paths: list[str], out_dir: str, services: int) -> dict
     """drift_bench.child_report with the collection of ``repo`` (a directory holding plugins/); sha256 of every output."""
     code = (f"import json, sys; sys.path.insert(0, {HERE!r}); import drift_bench as b; b.REPO = {repo!r}; "
             f"r = b.child_report({paths!r}, {out_dir!r}, {services}); "
-            "from ansible_collections.fleetpatch.rollout.plugins.module_utils import _drift; print(_drift.__file__)")
+            "from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _drift; print(_drift.__file__)")
     used = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     if not used.startswith(os.path.join(repo, "collections")):
         raise SystemExit(f"the report ran {used}, not the code of {repo}")

@@ -10,7 +10,7 @@ import os
 import time
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     DRIFT_STATUSES,
     STATUSES,
     DesiredState,

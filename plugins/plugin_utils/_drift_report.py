@@ -3,7 +3,7 @@
 """Private to fleetpatch.rollout: controller side of the drift report. Not a public API.
 
 Reads and writes facts files (JSON Lines, one host per line), reads the patch registry when there is one, and
-renders a built report (module_utils/_drift.py) as JSON, HTML, Markdown, JUnit XML and Prometheus textfile metrics,
+renders a built report (plugin_utils/_drift.py) as JSON, HTML, Markdown, JUnit XML and Prometheus textfile metrics,
 each written atomically.
 """
 
@@ -19,7 +19,7 @@ import sqlite3
 import tempfile
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     BATCH,
     DRIFT_STATUSES,
     FACTS_FORMAT,

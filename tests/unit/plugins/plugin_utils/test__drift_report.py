@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     DriftError,
     Reconciler,
     parse_desired_state,

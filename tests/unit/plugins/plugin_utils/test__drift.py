@@ -5,7 +5,7 @@ import typing as t
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._drift import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     DEFAULT_SLO_TARGETS,
     DriftError,
     Patch,

@@ -51,7 +51,7 @@ DRIFT_STATUSES = ("drifted", "missing_patch", "unexpected_version", "quarantined
 # worst first: the status a matrix cell shows
 STATUS_RANK = ("unexpected_version", "unhealthy", "quarantined", "missing_patch", "drifted", "unknown", "not_applicable", "in_sync")
 # the registry's latest host outcome of a service (by the time it was recorded) that makes the host's rows of that
-# service quarantined or unhealthy, whatever its facts say (plugins/module_utils/_runstate.py's outcomes)
+# service quarantined or unhealthy, whatever its facts say (plugins/plugin_utils/_store.py's outcomes)
 REGISTRY_QUARANTINED = ("quarantined",)
 REGISTRY_UNHEALTHY = ("failed", "unhealthy", "unreachable", "rolled_back", "rollback_failed")
 SEVERITIES = ("critical", "high", "medium", "low")
