@@ -23,10 +23,9 @@ if t.TYPE_CHECKING:
     import tarfile
 
 __all__ = [
-    "BUNDLE_METADATA",
     "ArtifactPlan",
+    "BUNDLE_METADATA",
     "DeltaNotApplicable",
-    "Entry",
     "extract_into",
     "inspect_release",
     "inspect_tar",

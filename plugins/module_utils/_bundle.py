@@ -40,6 +40,26 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import CHUN
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import PATCH_ID_RE, SIGNATURE_BEGIN
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._tools import Runner, run_tool
 
+__all__ = [
+    "BUNDLE_METADATA",
+    "BuildInfo",
+    "BundleError",
+    "Materialized",
+    "apply_bundle",
+    "built_at_from",
+    "bundle_name",
+    "delta_name",
+    "inspect_bundle",
+    "newest_mtime",
+    "scan_tree",
+    "sign_file",
+    "tree_digest",
+    "verify_signature",
+    "write_delta_bundle",
+    "write_full_bundle",
+    "zstd_version",
+]
+
 BUNDLE_FORMAT = "fleetpatch-bundle"
 BUNDLE_SCHEMA = 1
 FILES_DIR = "files/"

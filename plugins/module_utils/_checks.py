@@ -27,12 +27,39 @@ import typing as t
 import urllib.parse
 from collections.abc import Mapping
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+
 try:
     import jmespath
     import jmespath.exceptions
     import jmespath.functions
 except ImportError:  # pragma: no cover - jmespath is a controller requirement of the collection
     jmespath = None
+
+__all__ = [
+    "CONTROLLER_KINDS",
+    "CheckError",
+    "FLEET_KINDS",
+    "HOST_KINDS",
+    "MISSING",
+    "assertion_failure",
+    "host_context",
+    "jmespath_error",
+    "judge_command",
+    "judge_http",
+    "judge_value",
+    "normalize_checks",
+    "overview",
+    "pause_before",
+    "promql_regex",
+    "referenced_vars",
+    "render",
+    "render_json",
+    "render_target",
+    "sample",
+    "template_names",
+    "validate_targets",
+]
 
 CHECK_KINDS = ("http", "tcp", "dns", "command", "prometheus")
 CONTROLLER_KINDS = ("http", "tcp", "dns")  # run from the controller against every host
@@ -87,7 +114,7 @@ def pause_before(check: t.Mapping[str, t.Any], number: int) -> float:
     return float(check.get("initial_delay") or 0) if number == 0 else float(check["interval"] or 0)
 
 
-class CheckError(ValueError):
+class CheckError(FleetpatchError, ValueError):
     """A check spec that cannot be run. The message names the policy path of the offending value."""
 
 

@@ -18,7 +18,28 @@ import subprocess
 import time
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json
+
+__all__ = [
+    "HostLayout",
+    "HostOps",
+    "RELEASE_METADATA",
+    "ReleaseError",
+    "SHA256_PATTERN",
+    "URL_SCHEMES",
+    "check_name",
+    "check_sha256",
+    "current_version",
+    "ensure_free_space",
+    "existing_parent",
+    "http_error",
+    "read_host_state",
+    "read_release_metadata",
+    "remove_path",
+    "url_errors",
+    "utc_now",
+]
 
 RELEASE_METADATA = ".fleetpatch-release.json"
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
@@ -45,7 +66,7 @@ def http_error() -> type[BaseException]:
     return urllib.error.HTTPError
 
 
-class ReleaseError(Exception):
+class ReleaseError(FleetpatchError):
     """A host step that cannot or must not go ahead; str() is the message for the operator."""
 
 

@@ -10,6 +10,18 @@ import os
 import tempfile
 import typing as t
 
+__all__ = [
+    "CHUNK_SIZE",
+    "append_jsonl",
+    "canonical_json",
+    "fsync_directory",
+    "pretty_json",
+    "read_json",
+    "sha256_file",
+    "write_file_atomic",
+    "write_json_atomic",
+]
+
 CHUNK_SIZE = 1024 * 1024
 
 

@@ -22,6 +22,18 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import 
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions, version_key
 
+__all__ = [
+    "ManifestError",
+    "PATCH_ID_RE",
+    "SIGNATURE_BEGIN",
+    "artifact_urls",
+    "downgrade_text",
+    "prestage_module_args",
+    "redacted",
+    "run_id_for",
+    "validate_patch_manifest",
+]
+
 # matched whole (re.fullmatch): "1.0.1\n" is not a version; every name is at most NAME_MAX (128) characters
 PATCH_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")

@@ -57,6 +57,30 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import
 if t.TYPE_CHECKING:
     import tarfile
 
+__all__ = [
+    "ApplyResult",
+    "DeltaNotApplicable",
+    "HostLayout",
+    "HostOps",
+    "RELEASE_METADATA",
+    "ReleaseError",
+    "build_request",
+    "check_health",
+    "extract_release",
+    "fetch_artifact",
+    "inspect_artifact",
+    "os",
+    "parse_command",
+    "plan_prune",
+    "read_host_state",
+    "read_release_metadata",
+    "record_install",
+    "run_apply",
+    "switch_current",
+    "unpack_release",
+    "verify_release",
+]
+
 RELEASE_SCHEMA = 1
 MANIFEST_SCHEMA = 1
 HEALTH_BODY_LIMIT = 64 * 1024

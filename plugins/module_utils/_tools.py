@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import typing as t
 
-__all__ = ["TOOL_TIMEOUT", "Runner", "find_tool", "run_tool"]
+__all__ = ["Runner", "find_tool", "run_tool"]
 
 TOOL_TIMEOUT = 3600
 

@@ -24,7 +24,21 @@ import struct
 import tempfile
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils import _tools
+
+__all__ = [
+    "DEFAULTS",
+    "TrustError",
+    "check_armored",
+    "check_plan_signatures",
+    "fingerprint",
+    "parse_allowed_signers",
+    "signature_key",
+    "signature_required",
+    "validate_artifacts_policy",
+    "verify_artifact_signature",
+]
 
 SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 SIGNATURE_END = "-----END SSH SIGNATURE-----"
@@ -65,7 +79,7 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-class TrustError(ValueError):
+class TrustError(FleetpatchError, ValueError):
     """Trust configuration or a signature that must not be accepted; str() is the message for the operator."""
 
 

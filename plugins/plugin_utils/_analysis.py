@@ -21,6 +21,18 @@ import dataclasses
 import math
 import typing as t
 
+__all__ = [
+    "CheckOutcome",
+    "FLEET",
+    "combine",
+    "compact",
+    "evaluate",
+    "longest_run",
+    "percentile",
+    "pick_control_hosts",
+    "summarize",
+]
+
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"

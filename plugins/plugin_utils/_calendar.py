@@ -25,11 +25,26 @@ import re
 import typing as t
 from collections.abc import Mapping
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+
 try:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 except ImportError:  # pragma: no cover - Python < 3.9 controllers have no zoneinfo
     ZoneInfo = None  # type: ignore[assignment,misc]
     ZoneInfoNotFoundError = KeyError  # type: ignore[assignment,misc]
+
+__all__ = [
+    "Calendar",
+    "CalendarError",
+    "Constraints",
+    "SCOPE_KEYS",
+    "evaluate",
+    "iso_z",
+    "next_opening",
+    "parse_calendar",
+    "parse_duration",
+    "parse_instant",
+]
 
 UTC = _dt.timezone.utc
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -45,7 +60,7 @@ _DAY = _dt.timedelta(days=1)
 HORIZON = _dt.timedelta(days=400)
 
 
-class CalendarError(ValueError):
+class CalendarError(FleetpatchError, ValueError):
     """A calendar rule that cannot be evaluated; the message names the rule and the field."""
 
 

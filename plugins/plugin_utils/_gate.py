@@ -12,6 +12,8 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import RESPONSES, error_budget_spent
 
+__all__ = ["GateDecision", "HostVerdict", "budget_spent", "classify_host", "decide"]
+
 ROLLBACK_RESPONSES = ("rollback_wave", "rollback_all")
 
 

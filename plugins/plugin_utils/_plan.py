@@ -26,9 +26,24 @@ from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import NAME_MAX, NAME_RE, check_text, shown
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
+
+__all__ = [
+    "LEVELS",
+    "PlanError",
+    "RESPONSES",
+    "compile_plan",
+    "error_budget_limit",
+    "error_budget_spent",
+    "host_batch_index",
+    "normalize_policy",
+    "plan_json",
+    "render_plan_text",
+    "serial_batches",
+]
 
 SCHEMA = 1
 LEVELS = ("region", "tenant", "segment", "environment")
@@ -67,7 +82,7 @@ _DIGITS = re.compile(r"(\d+)")
 Size = t.Union[int, str]  # a count (5) or a normalized percent ("25%", "2.5%")
 
 
-class PlanError(ValueError):
+class PlanError(FleetpatchError, ValueError):
     """Invalid inventory, policy or plan. The message names the host and variable, or the policy key, at fault."""
 
 

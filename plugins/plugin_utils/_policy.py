@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import NAME_MAX, TEXT_MAX, check_strings, check_text, shown
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import (
@@ -28,6 +29,24 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar impor
     parse_duration,
     parse_instant,
 )
+
+__all__ = [
+    "PolicyError",
+    "classify",
+    "constraints",
+    "evaluate_wave",
+    "evaluate_waves",
+    "host_scopes",
+    "jsonable",
+    "load_change_policy",
+    "merge_rollout",
+    "schedule_text",
+    "select_profile",
+    "severity_score",
+    "slo_targets",
+    "validate_change",
+    "validate_override",
+]
 
 CHANGE_TYPES = ("emergency", "scheduled", "feature")
 CLASSIFICATIONS = ("security", "functional", "performance")
@@ -94,7 +113,7 @@ DEFAULT_PROFILES: tuple[dict[str, t.Any], ...] = (
 DEFAULT_OVERRIDE = {"min_approvers": 2, "max_validity": "72h"}
 
 
-class PolicyError(ValueError):
+class PolicyError(FleetpatchError, ValueError):
     """A manifest, change policy or override that must stop the run; the message names the field."""
 
 
