@@ -20,6 +20,7 @@ import socket
 import typing as t
 import urllib.parse
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     ReleaseError,
     ensure_free_space,
@@ -32,6 +33,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsyn
 if t.TYPE_CHECKING:
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostOps
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import FetchPolicy
+
+__all__ = ["DownloadFailed", "FetchRefused", "Refused", "Transfer", "download", "os", "part_path", "shown_url"]
 
 READ_CHUNK = 256 * 1024
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
@@ -55,11 +58,11 @@ class DownloadFailed(ReleaseError):
         self.kept = kept
 
 
-class Transient(Exception):
+class Transient(FleetpatchError):
     """Worth another attempt at the same source after a pause (reset, timeout, 5xx)."""
 
 
-class SourceFailed(Exception):
+class SourceFailed(FleetpatchError):
     """This source will not deliver (404, wrong size): try the next one."""
 
 
@@ -67,7 +70,7 @@ class Breach(SourceFailed):
     """The source broke a transfer limit (byte cap, minimum throughput): its partial bytes are dropped."""
 
 
-class GiveUp(Exception):
+class GiveUp(FleetpatchError):
     """Stop altogether: the overall deadline (max_time) passed."""
 
 

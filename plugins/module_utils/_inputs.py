@@ -16,6 +16,25 @@ import re
 import typing as t
 from urllib.parse import urlsplit, urlunsplit
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+
+__all__ = [
+    "InputError",
+    "NAME_MAX",
+    "NAME_RE",
+    "TEXT_MAX",
+    "check_bool",
+    "check_command",
+    "check_name",
+    "check_path",
+    "check_strings",
+    "check_text",
+    "check_url",
+    "label",
+    "redact_url",
+    "shown",
+]
+
 # documented limits (docs/security.md, "The input rules")
 NAME_MAX = 128  # region / tenant / segment / environment / service / version / patch id
 PATH_MAX = 4096  # fleetpatch_host_root, artifact.path
@@ -34,7 +53,7 @@ TRUE_WORDS = frozenset({"true", "yes", "on", "1", "y", "t"})
 FALSE_WORDS = frozenset({"false", "no", "off", "0", "n", "f", ""})
 
 
-class InputError(ValueError):
+class InputError(FleetpatchError, ValueError):
     """A value that must not be used; the message names field, value and source."""
 
 

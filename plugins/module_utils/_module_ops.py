@@ -11,6 +11,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import Ho
 if t.TYPE_CHECKING:
     from ansible.module_utils.basic import AnsibleModule
 
+__all__ = ["ModuleOps"]
+
 
 class ModuleOps(HostOps):
     """Commands through run_command, URLs through open_url (proxies, certificates), warnings to the task."""

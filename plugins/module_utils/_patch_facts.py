@@ -15,6 +15,10 @@ import os
 import re
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+
+__all__ = ["PatchFactsError", "package_versions", "read_patch_facts", "read_service"]
+
 FACTS_SCHEMA = 1
 MANIFEST_SUFFIX = ".manifest.json"
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -24,7 +28,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 Runner = t.Callable[[t.List[str]], t.Tuple[int, str, str]]
 
 
-class PatchFactsError(Exception):
+class PatchFactsError(FleetpatchError):
     """The request itself is wrong (a bad service name); str() is the message."""
 
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     URL_SCHEMES,
     HostLayout,
@@ -40,6 +41,21 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import
 
 if t.TYPE_CHECKING:
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import Transfer
+
+__all__ = [
+    "FetchPolicy",
+    "StageError",
+    "StageResult",
+    "build_stage_request",
+    "cache_lock",
+    "cached_entries",
+    "meta_path",
+    "plan_retention",
+    "readiness_report",
+    "region_verdicts",
+    "render_report",
+    "run_stage",
+]
 
 META_SCHEMA = 1
 LOCK_TIMEOUT = 120.0
@@ -649,7 +665,7 @@ def _check_tar_members(path: str) -> None:
     validate_members(path, members)
 
 
-class _BaseProblem(Exception):
+class _BaseProblem(FleetpatchError):
     """The base release a delta needs does not verify."""
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import typing as t
 
+__all__ = ["compare_versions", "version_key"]
+
 _TOKEN = re.compile(r"\d+|[A-Za-z]+")
 
 

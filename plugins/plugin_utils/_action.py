@@ -9,6 +9,8 @@ import typing as t
 
 from ansible.plugins.action import ActionBase
 
+__all__ = ["ControllerAction"]
+
 
 class ControllerAction(ActionBase):
     """An action that runs on the controller only: validated arguments in, one error boundary around `_act`.

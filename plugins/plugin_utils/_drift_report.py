@@ -34,6 +34,19 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsync_directory, write_file_atomic
 
+__all__ = [
+    "AtomicWriter",
+    "FORMATS",
+    "drift_rows",
+    "expand_facts_files",
+    "human_duration",
+    "output_paths",
+    "read_facts_file",
+    "registry_views",
+    "write_facts_file",
+    "write_reports",
+]
+
 FORMATS = ("json", "html", "markdown", "junit", "prometheus")
 FILE_NAMES = {"json": "drift-report.json", "html": "drift-report.html", "markdown": "drift-report.md",
               "junit": "drift-junit.xml", "prometheus": "fleetpatch_drift.prom"}

@@ -41,6 +41,29 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import 
     digest_text,
 )
 
+__all__ = [
+    "ACTIVE_ENV",
+    "CORRELATION_ENV",
+    "EventLog",
+    "GENESIS",
+    "HOST_ATTRIBUTES",
+    "REQUIRED_ENV",
+    "RecorderOptions",
+    "RunRecorder",
+    "STATUS_ENV",
+    "correlation_for_action",
+    "domain_event",
+    "events_callback_active",
+    "file_head",
+    "line_hash",
+    "os",
+    "parse_traceparent",
+    "read_events",
+    "recorder_problem",
+    "resolve_correlation_id",
+    "utc_ts",
+]
+
 FORMAT = 1
 GENESIS = "0" * 64
 PREFIX = b'{"prev":"'

@@ -30,6 +30,20 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _analysi
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json, write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
 
+__all__ = [
+    "DEFAULT_WORKERS",
+    "baseline_path",
+    "contexts_for",
+    "evaluate",
+    "fleet_context",
+    "jobs_for",
+    "load_baselines",
+    "run_jobs",
+    "run_names",
+    "save_baselines",
+    "take_samples",
+]
+
 CORRELATION_HEADER = "X-Correlation-ID"
 USER_AGENT = "fleetpatch-checks/1"
 MAX_BODY = 1024 * 1024

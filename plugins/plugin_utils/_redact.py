@@ -20,6 +20,23 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import PlanError
 
+__all__ = [
+    "CENSORED",
+    "DEFAULT_SECRET_PATTERNS",
+    "MASK",
+    "RedactionError",
+    "Redactor",
+    "Scrubber",
+    "canonical",
+    "clean_result",
+    "digest_text",
+    "normalize_redaction",
+    "redaction_policy",
+    "scrub_data",
+    "scrub_url",
+    "split_redaction",
+]
+
 MASK = "********"
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
 DEFAULT_SECRET_PATTERNS = ("*password*", "*passwd*", "*passphrase*", "*token*", "*secret*", "*private_key*", "*api_key*", "*credential*")

@@ -32,10 +32,34 @@ import subprocess
 import typing as t
 import uuid
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha256_file, write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import Finding, verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import GENESIS, file_head, utc_ts
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import Redactor, canonical, scrub_url
+
+__all__ = [
+    "ApprovalError",
+    "COLUMNS",
+    "Registry",
+    "RegistryError",
+    "STATES",
+    "approval_chain",
+    "export",
+    "fold_patches",
+    "lock_timeout",
+    "patch_body",
+    "query_hosts",
+    "query_patches",
+    "query_timeline",
+    "record_hash",
+    "registry_paths",
+    "relative_to",
+    "retention",
+    "verify_all",
+    "verify_export",
+    "write_checkpoint",
+]
 
 FORMAT = 1
 REGISTRY_FILE = "registry.sqlite3"
@@ -63,7 +87,7 @@ CREATE INDEX IF NOT EXISTS records_patch ON records (patch_id, seq);
 COLUMNS = ("seq", "ts", "kind", "patch_id", "run_id", "correlation_id", "body", "prev", "hash")
 
 
-class RegistryError(Exception):
+class RegistryError(FleetpatchError):
     """The registry cannot do what was asked."""
 
 

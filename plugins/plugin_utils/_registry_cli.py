@@ -31,6 +31,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry impor
     verify_export,
 )
 
+__all__ = ["main"]
+
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
 
 

@@ -23,6 +23,10 @@ import typing as t
 
 import yaml
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+
+__all__ = ["YamlError", "load_file", "load_text"]
+
 try:
     _Base: t.Any = yaml.CSafeLoader  # libyaml parser: fleet files of thousands of hosts load in milliseconds
 except AttributeError:  # pragma: no cover - PyYAML without libyaml
@@ -33,7 +37,7 @@ ALIAS_FACTOR = 10  # a larger document may stand for up to this many times its o
 MAX_BYTES = 256 * 1024 * 1024  # a 100,000-host fleet file is about 30 MB
 
 
-class YamlError(ValueError):
+class YamlError(FleetpatchError, ValueError):
     """A YAML/JSON file that must not be used; the message names the file."""
 
 
