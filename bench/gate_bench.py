@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # installs the collection loader
 from tests.integration.rollout_harness import DemoFleet, run_playbook  # noqa: E402
 
 # 2 regions x 5 tenants x 5 segments x 2 hosts = 100 nodes

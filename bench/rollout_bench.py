@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # installs the collection loader
 from tests.integration.rollout_harness import DemoFleet, run_playbook  # noqa: E402
 
 POLICY = {"canary": {"size": 1}, "waves": ["10%", "40%", "100%"], "max_concurrency": 20, "error_budget": "5%"}

@@ -22,7 +22,8 @@ fp_shell_entry_points() {
 }
 
 # Files of the collection, NUL-separated: tracked plus untracked-but-not-ignored files in a git checkout (what
-# ansible-test itself would look at), every file otherwise. Never the collections/ dev symlink or the venv.
+# ansible-test itself would look at), every file otherwise. Never the venv, nor collections/: the dev symlink, and the
+# fleetpatch.demo collection, which is not part of this one (galaxy.yml does not ship it).
 fp_collection_files() {
     local path
     if git -C "$FP_REPO_ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then

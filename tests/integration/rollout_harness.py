@@ -14,12 +14,17 @@ import urllib.request
 
 import ansible_runner
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import busy_endpoints
+from ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet import busy_endpoints
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import verify_all
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
+# The demo fleet is its own collection (fleetpatch.demo), kept out of the fleetpatch.rollout tarball; its playbooks are
+# absolute paths, which run_playbook passes through unchanged (os.path.join keeps an absolute second part).
+DEMO_COLLECTION = os.path.join(REPO_ROOT, "collections", "ansible_collections", "fleetpatch", "demo")
+DEMO_FLEET_PLAYBOOK = os.path.join(DEMO_COLLECTION, "playbooks", "fleet.yml")
+DEMO_TEARDOWN_PLAYBOOK = os.path.join(DEMO_COLLECTION, "playbooks", "teardown.yml")
 ANSIBLE_CFG = os.path.join(REPO_ROOT, "ansible.cfg")
 _SUBNETS = itertools.count(1)
 # ansible-runner finds ansible-playbook on PATH: use the one installed beside this interpreter (the venv).
@@ -138,12 +143,12 @@ class DemoFleet:
 
     def create(self, **overrides: t.Any) -> RunResult:
         self.params.update(overrides)
-        result = run_playbook("demo_fleet.yml", extravars=self.params)
+        result = run_playbook(DEMO_FLEET_PLAYBOOK, extravars=self.params)
         assert result.status == "successful", result.stdout[-4000:]
         return result
 
     def teardown(self) -> None:
-        run_playbook("demo_fleet_teardown.yml", extravars={"demo_fleet_dir": self.path})
+        run_playbook(DEMO_TEARDOWN_PLAYBOOK, extravars={"demo_fleet_dir": self.path})
 
     def fleet(self) -> dict[str, t.Any]:
         with open(os.path.join(self.path, "fleet.json"), encoding="utf-8") as handle:

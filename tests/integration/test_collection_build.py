@@ -17,6 +17,11 @@ from .rollout_harness import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 BIN = os.path.dirname(sys.executable)
+# What the tarball must not hold (galaxy.yml's build_ignore): the repository's tests, benchmarks, molecule scenarios,
+# developer entry points and dev config, and the demo fleet (its own collection, fleetpatch.demo, under collections/).
+NOT_SHIPPED_DIRS = ("tests/", "bench/", "molecule/", "collections/", "bin/", ".venv/", ".ci/", ".git/", "changelogs/fragments/")
+DEV_CONFIG = {"pytest.ini", ".ansible-lint", "ansible.cfg", "requirements-dev.txt", "requirements.yml", ".gitignore"}
+DEMO_MARKERS = ("demo_fleet", "fleet_service.py", "fleetctl.py", "inventories/demo")
 
 
 def _run(args: list[str], cwd: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -51,8 +56,11 @@ def test_built_collection_installs_and_runs_by_fqcn(tmp_path) -> None:
     tarball = tmp_path / "fleetpatch-rollout-0.1.0.tar.gz"
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
-    assert "plugins/modules/patch_apply.py" in names and "playbooks/rollout.yml" in names
-    assert not any(name.startswith(("collections/", ".venv/", "bin/")) for name in names)
+    print("tarball members:", *sorted(names), sep="\n  ")
+    assert {"plugins/modules/patch_apply.py", "playbooks/rollout.yml", "roles/rollout/tasks/main.yml", "meta/runtime.yml", "README.md"} <= names
+    assert not [name for name in names if (name + "/").startswith(NOT_SHIPPED_DIRS)]
+    assert not names & DEV_CONFIG
+    assert not [name for name in names if any(marker in name for marker in DEMO_MARKERS)]
 
     install = _run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "-p", str(tmp_path / "collections"), str(tarball)], str(outside), env)
     assert install.returncode == 0, install.stderr

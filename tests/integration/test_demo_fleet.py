@@ -1,4 +1,4 @@
-"""The embedded demo fleet, built and torn down by playbooks/demo_fleet*.yml through ansible-runner.
+"""The embedded demo fleet (collection fleetpatch.demo), built and torn down by its playbooks through ansible-runner.
 
 Every test asserts what the fleet really does: answers on each host's own loopback address, the version a
 restart loads, faults, HTTP ranges, idempotence, and that teardown leaves no process or directory behind.
@@ -31,10 +31,10 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
+PLAYBOOKS = os.path.join(REPO_ROOT, "collections", "ansible_collections", "fleetpatch", "demo", "playbooks")
 ANSIBLE_CFG = os.path.join(REPO_ROOT, "ansible.cfg")
 VENV_BIN = os.path.dirname(sys.executable)
-MODULE = "fleetpatch.rollout.demo_fleet"
+MODULE = "fleetpatch.demo.demo_fleet"
 # 127.78.<n>.0/24 and ports 18100+n / 18400+n are this file's; other suites use other ranges. A net is
 # claimed with an flock so that concurrent pytest runs never build two fleets on the same addresses.
 LOCK_DIR = os.path.join(tempfile.gettempdir(), "fleetpatch-demo-fleet-test-nets")
@@ -154,12 +154,12 @@ class Fleet:
 
     def build(self, *, cmdline: str | None = None, expect: str = "successful", **overrides: t.Any) -> Run:
         self.params.update(overrides)
-        run = run_playbook("demo_fleet.yml", self.params, cmdline=cmdline)
+        run = run_playbook("fleet.yml", self.params, cmdline=cmdline)
         assert run.status == expect, run.stdout[-4000:]
         return run
 
     def teardown(self, *, cmdline: str | None = None) -> Run:
-        return run_playbook("demo_fleet_teardown.yml", {"demo_fleet_dir": self.path}, cmdline=cmdline)
+        return run_playbook("teardown.yml", {"demo_fleet_dir": self.path}, cmdline=cmdline)
 
     def force_cleanup(self) -> None:
         """Last resort when the teardown playbook failed: kill, unmount, remove."""

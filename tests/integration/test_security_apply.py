@@ -18,7 +18,7 @@ import yaml
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import HostLayout, record_install, switch_current, unpack_release
 
-from .rollout_harness import DemoFleet, RunResult, run_playbook, tree_snapshot
+from .rollout_harness import DEMO_FLEET_PLAYBOOK, DemoFleet, RunResult, run_playbook, tree_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +160,7 @@ def test_the_demo_is_signed_and_rebuilding_it_changes_nothing(fleet: DemoFleet) 
     with open(fleet.allowed_signers, encoding="utf-8") as handle:
         assert handle.read().startswith('release@fleetpatch-demo namespaces="fleetpatch" ssh-ed25519 ')
     # a demo rebuilt changes nothing: the same key, the same (deterministic) signatures
-    again = run_playbook("demo_fleet.yml", extravars=fleet.params)
+    again = run_playbook(DEMO_FLEET_PLAYBOOK, extravars=fleet.params)
     assert again.status == "successful"
     assert not [event for event in again.events if event.get("event") == "runner_on_ok"
                 and event["event_data"].get("task_action", "").endswith("demo_fleet") and event["event_data"]["res"].get("changed")]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle, _demo_fleet, _fetch, _prestage
+from ansible_collections.fleetpatch.demo.plugins.module_utils import _demo_fleet
+from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle, _fetch, _prestage
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import (
     BuildInfo,
     scan_tree,

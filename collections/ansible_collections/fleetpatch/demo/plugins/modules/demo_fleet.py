@@ -201,7 +201,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Build the default demo fleet (16 nodes, 2 edges)
-  fleetpatch.rollout.demo_fleet:
+  fleetpatch.demo.demo_fleet:
     path: /tmp/demo-fleet
     service_script: "{{ role_path }}/files/fleet_service.py"
     ctl_script: "{{ role_path }}/files/fleetctl.py"
@@ -210,7 +210,7 @@ EXAMPLES = r"""
   register: demo_fleet
 
 - name: Make every acme web host unhealthy on 1.1.0 and one host slow
-  fleetpatch.rollout.demo_fleet:
+  fleetpatch.demo.demo_fleet:
     path: /tmp/demo-fleet
     service_script: "{{ role_path }}/files/fleet_service.py"
     ctl_script: "{{ role_path }}/files/fleetctl.py"
@@ -225,7 +225,7 @@ EXAMPLES = r"""
   run_once: true
 
 - name: Tear the demo fleet down
-  fleetpatch.rollout.demo_fleet:
+  fleetpatch.demo.demo_fleet:
     path: /tmp/demo-fleet
     state: absent
     service_script: "{{ role_path }}/files/fleet_service.py"
@@ -313,7 +313,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import (
+from ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet import (
     HAS_NETADDR,
     MARKER,
     SIGNING_PRINCIPAL,
@@ -338,7 +338,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet imp
     validate_faults,
     validate_versions,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import find_tool, sign_file
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._bundle import sign_file
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._tools import find_tool
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import pretty_json, read_json, sha256_file, write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
     HostLayout,
@@ -706,7 +707,7 @@ class DemoFleet:
 
         if not exists and self.act(f"create {self.path}"):
             os.makedirs(self.path, exist_ok=True)
-        self.ensure_file(self.p(MARKER), b"fleetpatch.rollout.demo_fleet\n", what="marker")
+        self.ensure_file(self.p(MARKER), b"fleetpatch.demo.demo_fleet\n", what="marker")
         self.ensure_file(self.p("bin", "fleet_service.py"), scripts["service_script"], what="bin/fleet_service.py", mode=0o755)
         self.ensure_file(self.p("bin", "fleetctl.py"), scripts["ctl_script"], what="bin/fleetctl.py", mode=0o755)
         for version, artifact in artifacts.items():

@@ -16,15 +16,16 @@ import typing as t
 import pytest
 import yaml
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils import _demo_fleet as demo
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import DemoFleetError
+from ansible_collections.fleetpatch.demo.plugins.module_utils import _demo_fleet as demo
+from ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet import DemoFleetError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import validate_patch_manifest
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._policy import validate_change
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import validate_members
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import validate_change
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._archive import validate_members
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-SERVICE_SCRIPT = os.path.join(REPO_ROOT, "roles", "demo_fleet", "files", "fleet_service.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DEMO_COLLECTION = os.path.join(REPO_ROOT, "collections", "ansible_collections", "fleetpatch", "demo")
+SERVICE_SCRIPT = os.path.join(DEMO_COLLECTION, "roles", "demo_fleet", "files", "fleet_service.py")
 
 LEVELS = "host, role, region, tenant, segment, environment"
 DEFAULTS: dict[str, t.Any] = {
@@ -315,7 +316,7 @@ def test_release_tarball_is_byte_identical_across_builds() -> None:
     # another interpreter with another hash seed builds the same bytes
     code = (
         "import hashlib, sys; sys.path.insert(0, sys.argv[1]);"
-        "from ansible_collections.fleetpatch.rollout.plugins.module_utils._demo_fleet import build_release_tarball;"
+        "from ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet import build_release_tarball;"
         "print(hashlib.sha256(build_release_tarball('myapp', '1.0.1')).hexdigest())"
     )
     out = subprocess.run(

@@ -7,7 +7,7 @@ Each host listens on its own loopback address and port; the origin serves releas
 from ``faults.json``. One asyncio loop serves them all, so a thousand hosts cost a thousand listening
 sockets and no threads. Control (restart, status, reload-faults) goes over a unix socket in ``run/``.
 
-Standard library only: ``fleetpatch.rollout.demo_fleet`` copies this file into ``<fleet dir>/bin/``.
+Standard library only: ``fleetpatch.demo.demo_fleet`` copies this file into ``<fleet dir>/bin/``.
 """
 
 from __future__ import annotations
