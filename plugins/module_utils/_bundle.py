@@ -37,8 +37,9 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._archive import
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import RELEASE_METADATA, ReleaseError, check_name, check_sha256
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import CHUNK_SIZE, canonical_json
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import PATCH_ID_RE, SIGNATURE_BEGIN
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import PATCH_ID_RE
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._tools import Runner, run_tool
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import SIGNATURE_BEGIN, SIGNATURE_NAMESPACE, TrustError, verify_artifact_signature
 
 __all__ = [
     "BUNDLE_METADATA",
@@ -70,7 +71,6 @@ KINDS = ("full", "delta")
 # tree with a targeted change (a hotfix), installable only as the successor of that base.
 TARGET_TAGS = ("release", "patch")
 OPS = ("file", "patch", "keep")
-SIGNATURE_NAMESPACE = "fleetpatch"
 METADATA_LIMIT = 64 * 1024 * 1024
 # smaller changed files are shipped whole: a binary delta would not save anything worth a zstd run
 MIN_PATCH_SIZE = 4096
@@ -771,9 +771,6 @@ def verify_signature(
     One verifier for every path that trusts a file (bundles, pre-staging, the apply step): _trust's, which names the key
     that signed when it is not trusted.
     """
-    # imported here: only what verifies a signature compiles the trust code
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError, verify_artifact_signature
-
     try:
         return verify_artifact_signature(path, signature=signature, allowed_signers=allowed_signers, identity=identity,
                                          what=os.path.basename(path) or path, namespace=namespace, runner=runner,

@@ -20,12 +20,12 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import 
     redact_url,
     shown,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import SIGNATURE_BEGIN
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions, version_key
 
 __all__ = [
     "ManifestError",
     "PATCH_ID_RE",
-    "SIGNATURE_BEGIN",
     "artifact_urls",
     "downgrade_text",
     "prestage_module_args",
@@ -71,7 +71,6 @@ KNOWN = frozenset(REQUIRED) | {
 ARTIFACT_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "delta", "url_redacted"})
 # artifact.delta: a delta bundle against base_version (fleetpatch.rollout.patch_bundle)
 DELTA_KNOWN = frozenset({"name", "url", "path", "sha256", "size", "signature", "base_version", "url_redacted"})
-SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 # an artifact's file name in a cache or a release record: no directory part
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 

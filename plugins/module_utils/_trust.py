@@ -29,6 +29,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils import _tools
 
 __all__ = [
     "DEFAULTS",
+    "SIGNATURE_BEGIN",
+    "SIGNATURE_NAMESPACE",
     "TrustError",
     "check_armored",
     "check_plan_signatures",
