@@ -40,7 +40,15 @@ import re
 import time
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
+
+__all__ = [
+    "BATCH", "DEFAULT_SLO_TARGETS", "DRIFT_STATUSES", "DesiredState", "DriftError", "FACTS_FORMAT", "FACTS_TYPE",
+    "HostMark", "Patch", "Reconciler", "Report", "Row", "STATUSES", "STATUS_RANK", "VersionSpec", "apply_registry",
+    "fingerprint", "fingerprint_start", "format_time", "gc_paused", "host_record", "parse_desired_state",
+    "parse_duration", "parse_time", "registry_marks", "row_json", "version_line", "with_slo_targets",
+]
 
 REPORT_SCHEMA = "fleetpatch.drift-report/1"
 FACTS_TYPE = "fleetpatch.patch_facts"
@@ -71,7 +79,7 @@ _CLAUSE = re.compile(r"^(==|!=|>=|<=|>|<|=)?\s*([0-9A-Za-z*][^\s]*)$")
 _LINE_PART = re.compile(r"[0-9A-Za-z]+")
 
 
-class DriftError(Exception):
+class DriftError(FleetpatchError):
     """The desired state or a facts input cannot be used; str() names where and why."""
 
 
@@ -356,8 +364,21 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 4:
         raise DriftError(f"{source}: line_depth must be an integer from 1 to 4")
 
+    services = _parse_services(data.get("services"), source=source)
+    environments = _parse_environments(data.get("environments"), source=source)
+    # an environment in the promotion order without an entry here may take its desired state from the registry
+    patches = _parse_patches(data.get("patches"), source=source)
+    rules = _parse_rules(data.get("compatibility"), source=source)
+    targets, target_source, slo_envs = _parse_slo(data.get("slo"), source=source)
+    return DesiredState(promotion=promotion, environments=environments, services=services, patches=patches,
+                        rules=rules, line_depth=depth, slo_targets=targets, slo_target_source=target_source,
+                        slo_environments=slo_envs, source=source)
+
+
+def _parse_services(value: t.Any, *, source: str) -> dict[str, ServiceSpec]:
+    """The desired state's services: known builds (version -> sha256), supported lines, facts match patterns."""
     services: dict[str, ServiceSpec] = {}
-    for name, spec in _mapping(data.get("services"), where=f"{source}: services").items():
+    for name, spec in _mapping(value, where=f"{source}: services").items():
         where = f"{source}: services.{name}"
         spec = _mapping(spec, where=where)
         extra = sorted(set(spec) - {"builds", "supported_lines", "match"})
@@ -381,9 +402,13 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
         services[str(name)] = ServiceSpec(name=str(name), builds=builds,
                                           supported_lines=_strings(lines, where=f"{where}.supported_lines") if lines else None,
                                           match=match)
+    return services
 
+
+def _parse_environments(value: t.Any, *, source: str) -> dict[str, dict[str, Desired]]:
+    """The desired version (and optionally sha256) of every service per environment."""
     environments: dict[str, dict[str, Desired]] = {}
-    for env, wanted in _mapping(data.get("environments"), where=f"{source}: environments").items():
+    for env, wanted in _mapping(value, where=f"{source}: environments").items():
         entries: dict[str, Desired] = {}
         for service, value in _mapping(wanted, where=f"{source}: environments.{env}").items():
             where = f"{source}: environments.{env}.{service}"
@@ -399,12 +424,14 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
             else:
                 entries[str(service)] = Desired(_version(value, where=where), None, source)
         environments[str(env)] = entries
-    missing_envs = [env for env in promotion if env not in environments]
-    del missing_envs  # an environment in the promotion order may take its desired state from the registry
+    return environments
 
+
+def _parse_patches(value: t.Any, *, source: str) -> tuple[Patch, ...]:
+    """The patches the fleet must carry: id, service, the versions that fix it, severity and release time."""
     patches = []
     seen: set[str] = set()
-    for index, item in enumerate(data.get("patches") or []):
+    for index, item in enumerate(value or []):
         where = f"{source}: patches[{index}]"
         item = _mapping(item, where=where)
         extra = sorted(set(item) - {"id", "service", "fixed_in", "severity", "released_at", "patch_ids", "affects", "title"})
@@ -432,9 +459,13 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
             patch_ids=_strings(item["patch_ids"], where=f"{where}.patch_ids") if item.get("patch_ids") else (),
             affects=VersionSpec.parse(item["affects"], where=f"{where}.affects") if item.get("affects") else None,
             title=str(item["title"]) if item.get("title") else None, source=source))
+    return tuple(patches)
 
+
+def _parse_rules(value: t.Any, *, source: str) -> tuple[Rule, ...]:
+    """Compatibility rules: a service's versions that require versions of another service."""
     rules = []
-    for index, item in enumerate(data.get("compatibility") or []):
+    for index, item in enumerate(value or []):
         where = f"{source}: compatibility[{index}]"
         item = _mapping(item, where=where)
         extra = sorted(set(item) - {"name", "service", "versions", "requires", "scope", "environments"})
@@ -453,8 +484,12 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
         rules.append(Rule(name=name, service=str(item["service"]), requires_service=str(requires["service"]), requires=needed,
                           versions=versions, scope=scope,
                           environments=_strings(item["environments"], where=f"{where}.environments") if item.get("environments") else None))
+    return tuple(rules)
 
-    slo = _mapping(data.get("slo"), where=f"{source}: slo")
+
+def _parse_slo(value: t.Any, *, source: str) -> tuple[dict[str, float], str, tuple[str, ...] | None]:
+    """Time-to-patch targets per severity (and where they came from), and the environments they apply to."""
+    slo = _mapping(value, where=f"{source}: slo")
     extra = sorted(set(slo) - {"targets", "environments"})
     if extra:
         raise DriftError(f"{source}: slo: unknown key(s) {', '.join(extra)} (expected targets, environments)")
@@ -465,9 +500,7 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
                    for sev, value in _mapping(slo["targets"], where=f"{source}: slo.targets").items()}
         target_source = source
     slo_envs = _strings(slo["environments"], where=f"{source}: slo.environments") if slo.get("environments") else None
-    return DesiredState(promotion=promotion, environments=environments, services=services, patches=tuple(patches),
-                        rules=tuple(rules), line_depth=depth, slo_targets=targets, slo_target_source=target_source,
-                        slo_environments=slo_envs, source=source)
+    return targets, target_source, slo_envs
 
 
 def with_slo_targets(desired: DesiredState, targets: t.Mapping[str, t.Any], *, source: str) -> DesiredState:

@@ -248,9 +248,23 @@ def _verify_slow(path: str, report: FileReport, rel: str, ends_with_newline: boo
         seqs.append(int(match.group(2)) if match else None)
         hashes.append(line_hash(line))
     count = len(raw_lines)
-    findings = report.findings
+    torn_ok = _unparsable_lines(raw_lines, hashes, report.findings, rel, ends_with_newline)
+    _chain_breaks(raw_lines, seqs, hashes, torn_ok, report.findings, rel)
+    good = [index for index in range(count) if index + 1 not in torn_ok and seqs[index] is not None]
+    if good:
+        last = good[-1]
+        report.first_seq = seqs[good[0]]
+        report.last_seq = seqs[last] or 0
+        report.head = hashes[last]
+    seq_to_hash = {seqs[index]: hashes[index] for index in good if seqs[index] is not None}
+    return _check_anchors(report, seq_to_hash, anchors, rel)
+
+
+def _unparsable_lines(raw_lines: list[bytes], hashes: list[str], findings: list[Finding], rel: str, ends_with_newline: bool) -> set[int]:
+    """Classify every line that does not parse: a torn tail (last line, no newline), a torn line declared by the next
+    writer, or corrupt. Returns the numbers of the torn lines the chain skips."""
+    count = len(raw_lines)
     torn_ok: set[int] = set()
-    # A line that does not parse: a torn tail (last line, no newline), a torn line declared by the next writer, or corrupt.
     for index, line in enumerate(raw_lines):
         number = index + 1
         if _load(line) is not None:
@@ -269,7 +283,13 @@ def _verify_slow(path: str, report: FileReport, rel: str, ends_with_newline: boo
             torn_ok.add(number)
             continue
         findings.append(Finding("corrupt", f"{rel} line {number}", f"line {number} is not a valid event line: edited or corrupted"))
-    # Chain: prev of each line against the hash of the last good line before it (declared torn lines are skipped).
+    return torn_ok
+
+
+def _chain_breaks(raw_lines: list[bytes], seqs: list[int | None], hashes: list[str], torn_ok: set[int], findings: list[Finding],
+                  rel: str) -> None:
+    """Check the prev of each line against the hash of the last good line before it (declared torn lines are skipped),
+    and name every break: duplicated, reordered, deleted or edited lines."""
     positions: dict[int, list[int]] = collections.defaultdict(list)
     for index, seq in enumerate(seqs):
         if seq is not None and index + 1 not in torn_ok:
@@ -316,14 +336,6 @@ def _verify_slow(path: str, report: FileReport, rel: str, ends_with_newline: boo
                 findings.append(Finding("edited", where, f"the first line does not start the chain (prev is not {GENESIS[:8]}...):"
                                         " lines before it were removed or it was edited"))
         previous_index = index
-    good = [index for index in range(count) if index + 1 not in torn_ok and seqs[index] is not None]
-    if good:
-        last = good[-1]
-        report.first_seq = seqs[good[0]]
-        report.last_seq = seqs[last] or 0
-        report.head = hashes[last]
-    seq_to_hash = {seqs[index]: hashes[index] for index in good if seqs[index] is not None}
-    return _check_anchors(report, seq_to_hash, anchors, rel)
 
 
 def _check_anchors(report: FileReport, seq_to_hash: t.Mapping[int, str], anchors: t.Sequence[t.Mapping[str, t.Any]],
