@@ -14,19 +14,11 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar impor
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
-    RunPaths,
-    append_event,
-    empty_state,
-    iso,
-    load_state,
-    queued_events,
-    refresh_lock,
-    save_state,
-    utc_now,
-)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import decision_clock, host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
     "run": {"type": "dict", "required": True},
@@ -34,13 +26,13 @@ ARGUMENT_SPEC = {
 }
 
 
-class WindowError(Exception):
+class WindowError(FleetpatchError):
     """The batch cannot be checked against the calendar."""
 
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (WindowError, CalendarError)
+    errors = (WindowError, CalendarError, RunStateError, StoreError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"]
@@ -76,33 +68,38 @@ class ActionModule(ControllerAction):
                                     "msg": msg}
         if check_mode:
             return result
-        paths = RunPaths(run["state_dir"], run["run_id"])
-        common = {"run_id": run["run_id"], "correlation_id": run.get("correlation_id"), "batch": index, "wave": wave["name"],
-                  "clock": at, "clock_source": clock_source}
-        append_event(paths, {"ts": iso(utc_now()), "event": "window.checked", "status": "open" if found["fits"] else "waiting",
-                             "message": msg, **common, "reasons": found["reasons"], "notes": found["notes"],
-                             "blocked_hosts": found["blocked_hosts"], "next_open": found["next_open"], "hosts": len(hosts)})
+        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"])
+        common = {"batch": index, "wave": wave["name"], "clock": at, "clock_source": clock_source}
+        run_state.event("window.checked", status="open" if found["fits"] else "waiting", message=msg, **common, reasons=found["reasons"],
+                        notes=found["notes"], blocked_hosts=found["blocked_hosts"], next_open=found["next_open"], hosts=len(hosts))
         if overridden and found["fits"]:
             override = change["override"]
-            append_event(paths, {"ts": iso(utc_now()), "event": "override.applied", "status": "applied",
-                                 "message": f"override {override['ticket']} lets batch {index} through: "
-                                            + "; ".join(note[len("override: "):] for note in overridden),
-                                 **common, "ticket": override["ticket"], "expires": override["expires"], "broken": overridden,
-                                 "hosts": sorted(set(hosts) & set(override["hosts"]))})
+            run_state.event("override.applied", status="applied",
+                            message=f"override {override['ticket']} lets batch {index} through: "
+                                    + "; ".join(note[len("override: "):] for note in overridden),
+                            **common, ticket=override["ticket"], expires=override["expires"], broken=overridden,
+                            hosts=sorted(set(hosts) & set(override["hosts"])))
         if not found["fits"]:
-            state = load_state(paths) or empty_state(run["run_id"], plan["patch_id"], plan["fingerprint"])
-            now_text = iso(utc_now())
-            waiting = {"at": now_text, "clock": at, "batch": index, "wave": wave["name"], "reasons": found["reasons"],
-                       "next_open": found["next_open"], "blocked_hosts": found["blocked_hosts"]}
-            state["status"] = "waiting_window"
-            state["waiting"] = waiting
-            state.setdefault("waits", []).append(waiting)
-            state["halted"] = {"at": now_text, "action": "wait_window", "batch": index, "wave": wave["name"],
-                               "reasons": found["reasons"] + ([f"next opening {found['next_open']}"] if found["next_open"] else [])}
-            state.setdefault("decisions", []).append({"at": now_text, "batch": index, "wave": wave["name"], "action": "wait_window",
-                                                      "reasons": found["reasons"]})
-            save_state(paths, state)
-            refresh_lock(paths)
+            self._wait(run_state, found, clock=at, batch=index, wave=wave["name"])
         # The event callback, the only writer of events.jsonl, records these from the result.
-        result["fleetpatch_events"] = queued_events(paths)
+        result["fleetpatch_events"] = run_state.events()
         return result
+
+    @staticmethod
+    def _wait(run_state: Run, found: dict[str, t.Any], *, clock: str, batch: int, wave: str) -> None:
+        """No host of the batch may start: the run waits for the window (a re-run resumes it)."""
+        if run_state.status == "pending":
+            # nothing planned this run (no stored state): it was running until the window stopped it
+            run_state.transition("running")
+        state = run_state.state
+        now_text = iso(utc_now())
+        waiting = {"at": now_text, "clock": clock, "batch": batch, "wave": wave, "reasons": found["reasons"],
+                   "next_open": found["next_open"], "blocked_hosts": found["blocked_hosts"]}
+        run_state.transition("waiting_window")
+        state["waiting"] = waiting
+        state.setdefault("waits", []).append(waiting)
+        state["halted"] = {"at": now_text, "action": "wait_window", "batch": batch, "wave": wave,
+                           "reasons": found["reasons"] + ([f"next opening {found['next_open']}"] if found["next_open"] else [])}
+        run_state.decide({"at": now_text, "batch": batch, "wave": wave, "action": "wait_window", "reasons": found["reasons"]})
+        run_state.save()
+        run_state.refresh_lock()

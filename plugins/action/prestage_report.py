@@ -12,18 +12,10 @@ from ansible.errors import AnsibleError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import ManifestError, run_id_for, validate_patch_manifest
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import readiness_report, region_verdicts, render_report
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
-    RunPaths,
-    append_event,
-    iso,
-    load_state,
-    queued_events,
-    record_outcome,
-    save_state,
-    utc_now,
-)
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import RunPaths, iso, outcome_entry, utc_now
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 
 ARGUMENT_SPEC = {
@@ -110,9 +102,8 @@ class ActionModule(ControllerAction):
         if not check_mode and not (run or {}).get("preview"):
             write_json_atomic(path, report)
             if run is not None:
-                self._record(paths, run, report, skip, now)
                 # the event callback is the event log's only writer
-                events = queued_events(paths)
+                events = self._record(run, report, skip, now)
         lines = render_report(report)
         result: dict[str, t.Any] = {"changed": False, "report": report, "lines": lines, "skip_hosts": skip, "report_path": path,
                                     "patch": patch, "msg": "; ".join(lines)}
@@ -129,32 +120,26 @@ class ActionModule(ControllerAction):
         return result
 
     @staticmethod
-    def _record(paths: RunPaths, run: dict[str, t.Any], report: dict[str, t.Any], skip: list[str], now: str) -> None:
-        """Hosts the readiness gate keeps out of the waves are recorded as not_staged (not a failure)."""
-        state = load_state(paths)
-        if state is not None and skip:
-            for host in skip:
-                record_outcome(state, host, "not_staged", at=now, reason=report["not_ready"][host])
-            save_state(paths, state)
-        append_event(paths, {
-            "ts": now,
-            "event": "prestage.readiness",
-            "run_id": run["run_id"],
-            "correlation_id": run.get("correlation_id"),
-            "ready": report["ready"],
-            "hosts": report["hosts"],
-            "percent": report["percent"],
-            "regions": {region: {"ready": bucket["ready"], "hosts": bucket["hosts"], "percent": bucket["percent"]}
-                        for region, bucket in report["regions"].items()},
-            "unstaged": report["unstaged"],
-            "skip_hosts": skip,
-            "not_ready": report["not_ready"],
-            "verdicts": {region: verdict["verdict"] for region, verdict in report.get("verdicts", {}).items()},
-        })
+    def _record(run: dict[str, t.Any], report: dict[str, t.Any], skip: list[str], now: str) -> list[dict[str, t.Any]]:
+        """Hosts the readiness gate keeps out of the waves are recorded as not_staged (not a failure); the readiness events."""
+        stored = Run.load(state_dir=run["state_dir"], run_id=run["run_id"])
+        run_state = stored or Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=report.get("patch_id") or "", fingerprint="")
+        if stored is not None and skip:
+            run_state.record_outcomes({host: outcome_entry("not_staged", at=now, reason=report["not_ready"][host]) for host in skip})
+        run_state.event(
+            "prestage.readiness",
+            ts=now,
+            ready=report["ready"],
+            hosts=report["hosts"],
+            percent=report["percent"],
+            regions={region: {"ready": bucket["ready"], "hosts": bucket["hosts"], "percent": bucket["percent"]}
+                     for region, bucket in report["regions"].items()},
+            unstaged=report["unstaged"],
+            skip_hosts=skip,
+            not_ready=report["not_ready"],
+            verdicts={region: verdict["verdict"] for region, verdict in report.get("verdicts", {}).items()},
+        )
         for region, verdict in report.get("verdicts", {}).items():
             if verdict["verdict"] == "staged_from_origin" or (verdict["verdict"] == "failed" and "every edge failed" in verdict["reason"]):
-                append_event(paths, {
-                    "ts": now, "event": "prestage.origin_fallback", "run_id": run["run_id"],
-                    "correlation_id": run.get("correlation_id"), "region": region, "verdict": verdict["verdict"],
-                    "message": verdict["line"],
-                })
+                run_state.event("prestage.origin_fallback", ts=now, region=region, verdict=verdict["verdict"], message=verdict["line"])
+        return run_state.events()

@@ -8,21 +8,11 @@ import collections
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
-    RunPaths,
-    append_event,
-    failed_hosts,
-    iso,
-    load_state,
-    queued_events,
-    record_outcome,
-    release_lock,
-    save_state,
-    utc_now,
-)
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import redaction_policy, scrub_data
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import RunPaths, StoreError, failed_hosts, iso, outcome_entry, utc_now
 
 ARGUMENT_SPEC = {
     "run": {"type": "dict", "required": True},
@@ -33,71 +23,69 @@ ARGUMENT_SPEC = {
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
+    errors = (RunStateError, StoreError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         run = args["run"]
         paths = RunPaths(run["state_dir"], run["run_id"])
         check_mode = bool(self._task.check_mode or run.get("preview"))
-        state = load_state(paths)
-        if check_mode or state is None:
+        run_state = None if check_mode else Run.load(state_dir=run["state_dir"], run_id=run["run_id"])
+        if run_state is None:
             return {"changed": False, "status": "preview" if check_mode else "not-started",
                     # a preview writes nothing: it names no file (issue 15)
                     "paths": {} if check_mode else self._paths(paths), "check_mode": check_mode}
+        state = run_state.state
         now = iso(utc_now())
-        rollback_failed = self._record_rollbacks(state, args, task_vars, now)
-        status = state.get("status", "running")
+        rollback_failed = self._record_rollbacks(run_state, args, task_vars, now)
         if args["rollback_hosts"]:
-            status = "rollback_failed" if rollback_failed else "rolled_back"
-        elif status == "running":
+            run_state.transition("rollback_failed" if rollback_failed else "rolled_back")
+        elif run_state.status == "running":
             # The rollout play ended without a gate covering the last batch (killed or aborted).
-            status = "interrupted"
-        state["status"] = status
+            run_state.transition("interrupted")
+        status = run_state.status
         state["finished"] = now
         # what the summary says comes from hosts' messages and the plan: scrub URL credentials and secret parameters
         summary = scrub_data(self._summary(state, run, status), policy=redaction_policy(run))
-        save_state(paths, state)
+        run_state.save()
         write_json_atomic(paths.summary, summary)
         for host in args["rollback_hosts"]:
             entry = state["hosts"].get(host, {})
-            append_event(paths, {"ts": entry.get("at", now), "event": "rollback.host", "host": host, "wave": entry.get("wave"),
-                                 "batch": entry.get("batch"), "status": entry.get("outcome"), "message": entry.get("reason"),
-                                 "outcome": entry.get("outcome"), "version": entry.get("version")})
+            run_state.event("rollback.host", ts=entry.get("at", now), host=host, wave=entry.get("wave"), batch=entry.get("batch"),
+                            status=entry.get("outcome"), message=entry.get("reason"), outcome=entry.get("outcome"), version=entry.get("version"))
         if args["rollback_hosts"]:
-            append_event(paths, {"ts": now, "event": "rollback.finished", "status": status,
-                                 "message": f"{len(args['rollback_hosts']) - len(rollback_failed)} of {len(args['rollback_hosts'])} host(s) rolled back",
-                                 "hosts": list(args["rollback_hosts"]), "failed_hosts": rollback_failed})
-        append_event(
-            paths,
-            {"ts": now, "event": "run.finished", "run_id": run["run_id"], "correlation_id": run.get("correlation_id"),
-             "status": status, "counts": summary["counts"], "failures": summary["failures"], "rolled_back": summary["rolled_back"],
-             "rollback_failed": summary["rollback_failed"], "not_applicable": summary["not_applicable"],
-             "trigger": (summary.get("halted") or {}).get("trigger")},
-        )
-        release_lock(paths)
+            run_state.event("rollback.finished", ts=now, status=status,
+                            message=f"{len(args['rollback_hosts']) - len(rollback_failed)} of {len(args['rollback_hosts'])} host(s) rolled back",
+                            hosts=list(args["rollback_hosts"]), failed_hosts=rollback_failed)
+        run_state.event("run.finished", ts=now, status=status, counts=summary["counts"], failures=summary["failures"],
+                        rolled_back=summary["rolled_back"], rollback_failed=summary["rollback_failed"],
+                        not_applicable=summary["not_applicable"], trigger=(summary.get("halted") or {}).get("trigger"))
+        run_state.release_lock()
         # The event callback, the only writer of events.jsonl, records these from the result.
         return {"changed": False, "status": status, "summary": summary, "paths": self._paths(paths), "failed": False,
-                "fleetpatch_events": queued_events(paths)}
+                "fleetpatch_events": run_state.events()}
 
     @staticmethod
     def _paths(paths: RunPaths) -> dict[str, str]:
         return {"run_dir": paths.run_dir, "plan": paths.plan, "state": paths.state, "events": paths.events, "summary": paths.summary}
 
     @staticmethod
-    def _record_rollbacks(state: dict[str, t.Any], args: dict[str, t.Any], task_vars: dict[str, t.Any], now: str) -> list[str]:
+    def _record_rollbacks(run_state: Run, args: dict[str, t.Any], task_vars: dict[str, t.Any], now: str) -> list[str]:
         failed: list[str] = []
+        entries: dict[str, dict[str, t.Any]] = {}
         for host in args["rollback_hosts"]:
             outcome = host_var(task_vars, host, args["rollback_result_var"])
-            previous = state.get("hosts", {}).get(host, {})
+            previous = entries.get(host) or run_state.hosts.get(host, {})
             # cause: the outcome the rollback replaces, so the summary still lists a host that failed and was rolled back
             cause = previous.get("cause") if previous.get("outcome") in ("rolled_back", "rollback_failed") else previous.get("outcome")
             if isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable"):
-                record_outcome(state, host, "rolled_back", at=now, reason=previous.get("reason"), cause=cause,
-                               version=outcome.get("version"), wave=previous.get("wave"), batch=previous.get("batch"))
+                entries[host] = outcome_entry("rolled_back", at=now, reason=previous.get("reason"), cause=cause,
+                                              version=outcome.get("version"), wave=previous.get("wave"), batch=previous.get("batch"))
             else:
                 message = outcome.get("msg") if isinstance(outcome, dict) else "no rollback result (unreachable?)"
-                record_outcome(state, host, "rollback_failed", at=now, reason=str(message)[:500], cause=cause,
-                               wave=previous.get("wave"), batch=previous.get("batch"))
+                entries[host] = outcome_entry("rollback_failed", at=now, reason=str(message)[:500], cause=cause,
+                                              wave=previous.get("wave"), batch=previous.get("batch"))
                 failed.append(host)
+        run_state.record_outcomes(entries)
         return failed
 
     @staticmethod

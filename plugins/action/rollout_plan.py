@@ -18,7 +18,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import 
     check_text,
     check_url,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._manifest import (
     ManifestError,
     downgrade_text,
@@ -46,19 +45,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import 
     validate_override,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError, check_plan_signatures, validate_artifacts_policy
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
-    LockError,
-    RunPaths,
-    acquire_lock,
-    append_event,
-    empty_state,
-    hosts_with_outcome,
-    iso,
-    load_state,
-    queued_events,
-    save_state,
-    utc_now,
-)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import (
     controller_identity,
@@ -71,6 +58,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._probes import 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import scrub_data, split_redaction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import ApprovalError, approval_chain
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import LockError, RunPaths, StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
     "manifest": {"type": "raw", "required": True},
@@ -90,11 +79,11 @@ ARGUMENT_SPEC = {
 FLEET_VARS = ("fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment")
 
 
-class RolloutPlanError(Exception):
+class RolloutPlanError(FleetpatchError):
     """Input that must stop the run before any host is touched."""
 
 
-class OverrideRefused(Exception):
+class OverrideRefused(FleetpatchError):
     """An emergency override that is incomplete, expired or out of scope; record carries it to the registry."""
 
     def __init__(self, message: str, record: dict[str, t.Any]) -> None:
@@ -105,7 +94,7 @@ class OverrideRefused(Exception):
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
     errors = (OverrideRefused, RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError,
-              InputError, YamlError, TrustError)
+              InputError, YamlError, TrustError, RunStateError, StoreError)
 
     def _failure(self, exc: Exception) -> dict[str, t.Any]:
         failure = super()._failure(exc)
@@ -287,14 +276,14 @@ class ActionModule(ControllerAction):
             "redaction": redaction,
             "artifacts": artifacts,
         }
-        previous = load_state(paths)
+        previous = Run.load(state_dir=state_dir, run_id=run_id)
         skip_hosts: list[str] = []
         if previous and not args["retry_quarantined"]:
-            skip_hosts = [host for host in hosts_with_outcome(previous, "quarantined") if host in hosts]
+            skip_hosts = [host for host in previous.hosts_with_outcome("quarantined") if host in hosts]
         common["skip_hosts"] = skip_hosts
-        if previous and previous.get("plan_fingerprint") != plan["fingerprint"] and not args["replan"]:
+        if previous and previous.fingerprint != plan["fingerprint"] and not args["replan"]:
             raise RolloutPlanError(
-                f"run {run_id} was started with a different plan (fingerprint {previous.get('plan_fingerprint', '?')[:12]},"
+                f"run {run_id} was started with a different plan (fingerprint {(previous.fingerprint or '?')[:12]},"
                 f" now {plan['fingerprint'][:12]}): the inventory or policy changed. Re-run with rollout_replan=true to"
                 " continue this patch with the new plan"
             )
@@ -304,8 +293,8 @@ class ActionModule(ControllerAction):
             return common
 
         identity = controller_identity(task_vars)
-        lock = acquire_lock(
-            paths,
+        run = previous or Run.open(state_dir=state_dir, run_id=run_id, patch_id=manifest["patch_id"], fingerprint=plan["fingerprint"])
+        lock = run.acquire_lock(
             hosts=plan["host_order"],
             owner=identity["owner"],
             controller=identity["controller"],
@@ -314,16 +303,8 @@ class ActionModule(ControllerAction):
             break_stale=args["break_lock"],
         )
         warnings.extend(lock["notes"])
-        content = plan_json(plan)
-        existing = None
-        if os.path.exists(paths.plan):
-            with open(paths.plan, "r", encoding="utf-8") as handle:
-                existing = handle.read()
-        if existing != content:
-            write_file_atomic(paths.plan, content)
+        run.store.save_plan(run_id, plan_json(plan))
         common["written"] = [paths.plan, paths.state]
-        state = previous or empty_state(run_id, manifest["patch_id"], plan["fingerprint"])
-        state["plan_fingerprint"] = plan["fingerprint"]
         correlation_id, correlation_source = correlation_for_action(task_vars)
         attempt = {
             "correlation_id": correlation_id,
@@ -333,37 +314,35 @@ class ActionModule(ControllerAction):
             "awx_job_id": identity["awx_job_id"],
             "resumed": previous is not None,
         }
-        state.setdefault("attempts", []).append(attempt)
-        state["status"] = "running"
-        state["halted"] = None
-        save_state(paths, state)
+        number = run.start_attempt(attempt, fingerprint=plan["fingerprint"])
+        run.save()
         if not events_callback_active():
             warnings.append("the event callback fleetpatch.rollout.events is not enabled: this run has no event log"
                             " (callbacks_enabled = fleetpatch.rollout.events in ansible.cfg)")
-        append_event(paths, {"ts": attempt["started"], "event": "run.started", "status": "resumed" if attempt["resumed"] else "started",
-                             "message": f"run {run_id} attempt {len(state['attempts'])} by {identity['owner']}",
-                             "attempt": len(state["attempts"]), "resumed": attempt["resumed"], "owner": identity["owner"],
-                             "awx_job_id": identity["awx_job_id"], "correlation_source": correlation_source,
-                             "lock_notes": lock["notes"], "approval": approval})
-        append_event(paths, {"ts": iso(utc_now()), "event": "plan.compiled", "status": "compiled",
-                             "message": f"{plan['fleet_size']} hosts, {len(plan['waves'])} waves, {len(plan['batches'])} batches,"
-                                        f" error budget {plan['error_budget']['limit']}",
-                             "fingerprint": plan["fingerprint"], "fleet_size": plan["fleet_size"], "waves": len(plan["waves"]),
-                             "batches": len(plan["batches"]), "serial": plan["serial"], "error_budget": plan["error_budget"],
-                             "skip_hosts": skip_hosts})
+        run.event("run.started", ts=attempt["started"], status="resumed" if attempt["resumed"] else "started",
+                  message=f"run {run_id} attempt {number} by {identity['owner']}",
+                  attempt=number, resumed=attempt["resumed"], owner=identity["owner"],
+                  awx_job_id=identity["awx_job_id"], correlation_source=correlation_source,
+                  lock_notes=lock["notes"], approval=approval)
+        run.event("plan.compiled", status="compiled",
+                  message=f"{plan['fleet_size']} hosts, {len(plan['waves'])} waves, {len(plan['batches'])} batches,"
+                          f" error budget {plan['error_budget']['limit']}",
+                  fingerprint=plan["fingerprint"], fleet_size=plan["fleet_size"], waves=len(plan["waves"]),
+                  batches=len(plan["batches"]), serial=plan["serial"], error_budget=plan["error_budget"],
+                  skip_hosts=skip_hosts)
         fitting = [entry["wave"] for entry in schedule if entry["fits"]]
-        append_event(paths, {"ts": iso(utc_now()), "event": "change.classified", "status": change["profile"],
-                             "message": f"{change['change_type']}/{change['classification']}, severity {change['severity'] or '-'},"
-                                        f" profile {change['profile']}; {len(fitting)} of {len(schedule)} wave(s) fit at {change['clock']}",
-                             **{key: value for key, value in change.items() if key != "calendar"}, "schedule": schedule})
+        run.event("change.classified", status=change["profile"],
+                  message=f"{change['change_type']}/{change['classification']}, severity {change['severity'] or '-'},"
+                          f" profile {change['profile']}; {len(fitting)} of {len(schedule)} wave(s) fit at {change['clock']}",
+                  **{key: value for key, value in change.items() if key != "calendar"}, schedule=schedule)
         if override:
-            append_event(paths, {"ts": iso(utc_now()), "event": "override.accepted", "status": "accepted",
-                                 "message": f"override {override['ticket']} by {override['requested_by']}, approved by"
-                                            f" {', '.join(override['approvers'])}, breaks {', '.join(override['breaks'])}"
-                                            f" for {len(override['hosts'])} host(s) until {override['expires']}",
-                                 "override": override})
+            run.event("override.accepted", status="accepted",
+                      message=f"override {override['ticket']} by {override['requested_by']}, approved by"
+                              f" {', '.join(override['approvers'])}, breaks {', '.join(override['breaks'])}"
+                              f" for {len(override['hosts'])} host(s) until {override['expires']}",
+                      override=override)
         # The event callback, the only writer of events.jsonl, records these from the result.
-        common["fleetpatch_events"] = queued_events(paths)
+        common["fleetpatch_events"] = run.events()
         common["fleetpatch_run"] = self._announcement(run_id, manifest["patch_id"], paths, state_dir, plan, hosts)
         common.update(correlation_id=attempt["correlation_id"], warnings=warnings, lock=lock["lock"], resumed=attempt["resumed"])
         return common

@@ -14,16 +14,10 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import 
     normalize_checks,
     validate_targets,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
-    RunPaths,
-    append_event,
-    iso,
-    load_state,
-    queued_events,
-    utc_now,
-)
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import iso, utc_now
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
@@ -80,9 +74,10 @@ class ActionModule(ControllerAction):
     def _baseline(self, checks: list[dict[str, t.Any]], hosts: list[str], run: dict[str, t.Any], names: dict[str, t.Any],
                   correlation_id: str, task_vars: dict[str, t.Any], workers: int) -> dict[str, t.Any]:
         """Sample the checks that compare against a baseline on hosts not patched yet; keep the samples with the run."""
-        paths = RunPaths(run["state_dir"], run["run_id"])
-        state = load_state(paths) or {}
-        known = state.get("hosts", {})
+        plan = run.get("plan") or {}
+        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan.get("patch_id", ""), fingerprint=plan.get("fingerprint", ""))
+        paths = run_state.paths
+        known = run_state.hosts
         skip = set(run.get("skip_hosts", []))
         fresh = [host for host in hosts if host not in skip and known.get(host, {}).get("outcome") not in _KEEP_BASELINE]
         wanted = [check for check in checks if check["kind"] in CONTROLLER_KINDS and check.get("baseline")]
@@ -100,9 +95,9 @@ class ActionModule(ControllerAction):
                 captured.setdefault(host, {})[check["name"]] = {key: summary[key] for key in ("samples", "measured", "error_rate", "latency_ms")}
         if fresh and wanted:
             _probes.save_baselines(paths.run_dir, baselines)
-            append_event(paths, {"ts": now, "event": "checks.baseline", "run_id": run["run_id"], "correlation_id": correlation_id,
-                                 "status": "captured", "message": f"pre-patch baseline of {len(wanted)} check(s) on {len(fresh)} host(s)",
-                                 "hosts": fresh, "checks": [check["name"] for check in wanted], "baseline": captured})
+            run_state.event("checks.baseline", ts=now, status="captured",
+                            message=f"pre-patch baseline of {len(wanted)} check(s) on {len(fresh)} host(s)",
+                            hosts=fresh, checks=[check["name"] for check in wanted], baseline=captured)
         kept = [host for host in hosts if host not in fresh]
         message = f"baseline of {len(wanted)} check(s) captured on {len(fresh)} host(s)"
         return {
@@ -111,6 +106,6 @@ class ActionModule(ControllerAction):
             "baseline": captured,
             "kept": kept,
             "path": _probes.baseline_path(paths.run_dir),
-            "fleetpatch_events": queued_events(paths),
+            "fleetpatch_events": run_state.events(),
             "msg": message + (f"; kept the earlier baseline of {len(kept)} host(s)" if kept else ""),
         }

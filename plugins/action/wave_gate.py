@@ -17,22 +17,12 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import (
     decide,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
-    RunPaths,
-    append_event,
-    empty_state,
-    failures,
-    iso,
-    load_state,
-    queued_events,
-    record_outcome,
-    refresh_lock,
-    save_state,
-    utc_now,
-)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, probe_many
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import RunPaths, StoreError, iso, outcome_entry, utc_now
 
 ARGUMENT_SPEC = {
     "run": {"type": "dict", "required": True},
@@ -45,13 +35,13 @@ ARGUMENT_SPEC = {
 STOPPING_ACTIONS = ("hold", "halt", "rollback_wave", "rollback_all")
 
 
-class GateError(Exception):
+class GateError(FleetpatchError):
     """The gate cannot evaluate the batch."""
 
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (GateError,)
+    errors = (GateError, RunStateError, StoreError)
 
     def _batch_index(self, plan: dict[str, t.Any], task_vars: dict[str, t.Any]) -> int:
         index_of = host_batch_index(plan)
@@ -86,14 +76,18 @@ class ActionModule(ControllerAction):
         index = self._batch_index(plan, task_vars)
         batch = plan["batches"][index]
         wave = plan["waves"][batch["wave"]]
-        paths = RunPaths(run["state_dir"], run["run_id"])
-        state = load_state(paths) or empty_state(run["run_id"], plan["patch_id"], plan["fingerprint"])
+        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"],
+                             dry_run=check_mode)
+        if run_state.status == "pending":
+            # nothing planned this run (no stored state): the gate's decisions make it a running run
+            run_state.transition("running")
+        state = run_state.state
         now = iso(utc_now())
 
         # In check mode no host changed, so probing would only report the old version.
         verdicts, health = self._verdicts(batch["hosts"], run, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
         verdicts, checks = self._run_checks(verdicts, run, state, wave["name"], args, task_vars, probe=not check_mode)
-        decision = self._decide(state, verdicts, plan, wave, now, batch_index=index, checks=checks)
+        decision = self._decide(run_state, verdicts, plan, wave, now, batch_index=index, checks=checks)
 
         baked = 0.0
         bake = wave.get("bake_seconds", 0) if args["bake_seconds"] is None else args["bake_seconds"]
@@ -105,59 +99,29 @@ class ActionModule(ControllerAction):
             wave_hosts = [host for host in wave["hosts"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
             verdicts, health = self._verdicts(wave_hosts, run, args["result_var"], task_vars, args["health_timeout"])
             verdicts, checks = self._run_checks(verdicts, run, state, wave["name"], args, task_vars)
-            decision = self._decide(state, verdicts, plan, wave, iso(utc_now()), batch_index=index, checks=checks)
+            decision = self._decide(run_state, verdicts, plan, wave, iso(utc_now()), batch_index=index, checks=checks)
 
         rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
         stop = decision.action in STOPPING_ACTIONS
         last_batch = index == len(plan["batches"]) - 1
         if not check_mode:
-            state.setdefault("decisions", []).append(
-                {"at": now, "batch": index, "wave": wave["name"], "action": decision.action, "reasons": list(decision.reasons)}
-            )
+            run_state.decide({"at": now, "batch": index, "wave": wave["name"], "action": decision.action, "reasons": list(decision.reasons)})
             if index not in state.setdefault("completed_batches", []):
                 state["completed_batches"].append(index)
             if stop:
-                state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": wave["name"], "trigger": decision.trigger,
-                                   "reasons": list(decision.reasons)}
-                state["status"] = {"hold": "held", "halt": "halted"}.get(decision.action, "rolling_back")
+                run_state.stop(decision.action, {"at": now, "action": decision.action, "batch": index, "wave": wave["name"],
+                                                 "trigger": decision.trigger, "reasons": list(decision.reasons)})
             elif last_batch:
-                state["status"] = "rolled_out"
-            save_state(paths, state)
+                run_state.transition("rolled_out")
+            run_state.save()
             for verdict in verdicts:
-                append_event(
-                    paths,
-                    {
-                        "ts": now,
-                        "event": "host.outcome",
-                        "run_id": run["run_id"],
-                        "correlation_id": run.get("correlation_id"),
-                        "host": verdict.host,
-                        "batch": index,
-                        "wave": wave["name"],
-                        "outcome": state["hosts"].get(verdict.host, {}).get("outcome", verdict.outcome),
-                        "reason": verdict.reason,
-                        "changed": verdict.changed,
-                        "health": health.get(verdict.host),
-                    },
-                )
-            append_event(
-                paths,
-                {
-                    "ts": iso(utc_now()),
-                    "event": "gate.decision",
-                    "run_id": run["run_id"],
-                    "correlation_id": run.get("correlation_id"),
-                    "batch": index,
-                    "wave": wave["name"],
-                    "last_in_wave": batch["last_in_wave"],
-                    "baked_seconds": baked,
-                    "rollback_hosts": rollback_hosts,
-                    **decision.as_dict(),
-                    **({"checks": checks} if checks else {}),
-                },
-            )
-            self._queue_outcome_events(paths, plan, wave, index, batch["last_in_wave"], decision, rollback_hosts)
-            refresh_lock(paths)
+                run_state.event("host.outcome", ts=now, host=verdict.host, batch=index, wave=wave["name"],
+                                outcome=state["hosts"].get(verdict.host, {}).get("outcome", verdict.outcome),
+                                reason=verdict.reason, changed=verdict.changed, health=health.get(verdict.host))
+            run_state.event("gate.decision", batch=index, wave=wave["name"], last_in_wave=batch["last_in_wave"], baked_seconds=baked,
+                            rollback_hosts=rollback_hosts, **decision.as_dict(), **({"checks": checks} if checks else {}))
+            self._queue_outcome_events(run_state, plan, wave, index, batch["last_in_wave"], decision, rollback_hosts)
+            run_state.refresh_lock()
         result = {
             "changed": False,
             "batch": index,
@@ -174,30 +138,29 @@ class ActionModule(ControllerAction):
         }
         stabilization = plan["policy"].get("stabilization") or {}
         if last_batch and not stop and not check_mode and stabilization.get("seconds"):
-            result.update(self._stabilize(run, plan, state, paths, index, wave, args, task_vars))
+            result.update(self._stabilize(run, plan, run_state, index, wave, args, task_vars))
         # The event callback, the only writer of events.jsonl, records these from the result.
-        result["fleetpatch_events"] = queued_events(paths)
+        result["fleetpatch_events"] = run_state.events()
         return result
 
     @staticmethod
-    def _queue_outcome_events(paths: RunPaths, plan: dict[str, t.Any], wave: dict[str, t.Any], index: int, last_in_wave: bool,
+    def _queue_outcome_events(run_state: Run, plan: dict[str, t.Any], wave: dict[str, t.Any], index: int, last_in_wave: bool,
                               decision: GateDecision, rollback_hosts: list[str]) -> None:
         """The budget decision, a rollback the gate chose, and the end of the wave (last batch, or stopped early)."""
         budget = plan["error_budget"]
         remaining = budget["limit"] - decision.failures_total
-        append_event(paths, {"ts": iso(utc_now()), "event": "budget.decision", "batch": index, "wave": wave["name"],
-                             "status": "spent" if decision.budget_spent else "within",
-                             "message": f"{decision.failures_total} failure(s) of {budget['limit']} allowed ({budget['halt_when']})",
-                             "failures_total": decision.failures_total, "budget_limit": budget["limit"], "halt_when": budget["halt_when"],
-                             "budget_spent": decision.budget_spent, "remaining": remaining, "action": decision.action})
+        run_state.event("budget.decision", batch=index, wave=wave["name"], status="spent" if decision.budget_spent else "within",
+                        message=f"{decision.failures_total} failure(s) of {budget['limit']} allowed ({budget['halt_when']})",
+                        failures_total=decision.failures_total, budget_limit=budget["limit"], halt_when=budget["halt_when"],
+                        budget_spent=decision.budget_spent, remaining=remaining, action=decision.action)
         if rollback_hosts:
-            append_event(paths, {"ts": iso(utc_now()), "event": "rollback.decided", "batch": index, "wave": wave["name"],
-                                 "status": decision.action, "message": f"{decision.action}: {len(rollback_hosts)} host(s) to roll back",
-                                 "hosts": rollback_hosts, "reasons": list(decision.reasons)})
+            run_state.event("rollback.decided", batch=index, wave=wave["name"], status=decision.action,
+                            message=f"{decision.action}: {len(rollback_hosts)} host(s) to roll back",
+                            hosts=rollback_hosts, reasons=list(decision.reasons))
         if last_in_wave or decision.action in STOPPING_ACTIONS:
-            append_event(paths, {"ts": iso(utc_now()), "event": "wave.finished", "batch": index, "wave": wave["name"],
-                                 "status": decision.action, "message": f"wave {wave['name']} ended after batch {index}: {decision.action}",
-                                 "completed": last_in_wave, "hosts": len(wave["hosts"]), "action": decision.action})
+            run_state.event("wave.finished", batch=index, wave=wave["name"], status=decision.action,
+                            message=f"wave {wave['name']} ended after batch {index}: {decision.action}",
+                            completed=last_in_wave, hosts=len(wave["hosts"]), action=decision.action)
 
     def _run_checks(self, verdicts, run: dict[str, t.Any], state: dict[str, t.Any], wave_name: str, args: dict[str, t.Any],
                     task_vars: dict[str, t.Any], *, probe: bool = True, host_side: bool = True):
@@ -239,20 +202,20 @@ class ActionModule(ControllerAction):
         ]
         return verdicts, dict(outcome.as_dict(), results=[compact(result) for result in results])
 
-    def _stabilize(self, run: dict[str, t.Any], plan: dict[str, t.Any], state: dict[str, t.Any], paths: RunPaths, index: int,
+    def _stabilize(self, run: dict[str, t.Any], plan: dict[str, t.Any], run_state: Run, index: int,
                    wave: dict[str, t.Any], args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         """After the last wave, keep checking every patched host; a breach applies the stabilization response."""
         spec = plan["policy"]["stabilization"]
+        state = run_state.state
         hosts = [host for host in plan["host_order"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
         window = {"name": "stabilization", "response": spec["response"]}
-        append_event(paths, {"ts": iso(utc_now()), "event": "stabilization.started", "run_id": run["run_id"], "correlation_id": run.get("correlation_id"),
-                             "batch": index, "wave": window["name"], "status": "started",
-                             "message": f"checks keep running on {len(hosts)} host(s) for {spec['seconds']:g} s",
-                             "seconds": spec["seconds"], "interval": spec["interval"], "hosts": hosts,
-                             "checks": [check["name"] for check in plan["policy"]["checks"]]})
+        run_state.event("stabilization.started", batch=index, wave=window["name"], status="started",
+                        message=f"checks keep running on {len(hosts)} host(s) for {spec['seconds']:g} s",
+                        seconds=spec["seconds"], interval=spec["interval"], hosts=hosts,
+                        checks=[check["name"] for check in plan["policy"]["checks"]])
         # the window is visible in state.json while it runs (events reach the log when the gate returns)
         state["stabilization"] = {"started": iso(utc_now()), "seconds": spec["seconds"], "interval": spec["interval"], "hosts": hosts}
-        save_state(paths, state)
+        run_state.save()
         started = time.monotonic()
         rounds = 0
         while True:
@@ -268,43 +231,25 @@ class ActionModule(ControllerAction):
         elapsed = round(time.monotonic() - started, 3)
         now = iso(utc_now())
         # only hosts that breached get a new outcome: the others keep the wave and batch that patched them
-        decision = self._decide(state, breached, plan, window, now, batch_index=index, checks=checks)
+        decision = self._decide(run_state, breached, plan, window, now, batch_index=index, checks=checks)
         window_text = f"stabilization: {rounds} round(s) of checks over {elapsed:g} s of {spec['seconds']:g} s on {len(hosts)} host(s)"
         decision = dataclasses.replace(decision, reasons=(window_text,) + decision.reasons)
         rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
         stop = decision.action in STOPPING_ACTIONS
-        state.setdefault("decisions", []).append(
-            {"at": now, "batch": index, "wave": window["name"], "action": decision.action, "reasons": list(decision.reasons)}
-        )
+        run_state.decide({"at": now, "batch": index, "wave": window["name"], "action": decision.action, "reasons": list(decision.reasons)})
         if stop:
-            state["halted"] = {"at": now, "action": decision.action, "batch": index, "wave": window["name"], "trigger": decision.trigger,
-                               "reasons": list(decision.reasons)}
-            state["status"] = {"hold": "held", "halt": "halted"}.get(decision.action, "rolling_back")
+            run_state.stop(decision.action, {"at": now, "action": decision.action, "batch": index, "wave": window["name"],
+                                             "trigger": decision.trigger, "reasons": list(decision.reasons)})
         details = {"seconds": spec["seconds"], "elapsed": elapsed, "rounds": rounds, "checked_hosts": len(hosts)}
         state["stabilization"].update(details, finished=now, action=decision.action)
-        save_state(paths, state)
-        append_event(
-            paths,
-            {
-                "ts": iso(utc_now()),
-                "event": "gate.decision",
-                "run_id": run["run_id"],
-                "correlation_id": run.get("correlation_id"),
-                "batch": index,
-                "wave": window["name"],
-                "last_in_wave": True,
-                "baked_seconds": 0,
-                "stabilization": details,
-                "rollback_hosts": rollback_hosts,
-                **decision.as_dict(),
-                **({"checks": checks} if checks else {}),
-            },
-        )
+        run_state.save()
+        run_state.event("gate.decision", batch=index, wave=window["name"], last_in_wave=True, baked_seconds=0, stabilization=details,
+                        rollback_hosts=rollback_hosts, **decision.as_dict(), **({"checks": checks} if checks else {}))
         if rollback_hosts:
-            append_event(paths, {"ts": iso(utc_now()), "event": "rollback.decided", "batch": index, "wave": window["name"],
-                                 "status": decision.action, "message": f"{decision.action}: {len(rollback_hosts)} host(s) to roll back",
-                                 "hosts": rollback_hosts, "reasons": list(decision.reasons)})
-        refresh_lock(paths)
+            run_state.event("rollback.decided", batch=index, wave=window["name"], status=decision.action,
+                            message=f"{decision.action}: {len(rollback_hosts)} host(s) to roll back",
+                            hosts=rollback_hosts, reasons=list(decision.reasons))
+        run_state.refresh_lock()
         return {
             "decision": decision.as_dict(),
             "action": decision.action,
@@ -317,16 +262,18 @@ class ActionModule(ControllerAction):
         }
 
     @staticmethod
-    def _decide(state: dict[str, t.Any], verdicts, plan: dict[str, t.Any], wave: dict[str, t.Any], now: str, *, batch_index: int,
+    def _decide(run_state: Run, verdicts, plan: dict[str, t.Any], wave: dict[str, t.Any], now: str, *, batch_index: int,
                 checks: dict[str, t.Any] | None = None) -> GateDecision:
-        for verdict in verdicts:
-            if verdict.outcome != "skipped":
-                record_outcome(state, verdict.host, verdict.outcome, at=now, reason=verdict.reason or None, batch=batch_index, wave=wave["name"],
-                               version=verdict.version if verdict.outcome == "not_applicable" else None)
+        # the batch's outcomes and the budget they spend: one atomic operation of the run's store
+        spent = run_state.record_outcomes({
+            verdict.host: outcome_entry(verdict.outcome, at=now, reason=verdict.reason or None, batch=batch_index, wave=wave["name"],
+                                        version=verdict.version if verdict.outcome == "not_applicable" else None)
+            for verdict in verdicts if verdict.outcome != "skipped"
+        })
         budget = plan["error_budget"]
         decision = decide(
             verdicts=verdicts,
-            failures_total=len(failures(state)),
+            failures_total=spent,
             budget_limit=budget["limit"],
             halt_when=budget["halt_when"],
             response=wave["response"],
@@ -336,8 +283,9 @@ class ActionModule(ControllerAction):
             inconclusive_response=plan["policy"].get("inconclusive_response", "hold"),
         )
         if decision.action == "quarantine":
-            for host in decision.failed_hosts:
-                record_outcome(state, host, "quarantined", at=now, reason=state["hosts"][host].get("reason"), batch=batch_index, wave=wave["name"])
+            hosts = run_state.hosts
+            run_state.record_outcomes({host: outcome_entry("quarantined", at=now, reason=hosts[host].get("reason"), batch=batch_index, wave=wave["name"])
+                                       for host in decision.failed_hosts})
         return decision
 
     @staticmethod

@@ -16,7 +16,7 @@ import urllib.error
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import parse_instant
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import utc_now
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import utc_now
 
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
 

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import PlanError
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import LockError, RunPaths, acquire_lock, failed_hosts
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import LockError, RunPaths, acquire_lock, failed_hosts
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import ACTIVE_ENV, REQUIRED_ENV, recorder_problem
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import (
     MASK,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import RunPaths, append_event, queued_events
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RunPaths, append_event, queued_events
 
 
 def test_append_event_queues_and_writes_nothing(tmp_path) -> None:

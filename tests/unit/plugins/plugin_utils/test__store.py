@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._runstate import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     LockError,
     RunPaths,
     acquire_lock,

@@ -1,0 +1,266 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: the Run, the one owner of a rollout run's state. Not a public API.
+
+A ``Run`` is loaded from (or created in) a ``_store.Store`` and owns: identity (run id, patch id), paths, the plan
+fingerprint, the correlation id of its latest attempt, its status with the state machine below, host outcomes and
+the error budget they spend (atomically, through the store), the host lock and its refresh, and the domain events
+an action plugin returns under ``fleetpatch_events`` (``run.event(...)``; the event callback, the log's only writer,
+records them). A dry run (check mode) changes the Run in memory and writes nothing.
+
+Status transitions (anything else raises ``RunStateError``):
+
+    =================  =====================================================================  ===========================
+    from               to                                                                     who
+    =================  =====================================================================  ===========================
+    pending            running                                                                rollout_plan (first attempt)
+    running            running (resume after a kill), waiting_window, held, halted,           rollout_plan, change_window,
+                       rolling_back, rolled_out, interrupted, rolled_back and rollback_failed wave_gate, rollout_finish
+                       (rollback hosts handed to rollout_finish directly)
+    waiting_window     running                                                                rollout_plan (re-run)
+    held               running                                                                rollout_plan (re-run)
+    halted             running                                                                rollout_plan (re-run)
+    rolling_back       rolled_back, rollback_failed, running                                  rollout_finish, rollout_plan
+    rolled_out         held, halted, rolling_back (stabilization breach), running             wave_gate, rollout_plan
+    interrupted        running                                                                rollout_plan (re-run)
+    rolled_back        running                                                                rollout_plan (re-run)
+    rollback_failed    running                                                                rollout_plan (re-run)
+    preview            (none: a preview or check-mode run is never stored)
+    =================  =====================================================================  ===========================
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
+    FAILED_OUTCOMES,
+    LockError,
+    RunPaths,
+    Store,
+    empty_state,
+    failed_hosts,
+    failures,
+    hosts_with_outcome,
+    iso,
+    open_store,
+    outcome_entry,
+    utc_now,
+)
+
+__all__ = [
+    "STATUSES",
+    "TRANSITIONS",
+    "LockError",
+    "Run",
+    "RunPaths",
+    "RunStateError",
+    "append_event",
+    "queued_events",
+]
+
+STATUSES = ("pending", "running", "waiting_window", "held", "halted", "rolling_back", "rolled_out", "interrupted", "rolled_back",
+            "rollback_failed", "preview")
+_RERUN = "running"
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running"}),
+    "running": frozenset({"running", "waiting_window", "held", "halted", "rolling_back", "rolled_out", "interrupted", "rolled_back",
+                          "rollback_failed"}),
+    "waiting_window": frozenset({_RERUN}),
+    "held": frozenset({_RERUN}),
+    "halted": frozenset({_RERUN}),
+    "rolling_back": frozenset({"rolled_back", "rollback_failed", _RERUN}),
+    "rolled_out": frozenset({"held", "halted", "rolling_back", _RERUN}),
+    "interrupted": frozenset({_RERUN}),
+    "rolled_back": frozenset({_RERUN}),
+    "rollback_failed": frozenset({_RERUN}),
+    "preview": frozenset(),
+}
+# the gate's stopping actions and the status each leaves the run in
+STOP_STATUS = {"hold": "held", "halt": "halted", "rollback_wave": "rolling_back", "rollback_all": "rolling_back"}
+
+
+class RunStateError(FleetpatchError):
+    """A status change the run's state machine does not allow."""
+
+
+def check_transition(current: str, new: str, *, run_id: str = "?") -> None:
+    if new not in TRANSITIONS.get(current, frozenset()):
+        allowed = ", ".join(sorted(TRANSITIONS.get(current, ()))) or "nothing"
+        raise RunStateError(f"run {run_id}: status {current!r} cannot become {new!r} (allowed from {current!r}: {allowed})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Domain events: queued by the action, returned under fleetpatch_events, written by the callback
+
+
+def append_event(paths: RunPaths, event: t.Mapping[str, t.Any]) -> None:
+    """Queue an event for the run's event log (events.jsonl). Nothing is written here: the action plugin returns
+    queued_events(paths) under ``fleetpatch_events`` in its result and the fleetpatch.rollout.events callback, the
+    log's only writer, chains and writes them."""
+    paths.queued.append(dict(event))
+
+
+# Keys the event callback stamps itself, and keys that become an event's own fields rather than its data.
+_STAMPED = frozenset({"run_id", "correlation_id", "patch_id"})
+_TOP_LEVEL = ("host", "wave", "batch", "message")
+
+
+def queued_events(paths: RunPaths) -> list[dict[str, t.Any]]:
+    """The queued events in the shape the event callback records: event, ts, host, wave, batch, status, message,
+    and everything else under data. status is the event's status, else its action (decisions), else its outcome."""
+    shaped = []
+    for event in paths.queued:
+        item: dict[str, t.Any] = {"event": event["event"], "ts": event.get("ts")}
+        for key in _TOP_LEVEL:
+            if event.get(key) is not None:
+                item[key] = event[key]
+        status = event.get("status", event.get("action", event.get("outcome")))
+        if status is not None:
+            item["status"] = str(status)
+        item["data"] = {key: value for key, value in event.items()
+                        if key not in _STAMPED and key not in _TOP_LEVEL and key not in ("event", "ts", "status")}
+        shaped.append(item)
+    return shaped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Run
+
+
+class Run:
+    """One rollout run, loaded from its store. Actions change it only through these methods."""
+
+    def __init__(self, *, store: Store, paths: RunPaths, state: dict[str, t.Any], dry_run: bool = False) -> None:
+        self.store = store
+        self.paths = paths
+        self.state = state
+        self.dry_run = dry_run
+
+    @classmethod
+    def open(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, dry_run: bool = False,
+             store: Store | None = None) -> Run:
+        """The stored run, or a new pending one (nothing is written until save)."""
+        store = store or open_store(state_dir)
+        state = store.load_run(run_id)
+        return cls(store=store, paths=RunPaths(state_dir, run_id), state=state or empty_state(run_id, patch_id, fingerprint), dry_run=dry_run)
+
+    @classmethod
+    def load(cls, *, state_dir: str, run_id: str, dry_run: bool = False, store: Store | None = None) -> Run | None:
+        """The stored run, or None when it was never planned."""
+        store = store or open_store(state_dir)
+        state = store.load_run(run_id)
+        if state is None:
+            return None
+        return cls(store=store, paths=RunPaths(state_dir, run_id), state=state, dry_run=dry_run)
+
+    # -- identity ------------------------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self.paths.run_id
+
+    @property
+    def patch_id(self) -> str | None:
+        return self.state.get("patch_id")
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.state.get("plan_fingerprint")
+
+    @property
+    def status(self) -> str:
+        return str(self.state.get("status", "pending"))
+
+    @property
+    def stored(self) -> bool:
+        """Whether the store holds this run (it was planned)."""
+        return self.store.load_run(self.run_id) is not None
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The correlation id of the run's latest attempt (persisted by rollout_plan)."""
+        attempts = self.state.get("attempts") or []
+        return attempts[-1].get("correlation_id") if attempts else None
+
+    # -- status --------------------------------------------------------------------------------------------
+
+    def transition(self, new: str) -> str:
+        """Move to status new (RunStateError when the state machine does not allow it); returns the old status."""
+        old = self.status
+        check_transition(old, new, run_id=self.run_id)
+        self.state["status"] = new
+        return old
+
+    def start_attempt(self, attempt: t.Mapping[str, t.Any], *, fingerprint: str) -> int:
+        """A new attempt (plan, first run or resume): running, not halted. Returns the attempt's number."""
+        self.state["plan_fingerprint"] = fingerprint
+        self.state.setdefault("attempts", []).append(dict(attempt))
+        self.transition("running")
+        self.state["halted"] = None
+        return len(self.state["attempts"])
+
+    def stop(self, action: str, halted: t.Mapping[str, t.Any]) -> None:
+        """The gate stopped the run (hold, halt, a rollback response): halted details and the matching status."""
+        self.state["halted"] = dict(halted)
+        self.transition(STOP_STATUS[action])
+
+    def decide(self, decision: t.Mapping[str, t.Any]) -> None:
+        self.state.setdefault("decisions", []).append(dict(decision))
+
+    def save(self) -> None:
+        if not self.dry_run:
+            self.store.save_run(self.run_id, self.state)
+
+    # -- hosts and the error budget ------------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> dict[str, t.Any]:
+        return self.state.setdefault("hosts", {})
+
+    def record_outcomes(self, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> int:
+        """Merge outcomes by host (latest wins) through the store, atomically; returns the hosts spending the budget."""
+        if self.dry_run:
+            self.hosts.update({host: dict(entry) for host, entry in outcomes.items()})
+            return len(failures(self.state))
+        hosts, spent = self.store.record_outcomes(self.run_id, outcomes)
+        self.state["hosts"] = hosts
+        return spent
+
+    def record(self, host: str, outcome: str, *, at: str, **details: t.Any) -> int:
+        return self.record_outcomes({host: outcome_entry(outcome, at=at, **details)})
+
+    def failures(self) -> list[str]:
+        return failures(self.state)
+
+    def failed_hosts(self) -> list[str]:
+        return failed_hosts(self.state)
+
+    def hosts_with_outcome(self, *outcomes: str) -> list[str]:
+        return hosts_with_outcome(self.state, *outcomes)
+
+    @staticmethod
+    def spends_budget(outcome: str | None) -> bool:
+        return outcome in FAILED_OUTCOMES
+
+    # -- lock ----------------------------------------------------------------------------------------------
+
+    def acquire_lock(self, **lock: t.Any) -> dict[str, t.Any]:
+        return self.store.acquire_lock(self.run_id, **lock)
+
+    def refresh_lock(self, *, ttl_seconds: int | None = None) -> dict[str, t.Any] | None:
+        return None if self.dry_run else self.store.refresh_lock(self.run_id, ttl_seconds=ttl_seconds)
+
+    def release_lock(self) -> bool:
+        return False if self.dry_run else self.store.release_lock(self.run_id)
+
+    # -- events --------------------------------------------------------------------------------------------
+
+    def event(self, name: str, *, ts: str | None = None, **fields: t.Any) -> None:
+        """Queue a domain event (event name, ts, host/wave/batch/status/message, the rest becomes its data)."""
+        append_event(self.paths, {"ts": ts or iso(utc_now()), "event": name, **fields})
+
+    def events(self) -> list[dict[str, t.Any]]:
+        """The queued events, shaped for the result's fleetpatch_events."""
+        return queued_events(self.paths)
