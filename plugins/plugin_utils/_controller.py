@@ -18,6 +18,8 @@ from ansible.module_utils.urls import open_url
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import parse_instant
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import utc_now
 
+__all__ = ["CLOCK_ENV", "controller_identity", "decision_clock", "host_var", "probe_many", "resolve_state_dir"]
+
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
 
 
