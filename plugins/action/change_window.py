@@ -68,7 +68,8 @@ class ActionModule(ControllerAction):
                                     "msg": msg}
         if check_mode:
             return result
-        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"])
+        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"],
+                             backend=run.get("state_backend"))
         common = {"batch": index, "wave": wave["name"], "clock": at, "clock_source": clock_source}
         run_state.event("window.checked", status="open" if found["fits"] else "waiting", message=msg, **common, reasons=found["reasons"],
                         notes=found["notes"], blocked_hosts=found["blocked_hosts"], next_open=found["next_open"], hosts=len(hosts))

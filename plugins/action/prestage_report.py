@@ -122,8 +122,9 @@ class ActionModule(ControllerAction):
     @staticmethod
     def _record(run: dict[str, t.Any], report: dict[str, t.Any], skip: list[str], now: str) -> list[dict[str, t.Any]]:
         """Hosts the readiness gate keeps out of the waves are recorded as not_staged (not a failure); the readiness events."""
-        stored = Run.load(state_dir=run["state_dir"], run_id=run["run_id"])
-        run_state = stored or Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=report.get("patch_id") or "", fingerprint="")
+        stored = Run.load(state_dir=run["state_dir"], run_id=run["run_id"], backend=run.get("state_backend"))
+        run_state = stored or Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=report.get("patch_id") or "", fingerprint="",
+                                       backend=run.get("state_backend"))
         if stored is not None and skip:
             run_state.record_outcomes({host: outcome_entry("not_staged", at=now, reason=report["not_ready"][host]) for host in skip})
         run_state.event(

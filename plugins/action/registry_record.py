@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json, sha256_file
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha256_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
@@ -27,6 +27,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry impor
     relative_to,
     write_checkpoint,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
 
 ARGUMENT_SPEC = {
     "event": {"type": "str", "required": True, "choices": ["plan", "prestaged", "finish", "override_refused"]},
@@ -41,6 +42,16 @@ ARGUMENT_SPEC = {
     "require_approval": {"type": "bool", "default": False},
     "secret_vars": {"type": "list", "elements": "str"},
 }
+
+
+def _run_state(run: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The run document from the run's store (empty when the run was never stored)."""
+    if not run.get("run_id") or not run.get("state_dir"):
+        return {}
+    found = Run.load(state_dir=run["state_dir"], run_id=run["run_id"], backend=run.get("state_backend"))
+    return found.state if found is not None else {}
+
+
 # Variables never scanned for secrets: Ansible's own views of the inventory (large, and templated on access).
 _NOT_SCANNED = frozenset({"hostvars", "vars", "groups", "group_names", "omit", "play_hosts", "ansible_play_hosts",
                           "ansible_play_hosts_all", "ansible_play_batch", "inventory_hostname", "playbook_dir"})
@@ -131,7 +142,7 @@ class ActionModule(ControllerAction):
             recorded.append(registry.append("patch.override", {"status": "accepted", "override": override, "profile": change.get("profile"),
                                                                "clock": change.get("clock"), "clock_source": change.get("clock_source")},
                                             **common))
-        state = read_json(os.path.join(run.get("run_dir", ""), "state.json")) or {}
+        state = _run_state(run)
         attempts = state.get("attempts") or [{}]
         attempt = attempts[-1]
         plan = run.get("plan") or {}
@@ -157,7 +168,7 @@ class ActionModule(ControllerAction):
     @staticmethod
     def _finish(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], state_dir: str, common: dict[str, t.Any]) -> dict[str, t.Any]:
         finish = args["finish"] or {}
-        state = read_json(os.path.join(run.get("run_dir", ""), "state.json")) or {}
+        state = _run_state(run)
         summary = finish.get("summary") or {}
         attempts = state.get("attempts") or [{}]
         since = attempts[-1].get("started") or ""

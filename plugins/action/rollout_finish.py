@@ -29,7 +29,7 @@ class ActionModule(ControllerAction):
         run = args["run"]
         paths = RunPaths(run["state_dir"], run["run_id"])
         check_mode = bool(self._task.check_mode or run.get("preview"))
-        run_state = None if check_mode else Run.load(state_dir=run["state_dir"], run_id=run["run_id"])
+        run_state = None if check_mode else Run.load(state_dir=run["state_dir"], run_id=run["run_id"], backend=run.get("state_backend"))
         if run_state is None:
             return {"changed": False, "status": "preview" if check_mode else "not-started",
                     # a preview writes nothing: it names no file (issue 15)

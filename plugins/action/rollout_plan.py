@@ -59,7 +59,16 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import Ya
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import scrub_data, split_redaction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import ApprovalError, approval_chain
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import LockError, RunPaths, StoreError, iso, utc_now
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
+    BACKEND_VAR,
+    DEFAULT_BACKEND,
+    LockError,
+    RunPaths,
+    StoreError,
+    iso,
+    open_store,
+    utc_now,
+)
 
 ARGUMENT_SPEC = {
     "manifest": {"type": "raw", "required": True},
@@ -276,7 +285,11 @@ class ActionModule(ControllerAction):
             "redaction": redaction,
             "artifacts": artifacts,
         }
-        previous = Run.load(state_dir=state_dir, run_id=run_id)
+        # fleetpatch_state_backend: where run state lives (an unknown name stops the run here, before any host is touched)
+        backend = task_vars.get(BACKEND_VAR)
+        open_store(state_dir, backend=backend)
+        common["state_backend"] = backend or DEFAULT_BACKEND
+        previous = Run.load(state_dir=state_dir, run_id=run_id, backend=backend)
         skip_hosts: list[str] = []
         if previous and not args["retry_quarantined"]:
             skip_hosts = [host for host in previous.hosts_with_outcome("quarantined") if host in hosts]
@@ -293,7 +306,7 @@ class ActionModule(ControllerAction):
             return common
 
         identity = controller_identity(task_vars)
-        run = previous or Run.open(state_dir=state_dir, run_id=run_id, patch_id=manifest["patch_id"], fingerprint=plan["fingerprint"])
+        run = previous or Run.open(state_dir=state_dir, run_id=run_id, patch_id=manifest["patch_id"], fingerprint=plan["fingerprint"], backend=backend)
         lock = run.acquire_lock(
             hosts=plan["host_order"],
             owner=identity["owner"],

@@ -75,7 +75,8 @@ class ActionModule(ControllerAction):
                   correlation_id: str, task_vars: dict[str, t.Any], workers: int) -> dict[str, t.Any]:
         """Sample the checks that compare against a baseline on hosts not patched yet; keep the samples with the run."""
         plan = run.get("plan") or {}
-        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan.get("patch_id", ""), fingerprint=plan.get("fingerprint", ""))
+        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan.get("patch_id", ""), fingerprint=plan.get("fingerprint", ""),
+                             backend=run.get("state_backend"))
         paths = run_state.paths
         known = run_state.hosts
         skip = set(run.get("skip_hosts", []))

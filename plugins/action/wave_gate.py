@@ -77,7 +77,7 @@ class ActionModule(ControllerAction):
         batch = plan["batches"][index]
         wave = plan["waves"][batch["wave"]]
         run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"],
-                             dry_run=check_mode)
+                             dry_run=check_mode, backend=run.get("state_backend"))
         if run_state.status == "pending":
             # nothing planned this run (no stored state): the gate's decisions make it a running run
             run_state.transition("running")

@@ -171,6 +171,12 @@ downgrade:
   description: The allowed downgrade (C(from), C(to), C(justification)), or V(null) when the target is not older.
   returned: success
   type: dict
+state_backend:
+  description:
+    - Where the run's state lives - the variable C(fleetpatch_state_backend), default V(embedded) (the files under O(state_dir)).
+      The later rollout actions open the run in this store; an unknown name stops the plan before any host is touched.
+  returned: success
+  type: str
 written:
   description: Files this task wrote (none in a preview).
   returned: success

@@ -140,16 +140,17 @@ class Run:
 
     @classmethod
     def open(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, dry_run: bool = False,
-             store: Store | None = None) -> Run:
-        """The stored run, or a new pending one (nothing is written until save)."""
-        store = store or open_store(state_dir)
+             backend: str | None = None, store: Store | None = None) -> Run:
+        """The stored run, or a new pending one (nothing is written until save). backend: fleetpatch_state_backend."""
+        store = store or open_store(state_dir, backend=backend)
         state = store.load_run(run_id)
         return cls(store=store, paths=RunPaths(state_dir, run_id), state=state or empty_state(run_id, patch_id, fingerprint), dry_run=dry_run)
 
     @classmethod
-    def load(cls, *, state_dir: str, run_id: str, dry_run: bool = False, store: Store | None = None) -> Run | None:
-        """The stored run, or None when it was never planned."""
-        store = store or open_store(state_dir)
+    def load(cls, *, state_dir: str, run_id: str, dry_run: bool = False, backend: str | None = None,
+             store: Store | None = None) -> Run | None:
+        """The stored run, or None when it was never planned. backend: fleetpatch_state_backend."""
+        store = store or open_store(state_dir, backend=backend)
         state = store.load_run(run_id)
         if state is None:
             return None

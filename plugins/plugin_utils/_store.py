@@ -37,6 +37,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_VAR",
+    "DEFAULT_BACKEND",
     "FAILED_OUTCOMES",
     "TERMINAL_OUTCOMES",
     "FileStore",
@@ -69,6 +71,8 @@ FAILED_OUTCOMES = frozenset({"failed", "unreachable", "quarantined", "unhealthy"
 # not_applicable: the installed version is not one the patch applies to (never patched, never rolled back, no failure)
 TERMINAL_OUTCOMES = FAILED_OUTCOMES | {"patched", "rolled_back", "rollback_failed", "not_applicable"}
 DEFAULT_BACKEND = "embedded"
+# the variable (inventory, group or extra var) that chooses the backend; rollout_plan validates it and hands it on
+BACKEND_VAR = "fleetpatch_state_backend"
 
 
 class StoreError(FleetpatchError, RuntimeError):
