@@ -38,6 +38,40 @@ try:
 except ImportError:  # pragma: no cover - JSON is valid YAML, so the files stay readable
     HAS_YAML = False
 
+# what the demo_fleet module, the harness and the tests take from here
+__all__ = [
+    "DemoFleetError",
+    "FleetLayout",
+    "HAS_NETADDR",
+    "MARKER",
+    "RELEASE_MTIME",
+    "SIGNING_PRINCIPAL",
+    "affected_by",
+    "allocate_addresses",
+    "allowed_signers_line",
+    "artifact_name",
+    "build_layout",
+    "build_release_tarball",
+    "busy_endpoints",
+    "config_digest",
+    "corrupt_bytes",
+    "digest_text",
+    "dump_yaml",
+    "edge_name",
+    "endpoints_in_use_error",
+    "fault_matches",
+    "fleet_endpoints",
+    "node_name",
+    "patch_manifest",
+    "render_faults_file",
+    "render_inventory",
+    "resolve_faults",
+    "service_config",
+    "validate_cidr",
+    "validate_faults",
+    "validate_versions",
+]
+
 LOOPBACK_CIDR = "127.0.0.0/8"
 MAX_HOSTS = 4000
 MARKER = ".fleetpatch-demo-fleet"
