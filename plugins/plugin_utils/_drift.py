@@ -45,7 +45,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import
 
 __all__ = [
     "BATCH", "DEFAULT_SLO_TARGETS", "DRIFT_STATUSES", "DesiredState", "DriftError", "FACTS_FORMAT", "FACTS_TYPE",
-    "HostMark", "Patch", "Reconciler", "Report", "Row", "STATUSES", "STATUS_RANK", "VersionSpec", "apply_registry",
+    "HostMark", "JsonRowsPiece", "NotApplicable", "Patch", "Reconciler", "RegistryApplied", "RegistryMarks", "Report", "Row",
+    "RowJson", "STATUSES", "STATUS_RANK", "VersionSpec", "apply_registry",
     "fingerprint", "fingerprint_start", "format_time", "gc_paused", "host_record", "parse_desired_state",
     "parse_duration", "parse_time", "registry_marks", "row_json", "version_line", "with_slo_targets",
 ]
@@ -369,10 +370,10 @@ def parse_desired_state(data: t.Any, *, source: str = "desired state") -> Desire
     # an environment in the promotion order without an entry here may take its desired state from the registry
     patches = _parse_patches(data.get("patches"), source=source)
     rules = _parse_rules(data.get("compatibility"), source=source)
-    targets, target_source, slo_envs = _parse_slo(data.get("slo"), source=source)
+    slo = _parse_slo(data.get("slo"), source=source)
     return DesiredState(promotion=promotion, environments=environments, services=services, patches=patches,
-                        rules=rules, line_depth=depth, slo_targets=targets, slo_target_source=target_source,
-                        slo_environments=slo_envs, source=source)
+                        rules=rules, line_depth=depth, slo_targets=slo.targets, slo_target_source=slo.target_source,
+                        slo_environments=slo.environments, source=source)
 
 
 def _parse_services(value: t.Any, *, source: str) -> dict[str, ServiceSpec]:
@@ -487,7 +488,15 @@ def _parse_rules(value: t.Any, *, source: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _parse_slo(value: t.Any, *, source: str) -> tuple[dict[str, float], str, tuple[str, ...] | None]:
+class SloSettings(t.NamedTuple):
+    """The desired state's time-to-patch settings (its ``slo`` key)."""
+
+    targets: dict[str, float]  # severity -> seconds
+    target_source: str  # where the targets came from: "default" or the desired state's source
+    environments: tuple[str, ...] | None  # the environments they apply to; None: every environment
+
+
+def _parse_slo(value: t.Any, *, source: str) -> SloSettings:
     """Time-to-patch targets per severity (and where they came from), and the environments they apply to."""
     slo = _mapping(value, where=f"{source}: slo")
     extra = sorted(set(slo) - {"targets", "environments"})
@@ -500,7 +509,7 @@ def _parse_slo(value: t.Any, *, source: str) -> tuple[dict[str, float], str, tup
                    for sev, value in _mapping(slo["targets"], where=f"{source}: slo.targets").items()}
         target_source = source
     slo_envs = _strings(slo["environments"], where=f"{source}: slo.environments") if slo.get("environments") else None
-    return targets, target_source, slo_envs
+    return SloSettings(targets, target_source, slo_envs)
 
 
 def with_slo_targets(desired: DesiredState, targets: t.Mapping[str, t.Any], *, source: str) -> DesiredState:
@@ -514,8 +523,15 @@ def with_slo_targets(desired: DesiredState, targets: t.Mapping[str, t.Any], *, s
 PATCHED_OUTCOMES = ("patched", "rolled_out", "success", "ok")
 
 
+class RegistryApplied(t.NamedTuple):
+    """apply_registry's result: the completed desired state, and what the registry added (patches used, derived versions)."""
+
+    desired: DesiredState
+    info: dict[str, t.Any]
+
+
 def apply_registry(desired: DesiredState, views: t.Iterable[t.Mapping[str, t.Any]],
-                   host_environments: t.Mapping[str, str]) -> tuple[DesiredState, dict[str, t.Any]]:
+                   host_environments: t.Mapping[str, str]) -> RegistryApplied:
     """Complete the desired state from the patch registry's folded patch records.
 
     A registry patch that the desired state names (by id, in ``patch_ids``, or by a ``fixed_in`` version of the same
@@ -562,7 +578,16 @@ def apply_registry(desired: DesiredState, views: t.Iterable[t.Mapping[str, t.Any
             environments.setdefault(env, {})[service] = wanted
     derived_text = [f"{env}/{svc}={d.version} ({d.source})" for env, services in derived.items() for svc, (d, _k) in services.items()]
     info = {"patches": used, "derived": sorted(derived_text)}
-    return dataclasses.replace(desired, patches=tuple(patches), environments=environments), info
+    return RegistryApplied(dataclasses.replace(desired, patches=tuple(patches), environments=environments), info)
+
+
+class NotApplicable(t.NamedTuple):
+    """A patch whose rollout found a host's installed version outside the patch's affected_versions."""
+
+    target: str  # the version the patch installs
+    affected: tuple[str, ...]  # the patch's affected_versions (empty: it has no list)
+    recorded: str | None  # the version the rollout recorded on the host
+    patch_id: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,13 +597,13 @@ class HostMark:
     ``status`` (quarantined or unhealthy, with ``reason``) comes from the host's latest recorded outcome for the
     service across every patch (REGISTRY_QUARANTINED, REGISTRY_UNHEALTHY; None when that outcome is fine); it overrides
     whatever the facts say, so such a host is never in_sync. ``not_applicable`` lists the patches whose rollout found the
-    installed version outside their affected_versions: (target version, affected versions, version recorded, patch id).
+    installed version outside their affected_versions (NotApplicable).
     """
 
     service: str
     status: str | None = None
     reason: str | None = None
-    not_applicable: tuple[tuple[str, tuple[str, ...], str | None, str], ...] = ()
+    not_applicable: tuple[NotApplicable, ...] = ()
 
     def not_applicable_reason(self, verdict: Verdict) -> str | None:
         """Why a row the facts call drifted or missing_patch is not_applicable instead, or None when it is not.
@@ -589,12 +614,13 @@ class HostMark:
         version = verdict.version
         if verdict.status not in ("drifted", "missing_patch") or version is None or version == verdict.desired:
             return None
-        for target, affected, recorded, patch_id in self.not_applicable:
-            if target != verdict.desired or (version in affected if affected else version != recorded):
+        for entry in self.not_applicable:
+            affected = entry.affected
+            if entry.target != verdict.desired or (version in affected if affected else version != entry.recorded):
                 continue
             scope = ", ".join(affected[:10]) + (f" and {len(affected) - 10} more" if len(affected) > 10 else "")
-            return (f"runs {version}, and {patch_id}, which installs desired {target}, applies only to {scope}"
-                    if affected else f"runs {version}, which the rollout of {patch_id} (desired {target}) recorded as not applicable")
+            return (f"runs {version}, and {entry.patch_id}, which installs desired {entry.target}, applies only to {scope}"
+                    if affected else f"runs {version}, which the rollout of {entry.patch_id} (desired {entry.target}) recorded as not applicable")
         return None
 
 
@@ -603,7 +629,14 @@ def _short(value: t.Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def registry_marks(views: t.Iterable[t.Mapping[str, t.Any]]) -> tuple[dict[str, tuple[HostMark, ...]], dict[str, int]]:
+class RegistryMarks(t.NamedTuple):
+    """registry_marks' result: per host, its HostMarks (one per service); and how many of each kind there are."""
+
+    marks: dict[str, tuple[HostMark, ...]]
+    counts: dict[str, int]  # quarantined, unhealthy, not_applicable
+
+
+def registry_marks(views: t.Iterable[t.Mapping[str, t.Any]]) -> RegistryMarks:
     """Per host, what the registry's host rows say beyond the facts (HostMark, one per service), and counts of them.
 
     ``views`` are the registry's folded patch records (their ``hosts``: host -> the latest outcome of that patch's runs,
@@ -611,7 +644,7 @@ def registry_marks(views: t.Iterable[t.Mapping[str, t.Any]]) -> tuple[dict[str, 
     patch of the service (by ``at``; at equal times the patch registered later).
     """
     latest: dict[tuple[str, str], tuple[tuple[str, int], str, t.Mapping[str, t.Any]]] = {}
-    not_applicable: dict[tuple[str, str], list[tuple[str, tuple[str, ...], str | None, str]]] = {}
+    not_applicable: dict[tuple[str, str], list[NotApplicable]] = {}
     for order, view in enumerate(views):
         service, patch_id, hosts = view.get("service"), view.get("patch_id"), view.get("hosts")
         if not isinstance(service, str) or not service or not isinstance(patch_id, str) or not isinstance(hosts, t.Mapping):
@@ -631,7 +664,7 @@ def registry_marks(views: t.Iterable[t.Mapping[str, t.Any]]) -> tuple[dict[str, 
             if entry.get("outcome") == "not_applicable" and isinstance(target, (str, int, float)) and str(target):
                 version = entry.get("version")
                 not_applicable.setdefault((host, service), []).append(
-                    (str(target), affected, str(version) if isinstance(version, (str, int, float)) else None, patch_id))
+                    NotApplicable(str(target), affected, str(version) if isinstance(version, (str, int, float)) else None, patch_id))
     marks: dict[str, list[HostMark]] = {}
     counts = {"quarantined": 0, "unhealthy": 0, "not_applicable": 0}
     for host, service in sorted(set(latest) | set(not_applicable)):
@@ -653,7 +686,7 @@ def registry_marks(views: t.Iterable[t.Mapping[str, t.Any]]) -> tuple[dict[str, 
             counts[status] += 1
         counts["not_applicable"] += len(listed)
         marks.setdefault(host, []).append(HostMark(service, status, reason, listed))
-    return {host: tuple(found) for host, found in marks.items()}, counts
+    return RegistryMarks({host: tuple(found) for host, found in marks.items()}, counts)
 
 
 # --------------------------------------------------------------------------------------------- host records
@@ -738,6 +771,10 @@ class Verdict:
                 "equivalent_to": self.equivalent_to}
 
 
+# Rows, hosts and the rows of a shape stay plain tuples, on purpose: they are made and read once per host (or per row)
+# on the measured hot path (bench/drift_bench.py: 100,000 hosts), where a tuple display and unpacking are the cheapest
+# Python has (a NamedTuple's constructor is a function call per host; shapes already cache everything else). The named
+# types (NamedTuple) are for what is made once per report, patch or piece of hosts.
 # A row: (host, verdict, installed_at, collected_at, (environment, region, tenant, segment))
 Row = t.Tuple[str, Verdict, t.Optional[str], str, t.Tuple[str, t.Optional[str], t.Optional[str], t.Optional[str]]]
 # A host: (host, collected_at or "", its Shape, the installed_at of each of its services in the order the record
@@ -1335,6 +1372,23 @@ class Reconciler:
         return Report(self, entries, shapes, [v for v in self._verdicts.values() if v.count], hosts_per_env, host_violations)
 
 
+class Coverage(t.NamedTuple):
+    """Which hosts of an environment a patch applies to and which of them carry it (Report.lag)."""
+
+    hosts: int  # hosts the patch applies to
+    patched: int  # of those, hosts that carry it
+    installed_at: list[str]  # the first and last installed_at of each group of hosts that carry it
+    first_lacking: str | None  # the first host (by name) that lacks it
+
+
+class JsonRowsPiece(t.NamedTuple):
+    """A piece of the JSON report's rows array (Report.json_rows)."""
+
+    hosts: list[_HostEntry]  # the hosts whose rows it holds
+    text: str  # their rows as the file has them
+    fingerprint_text: str  # their rows as the fingerprint hashes them
+
+
 def _environment_order(desired: DesiredState, seen: t.Iterable[str]) -> list[str]:
     order = list(desired.promotion)
     return order + sorted(set(seen) - set(order))
@@ -1415,8 +1469,8 @@ class Report:
                    "artifact_sha256": verdict.sha256, "installed_at": installed, "region": attrs[1], "tenant": attrs[2],
                    "segment": attrs[3], "collected_at": collected or None}
 
-    def json_rows(self, hosts: int = 500) -> t.Iterator[tuple[list[_HostEntry], str, str]]:
-        """The rows array of the JSON report in pieces of ``hosts`` hosts: (those hosts, text, fingerprint text).
+    def json_rows(self, hosts: int = 500) -> t.Iterator[JsonRowsPiece]:
+        """The rows array of the JSON report in pieces of ``hosts`` hosts (JsonRowsPiece: those hosts, text, fingerprint text).
 
         The texts joined are every row as row_json writes it, the first after "\\n    ", the others after ",\\n    "
         (the file), and "\\n" + row_core + "}" of every row (what the fingerprint hashes after the document). The
@@ -1462,7 +1516,7 @@ class Report:
                 if first:
                     text[0] = text[0][1:]  # the first row follows "[", not another row
                     first = False
-                yield part, "".join(text), "".join(fingerprint_text)
+                yield JsonRowsPiece(part, "".join(text), "".join(fingerprint_text))
 
     @property
     def drift_found(self) -> bool:
@@ -1536,8 +1590,8 @@ class Report:
                                 "example_hosts": [self.groups[(env, rule.requires_service, v)][2] for v in bad][:20]})
         return out
 
-    def _coverage(self, env: str, index: int, patch: Patch) -> tuple[int, int, list[str], str | None]:
-        """(hosts the patch applies to, hosts that carry it, first and last installed_at of those, first host lacking it)."""
+    def _coverage(self, env: str, index: int, patch: Patch) -> Coverage:
+        """Which hosts of an environment a patch applies to and which of them carry it."""
         total = fixed = 0
         times: list[str] = []
         lacking: str | None = None
@@ -1554,27 +1608,27 @@ class Report:
             total += hosts
             if hosts and (lacking is None or group[2] < lacking):
                 lacking = group[2]
-        return total, fixed, times, lacking
+        return Coverage(total, fixed, times, lacking)
 
     def lag(self) -> list[dict[str, t.Any]]:
         order = self.desired.promotion
         out = []
         for upstream, downstream in zip(order, order[1:]):
             for index, patch in enumerate(self.desired.patches):
-                up_total, up_fixed, up_times, _lacking = self._coverage(upstream, index, patch)
-                if not up_fixed:
+                up = self._coverage(upstream, index, patch)
+                if not up.patched:
                     continue
-                down_total, down_fixed, _times, lacking = self._coverage(downstream, index, patch)
-                if not down_total or down_fixed == down_total:
+                down = self._coverage(downstream, index, patch)
+                if not down.hosts or down.patched == down.hosts:
                     continue
-                since = parse_time(min(up_times)) if up_times else None
-                complete = parse_time(max(up_times)) if up_times and up_fixed == up_total else None
+                since = parse_time(min(up.installed_at)) if up.installed_at else None
+                complete = parse_time(max(up.installed_at)) if up.installed_at and up.patched == up.hosts else None
                 wanted = self.desired.desired(downstream, patch.service)
                 promoted = bool(wanted and patch.applies(wanted.version) and self.rec.is_fixed(index, patch, wanted.version))
                 out.append({"from": upstream, "to": downstream, "service": patch.service, "patch": patch.id,
                             "severity": patch.severity, "patch_ids": list(patch.patch_ids),
-                            "from_hosts": up_total, "from_patched": up_fixed, "to_hosts": down_total, "to_patched": down_fixed,
-                            "to_lacking": down_total - down_fixed, "example_host": lacking,
+                            "from_hosts": up.hosts, "from_patched": up.patched, "to_hosts": down.hosts, "to_patched": down.patched,
+                            "to_lacking": down.hosts - down.patched, "example_host": down.first_lacking,
                             "since": format_time(since), "complete_since": format_time(complete),
                             "lag_seconds": round(max(0.0, self.now - since), 1) if since is not None else None,
                             "promoted": promoted})
@@ -1747,10 +1801,14 @@ def row_core(row: Row) -> str:
     return '{"host":%s%s,"installed_at":%s%s' % (json_text(host), verdict.fragment, json_text(installed), attrs_json(attrs))
 
 
-def row_json(row: Row) -> tuple[str, str]:
-    """(JSON text of one row, the same without collected_at, for the fingerprint)."""
+class RowJson(t.NamedTuple):
+    full: str  # the JSON text of one row
+    core: str  # the same without collected_at, for the fingerprint
+
+
+def row_json(row: Row) -> RowJson:
     core = row_core(row)
-    return core + ',"collected_at":' + json_text(row[3] or None) + "}", core + "}"
+    return RowJson(core + ',"collected_at":' + json_text(row[3] or None) + "}", core + "}")
 
 
 VOLATILE_KEYS = ("generated_at", "inputs", "fingerprint", "rows")

@@ -9,6 +9,7 @@ each written atomically.
 
 from __future__ import annotations
 
+import functools
 import glob
 import html
 import json
@@ -18,6 +19,10 @@ import re
 import sqlite3
 import tempfile
 import typing as t
+
+import jinja2
+import jinja2.ext
+import markupsafe
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     BATCH,
@@ -37,6 +42,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsyn
 __all__ = [
     "AtomicWriter",
     "FORMATS",
+    "HTML_TEMPLATE",
+    "TEMPLATES",
     "drift_rows",
     "expand_facts_files",
     "human_duration",
@@ -278,187 +285,73 @@ def drift_rows(report: Report, environments: t.Sequence[str]) -> list[Row]:
 
 # --------------------------------------------------------------------------------------------- HTML
 
-_CSS = """
-:root{--in_sync:#1b7f3b;--in_sync-bg:#e3f4e8;--drifted:#a86300;--drifted-bg:#fff1d6;--missing_patch:#c0392b;
---missing_patch-bg:#fde4e1;--unexpected_version:#7b2a9e;--unexpected_version-bg:#f1e4f8;--unknown:#5f6670;--unknown-bg:#eceff2;
---not_applicable:#2f6f8f;--not_applicable-bg:#e2f0f6;--quarantined:#8a1538;--quarantined-bg:#f9e0e8;--unhealthy:#9e1b1b;--unhealthy-bg:#fbe0dc}
-*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
-header{background:#1d232a;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}header p{margin:0;color:#c5ccd3}
-main{padding:20px 28px;max-width:1400px}section{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:16px 20px;margin:0 0 18px}
-h2{font-size:17px;margin:0 0 12px}table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e6e9ed;vertical-align:top}
-th{font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#5f6670;background:#fafbfc}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:12px}.card{flex:1 1 150px;border-radius:8px;padding:12px 14px;border:1px solid #dde1e6}
-.card b{display:block;font-size:26px}.badge{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;font-weight:600;white-space:nowrap}
-.ok{background:var(--in_sync-bg);color:var(--in_sync)}.bad{background:var(--missing_patch-bg);color:var(--missing_patch)}
-.s-in_sync{background:var(--in_sync-bg);color:var(--in_sync)}.s-drifted{background:var(--drifted-bg);color:var(--drifted)}
-.s-missing_patch{background:var(--missing_patch-bg);color:var(--missing_patch)}.s-unexpected_version{background:var(--unexpected_version-bg);color:var(--unexpected_version)}
-.s-unknown{background:var(--unknown-bg);color:var(--unknown)}.s-not_applicable{background:var(--not_applicable-bg);color:var(--not_applicable)}
-.s-quarantined{background:var(--quarantined-bg);color:var(--quarantined)}.s-unhealthy{background:var(--unhealthy-bg);color:var(--unhealthy)}
-table.matrix td.cell{border:2px solid #fff;border-radius:6px;min-width:170px}.cell .desired{font-size:12px;opacity:.8}
-.bar{display:flex;height:8px;border-radius:4px;overflow:hidden;margin-top:6px;background:#e6e9ed}.bar span{display:block;height:100%}
-.b-in_sync{background:var(--in_sync)}.b-drifted{background:var(--drifted)}.b-missing_patch{background:var(--missing_patch)}
-.b-unexpected_version{background:var(--unexpected_version)}.b-unknown{background:var(--unknown)}.b-not_applicable{background:var(--not_applicable)}
-.b-quarantined{background:var(--quarantined)}.b-unhealthy{background:var(--unhealthy)}
-.legend span{margin-right:10px}.muted{color:#5f6670}.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
-footer{padding:0 28px 28px;color:#5f6670;font-size:12px}table+table{margin-top:18px}table.matrix th:first-child{width:150px}
-section p{margin:8px 0}
-"""
+# the page's template and style sheet, shipped with the collection beside this module
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+HTML_TEMPLATE = "drift_report.html.j2"
+# a line break and the indentation after it, in a template written one element per line
+_LINE_BREAK = re.compile(r"\n[ \t]*")
 
 
-def _e(value: t.Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+class _JoinedLines(jinja2.ext.Extension):
+    """The HTML template is written one element per line for its readers; the page is written without those line breaks
+    and indentation (as one line, like the page before the template), so whitespace on the page is only what the
+    template writes on purpose (a space, or {{ nl }})."""
+
+    def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
+        return _LINE_BREAK.sub("", source) if name is not None and name.endswith(".html.j2") else source
 
 
-def _status_badge(status: str) -> str:
-    return f'<span class="badge s-{_e(status)}">{_e(STATUS_LABELS.get(status, status))}</span>'
+def _escaped(value: t.Any) -> t.Any:
+    """Every value the template writes, as html.escape(str(value), quote=True) would write it (None as nothing).
+
+    Autoescape (markupsafe) escapes & < > as html.escape does, but writes quotes as &#39; and &#34; where html.escape
+    writes &#x27; and &quot;: text with a quote is escaped here (autoescape leaves Markup as it is) so that the page stays
+    what it was; any other text is left to autoescape, which is quicker (a large report has thousands of values).
+    """
+    if value.__class__ is not str:
+        if value is None:
+            return ""
+        if hasattr(value, "__html__"):
+            return value
+        value = str(value)
+    if "'" in value or '"' in value:
+        return markupsafe.Markup(html.escape(value, quote=True))
+    return value
 
 
-def _bar(statuses: t.Mapping[str, int]) -> str:
+class _BarPart(t.NamedTuple):
+    status: str
+    width: str  # percent of the cell's host/service pairs, two decimals
+    count: int
+
+
+def _bar(statuses: t.Mapping[str, int]) -> list[_BarPart]:
+    """The parts of a matrix cell's bar: one per status that has pairs, in STATUSES order."""
     total = sum(statuses.values()) or 1
-    parts = "".join(f'<span class="b-{status}" style="width:{statuses[status] * 100 / total:.2f}%" title="{_e(STATUS_LABELS[status])}: '
-                    f'{statuses[status]}"></span>' for status in STATUSES if statuses.get(status))
-    return f'<div class="bar">{parts}</div>'
+    return [_BarPart(status, f"{statuses[status] * 100 / total:.2f}", statuses[status]) for status in STATUSES if statuses.get(status)]
+
+
+@functools.lru_cache(maxsize=1)
+def _html_template() -> jinja2.Template:
+    """The page's template, loaded and compiled once per process. No template ever comes from report data: only the
+    collection's own files are loaded, and every value is escaped."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, finalize=_escaped, undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, extensions=[_JoinedLines], auto_reload=False)
+    environment.filters.update(duration=human_duration, percent=percent)
+    return environment.get_template(HTML_TEMPLATE)
 
 
 def render_html(document: t.Mapping[str, t.Any], drift: t.Sequence[Row], *, title: str, max_rows: int) -> str:
+    """The HTML report (templates/drift_report.html.j2): summary, environment x service matrix, the first max_rows drift
+    rows, lag, time to patch, alignment and compatibility; the JSON report holds every row."""
     summary = document["summary"]
-    environments = summary["environments"]
-    services = list(summary["services"])
-    out: list[str] = []
-    w = out.append
-    w("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
-    w(f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>")
-    verdict = ('<span class="badge bad">drift found</span>' if summary["drift_found"] else '<span class="badge ok">no drift</span>')
-    w(f"<header><h1>{_e(title)}</h1><p>{verdict} &nbsp; as of {_e(document['now'])} &middot; generated {_e(document.get('generated_at'))}"
-      f" &middot; {summary['hosts']} hosts, {summary['rows']} host/service pairs &middot; "
-      f"fingerprint <span class=\"mono\">{_e(document.get('fingerprint', '')[:16])}</span></p></header><main>")
-
-    w('<section id="summary"><h2>Summary</h2><div class="cards">')
-    for status in STATUSES:
-        w(f'<div class="card s-{status}"><b>{summary["statuses"][status]}</b>{_e(STATUS_LABELS[status])}</div>')
-    w(f'<div class="card"><b>{summary["mixed_versions"]}</b>mixed-version cells</div>'
-      f'<div class="card"><b>{summary["lagging_patches"]}</b>lagging patches</div>'
-      f'<div class="card"><b>{summary["slo_overdue"]}</b>hosts past time-to-patch</div>'
-      f'<div class="card"><b>{summary["compatibility_violations"]}</b>compatibility violations</div></div></section>')
-
-    cells = {(cell["environment"], cell["service"]): cell for cell in document["matrix"]}
-    w('<section id="matrix"><h2>Environment &times; service</h2><table class="matrix"><thead><tr><th>environment</th>')
-    for service in services:
-        w(f"<th>{_e(service)}</th>")
-    w("</tr></thead><tbody>")
-    for env in environments:
-        w(f"<tr><th>{_e(env)}</th>")
-        for service in services:
-            cell = cells.get((env, service))
-            if cell is None:
-                w('<td class="muted">&ndash;</td>')
-                continue
-            st = cell["statuses"]
-            w(f'<td class="cell s-{cell["status"]}" data-status="{cell["status"]}"><strong>{_e(STATUS_LABELS[cell["status"]])}</strong>'
-              f' &middot; {st["in_sync"]}/{cell["hosts"]} in sync<div class="desired">desired {_e(cell["desired"] or "none")}'
-              f'{" (" + _e(cell["desired_source"]) + ")" if cell["desired_source"] and cell["desired_source"] != document["desired"]["source"] else ""}'
-              f'</div>{_bar(st)}</td>')
-        w("</tr>")
-    w('</tbody></table><p class="legend muted">')
-    w("".join(_status_badge(status) + " " for status in STATUSES))
-    w("</p></section>")
-
-    w(f'<section id="drift"><h2>Drift list ({len(drift)})</h2>')
-    if drift:
-        w("<table><thead><tr><th>status</th><th>environment</th><th>host</th><th>service</th><th>version</th><th>desired</th>"
-          "<th>reason</th></tr></thead><tbody>")
-        for host, verdict, *_rest in drift[:max_rows]:
-            w(f"<tr><td>{_status_badge(verdict.status)}</td><td>{_e(verdict.environment)}</td><td class=\"mono\">{_e(host)}</td>"
-              f"<td>{_e(verdict.service)}</td><td class=\"mono\">{_e(verdict.version or '-')}</td>"
-              f"<td class=\"mono\">{_e(verdict.desired or '-')}</td><td>{_e(verdict.reason)}</td></tr>")
-        w("</tbody></table>")
-        if len(drift) > max_rows:
-            w(f'<p class="muted">{len(drift) - max_rows} more rows in the JSON report.</p>')
-    else:
-        w('<p class="muted">Every host and service with data is in sync.</p>')
-    w("</section>")
-
-    w('<section id="lag"><h2>Lag between environments</h2>')
-    lag_summary = document["lag_summary"]
-    if lag_summary:
-        w('<table><thead><tr><th>from</th><th>to</th><th class="num">patches behind</th><th class="num">hosts lacking</th>'
-          '<th class="num">longest lag</th></tr></thead><tbody>')
-        for entry in lag_summary:
-            w(f"<tr><td>{_e(entry['from'])}</td><td>{_e(entry['to'])}</td><td class=\"num\">{entry['patches']}</td>"
-              f"<td class=\"num\">{entry['hosts_lacking']}</td><td class=\"num\">{human_duration(entry['max_lag_seconds'])}</td></tr>")
-        w("</tbody></table>")
-    else:
-        w('<p class="muted">No promotion order in the desired state.</p>')
-    if document["lag"]:
-        w('<table><thead><tr><th>from &rarr; to</th><th>service</th><th>patch</th><th>severity</th><th class="num">upstream patched</th>'
-          '<th class="num">downstream lacking</th><th>upstream since</th><th class="num">lag</th><th>promoted</th></tr></thead><tbody>')
-        for entry in document["lag"]:
-            w(f"<tr><td>{_e(entry['from'])} &rarr; {_e(entry['to'])}</td><td>{_e(entry['service'])}</td><td class=\"mono\">{_e(entry['patch'])}</td>"
-              f"<td>{_e(entry['severity'] or '-')}</td><td class=\"num\">{entry['from_patched']}/{entry['from_hosts']}</td>"
-              f"<td class=\"num\">{entry['to_lacking']}/{entry['to_hosts']}</td><td class=\"mono\">{_e(entry['since'] or '-')}</td>"
-              f"<td class=\"num\">{human_duration(entry['lag_seconds'])}</td>"
-              f"<td>{'yes: rollout pending' if entry['promoted'] else 'not yet'}</td></tr>")
-        w("</tbody></table>")
-    w("</section>")
-
-    slo = document["slo"]
-    w(f'<section id="slo"><h2>Time to patch</h2><p class="muted">Targets from {_e(slo["target_source"])}; environments: '
-      f'{_e(", ".join(slo["environments"]) or "-")}. Within target: patched in time, or not yet patched and still inside the target.</p>')
-    w('<table><thead><tr><th>severity</th><th class="num">target</th><th class="num">patches</th><th class="num">host pairs</th>'
-      '<th class="num">within</th><th class="num">late</th><th class="num">open</th><th class="num">overdue</th><th class="num">unknown</th>'
-      '<th class="num">share within target</th><th class="num">target used</th><th>oldest overdue</th></tr></thead><tbody>')
-    for entry in slo["severities"]:
-        oldest = entry["oldest_overdue"]
-        oldest_text = (f'<span class="mono">{_e(oldest["patch"])}</span> overdue {human_duration(oldest["overdue_seconds"])} '
-                       f'({oldest["hosts"]} hosts, e.g. <span class="mono">{_e(oldest["example_host"])}</span>)') if oldest else "-"
-        w(f"<tr><td>{_e(entry['severity'])}</td><td class=\"num\">{human_duration(entry['target_seconds'])}</td>"
-          f"<td class=\"num\">{entry['patches']}</td><td class=\"num\">{entry['hosts']}</td><td class=\"num\">{entry['within']}</td>"
-          f"<td class=\"num\">{entry['late']}</td><td class=\"num\">{entry['open']}</td><td class=\"num\">{entry['overdue']}</td>"
-          f"<td class=\"num\">{entry['unknown']}</td><td class=\"num\">{percent(entry['share_within_target'])}</td>"
-          f"<td class=\"num\">{percent(entry['target_used'])}</td><td>{oldest_text}</td></tr>")
-    w("</tbody></table>")
-    if slo["patches"]:
-        w('<table><thead><tr><th>patch</th><th>service</th><th>severity</th><th>released</th><th class="num">age</th>'
-          '<th class="num">within</th><th class="num">late</th><th class="num">open</th><th class="num">overdue</th>'
-          '<th class="num">unknown</th><th class="num">target used</th></tr></thead><tbody>')
-        for entry in slo["patches"]:
-            w(f"<tr><td class=\"mono\">{_e(entry['patch'])}</td><td>{_e(entry['service'])}</td><td>{_e(entry['severity'])}</td>"
-              f"<td class=\"mono\">{_e(entry['released_at'])}</td><td class=\"num\">{human_duration(entry['age_seconds'])}</td>"
-              f"<td class=\"num\">{entry['within']}</td><td class=\"num\">{entry['late']}</td><td class=\"num\">{entry['open']}</td>"
-              f"<td class=\"num\">{entry['overdue']}</td><td class=\"num\">{entry['unknown']}</td>"
-              f"<td class=\"num\">{percent(entry['target_used'])}</td></tr>")
-        w("</tbody></table>")
-    w("</section>")
-
-    w('<section id="alignment"><h2>Version alignment</h2><table><thead><tr><th>environment</th><th>service</th><th>desired</th>'
-      '<th>versions (hosts)</th><th>mixed</th></tr></thead><tbody>')
-    for entry in document["alignment"]:
-        versions = ", ".join(f"{_e(v)} ({n})" for v, n in entry["versions"].items()) or "-"
-        mixed = ('<span class="badge s-drifted">mixed lines</span>' if entry["mixed_lines"] else
-                 '<span class="badge s-drifted">mixed</span>' if entry["mixed"] else '<span class="badge ok">aligned</span>')
-        w(f"<tr><td>{_e(entry['environment'])}</td><td>{_e(entry['service'])}</td><td class=\"mono\">{_e(entry['desired'] or '-')}</td>"
-          f"<td class=\"mono\">{versions}</td><td>{mixed}</td></tr>")
-    w("</tbody></table>")
-    if document["compatibility"]:
-        w('<h2 style="margin-top:16px">Compatibility violations</h2><table><thead><tr><th>rule</th><th>environment</th><th>versions</th>'
-          '<th>found</th><th class="num">hosts</th></tr></thead><tbody>')
-        for entry in document["compatibility"]:
-            w(f"<tr><td>{_e(entry['rule'])}</td><td>{_e(entry['environment'])}</td><td class=\"mono\">{_e(', '.join(entry['versions']))}</td>"
-              f"<td class=\"mono\">{_e(', '.join(entry['found']) or 'none')}</td><td class=\"num\">{entry['hosts']}</td></tr>")
-        w("</tbody></table>")
-    else:
-        w('<p class="muted">No compatibility rule is broken.</p>')
-    w("</section></main>")
-    inputs = document.get("inputs", {})
-    files = inputs.get("facts_files") or []
-    registry = inputs.get("registry") or {}
-    w(f"<footer>Desired state: {_e(document['desired']['source'])}. Facts: {inputs.get('hosts_from_run', 0)} hosts from this run"
-      f"{', ' + str(len(files)) + ' facts file(s)' if files else ''}. Registry: "
-      f"{_e(registry.get('path') or '-')} ({'used' if registry.get('used') else _e(registry.get('reason') or 'not used')}). "
-      f"Schema {_e(document['schema'])}; the JSON report holds every row.</footer></body></html>\n")
-    return "".join(out)
+    return _html_template().render(
+        document=document, summary=summary, title=title, environments=summary["environments"], services=list(summary["services"]),
+        cells={(cell["environment"], cell["service"]): cell for cell in document["matrix"]}, bar=_bar,
+        drift=[(verdict.status, verdict.environment, host, verdict.service, verdict.version, verdict.desired, verdict.reason)
+               for host, verdict, *_rest in drift[:max_rows]], drift_total=len(drift),
+        statuses=STATUSES, labels=STATUS_LABELS, nl="\n")
 
 
 # --------------------------------------------------------------------------------------------- Markdown

@@ -590,3 +590,16 @@ def test_marks_do_not_depend_on_the_order_hosts_come_in() -> None:
     doc_one, doc_two = one.document(), two.document()
     assert fingerprint(doc_one, one.rows) == fingerprint(doc_two, two.rows)
     assert doc_one["summary"]["statuses"]["not_applicable"] == 1 and doc_one["summary"]["statuses"]["quarantined"] == 1
+
+
+def test_results_are_named_and_still_unpack() -> None:
+    views = [_view("FP-1", "1.0.1", {"na": _outcome("not_applicable", "2026-03-02T00:00:00.000000Z", version="0.9.0")})]
+    result = registry_marks(views)
+    marks, counts = result
+    assert (result.marks, result.counts) == (marks, counts) and counts["not_applicable"] == 1
+    entry = marks["na"][0].not_applicable[0]
+    assert (entry.target, entry.affected, entry.recorded, entry.patch_id) == ("1.0.1", ("1.0.0",), "0.9.0", "FP-1")
+    applied = apply_registry(parse_desired_state(DESIRED), views, {"na": "prod"})
+    assert any("FP-1" in patch.patch_ids for patch in applied.desired.patches) and applied.info["patches"] == 1
+    desired = parse_desired_state(dict(DESIRED, slo={"targets": {"critical": "1d"}, "environments": ["prod"]}), source="d.yml")
+    assert (desired.slo_targets, desired.slo_target_source, desired.slo_environments) == ({"critical": 86400.0}, "d.yml", ("prod",))

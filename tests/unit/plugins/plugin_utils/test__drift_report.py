@@ -16,6 +16,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     parse_time,
     registry_marks,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _drift_report
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
     FORMATS,
     AtomicWriter,
@@ -239,3 +240,28 @@ def test_registry_statuses_in_every_format(tmp_path: Path) -> None:
     assert '<td class="cell s-unhealthy" data-status="unhealthy">' in page and ".s-not_applicable{" in page
     markdown = Path(paths["markdown"]).read_text()
     assert "| not applicable | 1 |" in markdown and "| quarantined | dev | d3 | app |" in markdown
+
+
+def test_html_template_escapes_host_names_and_reasons(tmp_path: Path) -> None:
+    """The page comes from the collection's template; whatever the facts say is escaped, quotes included."""
+    host = '<script>alert("x")</script>\'h'
+    reason = 'unreachable: "<script>document.cookie</script>" & \'more\''
+    records = [record("d1", "dev", "1.0.1"), record(host, "dev", None, state="unreachable", reason=reason)]
+    paths = output_paths(str(tmp_path), ["html"])
+    write_reports(report_of(records), paths=paths, generated_at="2026-03-05T00:00:01Z", inputs={"hosts_from_run": 2},
+                  title='<script>"t"</script>', html_max_rows=10)
+    page = Path(paths["html"]).read_text()
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#x27;h" in page
+    assert "unreachable: &quot;&lt;script&gt;document.cookie&lt;/script&gt;&quot; &amp; &#x27;more&#x27;" in page
+    assert "<title>&lt;script&gt;&quot;t&quot;&lt;/script&gt;</title>" in page
+    assert os.path.isfile(Path(_drift_report.TEMPLATES) / _drift_report.HTML_TEMPLATE)
+
+
+def test_html_lists_at_most_max_rows(tmp_path: Path) -> None:
+    for max_rows, listed in ((0, 0), (2, 2), (100, 3)):
+        paths = output_paths(str(tmp_path / str(max_rows)), ["html"])
+        write_reports(report_of(RECORDS), paths=paths, generated_at="2026-03-05T00:00:01Z", inputs={}, title="t", html_max_rows=max_rows)
+        drift = Path(paths["html"]).read_text().split('<section id="drift">')[1].split("</section>")[0]
+        assert "<h2>Drift list (3)</h2><table>" in drift and drift.count("<tr><td>") == listed
+        assert (f"{3 - listed} more rows in the JSON report." in drift) == (listed < 3)
