@@ -365,5 +365,3 @@ def _ranges(values: t.Sequence[int]) -> str:
         start = end = value
     parts.append(str(start) if start == end else f"{start}-{end}")
     return ", ".join(parts)
-
-
