@@ -211,11 +211,8 @@ def _number(value: t.Any, where: str) -> int | float:
 # policy
 
 
-def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
-    """Fill defaults and validate; the result is explicit, JSON-serialisable and idempotent under this function."""
-    data = _mapping({} if policy is None else policy, "policy")
-    _unknown_keys(data, _POLICY_KEYS, "policy")
-
+def _policy_levels(data: Mapping[str, t.Any]) -> list[str]:
+    """policy.levels: planning levels, each named once, at least one."""
     levels: list[str] = []
     for index, item in enumerate(_list(data.get("levels", list(_DEFAULT_LEVELS)), "policy.levels")):
         level = _level(item, f"policy.levels[{index}]")
@@ -224,7 +221,11 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         levels.append(level)
     if not levels:
         raise PlanError("policy.levels must name at least one level")
+    return levels
 
+
+def _policy_order(data: Mapping[str, t.Any], *, levels: list[str]) -> dict[str, list[str]]:
+    """policy.order: explicit group order per planning level, each group named once."""
     order: dict[str, list[str]] = {}
     for key, groups in _mapping(data.get("order") or {}, "policy.order").items():
         level = _level(key, "policy.order")
@@ -239,7 +240,11 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
                 raise PlanError(f"policy.order.{level}[{index}]: {name!r} is listed twice")
             names.append(str(name))
         order[level] = names
+    return order
 
+
+def _policy_canary(data: Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """policy.canary: its size and the group selectors it is drawn from, each selector once."""
     canary_data = _mapping(data.get("canary", {"size": 1}), "policy.canary")
     _unknown_keys(canary_data, _CANARY_KEYS, "policy.canary")
     canary_size = _parse_size(canary_data.get("size", 1), "policy.canary.size", minimum=0)
@@ -249,34 +254,27 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
         if text in canary_groups:
             raise PlanError(f"policy.canary.groups[{index}]: {text!r} is listed twice")
         canary_groups.append(text)
+    return {"size": canary_size, "groups": canary_groups}
 
+
+def _policy_waves(data: Mapping[str, t.Any], *, levels: list[str]) -> tuple[list[Size], str | None]:
+    """policy.waves (at least one size) and policy.wave_boundary (a listed level, or None)."""
     waves = [
         _parse_size(item, f"policy.waves[{index}]", minimum=1)
         for index, item in enumerate(_list(data.get("waves", list(_DEFAULT_WAVES)), "policy.waves"))
     ]
     if not waves:
         raise PlanError("policy.waves must list at least one wave size, such as ['25%', '100%']")
-
     wave_boundary = data.get("wave_boundary")
     if wave_boundary is not None:
         wave_boundary = _level(wave_boundary, "policy.wave_boundary")
         if wave_boundary not in levels:
             raise PlanError(f"policy.wave_boundary: level {wave_boundary!r} is not in policy.levels")
+    return waves, wave_boundary
 
-    disruption_budget: dict[str, Size] = {}
-    for key, spec in _mapping(data.get("disruption_budget") or {}, "policy.disruption_budget").items():
-        level = _level(key, "policy.disruption_budget")
-        disruption_budget[level] = _parse_size(spec, f"policy.disruption_budget.{level}", minimum=1)
 
-    max_concurrency = data.get("max_concurrency")
-    if max_concurrency is not None:
-        max_concurrency = _parse_size(max_concurrency, "policy.max_concurrency", minimum=1)
-
-    response = _choice(data.get("response", "halt"), RESPONSES, "policy.response")
-    try:
-        checks = normalize_checks(data.get("checks"), "policy.checks")
-    except CheckError as exc:
-        raise PlanError(str(exc)) from None
+def _policy_stabilization(data: Mapping[str, t.Any], *, checks: t.Any) -> dict[str, t.Any]:
+    """policy.stabilization: the window after the last wave; a window needs checks to watch."""
     stabilization_data = _mapping(data.get("stabilization") or {}, "policy.stabilization")
     _unknown_keys(stabilization_data, _STABILIZATION_KEYS, "policy.stabilization")
     stabilization = {
@@ -286,10 +284,35 @@ def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
     }
     if stabilization["seconds"] and not checks:
         raise PlanError("policy.stabilization.seconds: a stabilization window needs policy.checks to watch")
+    return stabilization
+
+
+def normalize_policy(policy: Mapping[str, t.Any] | None) -> dict[str, t.Any]:
+    """Fill defaults and validate; the result is explicit, JSON-serialisable and idempotent under this function."""
+    data = _mapping({} if policy is None else policy, "policy")
+    _unknown_keys(data, _POLICY_KEYS, "policy")
+    # the parts are read in this order so the first error reported for a bad policy stays the same
+    levels = _policy_levels(data)
+    order = _policy_order(data, levels=levels)
+    canary = _policy_canary(data)
+    waves, wave_boundary = _policy_waves(data, levels=levels)
+    disruption_budget: dict[str, Size] = {}
+    for key, spec in _mapping(data.get("disruption_budget") or {}, "policy.disruption_budget").items():
+        level = _level(key, "policy.disruption_budget")
+        disruption_budget[level] = _parse_size(spec, f"policy.disruption_budget.{level}", minimum=1)
+    max_concurrency = data.get("max_concurrency")
+    if max_concurrency is not None:
+        max_concurrency = _parse_size(max_concurrency, "policy.max_concurrency", minimum=1)
+    response = _choice(data.get("response", "halt"), RESPONSES, "policy.response")
+    try:
+        checks = normalize_checks(data.get("checks"), "policy.checks")
+    except CheckError as exc:
+        raise PlanError(str(exc)) from None
+    stabilization = _policy_stabilization(data, checks=checks)
     return {
         "levels": levels,
         "order": order,
-        "canary": {"size": canary_size, "groups": canary_groups},
+        "canary": canary,
         "waves": waves,
         "wave_boundary": wave_boundary,
         "disruption_budget": disruption_budget,
