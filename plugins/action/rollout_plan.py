@@ -8,7 +8,7 @@ import os
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import CalendarError, iso_z
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, overview, validate_targets
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import CheckError, overview, validate_targets
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import (
     InputError,
     check_command,

@@ -8,7 +8,7 @@ import typing as t
 import uuid
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import compact, summarize
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import (
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import (
     CONTROLLER_KINDS,
     CheckError,
     normalize_checks,

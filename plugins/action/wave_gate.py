@@ -9,7 +9,7 @@ import time
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import compact, pick_control_hosts
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import HOST_KINDS, sample
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import HOST_KINDS, sample
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import (
     GateDecision,
     HostVerdict,

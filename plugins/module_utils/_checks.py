@@ -1,11 +1,13 @@
 # Copyright (c) fleetpatch developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Private to fleetpatch.rollout: synthetic check specs, templates and sample judging. Not a public API.
+"""Private to fleetpatch.rollout: synthetic check specs (validation, templates) and samples. Not a public API.
 
-Plain data in, plain data out. The controller does the I/O (``plugin_utils/_probes.py``), ``_analysis.py`` turns
-samples into pass / fail / inconclusive. Everything that can be wrong with a check spec is found by
-``normalize_checks`` (structure, regexes, JMESPath syntax and function names, template names) and by
-``validate_targets`` (templates rendered for every target host), both before any host is touched.
+Host-side: the ``command_checks`` module validates its checks with ``normalize_checks`` and judges its own samples, so
+this file holds what that needs and nothing the controller alone does (rendering a check for every host, judging HTTP
+and metric answers, the rollout overview: ``plugin_utils/_checks.py``). Plain data in, plain data out.
+
+Everything that can be wrong with a check spec is found by ``normalize_checks`` (structure, regexes, JMESPath syntax
+and function names, template names), before any host is touched.
 
 Templates are ``${name}``, so they never collide with Jinja (``{{ }}``) or JSON braces; ``$${`` is a literal ``${``.
 Host checks know ``${host}``, ``${var.<host variable>}``, ``${capture.<name>}`` (captured by an earlier step of the
@@ -19,7 +21,6 @@ samples also carry ``value``): *error* is a bad answer (what a user would see), 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -37,28 +38,24 @@ except ImportError:  # pragma: no cover - jmespath is a controller requirement o
     jmespath = None
 
 __all__ = [
+    "ASSERT_OPS",
+    "CONDITION_OPS",
     "CONTROLLER_KINDS",
     "CheckError",
     "FLEET_KINDS",
     "HOST_KINDS",
     "MISSING",
-    "assertion_failure",
-    "host_context",
+    "RUN_NAMES",
     "jmespath_error",
     "judge_command",
-    "judge_http",
-    "judge_value",
     "normalize_checks",
-    "overview",
+    "parse_port",
     "pause_before",
-    "promql_regex",
-    "referenced_vars",
     "render",
-    "render_json",
-    "render_target",
     "sample",
+    "strings_in",
     "template_names",
-    "validate_targets",
+    "url_problem",
 ]
 
 CHECK_KINDS = ("http", "tcp", "dns", "command", "prometheus")
@@ -74,7 +71,7 @@ FAMILIES = ("any", "ipv4", "ipv6")
 RUN_NAMES = ("run_id", "patch_id", "target_version")
 HOST_NAMES = ("host",) + RUN_NAMES
 FLEET_NAMES = ("hosts_regex", "wave") + RUN_NAMES
-MISSING: t.Any = object()
+MISSING: t.Any = object()  # a template name without a value (render) or a host variable that is not set
 
 _COMMON_KEYS = (
     "baseline",
@@ -103,7 +100,6 @@ _BASELINE_KEYS = ("control_hosts", "error_rate_delta", "latency_ratio", "min_del
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TEMPLATE_RE = re.compile(r"\$(\$)?\{([^}]*)\}")
-_PROMQL_REGEX_SPECIALS = set(".^$*+?()[]{}|\\")
 _MAX_SAMPLES = 1000
 _MAX_INITIAL_DELAY = 3600  # an hour: longer waits belong in bake_seconds
 
@@ -255,19 +251,6 @@ def _jmespath(value: t.Any, where: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=512)
-def _compiled(expression: str) -> t.Any:
-    return jmespath.compile(expression)
-
-
-def search(expression: str, data: t.Any) -> t.Any:
-    """Evaluate a validated JMESPath expression; a type error at run time (length(5)) yields None."""
-    try:
-        return _compiled(expression).search(data)
-    except jmespath.exceptions.JMESPathError:
-        return None
-
-
 # ---------------------------------------------------------------------------------------------------------
 # templates
 
@@ -320,21 +303,6 @@ def render(text: str, context: Mapping[str, t.Any]) -> str:
         return json.dumps(found, sort_keys=True) if isinstance(found, (dict, list)) else str(found)
 
     return _TEMPLATE_RE.sub(value, text)
-
-
-def render_json(value: t.Any, context: Mapping[str, t.Any]) -> t.Any:
-    if isinstance(value, str):
-        return render(value, context)
-    if isinstance(value, list):
-        return [render_json(item, context) for item in value]
-    if isinstance(value, dict):
-        return {key: render_json(item, context) for key, item in value.items()}
-    return value
-
-
-def promql_regex(hosts: t.Iterable[str]) -> str:
-    """Hosts as a regex alternation, escaped for RE2 inside a double-quoted PromQL string."""
-    return "|".join("".join("\\\\" + char if char in _PROMQL_REGEX_SPECIALS else char for char in host) for host in hosts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -448,7 +416,7 @@ def _step(value: t.Any, where: str, index: int, captured: set[str]) -> dict[str,
             step["json"] = json.loads(json.dumps(data["json"]))
         except (TypeError, ValueError):
             raise CheckError(f"{where}.json must be plain data (string, number, list, mapping)") from None
-        for text in _strings_in(step["json"]):
+        for text in strings_in(step["json"]):
             _check_names(text, f"{where}.json", allowed=HOST_NAMES, captures=captured)
     step["validate_certs"] = _bool(data.get("validate_certs", True), f"{where}.validate_certs")
     expect_data = _mapping(data.get("expect") or {}, f"{where}.expect")
@@ -472,15 +440,16 @@ def _step(value: t.Any, where: str, index: int, captured: set[str]) -> dict[str,
     return step
 
 
-def _strings_in(value: t.Any) -> t.Iterator[str]:
+def strings_in(value: t.Any) -> t.Iterator[str]:
+    """Every string inside plain JSON data (a template may hide in any of them)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
         for item in value:
-            yield from _strings_in(item)
+            yield from strings_in(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _strings_in(item)
+            yield from strings_in(item)
 
 
 def _normalize_check(value: t.Any, where: str) -> dict[str, t.Any]:
@@ -560,9 +529,9 @@ class _KindNormalizer:
         if isinstance(port, str):
             _check_names(port, f"{where}.port", allowed=HOST_NAMES, captures=())
             if not template_names(port, f"{where}.port"):
-                port = _port(port, f"{where}.port")
+                port = parse_port(port, f"{where}.port")
         else:
-            port = _port(port, f"{where}.port")
+            port = parse_port(port, f"{where}.port")
         check["port"] = port
 
     @staticmethod
@@ -613,7 +582,8 @@ class _KindNormalizer:
         check["condition"] = _condition(data["condition"], f"{where}.condition")
 
 
-def _port(value: t.Any, where: str) -> int:
+def parse_port(value: t.Any, where: str) -> int:
+    """A port number 1-65535 (an int or a string of digits); CheckError otherwise."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
@@ -650,195 +620,7 @@ def normalize_checks(value: t.Any, where: str = "policy.checks") -> list[dict[st
 
 
 # ---------------------------------------------------------------------------------------------------------
-# per-host validation and rendering
-
-
-def referenced_vars(checks: t.Iterable[Mapping[str, t.Any]]) -> list[str]:
-    """Host variables the checks' templates read (``${var.x}`` -> ``x``), sorted."""
-    names: set[str] = set()
-    for check in checks:
-        for text in _template_fields(check):
-            names.update(name[4:] for name in template_names(text, check["name"]) if name.startswith("var."))
-    return sorted(names)
-
-
-def _template_fields(check: Mapping[str, t.Any]) -> t.Iterator[str]:
-    kind = check["kind"]
-    if kind == "http":
-        for step in check["steps"]:
-            yield step["url"]
-            yield from step["headers"].values()
-            if "body" in step:
-                yield step["body"]
-            if "json" in step:
-                yield from _strings_in(step["json"])
-    elif kind == "tcp":
-        yield check["address"]
-        if isinstance(check["port"], str):
-            yield check["port"]
-    elif kind == "dns":
-        yield check["hostname"]
-        yield from check["expect_addresses"]
-
-
-def host_context(host: str, variables: Mapping[str, t.Any], run: Mapping[str, t.Any]) -> dict[str, t.Any]:
-    """Template names of one host: ``host``, the run's names, and ``var.<name>`` for the variables given."""
-    context: dict[str, t.Any] = {name: run[name] for name in RUN_NAMES if name in run}
-    context["host"] = host
-    context.update({f"var.{name}": value for name, value in variables.items() if value is not MISSING})
-    return context
-
-
-def _render_where(text: str, context: Mapping[str, t.Any], where: str, host: str) -> str:
-    try:
-        return render(text, context)
-    except KeyError as exc:
-        name = exc.args[0]
-        what = f"host variable {name[4:]!r} is not defined" if name.startswith("var.") else f"'${{{name}}}' has no value"
-        raise CheckError(f"{where}: {text!r} for host {host!r}: {what}") from None
-
-
-def render_target(check: Mapping[str, t.Any], context: Mapping[str, t.Any], where: str = "check") -> dict[str, t.Any]:
-    """What a controller-side check connects to for one host; raises CheckError when a template cannot be filled.
-
-    Steps after the first may use captures, which only exist at run time: their URLs are checked with the
-    captures replaced by a placeholder.
-    """
-    host = str(context.get("host", "?"))
-    kind = check["kind"]
-    if kind == "http":
-        urls = []
-        for index, step in enumerate(check["steps"]):
-            step_where = f"{where}.steps[{index}].url"
-            probe = dict(context)
-            for name in template_names(step["url"], step_where):
-                if name.startswith("capture."):
-                    probe[name] = "capture"
-            url = _render_where(step["url"], probe, step_where, host)
-            problem = url_problem(url)
-            if problem:
-                raise CheckError(f"{step_where}: {step['url']!r} renders to {url!r} for host {host!r}: {problem}")
-            for key, header in step["headers"].items():
-                if not any(name.startswith("capture.") for name in template_names(header, where)):
-                    _render_where(header, context, f"{where}.steps[{index}].headers.{key}", host)
-            urls.append(url)
-        return {"urls": urls}
-    if kind == "tcp":
-        address = _render_where(check["address"], context, f"{where}.address", host)
-        port = check["port"]
-        if isinstance(port, str):
-            port = _port(_render_where(port, context, f"{where}.port", host), f"{where}.port for host {host!r}")
-        if not address.strip():
-            raise CheckError(f"{where}.address: {check['address']!r} renders to an empty address for host {host!r}")
-        return {"address": address, "port": port}
-    if kind == "dns":
-        hostname = _render_where(check["hostname"], context, f"{where}.hostname", host)
-        if not hostname.strip():
-            raise CheckError(f"{where}.hostname: {check['hostname']!r} renders to an empty name for host {host!r}")
-        expected = [_render_where(item, context, f"{where}.expect_addresses", host) for item in check["expect_addresses"]]
-        return {"hostname": hostname, "expect_addresses": expected}
-    return {}
-
-
-def validate_targets(checks: t.Sequence[Mapping[str, t.Any]], contexts: Mapping[str, Mapping[str, t.Any]], where: str = "policy.checks") -> None:
-    """Render every controller-side check for every host; the first template that cannot be filled is an error."""
-    for index, check in enumerate(checks):
-        if check["kind"] not in CONTROLLER_KINDS:
-            continue
-        for host in contexts:
-            render_target(check, contexts[host], f"{where}[{index}] ({check['name']})")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# judging answers
-
-
-def _short(value: t.Any, limit: int = 80) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def assertion_failure(assertion: Mapping[str, t.Any], document: t.Any) -> str | None:
-    """Why a JSON document fails one assertion, or None when it holds."""
-    query = assertion["query"]
-    value = search(query, document)
-    shown = f"json {query!r} = {_short(value)}"
-    for op in ASSERT_OPS:
-        if op not in assertion:
-            continue
-        expected = assertion[op]
-        if op == "equals" and value != expected:
-            return f"{shown}, expected == {_short(expected)}"
-        if op == "not_equals" and value == expected:
-            return f"{shown}, expected != {_short(expected)}"
-        if op in ("min", "max"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"{shown}, expected a number {'>=' if op == 'min' else '<='} {expected:g}"
-            if (op == "min" and value < expected) or (op == "max" and value > expected):
-                return f"{shown}, expected {'>=' if op == 'min' else '<='} {expected:g}"
-        if op == "matches" and (value is None or not re.search(expected, value if isinstance(value, str) else json.dumps(value))):
-            return f"{shown}, expected to match {expected!r}"
-        if op == "truthy" and bool(value not in (None, False, "", [], {})) is not expected:
-            return f"{shown}, expected {'a true' if expected else 'a false'} value"
-        if op == "exists" and (value is not None) is not expected:
-            return f"{shown}, expected {'a value' if expected else 'nothing'}"
-    return None
-
-
-def judge_http(step: Mapping[str, t.Any], *, status: int, body: bytes, latency_ms: float) -> tuple[str | None, dict[str, t.Any]]:
-    """(why the answer is an error or None, captured values) for one HTTP step."""
-    expect = step["expect"]
-    name = step["name"]
-    if status not in expect["status"]:
-        wanted = ", ".join(str(code) for code in expect["status"])
-        return f"{name}: HTTP {status}, expected {wanted}", {}
-    if "max_latency_ms" in expect and latency_ms > expect["max_latency_ms"]:
-        return f"{name}: took {latency_ms:.1f} ms, expected <= {expect['max_latency_ms']:g} ms", {}
-    text = body.decode("utf-8", "replace")
-    if "body_regex" in expect and not re.search(expect["body_regex"], text):
-        return f"{name}: body does not match {expect['body_regex']!r}", {}
-    if not expect["json"] and not step["capture"]:
-        return None, {}
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return f"{name}: body is not JSON", {}
-    for assertion in expect["json"]:
-        problem = assertion_failure(assertion, document)
-        if problem:
-            return f"{name}: {problem}", {}
-    captures: dict[str, t.Any] = {}
-    for key, query in step["capture"].items():
-        value = search(query, document)
-        if value is None:
-            return f"{name}: capture {key}: {query!r} found nothing", {}
-        captures[f"capture.{key}"] = value
-    return None, captures
-
-
-def judge_command(check: Mapping[str, t.Any], *, rc: int, stdout: str) -> str | None:
-    if rc != check["expect_rc"]:
-        return f"exit code {rc}, expected {check['expect_rc']}"
-    if "stdout_regex" in check and not re.search(check["stdout_regex"], stdout):
-        return f"output does not match {check['stdout_regex']!r}"
-    return None
-
-
-def judge_value(condition: Mapping[str, t.Any], value: float) -> str | None:
-    """Why a measured metric value breaks the condition, or None."""
-    for op in CONDITION_OPS:
-        if op not in condition:
-            continue
-        bound = condition[op]
-        if op == "min" and not value >= bound:
-            return f"value {value:g} < min {bound:g}"
-        if op == "max" and not value <= bound:
-            return f"value {value:g} > max {bound:g}"
-        if op == "equals" and value != bound:
-            return f"value {value:g} != {bound:g}"
-        if op == "not_equals" and value == bound:
-            return f"value {value:g} == {bound:g}"
-    return None
+# samples
 
 
 def sample(outcome: str, latency_ms: float | None = None, reason: str = "", **extra: t.Any) -> dict[str, t.Any]:
@@ -849,10 +631,9 @@ def sample(outcome: str, latency_ms: float | None = None, reason: str = "", **ex
     return record
 
 
-def overview(checks: t.Sequence[Mapping[str, t.Any]]) -> dict[str, t.Any]:
-    """What the rollout role needs to know: check names, whether to capture a baseline, the host-side checks."""
-    return {
-        "names": [check["name"] for check in checks],
-        "baseline": any(check.get("baseline") for check in checks),
-        "command": [dict(check) for check in checks if check["kind"] in HOST_KINDS],
-    }
+def judge_command(check: Mapping[str, t.Any], *, rc: int, stdout: str) -> str | None:
+    if rc != check["expect_rc"]:
+        return f"exit code {rc}, expected {check['expect_rc']}"
+    if "stdout_regex" in check and not re.search(check["stdout_regex"], stdout):
+        return f"output does not match {check['stdout_regex']!r}"
+    return None

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils import _checks
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _checks
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _analysis
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json, write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var

@@ -14,7 +14,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis impor
     pick_control_hosts,
     summarize,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import normalize_checks, sample
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import normalize_checks, sample
 
 
 def check(**extra: t.Any) -> dict[str, t.Any]:

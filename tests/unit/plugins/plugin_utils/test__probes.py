@@ -12,7 +12,7 @@ import urllib.parse
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import MISSING, host_context, normalize_checks
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import MISSING, host_context, normalize_checks
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 
 
