@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 name: events
 type: notification
 short_description: Write every deployment event as a hash-chained JSON line with a correlation id and trace context
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Writes one JSON line per event to a file per rollout run (by default C(<state dir>/runs/<run_id>/events.jsonl),
     the run that M(fleetpatch.rollout.rollout_plan) announces). It records playbook and play start, run start and end, the plan,

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: edge_cache_urls
 short_description: Cache URLs of the edge hosts, by edge and by region
-version_added: 0.2.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: error_budget
 short_description: Failures a rollout may absorb, from a count or a percent of the fleet
-version_added: 0.1.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: patch_manifest
 short_description: Validate a patch manifest and return its normalised form
-version_added: 0.2.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:
@@ -26,7 +26,6 @@ options:
         because every transfer stops at the declared size.
     type: bool
     default: false
-    version_added: 0.2.0
 seealso:
   - module: fleetpatch.rollout.rollout_plan
   - module: fleetpatch.rollout.patch_bundle

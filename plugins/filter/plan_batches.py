@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: plan_batches
 short_description: Batch sizes of a compiled rollout plan, for a play's C(serial)
-version_added: 0.1.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: prestage_args
 short_description: The fleetpatch.rollout.prestage arguments a play shares, from a patch manifest
-version_added: 0.2.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: prestage_regions
 short_description: Regions whose every edge failed to stage, and whether a play's hosts require signatures
-version_added: 0.3.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: fleet
 short_description: A patchable fleet from one YAML file, grouped by region, tenant, segment and environment
-version_added: 0.1.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: artifact_urls
 short_description: The raw artifact URLs of a patch manifest, for a no_log hand-over to the apply step
-version_added: 0.3.0
+version_added: 1.0.0
 author:
   - fleetpatch developers (@fleetpatch)
 description:

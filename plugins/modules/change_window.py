@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: change_window
 short_description: Check the change calendar before a rollout batch starts
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Runs once per batch on the controller (C(run_once), C(delegate_to=localhost)), before any host of the batch is
     touched. Evaluates the change calendar of the plan (maintenance windows, freezes, peak business hours, release

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: command_checks
 short_description: Run the command checks of a rollout policy on a host and return their samples
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Runs every check of kind V(command) on the managed host, C(samples) times each, and returns the samples
     (outcome, latency, reason) for M(fleetpatch.rollout.wave_gate) to judge with the other checks of the batch.

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: drift_report
 short_description: Reconcile the patch level of every host with the desired state and write the drift report
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Runs once on the controller. Takes the facts that M(fleetpatch.rollout.patch_facts) registered on the hosts of
     this run (O(hosts)) and, merged with them by host name, the facts files of earlier runs or of the slices of an AWX

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: patch_apply
 short_description: Install a verified release on a host, or roll it back, in one step
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Does one host's whole step of a fleetpatch rollout in one execution.
   - With O(state=present) it verifies the host's rollback point, makes sure the artifact is in the host's

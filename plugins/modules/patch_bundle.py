@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: patch_bundle
 short_description: Build a verifiable patch bundle (and a delta against a base release) from a release
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Builds, from a release directory, a release tarball or a full bundle (O(source)), a fleetpatch bundle
     C(<service>-<version>.bundle.tar.gz) in O(dest). Its first member C(fleetpatch-bundle.json) embeds who built what

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: patch_facts
 short_description: Report a host's patch level from its fleetpatch host manifests
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Reads, in one small execution and without gathering any other facts, what the host reports about its patch
     level, the host manifests C(<root>/state/<service>.manifest.json) that M(fleetpatch.rollout.patch_apply) writes,

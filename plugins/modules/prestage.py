@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: prestage
 short_description: Put a verified patch artifact into a host's content-addressed cache before the window opens
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Makes sure the artifact a rollout will install sits verified at C(<root>/cache/sha256/<digest>), in one
     execution per host, and applies the cache's retention policy.

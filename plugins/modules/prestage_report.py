@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: prestage_report
 short_description: Report staged percent per region and gate a rollout on pre-staged hosts
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Runs once on the controller (C(run_once), C(delegate_to=localhost)) after M(fleetpatch.rollout.prestage) ran on
     O(hosts). Reads every host's result from O(result_var) and reports how many hosts per region (C(fleet_region))
@@ -56,7 +56,6 @@ options:
       - Path of the patch manifest on the controller (found like the C(file) lookup finds files), loaded and validated
         by the task.
     type: str
-    version_added: 0.2.0
   state_dir:
     description:
       - Controller state directory. Empty means C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: registry
 short_description: Verify, query, export and prune the patch registry and its event files
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - V(verify) checks the registry's hash chain, every checkpoint (and its C(ssh-keygen) signature), and every event
     file the registry links or that lies under C(runs/), against the heads the registry recorded. Each edited, deleted,

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: registry_record
 short_description: Record a patch, a run and its outcome in the tamper-evident patch registry
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Appends records to the patch registry, an append-only ledger in one SQLite file (default
     C(<state dir>/registry.sqlite3)) in which every record carries the sha256 of the record before it.

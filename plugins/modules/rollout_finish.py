@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: rollout_finish
 short_description: Record rollbacks, write the run summary and release the rollout lock
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Runs once on the controller at the end of C(playbooks/rollout.yml). Records the outcome of every rollback, writes
     C(runs/<run_id>/summary.json) atomically, returns the C(rollback.host), C(rollback.finished) and C(run.finished) events

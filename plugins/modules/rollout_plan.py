@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: rollout_plan
 short_description: Compile, validate and save a staged rollout plan on the controller
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Validates the patch manifest, the fleet attributes of every target host and the rollout policy, then compiles the
     plan (canary, waves, batches, disruption budgets, one error budget) with the pure planner in

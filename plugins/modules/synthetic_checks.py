@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: synthetic_checks
 short_description: Run synthetic checks against many hosts at once from the controller
-version_added: 0.2.0
+version_added: 1.0.0
 description:
   - Runs every check on every host of O(hosts) concurrently from the controller, in one task execution (threads, no
     module process per host). Each check takes C(samples) samples and returns V(pass), V(fail) or

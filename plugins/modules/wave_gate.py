@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: wave_gate
 short_description: Decide after every rollout batch whether to continue, hold, halt or roll back
-version_added: 0.1.0
+version_added: 1.0.0
 description:
   - Runs once per batch on the controller (C(run_once), C(delegate_to=localhost)). Reads every batch host's apply result,
     probes each host's C(fleetpatch_health_url) concurrently, merges the outcomes into the run state by host, and
