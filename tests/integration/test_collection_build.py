@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 BIN = os.path.dirname(sys.executable)
 # What the tarball must not hold (galaxy.yml's build_ignore): the repository's tests, benchmarks, molecule scenarios,
 # developer entry points and dev config, and the demo fleet (its own collection, fleetpatch.demo, under collections/).
-NOT_SHIPPED_DIRS = ("tests/", "bench/", "molecule/", "collections/", "bin/", ".venv/", ".ci/", ".git/", "changelogs/fragments/")
-DEV_CONFIG = {"pytest.ini", ".ansible-lint", "ansible.cfg", "requirements-dev.txt", "requirements.yml", ".gitignore"}
+NOT_SHIPPED_DIRS = ("tests/", "bench/", "molecule/", "collections/", "bin/", ".venv/", ".ci/", ".git/", "changelogs/fragments/", "awx/")
+DEV_CONFIG = {"pytest.ini", ".ansible-lint", "ansible.cfg", "requirements-dev.txt", "requirements.yml", ".gitignore", "execution-environment.yml"}
 DEMO_MARKERS = ("demo_fleet", "fleet_service.py", "fleetctl.py", "inventories/demo")
 
 
@@ -53,7 +53,9 @@ def test_built_collection_installs_and_runs_by_fqcn(tmp_path) -> None:
     }
     build = _run([os.path.join(BIN, "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), REPO_ROOT], str(outside), env)
     assert build.returncode == 0, build.stderr
-    tarball = tmp_path / "fleetpatch-rollout-0.1.0.tar.gz"
+    with open(os.path.join(REPO_ROOT, "galaxy.yml"), encoding="utf-8") as handle:
+        version = yaml.safe_load(handle)["version"]
+    tarball = tmp_path / f"fleetpatch-rollout-{version}.tar.gz"
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
     print("tarball members:", *sorted(names), sep="\n  ")
