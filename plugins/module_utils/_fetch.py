@@ -32,14 +32,29 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsyn
 
 if t.TYPE_CHECKING:
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostOps
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import FetchPolicy
 
-__all__ = ["DownloadFailed", "FetchRefused", "Refused", "Transfer", "download", "os", "part_path", "shown_url"]
+__all__ = ["DownloadFailed", "FetchPolicy", "FetchRefused", "Refused", "Transfer", "download", "os", "part_path", "shown_url"]
 
 READ_CHUNK = 256 * 1024
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
 PART_SUFFIX = ".part"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    """How hard a download tries: per-request timeout, retries with backoff, minimum throughput, deadline, headers."""
+
+    timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 30.0
+    min_throughput: int = 0
+    throughput_window: float = 10.0
+    max_time: float = 0.0
+    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    # the byte cap of a transfer whose size is not declared (the apply path; prestage always declares one)
+    max_artifact_bytes: int = DEFAULT_MAX_BYTES
 
 
 class FetchRefused(ReleaseError):

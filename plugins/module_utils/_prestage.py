@@ -16,7 +16,6 @@ import dataclasses
 import fcntl
 import hashlib
 import os
-import shutil
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
@@ -37,13 +36,13 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
     sha256_file,
     write_json_atomic,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._tools import find_tool
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import version_key
 
 if t.TYPE_CHECKING:
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import Transfer
 
 __all__ = [
-    "FetchPolicy",
     "StageError",
     "StageResult",
     "build_stage_request",
@@ -71,11 +70,6 @@ def _bundle() -> t.Any:
     return bundle
 
 
-def find_tool(name: str) -> str | None:
-    """Same lookup as _bundle.find_tool (PATH plus the usual bin directories)."""
-    return shutil.which(name, path=os.environ.get("PATH", os.defpath) + os.pathsep + "/usr/local/bin:/usr/bin:/bin")
-
-
 class StageError(ReleaseError):
     """The artifact cannot be staged on this host; str() is the message for the operator."""
 
@@ -97,20 +91,6 @@ class Artifact:
 
 
 @dataclasses.dataclass(frozen=True)
-class FetchPolicy:
-    timeout: float = 30.0
-    retries: int = 3
-    backoff: float = 1.0
-    backoff_max: float = 30.0
-    min_throughput: int = 0
-    throughput_window: float = 10.0
-    max_time: float = 0.0
-    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
-    # the byte cap of a transfer whose size is not declared (the apply path; prestage always declares one)
-    max_artifact_bytes: int = 2 * 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
 class StageRequest:
     service: str
     version: str
@@ -128,7 +108,9 @@ class StageRequest:
     # when the region's edge failed (edge_failed says why), nodes fetch from the origin only if this allows it
     origin_fallback: bool = True
     edge_failed: str | None = None
-    policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
+    # the downloader's settings (_fetch.FetchPolicy keyword arguments), validated here; the policy itself is made only
+    # when something is downloaded, so a host that finds everything staged never compiles the transfer code
+    fetch_settings: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict, repr=False)  # headers may hold secrets
 
 
 def _artifact(value: t.Mapping[str, t.Any], *, kind: str, what: str) -> Artifact:
@@ -185,16 +167,16 @@ def build_stage_request(params: t.Mapping[str, t.Any]) -> StageRequest:
         keep=number("keep", 3, 0),
         origin_fallback=bool(params.get("origin_fallback", True)),
         edge_failed=str(params.get("edge_failed") or "")[:500] or None,
-        policy=FetchPolicy(
-            timeout=number("timeout", 30, 0.1),
-            retries=number("retries", 3, 0),
-            backoff=number("backoff", 1.0, 0),
-            backoff_max=number("backoff_max", 30.0, 0),
-            min_throughput=number("min_throughput", 0, 0),
-            throughput_window=number("throughput_window", 10.0, 0.1),
-            max_time=number("max_time", 0, 0),
-            headers={str(key): str(value) for key, value in headers.items()},
-        ),
+        fetch_settings={
+            "timeout": number("timeout", 30, 0.1),
+            "retries": number("retries", 3, 0),
+            "backoff": number("backoff", 1.0, 0),
+            "backoff_max": number("backoff_max", 30.0, 0),
+            "min_throughput": number("min_throughput", 0, 0),
+            "throughput_window": number("throughput_window", 10.0, 0.1),
+            "max_time": number("max_time", 0, 0),
+            "headers": {str(key): str(value) for key, value in headers.items()},
+        },
     )
 
 
@@ -494,6 +476,7 @@ class Stager:
         # the transfer code (shared with patch_apply) is only compiled on a host that has something to download
         from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import (
             DownloadFailed,
+            FetchPolicy,
             FetchRefused,
             Refused,
             Transfer,
@@ -510,7 +493,7 @@ class Stager:
 
         try:
             download(self.ops, cache_dir=self.layout.cache_dir, sha256=artifact.sha256, size=artifact.size, sources=sources,
-                     policy=self.request.policy, transfer=transfer, check=check)
+                     policy=FetchPolicy(**self.request.fetch_settings), transfer=transfer, check=check)
         except FetchRefused as exc:
             raise StageError(str(exc)) from None
         except Refused as exc:

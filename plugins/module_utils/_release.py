@@ -377,12 +377,14 @@ def fetch_artifact(
     # the transfer code is compiled only on a host that has something to download
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._fetch import (
         DownloadFailed,
+        FetchPolicy,
         FetchRefused,
         Transfer,
         download,
         shown_url,
     )
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import FetchPolicy, cache_lock
+    # the cache is prestage's: a download into it takes prestage's lock
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import cache_lock
 
     directory = os.path.dirname(dest)
     if os.path.basename(dest) != sha256:

@@ -638,6 +638,34 @@ def test_stage_request_validation(overrides: dict[str, t.Any], message: str) -> 
     assert str(exc.value).startswith(message)
 
 
+def test_stage_request_carries_the_download_settings_without_showing_headers() -> None:
+    request = build_stage_request(params(url_headers={"Authorization": "Bearer s3cret"}, min_throughput=512, max_time=60))
+    policy = _fetch.FetchPolicy(**request.fetch_settings)
+    assert (policy.timeout, policy.retries, policy.backoff, policy.min_throughput, policy.max_time) == (5, 2, 0.5, 512, 60)
+    assert policy.headers == {"Authorization": "Bearer s3cret"}
+    assert "s3cret" not in repr(request) and "s3cret" not in repr(policy)
+    assert _fetch.FetchPolicy(**build_stage_request(params(timeout=None, retries=None, backoff=None)).fetch_settings) == \
+        _fetch.FetchPolicy(timeout=30, retries=3, backoff=1.0)
+
+
+def test_an_already_staged_host_does_not_load_the_transfer_code() -> None:
+    """_prestage imports _fetch, _bundle and _release only inside the functions that download or verify (a module
+    execution compiles every module it imports); _fetch never imports _prestage, not even for type checking, so the
+    two form no cycle."""
+    import ast
+
+    def modules(tree: ast.AST) -> set[str]:
+        return {node.module.rsplit(".", 1)[-1] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module} | {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+
+    prestage = ast.parse(Path(_prestage.__file__).read_text(encoding="utf-8"))
+    type_checking = [node for node in prestage.body if isinstance(node, ast.If)]
+    top_level = [node for node in prestage.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert top_level and all(ast.unparse(node.test) == "t.TYPE_CHECKING" for node in type_checking)
+    assert not {"_fetch", "_bundle", "_release"} & modules(ast.Module(body=top_level, type_ignores=[]))
+    assert "_prestage" not in modules(ast.parse(Path(_fetch.__file__).read_text(encoding="utf-8")))
+
+
 def test_cut_transfer_is_an_edge_fault() -> None:
     layout = _demo_fleet.build_layout(regions=["eu-west"], tenants=["acme"], segments=["web"], environments=["prod"],
                                       hosts_per_cell=1, cidr="127.99.0.0/24")
