@@ -10,14 +10,18 @@ read-modify-write by its callers:
   spends the error budget, in one critical section, so two writers spending concurrently never lose an outcome;
 - ``acquire_lock``: check every other lock over the same hosts and take this run's, in one critical section.
 
-``FileStore`` is the embedded backend and the default (``fleetpatch_state_backend: embedded``): the files under the
-state dir that tests, docs and operators read (``runs/<run_id>/state.json``, ``plan.json``, ``locks/<run_id>.json``).
-Its critical sections are ``flock`` guards: ``runs/<run_id>/.state.guard`` for outcomes and the run document,
-``locks/.guard`` for locks. A second backend (PostgreSQL, shared by the slices of an AWX sliced job) is one new module
-with a class that implements ``Store`` (``record_outcomes`` as one transaction of ``INSERT ... ON CONFLICT (run_id,
-host) DO UPDATE`` and ``SELECT count(*) ... WHERE outcome IN (...)``, ``acquire_lock`` as ``INSERT ... ON CONFLICT``
-on a host-lock table) plus its name in ``BACKENDS``; ``open_store`` picks it from the ``fleetpatch_state_backend``
-setting. Nothing else changes: ``_run.Run`` and the action plugins only talk to a ``Store``.
+Backends (``BACKENDS``, chosen by the ``fleetpatch_state_backend`` setting through ``open_store``; docs/state.md):
+
+- ``embedded`` (default), ``FileStore``: the files under the state dir that tests, docs and operators read
+  (``runs/<run_id>/state.json``, ``plan.json``, ``locks/<run_id>.json``). Its critical sections are ``flock`` guards:
+  ``runs/<run_id>/.state.guard`` for outcomes and the run document, ``locks/.guard`` for locks.
+- ``sqlite``, ``_store_sql.SqliteStore``: ``<state_dir>/fleetpatch.db``, every write one ``BEGIN IMMEDIATE``
+  transaction (``record_outcomes``: upserts keyed by (run_id, host) and a ``count(*)``; locks on host-level rows).
+- ``postgresql``, ``_store_sql.PostgresStore``: the same tables in a PostgreSQL database shared by several
+  controllers (AWX job slices), DSN from the environment (``FLEETPATCH_STATE_DSN`` or libpq's ``PG*``).
+
+``_run.Run`` and the action plugins only talk to a ``Store``. The errors, the budget's outcome set and the stale-lock
+rules every backend shares live in ``_store_base`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,11 +32,26 @@ import fcntl
 import os
 import typing as t
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import (
     read_json,
     write_file_atomic,
     write_json_atomic,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_base import (
+    FAILED_OUTCOMES,
+    TERMINAL_OUTCOMES,
+    LockError,
+    StoreError,
+    describe_lock,
+    iso,
+    lock_conflict,
+    lock_staleness,
+    parse_iso,
+    utc_now,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import (
+    PostgresStore,
+    SqliteStore,
 )
 
 __all__ = [
@@ -43,8 +62,10 @@ __all__ = [
     "TERMINAL_OUTCOMES",
     "FileStore",
     "LockError",
+    "PostgresStore",
     "RunPaths",
     "Store",
+    "SqliteStore",
     "StoreError",
     "acquire_lock",
     "describe_lock",
@@ -66,33 +87,9 @@ __all__ = [
     "utc_now",
 ]
 
-# Outcomes that count against the error budget.
-FAILED_OUTCOMES = frozenset({"failed", "unreachable", "quarantined", "unhealthy"})
-# not_applicable: the installed version is not one the patch applies to (never patched, never rolled back, no failure)
-TERMINAL_OUTCOMES = FAILED_OUTCOMES | {"patched", "rolled_back", "rollback_failed", "not_applicable"}
 DEFAULT_BACKEND = "embedded"
 # the variable (inventory, group or extra var) that chooses the backend; rollout_plan validates it and hands it on
 BACKEND_VAR = "fleetpatch_state_backend"
-
-
-class StoreError(FleetpatchError, RuntimeError):
-    """The run state cannot be read or written."""
-
-
-class LockError(StoreError):
-    """The hosts of this run are locked by another rollout."""
-
-
-def utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
-def iso(moment: _dt.datetime) -> str:
-    return moment.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso(value: str) -> _dt.datetime:
-    return _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
 
 
 class RunPaths:
@@ -222,34 +219,6 @@ def _locked_directory(locks_dir: str) -> t.ContextManager[None]:
     return _guarded(os.path.join(locks_dir, ".guard"), error=LockError, what="run lock")
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lock_staleness(lock: t.Mapping[str, t.Any], *, now: _dt.datetime, this_host: str) -> str | None:
-    """Why a lock no longer protects anything, or None when it is live."""
-    expires = lock.get("expires")
-    if expires and parse_iso(expires) <= now:
-        return f"expired at {expires}"
-    pid = lock.get("pid")
-    if lock.get("controller") == this_host and isinstance(pid, int) and not _process_alive(pid):
-        return f"owner process {pid} on {this_host} is gone"
-    return None
-
-
-def describe_lock(lock: t.Mapping[str, t.Any]) -> str:
-    return (
-        f"run {lock.get('run_id')} owned by {lock.get('owner')} (pid {lock.get('pid')} on {lock.get('controller')}),"
-        f" acquired {lock.get('acquired')}, expires {lock.get('expires')}"
-    )
-
-
 class FileStore:
     """The embedded backend (default): JSON files under the state dir; see the module docstring."""
 
@@ -315,8 +284,8 @@ class FileStore:
                 lock = read_json(lock_path)
                 if not isinstance(lock, dict):
                     continue
-                note = self._existing_lock(lock, lock_path, wanted=wanted, run_id=run_id, controller=controller, pid=pid, now=now,
-                                           break_stale=break_stale)
+                note = lock_conflict(lock, wanted=wanted, run_id=run_id, controller=controller, pid=pid, now=now,
+                                     break_stale=break_stale, where=f"lock file {lock_path}")
                 if note:
                     notes.append(note)
                     os.unlink(lock_path)
@@ -333,32 +302,6 @@ class FileStore:
             }
             write_json_atomic(paths.lock, lock)
         return {"lock": lock, "notes": notes}
-
-    @staticmethod
-    def _existing_lock(lock: t.Mapping[str, t.Any], lock_path: str, *, wanted: set[str], run_id: str, controller: str, pid: int,
-                       now: _dt.datetime, break_stale: bool) -> str | None:
-        """What to do about one existing lock: None (no conflict, leave it), a note (take it over), or LockError."""
-        overlap = sorted(wanted.intersection(lock.get("hosts", [])))
-        if not overlap:
-            return None
-        stale = lock_staleness(lock, now=now, this_host=controller)
-        same_run = lock.get("run_id") == run_id
-        if same_run and lock.get("pid") == pid and lock.get("controller") == controller:
-            return None
-        if stale is None:
-            raise LockError(
-                f"{len(overlap)} host(s) (first: {overlap[0]}) are locked by a running rollout: {describe_lock(lock)}"
-                f" (lock file {lock_path})"
-            )
-        if same_run:
-            return f"took over the stale lock of an earlier attempt of this run ({stale}): {describe_lock(lock)}"
-        if break_stale:
-            return f"broke stale lock ({stale}): {describe_lock(lock)}"
-        raise LockError(
-            f"stale lock ({stale}) covers {len(overlap)} host(s) (first: {overlap[0]}): {describe_lock(lock)}"
-            f" (lock file {lock_path}); make sure that rollout is not running, then break it deliberately with"
-            " rollout_break_lock=true"
-        )
 
     def refresh_lock(self, run_id: str, *, ttl_seconds: int | None = None, now: _dt.datetime | None = None) -> dict[str, t.Any] | None:
         paths = self.paths(run_id)
@@ -382,7 +325,7 @@ class FileStore:
         return True
 
 
-BACKENDS: dict[str, t.Callable[[str], Store]] = {"embedded": FileStore}
+BACKENDS: dict[str, t.Callable[[str], Store]] = {"embedded": FileStore, "sqlite": SqliteStore, "postgresql": PostgresStore}
 
 
 def open_store(state_dir: str, *, backend: str | None = None) -> Store:

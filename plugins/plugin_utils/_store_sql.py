@@ -1,0 +1,505 @@
+# Copyright (c) fleetpatch developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to fleetpatch.rollout: run state in SQL, SQLite on one controller and PostgreSQL shared by several. Not a public API.
+
+Both classes implement ``_store.Store`` with the same tables (``SCHEMA``, documented in docs/state.md) and the same
+statements; only the connection, the placeholder and the way a transaction is serialized differ:
+
+- SQLite (``SqliteStore``, ``<state_dir>/fleetpatch.db``, mode 0600, WAL, busy timeout): every writing transaction is
+  ``BEGIN IMMEDIATE``, so writers queue on the database's one write lock;
+- PostgreSQL (``PostgresStore``, psycopg 3, DSN from ``FLEETPATCH_STATE_DSN`` or libpq's ``PG*`` variables, never from
+  extra vars): a writing transaction takes ``pg_advisory_xact_lock`` on a key of what it changes (the run for
+  outcomes, one key for every lock), so two controllers spending one run's budget are serialized and the
+  ``count(*)`` each sees includes the other's outcome.
+
+``record_outcomes`` is one transaction: upserts keyed by (run_id, host) and a ``count(*)`` of the outcomes that spend
+the error budget. ``acquire_lock`` is one transaction over host-level rows (``fp_lock_hosts``, primary key host), so
+two runs can never hold one host even if a check were skipped: the insert itself would fail. The stale-lock rules are
+``_store_base.lock_conflict``, the same as the file backend's. The plan is kept in the store and also written as
+``runs/<run_id>/plan.json`` for operators (events.jsonl and summary.json stay files too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import typing as t
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_base import (
+    FAILED_OUTCOMES,
+    LockError,
+    StoreError,
+    iso,
+    lock_conflict,
+    utc_now,
+)
+
+__all__ = [
+    "DB_FILE",
+    "DSN_VAR",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TIMEOUT_VAR",
+    "PostgresStore",
+    "SqliteStore",
+    "redact_dsn",
+]
+
+DB_FILE = "fleetpatch.db"
+DSN_VAR = "FLEETPATCH_STATE_DSN"
+TIMEOUT_VAR = "FLEETPATCH_STATE_TIMEOUT"
+SCHEMA_VERSION = 1
+# libpq's variables that point a client at a server (any one of them set is a deliberate choice of server)
+_PG_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+# One schema for both dialects (TEXT, INTEGER, BIGINT and ON CONFLICT mean the same in SQLite and PostgreSQL).
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS fp_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # the run document without its hosts (those are fp_outcomes), with the columns a query needs
+    "CREATE TABLE IF NOT EXISTS fp_runs (run_id TEXT PRIMARY KEY, patch_id TEXT, plan_digest TEXT, status TEXT NOT NULL,"
+    " document TEXT NOT NULL, updated TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS fp_plans (run_id TEXT PRIMARY KEY, patch_id TEXT, plan_digest TEXT NOT NULL, content TEXT NOT NULL,"
+    " saved TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS fp_plans_patch ON fp_plans (patch_id, plan_digest)",
+    "CREATE TABLE IF NOT EXISTS fp_outcomes (run_id TEXT NOT NULL, host TEXT NOT NULL, outcome TEXT NOT NULL, at TEXT,"
+    " entry TEXT NOT NULL, PRIMARY KEY (run_id, host))",
+    "CREATE TABLE IF NOT EXISTS fp_locks (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, controller TEXT NOT NULL, pid INTEGER NOT NULL,"
+    " acquired TEXT NOT NULL, expires TEXT NOT NULL, ttl_seconds INTEGER NOT NULL)",
+    # one row per locked host: the primary key is what makes two runs over one host conflict in SQL
+    "CREATE TABLE IF NOT EXISTS fp_lock_hosts (host TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES fp_locks (run_id))",
+    "CREATE INDEX IF NOT EXISTS fp_lock_hosts_run ON fp_lock_hosts (run_id)",
+    # designed for issue 17 (the hash-chained event log and the registry on the shared store); not written yet
+    "CREATE TABLE IF NOT EXISTS fp_events (run_id TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,"
+    " line TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL, PRIMARY KEY (run_id, seq))",
+    "CREATE TABLE IF NOT EXISTS fp_registry (seq BIGINT PRIMARY KEY, kind TEXT NOT NULL, at TEXT NOT NULL, patch_id TEXT,"
+    " body TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL)",
+)
+_LOCK_KEY = "locks"
+_SCHEMA_KEY = "schema"
+_LOCK_COLUMNS = ("run_id", "owner", "controller", "pid", "acquired", "expires", "ttl_seconds")
+
+
+def _dumps(data: t.Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _timeout(environ: t.Mapping[str, str]) -> float:
+    """Seconds a transaction waits for another writer (FLEETPATCH_STATE_TIMEOUT, default 60)."""
+    raw = environ.get(TIMEOUT_VAR, "")
+    try:
+        value = float(raw) if raw else 60.0
+    except ValueError:
+        raise StoreError(f"{TIMEOUT_VAR} must be a number of seconds, not {raw[:40]!r}") from None
+    if not 0 < value <= 3600:
+        raise StoreError(f"{TIMEOUT_VAR} must be between 0 and 3600 seconds, not {value:g}")
+    return value
+
+
+_PASSWORD_FIELD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(://[^\s/?#@:]*):[^\s/?#@]*@")
+
+
+def redact_dsn(text: str, *, secrets: t.Iterable[str] = ()) -> str:
+    """text with every password it may carry masked: password=... fields, URL userinfo passwords, and the given secrets."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "********")
+    text = _PASSWORD_FIELD.sub(r"\1********", text)
+    return _URL_USERINFO.sub(r"\1:********@", text)
+
+
+class _SqlStore:
+    """The statements both dialects share; subclasses connect, open transactions and serialize writers."""
+
+    name = "sql"
+    placeholder = "?"
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self._conn: t.Any = None
+        self._pid = 0
+
+    # -- dialect hooks -------------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _connect(self) -> t.Any:
+        raise NotImplementedError
+
+    def _begin(self, conn: t.Any, *, write: bool) -> t.ContextManager[None]:
+        raise NotImplementedError
+
+    def _serialize(self, conn: t.Any, key: str) -> None:
+        """Make writers of key wait for each other until this transaction ends."""
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        raise NotImplementedError
+
+    def _integrity_error(self) -> type[BaseException]:
+        raise NotImplementedError
+
+    def _message(self, exc: BaseException) -> str:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _connection(self) -> t.Any:
+        # a forked worker never reuses its parent's connection
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = None
+            conn = self._connect()
+            self._pid = os.getpid()
+            self._conn = conn
+            with self._transaction(serialize=_SCHEMA_KEY) as tx:
+                self._ensure_schema(tx)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    @contextlib.contextmanager
+    def _transaction(self, *, serialize: str | None = None, write: bool = True) -> t.Iterator[_Tx]:
+        conn = self._conn if self._conn is not None and self._pid == os.getpid() else self._connection()
+        try:
+            with self._begin(conn, write=write):
+                if serialize is not None:
+                    self._serialize(conn, serialize)
+                yield _Tx(conn, self._sql)
+        except self._errors() as exc:
+            raise StoreError(f"{self.describe()}: {self._message(exc)}") from None
+
+    def _ensure_schema(self, tx: _Tx) -> None:
+        for statement in SCHEMA:
+            tx.run(statement)
+        tx.run("INSERT INTO fp_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", ("schema_version", str(SCHEMA_VERSION)))
+        found = tx.value("SELECT value FROM fp_meta WHERE key = ?", ("schema_version",))
+        if str(found) != str(SCHEMA_VERSION):
+            raise StoreError(f"{self.describe()} has schema version {found}; this fleetpatch reads version {SCHEMA_VERSION}")
+
+    # -- the run document ----------------------------------------------------------------------------------
+
+    def load_run(self, run_id: str) -> dict[str, t.Any] | None:
+        with self._transaction(write=False) as tx:
+            document = tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,))
+            hosts = _hosts(tx, run_id)
+        if document is None and not hosts:
+            return None
+        state = json.loads(document) if document is not None else {}
+        state["hosts"] = hosts
+        return state
+
+    def save_run(self, run_id: str, state: t.Mapping[str, t.Any]) -> None:
+        # "hosts" keeps its place in the document (an empty placeholder); its content lives in fp_outcomes
+        document = {key: ({} if key == "hosts" else value) for key, value in state.items()}
+        with self._transaction(serialize=run_id) as tx:
+            known = tx.value("SELECT count(*) FROM fp_runs WHERE run_id = ?", (run_id,))
+            if not known and not tx.value("SELECT count(*) FROM fp_outcomes WHERE run_id = ?", (run_id,)):
+                # the first save of a run brings its hosts; later saves never overwrite outcomes (record_outcomes does)
+                _upsert_outcomes(tx, run_id, state.get("hosts") or {})
+            tx.run(
+                "INSERT INTO fp_runs (run_id, patch_id, plan_digest, status, document, updated) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id) DO UPDATE SET patch_id = excluded.patch_id, plan_digest = excluded.plan_digest,"
+                " status = excluded.status, document = excluded.document, updated = excluded.updated",
+                (run_id, state.get("patch_id"), state.get("plan_fingerprint"), str(state.get("status", "pending")), _dumps(document),
+                 iso(utc_now())),
+            )
+
+    # -- the plan ------------------------------------------------------------------------------------------
+
+    def plan_file(self, run_id: str) -> str:
+        return os.path.join(self.state_dir, "runs", run_id, "plan.json")
+
+    def read_plan(self, run_id: str) -> str | None:
+        with self._transaction(write=False) as tx:
+            return tx.value("SELECT content FROM fp_plans WHERE run_id = ?", (run_id,))
+
+    def save_plan(self, run_id: str, content: str) -> bool:
+        digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
+        patch_id = _plan_patch_id(content)
+        with self._transaction(serialize=run_id) as tx:
+            stored = tx.value("SELECT content FROM fp_plans WHERE run_id = ?", (run_id,))
+            if stored != content:
+                tx.run(
+                    "INSERT INTO fp_plans (run_id, patch_id, plan_digest, content, saved) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (run_id) DO UPDATE SET patch_id = excluded.patch_id, plan_digest = excluded.plan_digest,"
+                    " content = excluded.content, saved = excluded.saved",
+                    (run_id, patch_id, digest, content, iso(utc_now())),
+                )
+        self._write_plan_file(run_id, content)
+        return stored != content
+
+    def _write_plan_file(self, run_id: str, content: str) -> None:
+        """plan.json for operators (a fresh controller of a shared store gets it too); untouched when identical."""
+        path = self.plan_file(run_id)
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                if handle.read() == content:
+                    return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        write_file_atomic(path, content)
+
+    # -- outcomes and the error budget ---------------------------------------------------------------------
+
+    def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict[str, t.Any], int]:
+        spending = sorted(FAILED_OUTCOMES)
+        marks = ", ".join("?" for _ in spending)
+        with self._transaction(serialize=run_id) as tx:
+            _upsert_outcomes(tx, run_id, outcomes)
+            hosts = _hosts(tx, run_id)
+            spent = tx.value(f"SELECT count(*) FROM fp_outcomes WHERE run_id = ? AND outcome IN ({marks})", (run_id, *spending))
+        return hosts, int(spent or 0)
+
+    # -- locks ---------------------------------------------------------------------------------------------
+
+    def acquire_lock(self, run_id: str, *, hosts: t.Sequence[str], owner: str, controller: str, pid: int, ttl_seconds: int,
+                     break_stale: bool = False, now: _dt.datetime | None = None) -> dict[str, t.Any]:
+        """One transaction: every other lock over these hosts is checked (``lock_conflict``), the stale ones that may be
+        taken over are dropped, and this run's lock replaces its previous one."""
+        now = now or utc_now()
+        wanted = set(hosts)
+        notes: list[str] = []
+        lock = {"schema": 1, "run_id": run_id, "owner": owner, "controller": controller, "pid": pid, "hosts": sorted(wanted),
+                "acquired": iso(now), "expires": iso(now + _dt.timedelta(seconds=ttl_seconds)), "ttl_seconds": ttl_seconds}
+        with self._transaction(serialize=_LOCK_KEY) as tx:
+            for existing in _locks(tx):
+                note = lock_conflict(existing, wanted=wanted, run_id=run_id, controller=controller, pid=pid, now=now,
+                                     break_stale=break_stale, where=f"lock of run {existing['run_id']} in {self.describe()}")
+                if note:
+                    notes.append(note)
+                    _drop_lock(tx, existing["run_id"])
+            _drop_lock(tx, run_id)
+            tx.run(f"INSERT INTO fp_locks ({', '.join(_LOCK_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   tuple(lock[column] for column in _LOCK_COLUMNS))
+            try:
+                tx.many("INSERT INTO fp_lock_hosts (host, run_id) VALUES (?, ?)", [(host, run_id) for host in lock["hosts"]])
+            except self._integrity_error() as exc:
+                # the host rows' primary key: another run holds one of these hosts (never reached unless the check above missed it)
+                raise LockError(f"a host of run {run_id} is locked by another rollout in {self.describe()}: {self._message(exc)}") from None
+        return {"lock": lock, "notes": notes}
+
+    def read_lock(self, run_id: str) -> dict[str, t.Any] | None:
+        """This run's lock as acquire_lock returned it, or None."""
+        with self._transaction(write=False) as tx:
+            return next((lock for lock in _locks(tx, run_id=run_id)), None)
+
+    def refresh_lock(self, run_id: str, *, ttl_seconds: int | None = None, now: _dt.datetime | None = None) -> dict[str, t.Any] | None:
+        now = now or utc_now()
+        with self._transaction(serialize=_LOCK_KEY) as tx:
+            lock = next((found for found in _locks(tx, run_id=run_id)), None)
+            if lock is None:
+                return None
+            ttl = ttl_seconds or int(lock.get("ttl_seconds") or 900)
+            lock["expires"] = iso(now + _dt.timedelta(seconds=ttl))
+            tx.run("UPDATE fp_locks SET expires = ? WHERE run_id = ?", (lock["expires"], run_id))
+            return lock
+
+    def release_lock(self, run_id: str) -> bool:
+        with self._transaction(serialize=_LOCK_KEY) as tx:
+            return _drop_lock(tx, run_id)
+
+
+class _Tx:
+    """The statements of one transaction: run, many, value (first column of the first row), rows."""
+
+    def __init__(self, conn: t.Any, sql: t.Callable[[str], str]) -> None:
+        self.conn = conn
+        self.sql = sql
+
+    def run(self, statement: str, params: t.Sequence[t.Any] = ()) -> int:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(self.sql(statement), tuple(params))
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def many(self, statement: str, rows: t.Sequence[t.Sequence[t.Any]]) -> None:
+        if rows:
+            cursor = self.conn.cursor()
+            try:
+                cursor.executemany(self.sql(statement), [tuple(row) for row in rows])
+            finally:
+                cursor.close()
+
+    def rows(self, statement: str, params: t.Sequence[t.Any] = ()) -> list[tuple[t.Any, ...]]:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(self.sql(statement), tuple(params))
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def value(self, statement: str, params: t.Sequence[t.Any] = ()) -> t.Any:
+        found = self.rows(statement, params)
+        return found[0][0] if found else None
+
+
+def _plan_patch_id(content: str) -> str | None:
+    try:
+        plan = json.loads(content)
+    except ValueError:
+        return None
+    return plan.get("patch_id") if isinstance(plan, dict) and isinstance(plan.get("patch_id"), str) else None
+
+
+def _upsert_outcomes(tx: _Tx, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> None:
+    tx.many(
+        "INSERT INTO fp_outcomes (run_id, host, outcome, at, entry) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (run_id, host) DO UPDATE SET outcome = excluded.outcome, at = excluded.at, entry = excluded.entry",
+        [(run_id, host, str(entry.get("outcome", "")), entry.get("at"), _dumps(dict(entry))) for host, entry in sorted(outcomes.items())],
+    )
+
+
+def _hosts(tx: _Tx, run_id: str) -> dict[str, t.Any]:
+    return {host: json.loads(entry) for host, entry in tx.rows("SELECT host, entry FROM fp_outcomes WHERE run_id = ? ORDER BY host", (run_id,))}
+
+
+def _locks(tx: _Tx, *, run_id: str | None = None) -> list[dict[str, t.Any]]:
+    where, params = (" WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
+    locks = [dict(zip(_LOCK_COLUMNS, row)) for row in tx.rows(f"SELECT {', '.join(_LOCK_COLUMNS)} FROM fp_locks{where} ORDER BY run_id", params)]
+    hosts: dict[str, list[str]] = {}
+    for host, owner in tx.rows(f"SELECT host, run_id FROM fp_lock_hosts{where} ORDER BY host", params):
+        hosts.setdefault(owner, []).append(host)
+    return [{"schema": 1, **lock, "pid": int(lock["pid"]), "ttl_seconds": int(lock["ttl_seconds"]), "hosts": hosts.get(lock["run_id"], [])}
+            for lock in locks]
+
+
+def _drop_lock(tx: _Tx, run_id: str) -> bool:
+    tx.run("DELETE FROM fp_lock_hosts WHERE run_id = ?", (run_id,))
+    return tx.run("DELETE FROM fp_locks WHERE run_id = ?", (run_id,)) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SQLite: one database file under the state dir
+
+
+class SqliteStore(_SqlStore):
+    """Run state in ``<state_dir>/fleetpatch.db`` (stdlib sqlite3, WAL, ``BEGIN IMMEDIATE`` for every write)."""
+
+    name = "sqlite"
+
+    def __init__(self, state_dir: str, *, environ: t.Mapping[str, str] | None = None) -> None:
+        super().__init__(state_dir)
+        self.path = os.path.join(state_dir, DB_FILE)
+        self.timeout = _timeout(os.environ if environ is None else environ)
+
+    def describe(self) -> str:
+        return f"run-state database {self.path}"
+
+    def _connect(self) -> t.Any:
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            # created 0600 before sqlite opens it (its -wal and -shm files take the same mode)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            if os.stat(self.path).st_mode & 0o077:
+                os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create the {self.describe()}: {exc.strerror or exc}") from exc
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the {self.describe()}: {exc}") from None
+        return conn
+
+    @contextlib.contextmanager
+    def _begin(self, conn: t.Any, *, write: bool) -> t.Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    def _integrity_error(self) -> type[BaseException]:
+        return sqlite3.IntegrityError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PostgreSQL: shared by every controller (AWX job slices) that points at the same database
+
+
+class PostgresStore(_SqlStore):
+    """Run state in PostgreSQL (psycopg 3). The DSN comes from the controller's environment only."""
+
+    name = "postgresql"
+    placeholder = "%s"
+
+    def __init__(self, state_dir: str, *, environ: t.Mapping[str, str] | None = None) -> None:
+        super().__init__(state_dir)
+        environ = os.environ if environ is None else environ
+        self.dsn = environ.get(DSN_VAR, "")
+        if not self.dsn and not any(environ.get(name) for name in _PG_VARS):
+            raise StoreError(f"fleetpatch_state_backend postgresql needs {DSN_VAR} (or libpq's PGHOST, PGDATABASE, ... variables) in the"
+                             " controller's environment; it is never read from playbook variables")
+        self.timeout = _timeout(environ)
+        self._secrets = tuple(secret for secret in (environ.get("PGPASSWORD", ""), _dsn_password(self.dsn)) if secret)
+        self._where = "postgresql run-state store"
+
+    def describe(self) -> str:
+        return self._where
+
+    def _message(self, exc: BaseException) -> str:
+        return redact_dsn(super()._message(exc), secrets=self._secrets)
+
+    def _connect(self) -> t.Any:
+        try:
+            import psycopg  # pylint: disable=import-outside-toplevel  # only controllers that choose postgresql need it
+        except ImportError:
+            raise StoreError("fleetpatch_state_backend postgresql needs the Python package psycopg (psycopg[binary]) on the"
+                             " controller") from None
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout)), application_name="fleetpatch")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the {self.describe()}: {self._message(exc)}") from None
+        self._where = f"postgresql run-state store (database {conn.info.dbname} on {conn.info.host or 'localhost'})"
+        conn.execute(f"SET lock_timeout = '{int(self.timeout * 1000)}ms'")
+        return conn
+
+    @contextlib.contextmanager
+    def _begin(self, conn: t.Any, *, write: bool) -> t.Iterator[None]:
+        with conn.transaction():
+            yield
+
+    def _serialize(self, conn: t.Any, key: str) -> None:
+        digest = hashlib.sha256(f"fleetpatch:{key}".encode("utf-8")).digest()
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest[:8], "big", signed=True),))
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg  # pylint: disable=import-outside-toplevel
+        return (psycopg.Error,)
+
+    def _integrity_error(self) -> type[BaseException]:
+        import psycopg  # pylint: disable=import-outside-toplevel
+        return psycopg.errors.IntegrityError
+
+
+def _dsn_password(dsn: str) -> str:
+    """The password a DSN carries (key=value or URL form), so that no message repeats it."""
+    found = _PASSWORD_FIELD.search(dsn)
+    if found:
+        return found.group(2).strip("'")
+    url = re.search(r"://[^\s/?#@:]*:([^\s/?#@]*)@", dsn)
+    return url.group(1) if url else ""

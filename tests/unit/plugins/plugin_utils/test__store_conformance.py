@@ -1,0 +1,324 @@
+"""One conformance suite for every run-state backend: embedded files, SQLite, and a real private PostgreSQL server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import multiprocessing
+import os
+import sqlite3
+import typing as t
+
+import pytest
+
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
+    BACKENDS,
+    FileStore,
+    LockError,
+    StoreError,
+    empty_state,
+    open_store,
+    outcome_entry,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore, SqliteStore, redact_dsn
+from tests.harness.postgres import PostgresServer, postgres_skip_reason
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
+BACKEND_NAMES = ("embedded", "sqlite", "postgresql")
+_DATABASES = itertools.count(1)
+# a pid no process has (above the kernel's pid_max of 2**22)
+DEAD_PID = 2**22 + 12345
+
+
+@pytest.fixture(scope="module")
+def postgres() -> t.Iterator[PostgresServer]:
+    reason = postgres_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+class Spec(t.NamedTuple):
+    """What a process needs to open the same store (picklable, for the concurrency tests)."""
+
+    backend: str
+    state_dir: str
+    dsn: str
+
+    def open(self) -> t.Any:
+        if self.backend == "postgresql":
+            return PostgresStore(self.state_dir, environ={DSN_VAR: self.dsn})
+        return BACKENDS[self.backend](self.state_dir)
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def spec(request, tmp_path) -> Spec:
+    dsn = ""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres")
+        dsn = server.create_database(f"conformance_{os.getpid()}_{next(_DATABASES)}")
+    return Spec(request.param, str(tmp_path / "state"), dsn)
+
+
+@pytest.fixture
+def store(spec: Spec) -> t.Iterator[t.Any]:
+    opened = spec.open()
+    yield opened
+    if hasattr(opened, "close"):
+        opened.close()
+
+
+def _acquire(store: t.Any, run_id: str, hosts: list[str], *, pid: int, controller: str = "ctl", now: dt.datetime = NOW,
+             break_stale: bool = False) -> dict[str, t.Any]:
+    return store.acquire_lock(run_id, hosts=hosts, owner="ops@ctl", controller=controller, pid=pid, ttl_seconds=600, break_stale=break_stale,
+                              now=now)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run document and plan
+
+
+def test_run_document_round_trips_and_save_never_overwrites_outcomes(store) -> None:
+    assert store.load_run("FP-1") is None
+    state = empty_state("FP-1", "FP-1", "f" * 64)
+    state["status"] = "running"
+    state["attempts"].append({"correlation_id": "c-1", "started": "t0"})
+    store.save_run("FP-1", state)
+    loaded = store.load_run("FP-1")
+    assert loaded == state
+    store.record_outcomes("FP-1", {"a": outcome_entry("patched", at="t1")})
+    stale = dict(state, status="held", hosts={"a": outcome_entry("failed", at="t0"), "z": outcome_entry("failed", at="t0")})
+    store.save_run("FP-1", stale)
+    loaded = store.load_run("FP-1")
+    assert loaded["status"] == "held" and loaded["hosts"] == {"a": {"outcome": "patched", "at": "t1"}}
+    assert store.load_run("FP-2") is None
+
+
+def test_first_save_brings_the_hosts_of_the_document(store) -> None:
+    state = empty_state("FP-1", "FP-1", "f" * 64)
+    state["hosts"] = {"a": outcome_entry("not_applicable", at="t0")}
+    store.save_run("FP-1", state)
+    assert store.load_run("FP-1")["hosts"] == {"a": {"outcome": "not_applicable", "at": "t0"}}
+
+
+def test_plan_is_saved_once_and_kept_as_a_file_for_operators(store, spec) -> None:
+    assert store.read_plan("FP-1") is None
+    content = json.dumps({"patch_id": "FP-1", "waves": [["a"]]}, sort_keys=True) + "\n"
+    assert store.save_plan("FP-1", content) is True
+    assert store.save_plan("FP-1", content) is False
+    assert store.read_plan("FP-1") == content
+    with open(os.path.join(spec.state_dir, "runs", "FP-1", "plan.json"), encoding="utf-8") as handle:
+        assert handle.read() == content
+    changed = content.replace('"a"', '"b"')
+    assert store.save_plan("FP-1", changed) is True and store.read_plan("FP-1") == changed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# outcomes and the error budget
+
+
+def test_outcomes_merge_by_host_latest_wins_and_the_budget_counts_latest(store) -> None:
+    store.save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    hosts, spent = store.record_outcomes("FP-1", {"a": outcome_entry("failed", at="t1", reason="boom"), "b": outcome_entry("patched", at="t1"),
+                                                  "c": outcome_entry("quarantined", at="t1")})
+    assert spent == 2 and hosts["a"] == {"outcome": "failed", "at": "t1", "reason": "boom"}
+    hosts, spent = store.record_outcomes("FP-1", {"a": outcome_entry("rolled_back", at="t2", cause="failed")})
+    assert spent == 1 and sorted(hosts) == ["a", "b", "c"] and hosts["a"]["cause"] == "failed"
+    hosts, spent = store.record_outcomes("FP-1", {"d": outcome_entry("unreachable", at="t3"), "e": outcome_entry("unhealthy", at="t3")})
+    assert spent == 3
+    assert store.record_outcomes("FP-1", {}) == (hosts, 3)
+    # another run's outcomes are its own
+    assert store.record_outcomes("FP-2", {"a": outcome_entry("failed", at="t1")})[1] == 1
+    assert store.load_run("FP-1")["hosts"] == hosts
+
+
+def _spend(spec: Spec, run_id: str, worker: int, hosts: int, start: t.Any, results: t.Any) -> None:
+    store = spec.open()
+    start.wait(timeout=60)
+    for index in range(hosts):
+        _, spent = store.record_outcomes(run_id, {f"w{worker}-h{index}": outcome_entry("failed", at=f"t{index}")})
+        results.put(spent)
+
+
+def test_concurrent_record_outcomes_from_several_processes_lose_nothing(store, spec) -> None:
+    """4 processes record 6 failures each at once: every transaction sees its own and all earlier ones, so the counts
+    returned are exactly 1..24 (a lost update or a stale count would repeat one)."""
+    store.save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    context = multiprocessing.get_context("fork")
+    workers, hosts = 4, 6
+    start = context.Barrier(workers)
+    results = context.Queue()
+    processes = [context.Process(target=_spend, args=(spec, "FP-1", worker, hosts, start, results)) for worker in range(workers)]
+    for process in processes:
+        process.start()
+    counts = sorted(results.get(timeout=120) for _ in range(workers * hosts))
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert counts == list(range(1, workers * hosts + 1))
+    assert len(store.load_run("FP-1")["hosts"]) == workers * hosts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# locks
+
+
+def test_live_lock_over_a_shared_host_refuses_a_second_run_disjoint_hosts_do_not(store) -> None:
+    first = _acquire(store, "FP-1", ["a", "b"], pid=os.getpid())
+    assert first["lock"]["hosts"] == ["a", "b"] and first["notes"] == [] and first["lock"]["expires"] == "2026-11-27T12:10:00.000000Z"
+    with pytest.raises(LockError, match=r"1 host\(s\) \(first: b\) are locked by a running rollout: run FP-1 owned by ops@ctl"):
+        _acquire(store, "FP-2", ["b", "c"], pid=os.getpid() + 1)
+    assert _acquire(store, "FP-2", ["c"], pid=os.getpid())["lock"]["hosts"] == ["c"]
+    # the same run and process takes its lock again (a re-plan of the same attempt), with the new host set
+    assert _acquire(store, "FP-1", ["a"], pid=os.getpid())["lock"]["hosts"] == ["a"]
+    assert _acquire(store, "FP-3", ["b"], pid=os.getpid())["lock"]["hosts"] == ["b"]
+
+
+def test_a_live_lock_of_the_same_run_from_another_process_refuses(store) -> None:
+    _acquire(store, "FP-1", ["a"], pid=os.getpid(), controller="ctl")
+    with pytest.raises(LockError, match=r"are locked by a running rollout: run FP-1"):
+        _acquire(store, "FP-1", ["a"], pid=os.getpid(), controller="other-ctl")
+
+
+def test_expired_lock_is_reported_and_broken_only_deliberately(store) -> None:
+    _acquire(store, "FP-1", ["a"], pid=os.getpid(), now=NOW - dt.timedelta(hours=2))
+    with pytest.raises(LockError, match=r"stale lock \(expired at 2026-11-27T10:10:00.000000Z\).*rollout_break_lock=true"):
+        _acquire(store, "FP-2", ["a"], pid=os.getpid())
+    result = _acquire(store, "FP-2", ["a"], pid=os.getpid(), break_stale=True)
+    assert result["notes"][0].startswith("broke stale lock (expired at")
+    assert store.release_lock("FP-1") is False
+    assert store.release_lock("FP-2") is True
+
+
+def test_dead_owner_of_the_same_run_is_taken_over_another_runs_is_not(store) -> None:
+    _acquire(store, "FP-1", ["a"], pid=DEAD_PID)
+    with pytest.raises(LockError, match=rf"stale lock \(owner process {DEAD_PID} on ctl is gone\)"):
+        _acquire(store, "FP-2", ["a"], pid=os.getpid())
+    result = _acquire(store, "FP-1", ["a"], pid=os.getpid())
+    assert "took over the stale lock of an earlier attempt of this run" in result["notes"][0]
+    assert result["lock"]["pid"] == os.getpid()
+    # a dead pid on another controller says nothing: that lock is live until it expires
+    _acquire(store, "FP-9", ["z"], pid=DEAD_PID, controller="elsewhere")
+    with pytest.raises(LockError, match=r"locked by a running rollout: run FP-9"):
+        _acquire(store, "FP-2", ["z"], pid=os.getpid())
+
+
+def test_refresh_extends_and_release_drops_the_lock(store) -> None:
+    assert store.refresh_lock("FP-1", now=NOW) is None
+    _acquire(store, "FP-1", ["a"], pid=os.getpid())
+    assert store.refresh_lock("FP-1", now=NOW + dt.timedelta(minutes=5))["expires"] == "2026-11-27T12:15:00.000000Z"
+    refreshed = store.refresh_lock("FP-1", ttl_seconds=60, now=NOW + dt.timedelta(minutes=5))
+    assert refreshed["expires"] == "2026-11-27T12:06:00.000000Z" and refreshed["hosts"] == ["a"]
+    # the refreshed expiry is what others see: expired at 12:06 for an acquire at 12:07
+    with pytest.raises(LockError, match=r"stale lock \(expired at 2026-11-27T12:06:00.000000Z\)"):
+        _acquire(store, "FP-2", ["a"], pid=os.getpid(), now=NOW + dt.timedelta(minutes=7))
+    assert store.release_lock("FP-1") is True
+    assert store.release_lock("FP-1") is False
+    assert _acquire(store, "FP-2", ["a"], pid=os.getpid())["notes"] == []
+
+
+def _contend(spec: Spec, worker: int, start: t.Any, results: t.Any) -> None:
+    store = spec.open()
+    start.wait(timeout=60)
+    try:
+        store.acquire_lock(f"FP-{worker}", hosts=["shared", f"own-{worker}"], owner="ops@ctl", controller="ctl", pid=os.getpid(),
+                           ttl_seconds=600)
+        results.put((worker, "won"))
+    except LockError as exc:
+        results.put((worker, f"refused: {exc}"))
+
+
+def test_concurrent_acquire_from_several_processes_exactly_one_wins(store, spec) -> None:
+    context = multiprocessing.get_context("fork")
+    workers = 6
+    start = context.Barrier(workers)
+    results = context.Queue()
+    processes = [context.Process(target=_contend, args=(spec, worker, start, results)) for worker in range(workers)]
+    for process in processes:
+        process.start()
+    outcomes = dict(results.get(timeout=120) for _ in range(workers))
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    winners = [worker for worker, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1, outcomes
+    assert all("(first: shared)" in outcome for worker, outcome in outcomes.items() if worker not in winners)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Run over every backend, and what is particular to one
+
+
+def test_run_works_the_same_over_every_backend(spec) -> None:
+    store = spec.open()
+    run = Run.open(state_dir=spec.state_dir, run_id="FP-1", patch_id="FP-1", fingerprint="f" * 64, store=store)
+    assert run.stored is False
+    run.start_attempt({"correlation_id": "c-1"}, fingerprint="f" * 64)
+    run.save()
+    assert run.record("a", "failed", at="t1") == 1
+    assert run.record("b", "patched", at="t1") == 1
+    loaded = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open())
+    assert loaded.status == "running" and loaded.correlation_id == "c-1" and loaded.failures() == ["a"]
+
+
+def test_open_store_names_every_backend(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(DSN_VAR, "host=/nonexistent dbname=x")
+    assert isinstance(open_store(str(tmp_path)), FileStore)
+    assert isinstance(open_store(str(tmp_path), backend="sqlite"), SqliteStore)
+    assert isinstance(open_store(str(tmp_path), backend="postgresql"), PostgresStore)
+    with pytest.raises(StoreError, match=r"unknown fleetpatch_state_backend 'mysql': choose one of embedded, postgresql, sqlite"):
+        open_store(str(tmp_path), backend="mysql")
+
+
+def test_sqlite_database_is_private_and_in_wal_mode(tmp_path) -> None:
+    store = SqliteStore(str(tmp_path / "state"))
+    store.save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    path = str(tmp_path / "state" / "fleetpatch.db")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT outcome FROM fp_outcomes").fetchall() == []
+    store.close()
+
+
+def test_postgresql_needs_a_dsn_from_the_environment(tmp_path) -> None:
+    with pytest.raises(StoreError, match=r"needs FLEETPATCH_STATE_DSN .* never read from playbook variables"):
+        PostgresStore(str(tmp_path), environ={})
+    assert PostgresStore(str(tmp_path), environ={"PGHOST": "/nonexistent"}).dsn == ""
+
+
+def test_postgresql_errors_never_show_the_password(tmp_path) -> None:
+    if postgres_skip_reason():
+        pytest.skip(postgres_skip_reason())
+    secret = "s3cr3t-pass"  # nosec - a made-up password that must not appear in the message
+    store = PostgresStore(str(tmp_path), environ={DSN_VAR: f"host={tmp_path} port=1 user=u dbname=d password={secret}",
+                                                  "FLEETPATCH_STATE_TIMEOUT": "2"})
+    with pytest.raises(StoreError, match=r"cannot connect to the postgresql run-state store") as caught:
+        store.load_run("FP-1")
+    assert secret not in str(caught.value)
+    url = PostgresStore(str(tmp_path), environ={DSN_VAR: f"postgresql://u:{secret}@/d?host={tmp_path}&port=1"})
+    with pytest.raises(StoreError) as caught:
+        url.load_run("FP-1")
+    assert secret not in str(caught.value)
+    assert redact_dsn(f"password={secret} host=x postgresql://u:{secret}@h/d") == "password=******** host=x postgresql://u:********@h/d"
+
+
+def test_postgresql_store_is_shared_by_two_controllers(postgres, tmp_path) -> None:
+    """Two state dirs (two AWX job containers) on one database see one run, one budget and one set of locks."""
+    dsn = postgres.create_database(f"shared_{os.getpid()}")
+    first = PostgresStore(str(tmp_path / "one"), environ={DSN_VAR: dsn})
+    second = PostgresStore(str(tmp_path / "two"), environ={DSN_VAR: dsn})
+    first.save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    first.save_plan("FP-1", '{"patch_id":"FP-1"}\n')
+    assert second.load_run("FP-1")["plan_fingerprint"] == "f" * 64 and second.read_plan("FP-1") == '{"patch_id":"FP-1"}\n'
+    first.record_outcomes("FP-1", {"a": outcome_entry("failed", at="t1")})
+    assert second.record_outcomes("FP-1", {"b": outcome_entry("failed", at="t1")})[1] == 2
+    _acquire(first, "FP-1", ["a"], pid=os.getpid(), controller="job-1")
+    with pytest.raises(LockError, match=r"run FP-1 owned by ops@ctl \(pid \d+ on job-1\)"):
+        _acquire(second, "FP-2", ["a"], pid=os.getpid(), controller="job-2")
+    assert "database shared_" in second.describe()
+    first.close()
+    second.close()
