@@ -33,6 +33,7 @@ import fnmatch
 import gc
 import hashlib
 import heapq
+import html
 import itertools
 import json
 import operator
@@ -45,10 +46,10 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import
 
 __all__ = [
     "BATCH", "DEFAULT_SLO_TARGETS", "DRIFT_STATUSES", "DesiredState", "DriftError", "FACTS_FORMAT", "FACTS_TYPE",
-    "HostMark", "JsonRowsPiece", "NotApplicable", "Patch", "Reconciler", "RegistryApplied", "RegistryMarks", "Report", "Row",
-    "RowJson", "STATUSES", "STATUS_RANK", "VersionSpec", "apply_registry",
-    "fingerprint", "fingerprint_start", "format_time", "gc_paused", "host_record", "parse_desired_state",
-    "parse_duration", "parse_time", "registry_marks", "row_json", "version_line", "with_slo_targets",
+    "HOST_CLASSES", "HOST_CLASS_LABELS", "HeatCell", "HeatMap", "HostMark", "JsonRowsPiece", "NotApplicable", "Patch",
+    "Reconciler", "RegistryApplied", "RegistryMarks", "Report", "Row", "RowJson", "STATUSES", "STATUS_RANK", "VersionSpec",
+    "apply_registry", "fingerprint", "fingerprint_start", "format_time", "gc_paused", "host_record", "page_view",
+    "parse_desired_state", "parse_duration", "parse_time", "registry_marks", "row_json", "version_line", "with_slo_targets",
 ]
 
 REPORT_SCHEMA = "fleetpatch.drift-report/1"
@@ -1389,6 +1390,37 @@ class JsonRowsPiece(t.NamedTuple):
     fingerprint_text: str  # their rows as the fingerprint hashes them
 
 
+# The heat map's classes of hosts, worst first: a host is in the worst class any of its rows is in (Report.heatmap)
+HOST_CLASSES = ("failed", "drifted", "unknown", "in_sync")
+HOST_CLASS = {"in_sync": "in_sync", "not_applicable": "in_sync", "drifted": "drifted", "missing_patch": "drifted",
+              "unexpected_version": "drifted", "unknown": "unknown", "quarantined": "failed", "unhealthy": "failed"}
+NO_ATTR = "(none)"
+
+
+def _attr_label(value: t.Any) -> str:
+    """A region or tenant as the heat map names it: text as it is, anything else as text, none as NO_ATTR."""
+    if value is None or value == "":
+        return NO_ATTR
+    return value if value.__class__ is str else str(value)
+
+
+class HeatCell(t.NamedTuple):
+    """One region and tenant of the heat map (Report.heatmap)."""
+
+    region: str
+    tenant: str
+    counts: dict[str, int]  # hosts per class (HOST_CLASSES)
+    examples: list[tuple[str, str]]  # (host, worst status) of the first hosts by name that are not in sync
+
+
+class HeatMap(t.NamedTuple):
+    """Hosts per region and tenant by class (Report.heatmap)."""
+
+    regions: list[str]
+    tenants: list[str]
+    cells: dict[tuple[str, str], HeatCell]
+
+
 def _environment_order(desired: DesiredState, seen: t.Iterable[str]) -> list[str]:
     order = list(desired.promotion)
     return order + sorted(set(seen) - set(order))
@@ -1743,6 +1775,182 @@ class Report:
             "lag_summary": self.lag_summary(lag),
             "slo": slo,
         }
+
+    # -- views of the HTML page (made from the shapes: once per kind of host, never once per host)
+
+    def host_classes(self) -> t.Iterator[tuple[Shape, str, str]]:
+        """(shape, worst status of its rows, host class) of every shape: a host's class is the worst class of its rows
+        (HOST_CLASSES order), its status the worst of its rows (STATUS_RANK order). Made once per set of statuses."""
+        class_rank = {name: index for index, name in enumerate(HOST_CLASSES)}
+        status_rank = {status: index for index, status in enumerate(STATUS_RANK)}
+        known: dict[tuple[str, ...], tuple[str, str]] = {}
+        for shape in self.shapes:
+            key = tuple([row[0].status for row in shape.rows])
+            found = known.get(key)
+            if found is None:
+                statuses = set(key) or {"unknown"}
+                found = known[key] = (min(statuses, key=status_rank.__getitem__),
+                                      min((HOST_CLASS[status] for status in statuses), key=class_rank.__getitem__))
+            yield shape, found[0], found[1]
+
+    def heatmap(self, *, examples: int = 12) -> HeatMap:
+        """Hosts per region and tenant, counted by host class (HOST_CLASSES), with the first hosts (by name) of each
+        cell that are not in sync and their worst status."""
+        cells: dict[tuple[str, str], HeatCell] = {}
+        # per cell, the first hosts of each shape not in sync (a shape's members are in name order), merged at the end
+        firsts: dict[tuple[str, str], list[list[_HostEntry]]] = collections.defaultdict(list)
+        worst_of: dict[Shape, str] = {}
+        labels: dict[t.Any, str] = {}
+        for shape, worst, kind in self.host_classes():
+            attrs = shape.attrs
+            region, tenant = attrs[1], attrs[2]
+            key = (labels.get(region) or labels.setdefault(region, _attr_label(region)),
+                   labels.get(tenant) or labels.setdefault(tenant, _attr_label(tenant)))
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = HeatCell(key[0], key[1], dict.fromkeys(HOST_CLASSES, 0), [])
+            members = shape.members
+            cell.counts[kind] += len(members)
+            if kind != "in_sync":
+                firsts[key].append(members[:examples])
+                worst_of[shape] = worst
+        for key, lists in firsts.items():
+            cells[key].examples.extend((entry[0], worst_of[entry[2]]) for entry in itertools.islice(heapq.merge(*lists, key=_FIRST), examples))
+        return HeatMap(sorted({region for region, _tenant in cells}), sorted({tenant for _region, tenant in cells}), cells)
+
+
+# --------------------------------------------------------------------------------------------- the HTML page's data
+
+# what the heat map calls each class of hosts (text beside every colour)
+HOST_CLASS_LABELS = {"failed": "failed", "drifted": "drifted", "unknown": "no data", "in_sync": "in sync"}
+_HTML_SPECIAL = re.compile("[&<>\"']")
+
+
+def _h(value: t.Any) -> str:
+    """value as the page writes it: html.escape(str(value), quote=True), none as nothing."""
+    if value is None:
+        return ""
+    text = value if value.__class__ is str else str(value)
+    return html.escape(text, quote=True) if _HTML_SPECIAL.search(text) else text
+
+
+class BarPart(t.NamedTuple):
+    """One part of a stacked bar: its status or class, its width (percent, two decimals) and how many it stands for."""
+
+    kind: str
+    width: str
+    count: int
+
+
+def _bar(counts: t.Mapping[str, int], order: t.Sequence[str]) -> list[BarPart]:
+    total = sum(counts.values()) or 1
+    return [BarPart(kind, f"{counts[kind] * 100 / total:.2f}", counts[kind]) for kind in order if counts.get(kind)]
+
+
+def _heat_band(in_sync: int, hosts: int) -> int:
+    """The heat map cell's colour band from its share of hosts in sync: 4 all, 3 from 90%, 2 from 75%, 1 from 50%, else 0."""
+    share = in_sync / hosts if hosts else 0.0
+    return 4 if in_sync == hosts else 3 if share >= 0.9 else 2 if share >= 0.75 else 1 if share >= 0.5 else 0
+
+
+def heatmap_rows(heat: HeatMap) -> list[tuple[str, list[dict[str, t.Any] | None]]]:
+    """The heat map as the page lays it out: per region, per tenant a cell (None where no host is) with counts,
+    colour band, bar and the first hosts not in sync."""
+    rows = []
+    for region in heat.regions:
+        cells: list[dict[str, t.Any] | None] = []
+        for tenant in heat.tenants:
+            cell = heat.cells.get((region, tenant))
+            if cell is None:
+                cells.append(None)
+                continue
+            counts = cell.counts
+            hosts = sum(counts.values())
+            cells.append({"hosts": hosts, "counts": counts, "band": _heat_band(counts["in_sync"], hosts),
+                          "bar": _bar(counts, HOST_CLASSES[::-1]), "examples": cell.examples,
+                          "not_in_sync": hosts - counts["in_sync"]})
+        rows.append((region, cells))
+    return rows
+
+
+def matrix_rows(document: t.Mapping[str, t.Any]) -> list[tuple[str, list[dict[str, t.Any] | None]]]:
+    """The environment x service matrix as the page lays it out: per environment, per service the document's cell (None
+    where no host runs it) with its bar and the statuses other than in sync that it counts."""
+    cells = {(cell["environment"], cell["service"]): cell for cell in document["matrix"]}
+    source = document["desired"]["source"]
+    rows = []
+    for env in document["summary"]["environments"]:
+        line: list[dict[str, t.Any] | None] = []
+        for service in document["summary"]["services"]:
+            cell = cells.get((env, service))
+            if cell is None:
+                line.append(None)
+                continue
+            statuses = cell["statuses"]
+            line.append({**cell, "bar": _bar(statuses, STATUSES),
+                         "others": [(status, statuses[status]) for status in STATUSES[1:] if statuses[status]],
+                         "desired_note": cell["desired_source"] if cell["desired_source"] and cell["desired_source"] != source else None})
+        rows.append((env, line))
+    return rows
+
+
+def _drift_row_parts(verdict: Verdict, labels: t.Mapping[str, str]) -> tuple[str, str, str]:
+    """The text of a drift list row around its host (before the host, the detail after the times, after the detail)."""
+    head = (f'<tr><td><span class="badge s-{verdict.status}">{_h(labels[verdict.status])}</span></td><td>{_h(verdict.environment)}</td>'
+            '<td class="mono host"><details><summary>')
+    detail = ""
+    if verdict.sha256:
+        detail += f"<dt>build</dt><dd>sha256 {_h(verdict.sha256[:16])}</dd>"
+    if verdict.missing:
+        detail += f"<dt>missing</dt><dd>{_h(', '.join(verdict.missing))}</dd>"
+    if verdict.equivalent_to:
+        detail += f"<dt>equivalent to</dt><dd>{_h(verdict.equivalent_to)}</dd>"
+    if verdict.facts_status != verdict.status:
+        detail += f"<dt>facts alone</dt><dd>{_h(labels[verdict.facts_status])}</dd>"
+    tail = (f"</dl></details></td><td>{_h(verdict.service)}</td><td class=\"mono\">{_h(verdict.version or '-')}</td>"
+            f"<td class=\"mono\">{_h(verdict.desired or '-')}</td><td>{_h(verdict.reason)}</td></tr>")
+    return head, detail, tail
+
+
+def drift_rows_html(drift: t.Sequence[Row], labels: t.Mapping[str, str]) -> str:
+    """The drift list's rows, each with its host's detail on demand (<details>: works without JavaScript).
+
+    They are most of a large fleet's page and most of its cost in a template (a call per value): written here from
+    text made once per verdict and once per kind of host, every value escaped as the template escapes it.
+    """
+    by_verdict: dict[Verdict, tuple[str, str, str]] = {}
+    by_attrs: dict[tuple[t.Any, ...], str] = {}
+    special = _HTML_SPECIAL.search
+    out = []
+    for host, verdict, installed, collected, attrs in drift:
+        parts = by_verdict.get(verdict)
+        if parts is None:
+            parts = by_verdict[verdict] = _drift_row_parts(verdict, labels)
+        where = by_attrs.get(attrs)
+        if where is None:
+            where = by_attrs[attrs] = (f'</summary><dl class="host"><dt>region</dt><dd>{_h(attrs[1]) or "-"}</dd><dt>tenant</dt>'
+                                       f'<dd>{_h(attrs[2]) or "-"}</dd><dt>segment</dt><dd>{_h(attrs[3]) or "-"}</dd>')
+        if special(host):
+            host = html.escape(host, quote=True)
+        if installed and special(installed):
+            installed = html.escape(installed, quote=True)
+        if collected and special(collected):
+            collected = html.escape(collected, quote=True)
+        out.append(f"{parts[0]}{host}{where}<dt>collected</dt><dd>{collected or '-'}</dd><dt>installed</dt><dd>{installed or '-'}</dd>"
+                   f"{parts[1]}{parts[2]}")
+    return "".join(out)
+
+
+def page_view(document: t.Mapping[str, t.Any], report: Report, drift: t.Sequence[Row], *, max_rows: int,
+              labels: t.Mapping[str, str]) -> dict[str, t.Any]:
+    """What the HTML page's template (templates/drift_report.html.j2) shows beyond the document, made here so that
+    the template only writes it: heat map, matrix, and the first max_rows drift rows (Row, worst first)."""
+    heat = report.heatmap()
+    return {
+        "heat": heat, "heat_rows": heatmap_rows(heat), "host_classes": HOST_CLASSES, "class_labels": HOST_CLASS_LABELS,
+        "matrix_rows": matrix_rows(document), "drift_html": drift_rows_html(drift[:max_rows], labels),
+        "drift_listed": min(len(drift), max(max_rows, 0)), "drift_total": len(drift),
+    }
 
 
 def _json_spec(shape: Shape, middles: dict[tuple[Verdict, bool], str]) -> tuple[t.Any, ...]:

@@ -17,10 +17,12 @@ import operator
 import os
 import re
 import sqlite3
+import stat
 import tempfile
 import typing as t
 
 import jinja2
+import jinja2.bccache
 import jinja2.ext
 import markupsafe
 
@@ -36,6 +38,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     Report,
     Row,
     fingerprint_start,
+    page_view,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsync_directory, write_file_atomic
 
@@ -319,16 +322,31 @@ def _escaped(value: t.Any) -> t.Any:
     return value
 
 
-class _BarPart(t.NamedTuple):
-    status: str
-    width: str  # percent of the cell's host/service pairs, two decimals
-    count: int
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """A cache that is only ever a help: a template it cannot store (disk full, directory gone) is simply not cached."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
 
 
-def _bar(statuses: t.Mapping[str, int]) -> list[_BarPart]:
-    """The parts of a matrix cell's bar: one per status that has pairs, in STATUSES order."""
-    total = sum(statuses.values()) or 1
-    return [_BarPart(status, f"{statuses[status] * 100 / total:.2f}", statuses[status]) for status in STATUSES if statuses.get(status)]
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Where the page's compiled template is kept between processes (compiling it costs more than rendering a large
+    report): $XDG_CACHE_HOME/fleetpatch/jinja2 (default ~/.cache), a directory of this user's only, keyed by the
+    template's name and source checksum (jinja2's own check), so an edited template is compiled again. None (compile
+    every time) when there is no such private directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "fleetpatch", "jinja2")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return _BytecodeCache(directory)
 
 
 @functools.lru_cache(maxsize=1)
@@ -337,21 +355,19 @@ def _html_template() -> jinja2.Template:
     collection's own files are loaded, and every value is escaped."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, finalize=_escaped, undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True, extensions=[_JoinedLines], auto_reload=False)
+        keep_trailing_newline=True, extensions=[_JoinedLines], auto_reload=False, bytecode_cache=_bytecode_cache())
     environment.filters.update(duration=human_duration, percent=percent)
     return environment.get_template(HTML_TEMPLATE)
 
 
-def render_html(document: t.Mapping[str, t.Any], drift: t.Sequence[Row], *, title: str, max_rows: int) -> str:
-    """The HTML report (templates/drift_report.html.j2): summary, environment x service matrix, the first max_rows drift
-    rows, lag, time to patch, alignment and compatibility; the JSON report holds every row."""
+def render_html(document: t.Mapping[str, t.Any], drift: t.Sequence[Row], *, report: Report, title: str, max_rows: int) -> str:
+    """The HTML report (templates/drift_report.html.j2): summary, region x tenant heat map, environment x service
+    matrix, the first max_rows drift rows with each host's detail, lag, time to patch, alignment and compatibility; the
+    JSON report holds every row. What the page loops over comes from _drift.page_view."""
     summary = document["summary"]
     return _html_template().render(
-        document=document, summary=summary, title=title, environments=summary["environments"], services=list(summary["services"]),
-        cells={(cell["environment"], cell["service"]): cell for cell in document["matrix"]}, bar=_bar,
-        drift=[(verdict.status, verdict.environment, host, verdict.service, verdict.version, verdict.desired, verdict.reason)
-               for host, verdict, *_rest in drift[:max_rows]], drift_total=len(drift),
-        statuses=STATUSES, labels=STATUS_LABELS, nl="\n")
+        document=document, summary=summary, title=title, services=list(summary["services"]), statuses=STATUSES, labels=STATUS_LABELS,
+        nl="\n", **page_view(document, report, drift, max_rows=max_rows, labels=STATUS_LABELS))
 
 
 # --------------------------------------------------------------------------------------------- Markdown
@@ -618,7 +634,7 @@ def write_reports(report: Report, *, paths: t.Mapping[str, str], generated_at: s
         return document
     drift = drift_rows(report, document["summary"]["environments"]) if {"html", "markdown"} & set(paths) else []
     if "html" in paths:
-        write_file_atomic(paths["html"], render_html(document, drift, title=title, max_rows=html_max_rows), mode=0o644)
+        write_file_atomic(paths["html"], render_html(document, drift, report=report, title=title, max_rows=html_max_rows), mode=0o644)
     if "markdown" in paths:
         write_file_atomic(paths["markdown"], render_markdown(document, drift, title=title), mode=0o644)
     if suites is not None:

@@ -16,7 +16,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
     parse_time,
     registry_marks,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _drift_report
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _drift, _drift_report
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report import (
     FORMATS,
     AtomicWriter,
@@ -263,5 +263,53 @@ def test_html_lists_at_most_max_rows(tmp_path: Path) -> None:
         paths = output_paths(str(tmp_path / str(max_rows)), ["html"])
         write_reports(report_of(RECORDS), paths=paths, generated_at="2026-03-05T00:00:01Z", inputs={}, title="t", html_max_rows=max_rows)
         drift = Path(paths["html"]).read_text().split('<section id="drift">')[1].split("</section>")[0]
-        assert "<h2>Drift list (3)</h2><table>" in drift and drift.count("<tr><td>") == listed
+        assert "<h2>Drift list (3)</h2>" in drift and drift.count("<tr><td>") == listed == drift.count("<details>")
         assert (f"{3 - listed} more rows in the JSON report." in drift) == (listed < 3)
+
+
+def test_html_heat_map_matrix_and_host_detail(tmp_path: Path) -> None:
+    """Region x tenant cells count hosts by class in text (a quarantined or unhealthy host is failed, never in sync), the
+    matrix cell names the statuses it holds, and every listed host opens onto its detail, escaped."""
+    records = [record("d1", "dev", "1.0.1"), record("d2", "dev", "1.0.0", region="us", tenant="<x>"),
+               record("d3", "dev", "1.0.1"), record("d4", "dev", "1.0.1", tenant=None),
+               record("p1", "prod", None, state="unreachable", reason="unreachable", region="us", tenant="<x>")]
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time("2026-03-05T00:00:00Z")))
+    reconciler.add_all(records)
+    reconciler.use_registry_marks({"d3": (_drift.HostMark("app", "quarantined", "quarantined by FP-1"),)})
+    report = reconciler.build()
+    heat = report.heatmap()
+    assert heat.regions == ["eu", "us"] and heat.tenants == ["(none)", "<x>", "acme"]
+    assert {key: (cell.counts, cell.examples) for key, cell in heat.cells.items()} == {
+        ("eu", "acme"): ({"failed": 1, "drifted": 0, "unknown": 0, "in_sync": 1}, [("d3", "quarantined")]),
+        ("eu", "(none)"): ({"failed": 0, "drifted": 0, "unknown": 0, "in_sync": 1}, []),
+        ("us", "<x>"): ({"failed": 0, "drifted": 1, "unknown": 1, "in_sync": 0}, [("d2", "missing_patch"), ("p1", "unknown")]),
+    }
+    paths = output_paths(str(tmp_path), ["html"])
+    write_reports(report, paths=paths, generated_at="2026-03-05T00:00:01Z", inputs={}, title="t", html_max_rows=10)
+    page = Path(paths["html"]).read_text()
+    assert "<th>region</th><th>(none)</th><th>&lt;x&gt;</th><th>acme</th>" in page and "<x>" not in page
+    assert ('<td class="hcell h1" data-hosts="2" data-in-sync="1"><strong>1/2 in sync</strong><div class="counts">'
+            '<span class="k-failed">1 failed</span><span class="k-drifted">0 drifted</span><span class="k-unknown">0 no data</span>') in page
+    assert '<details><summary>1 not in sync</summary><ul class="hosts"><li><span class="mono">d3</span>' in page
+    assert ('<td class="cell s-quarantined" data-status="quarantined"><strong>quarantined</strong> &middot; 2/4 in sync'
+            '<div class="counts"><span>1 missing patch</span><span>1 quarantined</span></div>') in page
+    assert ('<td class="mono host"><details><summary>d3</summary><dl class="host"><dt>region</dt><dd>eu</dd><dt>tenant</dt><dd>acme</dd>'
+            '<dt>segment</dt><dd>web</dd><dt>collected</dt><dd>2026-03-09T00:00:00Z</dd><dt>installed</dt><dd>2026-03-02T00:00:00Z</dd>'
+            '<dt>facts alone</dt><dd>in sync</dd></dl></details></td><td>app</td>') in page
+    assert "<dt>tenant</dt><dd>&lt;x&gt;</dd>" in page and "<dt>missing</dt><dd>CVE-1</dd>" in page
+
+
+def test_compiled_page_template_is_kept_in_a_private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled template is kept between processes in the user's own cache directory, never in a shared one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = _drift_report._bytecode_cache()
+    directory = tmp_path / "cache" / "fleetpatch" / "jinja2"
+    assert cache is not None and directory.is_dir() and directory.stat().st_mode & 0o777 == 0o700
+    environment = _drift_report.jinja2.Environment(loader=_drift_report.jinja2.FileSystemLoader(_drift_report.TEMPLATES), bytecode_cache=cache)
+    environment.get_template("drift_report.css")
+    assert len(list(directory.iterdir())) == 1
+    directory.chmod(0o777)  # another user could plant code there: not used
+    assert _drift_report._bytecode_cache() is None
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # cannot be made: compiled every time
+    assert _drift_report._bytecode_cache() is None
