@@ -626,6 +626,113 @@ def _copy_verified(source: str, dest: str, mode: int, expected: str) -> str:
     return digest
 
 
+def _delta_base(plan: BundlePlan, *, releases_dir: str | None, zstd: str | None) -> tuple[str, str | None]:
+    """(the installed base release a delta builds on, the zstd to patch with); DeltaNotApplicable when one is missing."""
+    base_version = check_name(plan.metadata["base_version"], what="base_version")
+    base_dir = os.path.join(releases_dir or "", base_version)
+    if not releases_dir or os.path.islink(base_dir) or not os.path.isdir(base_dir):
+        raise DeltaNotApplicable(f"delta bundle {plan.path} needs release {base_version}, which is not installed here")
+    if plan.needs_zstd:
+        zstd = zstd or _tools.find_tool("zstd")
+        if not zstd:
+            raise DeltaNotApplicable(f"delta bundle {plan.path} holds zstd patches and zstd is not installed on this host")
+    return base_dir, zstd
+
+
+def _apply_patch(plan: BundlePlan, *, path: str, patch: str, target: str, base_dir: str, zstd: str | None, runner: Runner) -> str:
+    """Rebuild one file from its base and a zstd patch; its sha256 (checked against the manifest)."""
+    metadata = plan.metadata
+    entry = metadata["files"][path]
+    base_file = os.path.join(base_dir, path)
+    digest = _hash_file(base_file)[0] if os.path.isfile(base_file) and not os.path.islink(base_file) else None
+    if digest != entry["base_sha256"]:
+        raise DeltaNotApplicable(f"delta bundle {plan.path}: base file {path} of release "
+                                 f"{metadata['base_version']} is missing or differs from the one the delta was made against")
+    argv = [t.cast(str, zstd), "-d", "-q", "-f", *_zstd_long(int(entry.get("window_log") or 0)),
+            f"--patch-from={base_file}", patch, "-o", target]
+    rc, out, err = runner(argv)
+    os.unlink(patch)
+    if rc != 0:
+        raise DeltaNotApplicable(f"zstd could not apply the patch of {path} (rc={rc}): {(err or out).strip()[-500:]}")
+    os.chmod(target, normalize_mode(int(entry["mode"], 8)))
+    written = _hash_file(target)[0]
+    if written != entry["sha256"]:
+        raise DeltaNotApplicable(f"delta bundle {plan.path}: patched {path} does not match its manifest digest")
+    return written
+
+
+def _unpack_members(plan: BundlePlan, dest: str, *, base_dir: str, zstd: str | None, runner: Runner) -> dict[str, str]:
+    """Write every file the bundle carries (whole, or patched against the base); {path: sha256}."""
+    entries: dict[str, dict[str, t.Any]] = plan.metadata["files"]
+    expected = _expected_members(plan.metadata)
+    files: dict[str, str] = {}
+    scratch = tempfile.mkdtemp(prefix=".patches.tmp-", dir=os.path.dirname(os.path.normpath(dest)))
+    try:
+        with tarfile.open(plan.path, "r:*") as tar:
+            members = iter(tar)
+            next(members)  # the metadata, validated by inspect_bundle
+            for member, name in zip(members, plan.members):
+                if member.name != name:
+                    raise BundleError(f"bundle {plan.path} changed while it was unpacked")
+                op, path, _size = expected[name]
+                entry = entries[path]
+                source = tar.extractfile(member)
+                if source is None:
+                    raise BundleError(f"cannot read member {name!r} of {plan.path}")
+                target = os.path.join(dest, path)
+                with source:
+                    if op == "file":
+                        files[path] = write_member(target, source, int(entry["mode"], 8))
+                        if files[path] != entry["sha256"]:
+                            raise BundleError(f"bundle {plan.path}: member {name!r} does not match its manifest digest")
+                        continue
+                    patch = os.path.join(scratch, "patch.zst")
+                    write_member(patch, source, 0o600)
+                files[path] = _apply_patch(plan, path=path, patch=patch, target=target, base_dir=base_dir, zstd=zstd, runner=runner)
+    except (tarfile.TarError, EOFError) as exc:
+        raise BundleError(f"cannot unpack bundle {plan.path}: {exc}") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return files
+
+
+def _copy_kept(plan: BundlePlan, dest: str, *, base_dir: str, files: dict[str, str]) -> None:
+    """Copy the files a delta keeps from the base release into files, each checked against its base digest."""
+    for path, entry in plan.metadata["files"].items():
+        if entry["op"] != "keep":
+            continue
+        base_file = os.path.join(base_dir, path)
+        try:
+            files[path] = _copy_verified(base_file, os.path.join(dest, path), int(entry["mode"], 8), entry["base_sha256"])
+        except OSError as exc:
+            raise DeltaNotApplicable(f"delta bundle {plan.path}: base file {path} cannot be read: {exc}") from exc
+        if files[path] != entry["base_sha256"]:
+            raise DeltaNotApplicable(f"delta bundle {plan.path}: base file {path} of release {plan.metadata['base_version']} "
+                                     "differs from the one the delta was made against")
+
+
+def _release_record(plan: BundlePlan, *, sha256: str | None, tree_sha256: str) -> dict[str, t.Any]:
+    """What the release metadata says about the bundle it was built from."""
+    metadata = plan.metadata
+    record: dict[str, t.Any] = {
+        "tree_sha256": tree_sha256,
+        "bundle": {
+            "kind": plan.kind,
+            "sha256": sha256,
+            "patch_id": metadata["patch_id"],
+            "target_tag": metadata["target_tag"],
+            "base_version": metadata.get("base_version"),
+            "source_commit": metadata.get("source_commit"),
+            "approver": metadata.get("approver"),
+            "built_at": metadata.get("built_at"),
+        },
+    }
+    if plan.kind == "delta":
+        # the same tree as the full bundle, so the release is recorded under the full bundle's digest
+        record["artifact_sha256"] = metadata["delta"]["full_sha256"]
+    return record
+
+
 def apply_bundle(
     plan: BundlePlan, dest: str, *, service: str, version: str, sha256: str | None, releases_dir: str | None = None,
     zstd: str | None = None, runner: Runner = run_tool,
@@ -644,74 +751,14 @@ def apply_bundle(
     delta = plan.kind == "delta"
     base_dir = ""
     if delta:
-        base_version = check_name(metadata["base_version"], what="base_version")
-        base_dir = os.path.join(releases_dir or "", base_version)
-        if not releases_dir or os.path.islink(base_dir) or not os.path.isdir(base_dir):
-            raise DeltaNotApplicable(f"delta bundle {plan.path} needs release {base_version}, which is not installed here")
-        if plan.needs_zstd:
-            zstd = zstd or _tools.find_tool("zstd")
-            if not zstd:
-                raise DeltaNotApplicable(f"delta bundle {plan.path} holds zstd patches and zstd is not installed on this host")
+        base_dir, zstd = _delta_base(plan, releases_dir=releases_dir, zstd=zstd)
     entries: dict[str, dict[str, t.Any]] = metadata["files"]
-    expected = _expected_members(metadata)
-    files: dict[str, str] = {}
     for directory in metadata["dirs"]:
         os.makedirs(os.path.join(dest, directory), mode=0o755, exist_ok=True)
     for path in entries:
         os.makedirs(os.path.dirname(os.path.join(dest, path)), mode=0o755, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".patches.tmp-", dir=os.path.dirname(os.path.normpath(dest)))
-    try:
-        with tarfile.open(plan.path, "r:*") as tar:
-            members = iter(tar)
-            next(members)  # the metadata, validated by inspect_bundle
-            for member, name in zip(members, plan.members):
-                if member.name != name:
-                    raise BundleError(f"bundle {plan.path} changed while it was unpacked")
-                op, path, _size = expected[name]
-                entry = entries[path]
-                mode = int(entry["mode"], 8)
-                source = tar.extractfile(member)
-                if source is None:
-                    raise BundleError(f"cannot read member {name!r} of {plan.path}")
-                target = os.path.join(dest, path)
-                with source:
-                    if op == "file":
-                        files[path] = write_member(target, source, mode)
-                        if files[path] != entry["sha256"]:
-                            raise BundleError(f"bundle {plan.path}: member {name!r} does not match its manifest digest")
-                        continue
-                    patch = os.path.join(scratch, "patch.zst")
-                    write_member(patch, source, 0o600)
-                base_file = os.path.join(base_dir, path)
-                digest = _hash_file(base_file)[0] if os.path.isfile(base_file) and not os.path.islink(base_file) else None
-                if digest != entry["base_sha256"]:
-                    raise DeltaNotApplicable(f"delta bundle {plan.path}: base file {path} of release "
-                                             f"{metadata['base_version']} is missing or differs from the one the delta was made against")
-                argv = [t.cast(str, zstd), "-d", "-q", "-f", *_zstd_long(int(entry.get("window_log") or 0)),
-                        f"--patch-from={base_file}", patch, "-o", target]
-                rc, out, err = runner(argv)
-                os.unlink(patch)
-                if rc != 0:
-                    raise DeltaNotApplicable(f"zstd could not apply the patch of {path} (rc={rc}): {(err or out).strip()[-500:]}")
-                os.chmod(target, normalize_mode(mode))
-                files[path] = _hash_file(target)[0]
-                if files[path] != entry["sha256"]:
-                    raise DeltaNotApplicable(f"delta bundle {plan.path}: patched {path} does not match its manifest digest")
-    except (tarfile.TarError, EOFError) as exc:
-        raise BundleError(f"cannot unpack bundle {plan.path}: {exc}") from exc
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    for path, entry in entries.items():
-        if entry["op"] != "keep":
-            continue
-        base_file = os.path.join(base_dir, path)
-        try:
-            files[path] = _copy_verified(base_file, os.path.join(dest, path), int(entry["mode"], 8), entry["base_sha256"])
-        except OSError as exc:
-            raise DeltaNotApplicable(f"delta bundle {plan.path}: base file {path} cannot be read: {exc}") from exc
-        if files[path] != entry["base_sha256"]:
-            raise DeltaNotApplicable(f"delta bundle {plan.path}: base file {path} of release {metadata['base_version']} "
-                                     "differs from the one the delta was made against")
+    files = _unpack_members(plan, dest, base_dir=base_dir, zstd=zstd, runner=runner)
+    _copy_kept(plan, dest, base_dir=base_dir, files=files)
     for path, link_target in metadata["links"].items():
         os.symlink(link_target, os.path.join(dest, path))
     written = {path: {"sha256": files.get(path), "mode": format_mode(os.lstat(os.path.join(dest, path)).st_mode)}
@@ -720,23 +767,7 @@ def apply_bundle(
     if result != metadata["tree_sha256"]:
         error = DeltaNotApplicable if delta else BundleError
         raise error(f"bundle {plan.path}: the unpacked tree has digest {result}, its manifest says {metadata['tree_sha256']}")
-    record: dict[str, t.Any] = {
-        "tree_sha256": result,
-        "bundle": {
-            "kind": plan.kind,
-            "sha256": sha256,
-            "patch_id": metadata["patch_id"],
-            "target_tag": metadata["target_tag"],
-            "base_version": metadata.get("base_version"),
-            "source_commit": metadata.get("source_commit"),
-            "approver": metadata.get("approver"),
-            "built_at": metadata.get("built_at"),
-        },
-    }
-    if delta:
-        # the same tree as the full bundle, so the release is recorded under the full bundle's digest
-        record["artifact_sha256"] = metadata["delta"]["full_sha256"]
-    return files, dict(metadata["links"]), record
+    return files, dict(metadata["links"]), _release_record(plan, sha256=sha256, tree_sha256=result)
 
 
 # ------------------------------------------------------------------------------------------- signatures

@@ -903,45 +903,45 @@ def _not_applicable(
     return False
 
 
-def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> None:
-    host = read_host_state(layout)
-    cur_version, cur_release, manifest = host["current_version"], host["current_release"], host["manifest"]
+def _present_already(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, *,
+    cur_version: str, cur_release: str | None, manifest: dict[str, t.Any] | None,
+) -> None:
+    """The target is current already: verify it and check health, or finish a run killed before its manifest."""
     target_release = layout.release_path(request.version)
-    result.version, result.sha256, result.release = request.version, request.sha256, target_release
-    result.after = _side(request.version, request.sha256, target_release)
-    result.previous_version = cur_version
-
-    if cur_version == request.version:
-        metadata, problems = inspect_release(target_release)
-        result.before = _side(cur_version, metadata.get("artifact_sha256") if metadata else None, cur_release)
-        if problems:
-            raise ReleaseError(f"current release {cur_version} does not verify: {_summarise(problems)}")
-        if metadata["artifact_sha256"] != request.sha256:
-            raise ReleaseError(
-                f"version {cur_version} is installed from artifact {metadata['artifact_sha256']}, not {request.sha256}; "
-                "a published version must not change, publish a new version instead"
-            )
-        if manifest and manifest.get("version") == cur_version and manifest.get("artifact_sha256") == request.sha256:
-            prev = _release_ref(layout, manifest.get("previous"))
-            result.rollback_point = {"version": prev["version"], "release": prev["release"], "verified": None} if prev else None
-            _run_health(ops, request, result, request.version)
-            return
-        # killed between the switch and the manifest: finish that run
-        previous = None
-        if manifest and manifest.get("version") and manifest.get("version") != cur_version:
-            previous = _release_ref(layout, manifest)
-        result.before = _side(previous["version"], previous["artifact_sha256"], previous["release"]) if previous else _side(None, None, None)
-        result.previous_version = previous["version"] if previous else None
-        if previous:
-            result.rollback_point = {"version": previous["version"], "release": previous["release"],
-                                     "verified": not verify_release(layout.release_path(previous["version"]))}
-        else:
-            result.rollback_point = {"version": None, "release": None, "verified": False}
-        _complete_present(layout, request, ops, result, previous)
+    metadata, problems = inspect_release(target_release)
+    result.before = _side(cur_version, metadata.get("artifact_sha256") if metadata else None, cur_release)
+    if problems:
+        raise ReleaseError(f"current release {cur_version} does not verify: {_summarise(problems)}")
+    if metadata["artifact_sha256"] != request.sha256:
+        raise ReleaseError(
+            f"version {cur_version} is installed from artifact {metadata['artifact_sha256']}, not {request.sha256}; "
+            "a published version must not change, publish a new version instead"
+        )
+    if manifest and manifest.get("version") == cur_version and manifest.get("artifact_sha256") == request.sha256:
+        prev = _release_ref(layout, manifest.get("previous"))
+        result.rollback_point = {"version": prev["version"], "release": prev["release"], "verified": None} if prev else None
+        _run_health(ops, request, result, request.version)
         return
+    # killed between the switch and the manifest: finish that run
+    previous = None
+    if manifest and manifest.get("version") and manifest.get("version") != cur_version:
+        previous = _release_ref(layout, manifest)
+    result.before = _side(previous["version"], previous["artifact_sha256"], previous["release"]) if previous else _side(None, None, None)
+    result.previous_version = previous["version"] if previous else None
+    if previous:
+        result.rollback_point = {"version": previous["version"], "release": previous["release"],
+                                 "verified": not verify_release(layout.release_path(previous["version"]))}
+    else:
+        result.rollback_point = {"version": None, "release": None, "verified": False}
+    _complete_present(layout, request, ops, result, previous)
 
-    if _not_applicable(layout, request, result, cur_version, cur_release, manifest):
-        return
+
+def _rollback_point(
+    layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, *,
+    cur_version: str | None, cur_release: str | None, manifest: dict[str, t.Any] | None,
+) -> dict[str, t.Any] | None:
+    """Verify the release a rollback would return to (result.rollback_point); the previous side of the manifest."""
     previous = None
     if cur_version is not None:
         metadata, problems = inspect_release(cur_release)
@@ -961,51 +961,78 @@ def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, resul
                 f"{layout.service} has no current release ({layout.current_link} is missing), so there is no rollback "
                 "point; set require_rollback_point=false to allow a first install"
             )
+    return previous
 
+
+def _target_ready(target_release: str, request: ApplyRequest) -> bool:
+    """The target release is unpacked already from the requested artifact (and, when required, a trusted signature)."""
     ready = False
     if os.path.lexists(target_release):
         metadata, problems = inspect_release(target_release)
         ready = not problems and metadata is not None and metadata.get("artifact_sha256") == request.sha256
         # unpacked by a run that verified no signature (or with a key no longer trusted): build it again from a verified artifact
         ready = ready and (not request.require_signature or _still_trusted(t.cast(dict, metadata), request))
-    if not ready:
-        if request.require_signature and not request.signature:
-            # refused before anything is downloaded; a copy already staged in the cache leaves it
-            raise _refused(layout, request.sha256, ops, result, f"no signature: artifact {request.sha256} carries no signature "
-                                                                "and this host installs only signed artifacts (require_signature)")
-        delta = _delta_artifact(layout, request, ops, result, cur_version)
-        if delta:
-            artifact, digest, seen = delta
-        else:
-            (artifact, seen), digest = _ensure_artifact(layout, request, ops, result), request.sha256
+    return ready
+
+
+def _unpack_target(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult, *, cur_version: str | None) -> None:
+    """Unpack the target release: from a delta bundle when one applies (falling back to the full artifact), else full."""
+    if request.require_signature and not request.signature:
+        # refused before anything is downloaded; a copy already staged in the cache leaves it
+        raise _refused(layout, request.sha256, ops, result, f"no signature: artifact {request.sha256} carries no signature "
+                                                            "and this host installs only signed artifacts (require_signature)")
+    delta = _delta_artifact(layout, request, ops, result, cur_version)
+    if delta:
+        artifact, digest, seen = delta
+    else:
+        (artifact, seen), digest = _ensure_artifact(layout, request, ops, result), request.sha256
+    try:
+        plan = inspect_artifact(artifact) if artifact else None
+    except ReleaseError as exc:
+        # a bundle with a bad member never stays in the cache to be offered again
+        raise _refused(layout, digest, ops, result, str(exc)) from None
+    if plan is not None and plan.bundle is not None and plan.bundle.kind == "delta" and (
+            plan.bundle.metadata["delta"]["full_sha256"] != request.sha256):
+        raise ReleaseError(f"delta bundle {artifact} builds the release of artifact "
+                           f"{plan.bundle.metadata['delta']['full_sha256']}, not {request.sha256}")
+    if seen:
+        result.extra["signature"] = seen
+    result.act(f"unpack {request.version}" + (" from the delta bundle" if delta else ""))
+    if plan is not None:
+        ensure_free_space(existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
+    if not ops.check_mode:
         try:
-            plan = inspect_artifact(artifact) if artifact else None
-        except ReleaseError as exc:
-            # a bundle with a bad member never stays in the cache to be offered again
-            raise _refused(layout, digest, ops, result, str(exc)) from None
-        if plan is not None and plan.bundle is not None and plan.bundle.kind == "delta" and (
-                plan.bundle.metadata["delta"]["full_sha256"] != request.sha256):
-            raise ReleaseError(f"delta bundle {artifact} builds the release of artifact "
-                               f"{plan.bundle.metadata['delta']['full_sha256']}, not {request.sha256}")
-        if seen:
-            result.extra["signature"] = seen
-        result.act(f"unpack {request.version}" + (" from the delta bundle" if delta else ""))
-        if plan is not None:
-            ensure_free_space(existing_parent(layout.releases_dir), plan.total_size, what=f"unpack {request.version}")
-        if not ops.check_mode:
-            try:
-                extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
-                                sha256=digest, plan=plan, record={"signature": seen} if seen else None)
-            except DeltaNotApplicable as exc:
-                if not delta:
-                    raise
-                ops.warn(f"{exc}; falling back to the full artifact")
-                result.act(f"unpack {request.version} from the full artifact (fallback)")
-                artifact, seen = _ensure_artifact(layout, request, ops, result)
-                if seen:
-                    result.extra["signature"] = seen
-                extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
-                                sha256=request.sha256, record={"signature": seen} if seen else None)
+            extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
+                            sha256=digest, plan=plan, record={"signature": seen} if seen else None)
+        except DeltaNotApplicable as exc:
+            if not delta:
+                raise
+            ops.warn(f"{exc}; falling back to the full artifact")
+            result.act(f"unpack {request.version} from the full artifact (fallback)")
+            artifact, seen = _ensure_artifact(layout, request, ops, result)
+            if seen:
+                result.extra["signature"] = seen
+            extract_release(layout, version=request.version, artifact_path=t.cast(str, artifact),
+                            sha256=request.sha256, record={"signature": seen} if seen else None)
+
+
+def apply_present(layout: HostLayout, request: ApplyRequest, ops: HostOps, result: ApplyResult) -> None:
+    """Make request.version current: verify what is there, keep a rollback point, unpack, switch, health, manifest."""
+    host = read_host_state(layout)
+    cur_version, cur_release, manifest = host["current_version"], host["current_release"], host["manifest"]
+    target_release = layout.release_path(request.version)
+    result.version, result.sha256, result.release = request.version, request.sha256, target_release
+    result.after = _side(request.version, request.sha256, target_release)
+    result.previous_version = cur_version
+
+    if cur_version == request.version:
+        _present_already(layout, request, ops, result, cur_version=cur_version, cur_release=cur_release, manifest=manifest)
+        return
+    if _not_applicable(layout, request, result, cur_version, cur_release, manifest):
+        return
+    previous = _rollback_point(layout, request, ops, result, cur_version=cur_version, cur_release=cur_release, manifest=manifest)
+    if not _target_ready(target_release, request):
+        _unpack_target(layout, request, ops, result, cur_version=cur_version)
     result.act(f"switch current {cur_version or '(none)'} -> {request.version}")
     if not ops.check_mode:
         os.makedirs(layout.apps_dir, exist_ok=True)
