@@ -476,3 +476,22 @@ def test_service_config_and_digest_are_stable() -> None:
     assert demo.config_digest(config) == demo.config_digest(again)
     other = demo.service_config(layout(), fleet_dir="/f", port=18081, origin_port=18000, service="myapp", artifacts=artifacts)
     assert demo.config_digest(config) != demo.config_digest(other)
+
+
+def test_demo_errors_derive_from_fleetpatch_error() -> None:
+    """The demo collection's exceptions share fleetpatch.rollout's base (its module_utils import the rollout's)."""
+    import inspect
+    import pathlib
+
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+
+    plugins = pathlib.Path(demo.__file__).resolve().parents[1]
+    names = [f"ansible_collections.fleetpatch.demo.plugins.{path.parent.name}.{path.stem}"
+             for path in sorted(plugins.glob("*/*.py")) if path.name != "__init__.py"]
+    assert "ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet" in names
+    classes = [obj for name in names for _attr, obj in inspect.getmembers(importlib.import_module(name), inspect.isclass)
+               if obj.__module__ == name and issubclass(obj, BaseException)]
+    assert DemoFleetError in classes
+    assert [cls.__qualname__ for cls in classes if not issubclass(cls, FleetpatchError)] == []
+    with pytest.raises(ValueError):  # the other base stays, so every `except ValueError` still matches
+        demo.validate_faults([{"kind": "cut_transfer", "match": {"region": "eu-west"}}])

@@ -21,6 +21,7 @@ import socket
 import tarfile
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json, pretty_json
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._version import compare_versions, version_key
 
@@ -105,7 +106,7 @@ CORRUPT_STRIDE = 4099
 CORRUPT_XOR = 0x5A
 
 
-class DemoFleetError(ValueError):
+class DemoFleetError(FleetpatchError, ValueError):
     """Input the demo fleet cannot be built from."""
 
 
