@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 FP_HARNESS_DIR="${FP_REPO_ROOT}/tests/harness"
-FP_APT_PACKAGES=(podman runc debootstrap catatonit shellcheck python3-venv prometheus openssh-client chromium zstd)
+FP_APT_PACKAGES=(podman runc debootstrap catatonit shellcheck python3-venv prometheus openssh-client chromium zstd postgresql)
 FP_CONTAINERS_CONF="${FLEETPATCH_CONTAINERS_CONF:-/etc/containers/containers.conf}"
 
 # The settings podman needs here: hybrid cgroups (crun refuses them), no CAP_SYS_RESOURCE (podman's default
