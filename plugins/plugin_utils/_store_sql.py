@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
@@ -42,6 +43,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_base imp
 
 __all__ = [
     "DB_FILE",
+    "PlanConflict",
     "DSN_VAR",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -74,6 +76,11 @@ SCHEMA = (
     # one row per locked host: the primary key is what makes two runs over one host conflict in SQL
     "CREATE TABLE IF NOT EXISTS fp_lock_hosts (host TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES fp_locks (run_id))",
     "CREATE INDEX IF NOT EXISTS fp_lock_hosts_run ON fp_lock_hosts (run_id)",
+    # sliced jobs (issue 17): one lease per slice of a run (its heartbeat), and the waves each slice finished
+    "CREATE TABLE IF NOT EXISTS fp_slices (run_id TEXT NOT NULL, slice INTEGER NOT NULL, slices INTEGER NOT NULL, owner TEXT NOT NULL,"
+    " controller TEXT NOT NULL, pid INTEGER NOT NULL, expires TEXT NOT NULL, PRIMARY KEY (run_id, slice))",
+    "CREATE TABLE IF NOT EXISTS fp_barriers (run_id TEXT NOT NULL, wave INTEGER NOT NULL, slice INTEGER NOT NULL, done TEXT NOT NULL,"
+    " PRIMARY KEY (run_id, wave, slice))",
     # designed for issue 17 (the hash-chained event log and the registry on the shared store); not written yet
     "CREATE TABLE IF NOT EXISTS fp_events (run_id TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,"
     " line TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL, PRIMARY KEY (run_id, seq))",
@@ -83,6 +90,10 @@ SCHEMA = (
 _LOCK_KEY = "locks"
 _SCHEMA_KEY = "schema"
 _LOCK_COLUMNS = ("run_id", "owner", "controller", "pid", "acquired", "expires", "ttl_seconds")
+
+
+class PlanConflict(StoreError):
+    """A slice or a re-run brings a plan that differs from the one the run already has."""
 
 
 def _dumps(data: t.Any) -> str:
@@ -254,6 +265,68 @@ class _SqlStore:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
         write_file_atomic(path, content)
 
+    def attach_plan(self, run_id: str, content: str) -> dict[str, t.Any]:
+        """The first slice of a sliced job creates the run's plan, every other slice attaches to it: one transaction.
+        Returns {"created": bool, "digest"}; PlanConflict when the run already has a different plan (the same patch id
+        compiled from another inventory, policy or manifest), naming both digests."""
+        digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
+        with self._transaction(serialize=run_id) as tx:
+            stored = tx.value("SELECT plan_digest FROM fp_plans WHERE run_id = ?", (run_id,))
+            if stored is None:
+                tx.run("INSERT INTO fp_plans (run_id, patch_id, plan_digest, content, saved) VALUES (?, ?, ?, ?, ?)",
+                       (run_id, _plan_patch_id(content), digest, content, iso(utc_now())))
+            elif stored != digest:
+                raise PlanConflict(f"run {run_id} already has plan sha256:{stored[:16]} in {self.describe()}; this plan is"
+                                   f" sha256:{digest[:16]}: every slice must compile the same plan (same inventory, policy and manifest)")
+        self._write_plan_file(run_id, content)
+        return {"created": stored is None, "digest": digest}
+
+    # -- sliced jobs: slice leases and wave barriers -------------------------------------------------------
+
+    def join_slice(self, run_id: str, *, slice_no: int, slices: int, owner: str, controller: str, pid: int, ttl_seconds: int,
+                   now: _dt.datetime | None = None) -> dict[str, t.Any]:
+        """Take or extend slice_no's lease (a heartbeat: call it after every batch); the barrier reports a slice whose
+        lease expired instead of waiting for it."""
+        _check_slice(slice_no, slices)
+        now = now or utc_now()
+        lease = {"run_id": run_id, "slice": slice_no, "slices": slices, "owner": owner, "controller": controller, "pid": pid,
+                 "expires": iso(now + _dt.timedelta(seconds=ttl_seconds))}
+        with self._transaction(serialize=run_id) as tx:
+            known = tx.value("SELECT DISTINCT slices FROM fp_slices WHERE run_id = ? AND slices <> ?", (run_id, slices))
+            if known is not None:
+                raise StoreError(f"run {run_id} is sliced {known} ways in {self.describe()}, not {slices}")
+            tx.run("INSERT INTO fp_slices (run_id, slice, slices, owner, controller, pid, expires) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                   " ON CONFLICT (run_id, slice) DO UPDATE SET owner = excluded.owner, controller = excluded.controller, pid = excluded.pid,"
+                   " expires = excluded.expires",
+                   tuple(lease[key] for key in ("run_id", "slice", "slices", "owner", "controller", "pid", "expires")))
+        return lease
+
+    def arrive(self, run_id: str, *, wave: int, slice_no: int, slices: int, now: _dt.datetime | None = None) -> dict[str, t.Any]:
+        """Slice slice_no finished wave (kept: arriving again changes nothing); returns the barrier as barrier() does."""
+        _check_slice(slice_no, slices)
+        now = now or utc_now()
+        with self._transaction(serialize=run_id) as tx:
+            tx.run("INSERT INTO fp_barriers (run_id, wave, slice, done) VALUES (?, ?, ?, ?) ON CONFLICT (run_id, wave, slice) DO NOTHING",
+                   (run_id, wave, slice_no, iso(now)))
+            return _barrier(tx, run_id, wave=wave, slices=slices, now=now)
+
+    def barrier(self, run_id: str, *, wave: int, slices: int, now: _dt.datetime | None = None) -> dict[str, t.Any]:
+        """Where wave stands: done (slices that finished it), dead (leases expired before they did: reported, not waited
+        for), waiting (the rest), open (True once nothing is waiting: the next wave may start)."""
+        with self._transaction(write=False) as tx:
+            return _barrier(tx, run_id, wave=wave, slices=slices, now=now or utc_now())
+
+    def wait_barrier(self, run_id: str, *, wave: int, slices: int, timeout: float, poll: float = 1.0) -> dict[str, t.Any]:
+        """barrier() until it opens or timeout seconds passed (then timed_out is True and waiting names the slices that
+        neither finished nor lost their lease: a slice that never joined is waited for only this long)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.barrier(run_id, wave=wave, slices=slices)
+            left = deadline - time.monotonic()
+            if status["open"] or left <= 0:
+                return dict(status, timed_out=not status["open"])
+            time.sleep(min(poll, left))
+
     # -- outcomes and the error budget ---------------------------------------------------------------------
 
     def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict[str, t.Any], int]:
@@ -348,6 +421,21 @@ class _Tx:
     def value(self, statement: str, params: t.Sequence[t.Any] = ()) -> t.Any:
         found = self.rows(statement, params)
         return found[0][0] if found else None
+
+
+def _check_slice(slice_no: int, slices: int) -> None:
+    if not (isinstance(slices, int) and isinstance(slice_no, int) and 1 <= slice_no <= slices <= 1000):
+        raise StoreError(f"slice {slice_no!r} of {slices!r}: slices are numbered 1..N with 1 <= N <= 1000")
+
+
+def _barrier(tx: _Tx, run_id: str, *, wave: int, slices: int, now: _dt.datetime) -> dict[str, t.Any]:
+    done = sorted(int(row[0]) for row in tx.rows("SELECT slice FROM fp_barriers WHERE run_id = ? AND wave = ?", (run_id, wave)))
+    leases = {int(row[0]): row[1] for row in tx.rows("SELECT slice, expires FROM fp_slices WHERE run_id = ?", (run_id,))}
+    moment = iso(now)
+    dead = [{"slice": number, "expired": leases[number]} for number in range(1, slices + 1)
+            if number not in done and number in leases and leases[number] <= moment]
+    waiting = [number for number in range(1, slices + 1) if number not in done and number not in {item["slice"] for item in dead}]
+    return {"run_id": run_id, "wave": wave, "slices": slices, "done": done, "dead": dead, "waiting": waiting, "open": not waiting}
 
 
 def _plan_patch_id(content: str) -> str | None:
