@@ -32,6 +32,7 @@ __all__ = [
     "symlink_stays_inside",
     "validate_members",
     "verify_release",
+    "walk_release",
     "write_member",
 ]
 
@@ -249,6 +250,21 @@ def extract_into(tmp: str, artifact_path: str, plan: ArtifactPlan) -> tuple[dict
 # ------------------------------------------------------------------------------------------- release trees
 
 
+def walk_release(root: str) -> t.Iterator[tuple[str, str, os.stat_result]]:
+    """Every entry of a release tree as (path relative to root, full path, lstat), directories in sorted order.
+
+    The release's own top-level metadata file is left out; a symlink to a directory is listed, never entered."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(dirnames + filenames):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel == RELEASE_METADATA:
+                continue
+            full = os.path.join(dirpath, name)
+            yield rel, full, os.lstat(full)
+
+
 def _metadata_problems(release_dir: str, metadata: t.Any) -> list[str]:
     if not isinstance(metadata, dict):
         return [f"metadata {RELEASE_METADATA} is not a JSON object"]
@@ -283,32 +299,26 @@ def inspect_release(release_dir: str) -> tuple[dict[str, t.Any] | None, list[str
     expected_files: dict[str, str] = metadata["files"]
     expected_links: dict[str, str] = metadata.get("links", {})
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(release_dir):
-        rel_dir = os.path.relpath(dirpath, release_dir)
-        for name in sorted(dirnames + filenames):
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel == RELEASE_METADATA:
-                continue
-            full = os.path.join(dirpath, name)
-            mode = os.lstat(full).st_mode
-            if stat.S_ISLNK(mode):
-                if rel not in expected_links:
-                    problems.append(f"unexpected symlink {rel}")
-                elif os.readlink(full) != expected_links[rel]:
-                    problems.append(f"modified symlink {rel}")
+    for rel, full, info in walk_release(release_dir):
+        mode = info.st_mode
+        if stat.S_ISLNK(mode):
+            if rel not in expected_links:
+                problems.append(f"unexpected symlink {rel}")
+            elif os.readlink(full) != expected_links[rel]:
+                problems.append(f"modified symlink {rel}")
+            seen.add(rel)
+        elif stat.S_ISREG(mode):
+            if rel not in expected_files:
+                problems.append(f"unexpected file {rel}")
+            elif sha256_file(full) != expected_files[rel]:
+                problems.append(f"modified file {rel}")
+            seen.add(rel)
+        elif stat.S_ISDIR(mode):
+            if rel in expected_files or rel in expected_links:
+                problems.append(f"{rel} is a directory")
                 seen.add(rel)
-            elif stat.S_ISREG(mode):
-                if rel not in expected_files:
-                    problems.append(f"unexpected file {rel}")
-                elif sha256_file(full) != expected_files[rel]:
-                    problems.append(f"modified file {rel}")
-                seen.add(rel)
-            elif stat.S_ISDIR(mode):
-                if rel in expected_files or rel in expected_links:
-                    problems.append(f"{rel} is a directory")
-                    seen.add(rel)
-            else:
-                problems.append(f"unexpected special file {rel}")
+        else:
+            problems.append(f"unexpected special file {rel}")
     for rel in sorted(set(expected_files) - seen):
         problems.append(f"missing file {rel}")
     for rel in sorted(set(expected_links) - seen):

@@ -33,6 +33,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._archive import
     extract_into,
     inspect_tar,
     symlink_stays_inside,
+    walk_release,
     write_member,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import RELEASE_METADATA, ReleaseError, check_name, check_sha256
@@ -150,30 +151,20 @@ def scan_tree(root: str) -> Tree:
     links: dict[str, str] = {}
     dirs: list[str] = []
     kinds: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(dirnames + filenames):
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel == RELEASE_METADATA:
-                continue
-            full = os.path.join(dirpath, name)
-            info = os.lstat(full)
-            if stat.S_ISLNK(info.st_mode):
-                links[rel] = os.readlink(full)
-                kinds[rel] = "symlink"
-            elif stat.S_ISREG(info.st_mode):
-                digest, size = _hash_file(full)
-                files[rel] = {"sha256": digest, "size": size, "mode": format_mode(info.st_mode)}
-                kinds[rel] = "file"
-            elif stat.S_ISDIR(info.st_mode):
-                dirs.append(rel)
-                kinds[rel] = "dir"
-            else:
-                raise BundleError(f"{full} is a special file (device, fifo or socket); a release holds only files, "
-                                  "directories and symlinks")
-        # os.walk does not descend into symlinked directories, but lists them in dirnames
-        dirnames[:] = [name for name in dirnames if kinds.get(name if rel_dir == "." else f"{rel_dir}/{name}") == "dir"]
+    for rel, full, info in walk_release(root):
+        if stat.S_ISLNK(info.st_mode):
+            links[rel] = os.readlink(full)
+            kinds[rel] = "symlink"
+        elif stat.S_ISREG(info.st_mode):
+            digest, size = _hash_file(full)
+            files[rel] = {"sha256": digest, "size": size, "mode": format_mode(info.st_mode)}
+            kinds[rel] = "file"
+        elif stat.S_ISDIR(info.st_mode):
+            dirs.append(rel)
+            kinds[rel] = "dir"
+        else:
+            raise BundleError(f"{full} is a special file (device, fifo or socket); a release holds only files, "
+                              "directories and symlinks")
     for rel, target in links.items():
         if not symlink_stays_inside(rel, target, kinds):
             raise BundleError(f"symlink {rel} in {root} points outside the release tree ({target})")

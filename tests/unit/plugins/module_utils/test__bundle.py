@@ -115,6 +115,28 @@ def test_scan_tree_refuses_a_symlink_leaving_the_tree(tmp_path: Path) -> None:
         scan_tree(str(tmp_path / "r"))
 
 
+def test_a_symlinked_directory_is_a_link_never_entered(tmp_path: Path) -> None:
+    """scan_tree and verify_release walk a tree the same way (_archive.walk_release): sorted, metadata left out, a
+    symlink to a directory listed as a link and not followed."""
+    root = tmp_path / "1.0.0"
+    (root / "lib" / "b").mkdir(parents=True)
+    (root / "lib" / "a").mkdir()
+    (root / "lib" / "b" / "x.txt").write_bytes(b"x")
+    (root / "lib" / "a" / "y.txt").write_bytes(b"y")
+    os.symlink("b", root / "lib" / "current")
+    (root / ".fleetpatch-release.json").write_text("{}")
+    tree = scan_tree(str(root))
+    assert sorted(tree.files) == ["lib/a/y.txt", "lib/b/x.txt"]
+    assert tree.links == {"lib/current": "b"}
+    assert tree.dirs == ["lib", "lib/a", "lib/b"]
+    files = {path: entry["sha256"] for path, entry in tree.files.items()}
+    (root / ".fleetpatch-release.json").write_text(json.dumps({"schema": 1, "service": "myapp", "version": "1.0.0",
+                                                               "artifact_sha256": "0" * 64, "files": files, "links": tree.links}))
+    assert verify_release(str(root)) == []
+    (root / "lib" / "b" / "z.txt").write_bytes(b"z")
+    assert verify_release(str(root)) == ["unexpected file lib/b/z.txt"]
+
+
 def test_full_bundle_is_reproducible_and_embeds_the_build(tmp_path: Path, releases: tuple[Path, Path]) -> None:
     first = tmp_path / "a.tar.gz"
     second = tmp_path / "b.tar.gz"
