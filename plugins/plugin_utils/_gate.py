@@ -8,6 +8,7 @@ Pure functions over plain data: the action plugin gathers apply results and heal
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import RESPONSES, error_budget_spent
@@ -15,6 +16,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import RE
 __all__ = ["GateDecision", "HostVerdict", "budget_spent", "classify_host", "decide"]
 
 ROLLBACK_RESPONSES = ("rollback_wave", "rollback_all")
+# how _analysis words a failed check of a host: "check <name> on <host>: fail: <condition> <measured> > <threshold> (...)"
+_CHECK_REASON = re.compile(r"check (?P<check>\S+) on \S+: fail(?:: (?P<condition>[A-Za-z_][\w.]*))?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,11 @@ def failure_kind(verdict: HostVerdict) -> str:
     if verdict.outcome == "unhealthy":
         if reason.startswith(("health check failed", "health reports")):
             return "health check failed"
+        # the gate's own check: "check latency on h1: fail: latency_ms.p95 1024.9 > 400" -> "check latency failed (latency_ms.p95)",
+        # so a halt names the gate that caught the host, not just "a check"
+        match = _CHECK_REASON.match(verdict.reason)
+        if match:
+            return f"check {match.group('check')} failed ({match.group('condition')})" if match.group("condition") else f"check {match.group('check')} failed"
         return "check failed"
     return verdict.outcome
 
