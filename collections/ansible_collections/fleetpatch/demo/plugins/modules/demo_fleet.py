@@ -644,6 +644,71 @@ class DemoFleet:
         params = self.params
         service, base = params["service"], params["base_version"]
         patch_versions = list(params["patch_versions"])
+        layout, faults, effective, disk_full, scripts = self.checked_inputs(service=service, base=base, patch_versions=patch_versions)
+        exists = self.check_ownership()
+        previous = read_json(self.p("fleet.json")) if exists else None
+        status = self.supervisor.status() if exists else None
+        before = self.summary(previous, status is not None)
+        if status is None and not (exists and self.supervisor.pids()):
+            # another process (often a second demo fleet on the default addresses) would make the supervisor fail
+            # after the files are written: say so before anything is
+            taken = busy_endpoints(fleet_endpoints(layout, port=params["port"], origin_port=params["origin_port"], effective=effective))
+            if taken:
+                raise endpoints_in_use_error(taken)
+
+        origin_url = f"http://{layout.origin_address}:{params['origin_port']}"
+        artifacts = self.release_artifacts(service=service, versions=[base, *patch_versions], origin_url=origin_url)
+        manifests = {
+            version: self.p("patches", f"{service}-{version}.yml") for version in patch_versions
+        }
+        config = service_config(
+            layout, fleet_dir=self.path, port=params["port"], origin_port=params["origin_port"], service=service, artifacts=artifacts
+        )
+        config_text = pretty_json(config).encode()
+        faults_text = render_faults_file(faults, effective).encode()
+        inventory_path = self.p("inventory", "demo.fleet.yml")
+        signatures, faults_changed = self.write_files(
+            layout, exists=exists, scripts=scripts, artifacts=artifacts, manifests=manifests, origin_url=origin_url,
+            config_text=config_text, faults_text=faults_text, effective=effective, disk_full=disk_full,
+        )
+        pid = self.sync_supervisor(
+            layout,
+            status,
+            config_sha256=digest_text(config_text),
+            script_sha256=digest_text(scripts["service_script"]),
+            faults_sha256=digest_text(faults_text),
+            effective=effective,
+            faults_changed=faults_changed,
+        )
+
+        fleet = self.fleet_record(layout, artifacts=artifacts, signatures=signatures, manifests=manifests, origin_url=origin_url,
+                                  faults=faults, effective=effective, pid=pid)
+        if self.check_mode:
+            # what the real run would write, compared without the pid that only the real run knows
+            fleet["supervisor"]["pid"] = (previous or {}).get("supervisor", {}).get("pid")
+        self.ensure_file(self.p("fleet.json"), pretty_json(fleet).encode(), what="fleet.json")
+        return {
+            "changed": bool(self.actions),
+            "actions": self.actions,
+            "diff": {"before": before, "after": self.summary(fleet, True)},
+            "path": self.path,
+            "hosts": len(layout.hosts),
+            "nodes": len(layout.nodes),
+            "edges": [host.name for host in layout.edges],
+            "inventory": inventory_path,
+            "manifests": list(manifests.values()),
+            "allowed_signers": self.p("keys", "allowed_signers"),
+            "origin_url": origin_url,
+            "fleet_json": self.p("fleet.json"),
+            "pid": pid,
+            "faulty_hosts": sorted(effective),
+        }
+
+    def checked_inputs(self, *, service: str, base: str, patch_versions: list[str]) -> tuple[
+        FleetLayout, list[dict[str, t.Any]], dict[str, t.Any], dict[str, int], dict[str, bytes],
+    ]:
+        """Every input checked before anything is written: (layout, faults, faults by host, disk_full hosts, scripts)."""
+        params = self.params
         for name in ("port", "origin_port"):
             if not 1 <= params[name] <= 65535:
                 raise DemoFleetError(f"{name} must be from 1 to 65535, got {params[name]}")
@@ -670,21 +735,12 @@ class DemoFleet:
             if content is None:
                 raise DemoFleetError(f"{option} {params[option]} does not exist")
             scripts[option] = content
+        return layout, faults, effective, disk_full, scripts
 
-        exists = self.check_ownership()
-        previous = read_json(self.p("fleet.json")) if exists else None
-        status = self.supervisor.status() if exists else None
-        before = self.summary(previous, status is not None)
-        if status is None and not (exists and self.supervisor.pids()):
-            # another process (often a second demo fleet on the default addresses) would make the supervisor fail
-            # after the files are written: say so before anything is
-            taken = busy_endpoints(fleet_endpoints(layout, port=params["port"], origin_port=params["origin_port"], effective=effective))
-            if taken:
-                raise endpoints_in_use_error(taken)
-
-        origin_url = f"http://{layout.origin_address}:{params['origin_port']}"
+    def release_artifacts(self, *, service: str, versions: list[str], origin_url: str) -> dict[str, dict[str, t.Any]]:
+        """The release tarball of every version (built in memory, reproducible) and where the origin serves it."""
         artifacts: dict[str, dict[str, t.Any]] = {}
-        for version in [base, *patch_versions]:
+        for version in versions:
             data = build_release_tarball(service, version)
             name = artifact_name(service, version)
             artifacts[version] = {
@@ -695,16 +751,18 @@ class DemoFleet:
                 "path": self.p("origin", "artifacts", name),
                 "url": f"{origin_url}/artifacts/{name}",
             }
-        manifests = {
-            version: self.p("patches", f"{service}-{version}.yml") for version in patch_versions
-        }
-        config = service_config(
-            layout, fleet_dir=self.path, port=params["port"], origin_port=params["origin_port"], service=service, artifacts=artifacts
-        )
-        config_text = pretty_json(config).encode()
-        faults_text = render_faults_file(faults, effective).encode()
-        inventory_path = self.p("inventory", "demo.fleet.yml")
+        return artifacts
 
+    def write_files(
+        self, layout: FleetLayout, *, exists: bool, scripts: dict[str, bytes], artifacts: dict[str, dict[str, t.Any]],
+        manifests: dict[str, str], origin_url: str, config_text: bytes, faults_text: bytes, effective: dict[str, t.Any],
+        disk_full: dict[str, int],
+    ) -> tuple[dict[str, str | None], bool]:
+        """Write what changed: scripts, artifacts, signatures, manifests, host trees, edge caches, service config, faults,
+        inventory. Returns (signatures by version, whether the faults changed)."""
+        params = self.params
+        service, base = params["service"], params["base_version"]
+        inventory_path = self.p("inventory", "demo.fleet.yml")
         if not exists and self.act(f"create {self.path}"):
             os.makedirs(self.path, exist_ok=True)
         self.ensure_file(self.p(MARKER), b"fleetpatch.demo.demo_fleet\n", what="marker")
@@ -738,17 +796,17 @@ class DemoFleet:
             layout, fleet_dir=self.path, port=params["port"], python=self.python, service=service, effective_faults=effective
         )
         self.ensure_file(inventory_path, inventory_text.encode(), what="inventory/demo.fleet.yml")
+        return signatures, faults_changed
 
-        pid = self.sync_supervisor(
-            layout,
-            status,
-            config_sha256=digest_text(config_text),
-            script_sha256=digest_text(scripts["service_script"]),
-            faults_sha256=digest_text(faults_text),
-            effective=effective,
-            faults_changed=faults_changed,
-        )
-
+    def fleet_record(
+        self, layout: FleetLayout, *, artifacts: dict[str, dict[str, t.Any]], signatures: dict[str, str | None], manifests: dict[str, str],
+        origin_url: str, faults: list[dict[str, t.Any]], effective: dict[str, t.Any], pid: int | None,
+    ) -> dict[str, t.Any]:
+        """fleet.json: everything tests and tools need to know about the fleet."""
+        params = self.params
+        service, base = params["service"], params["base_version"]
+        patch_versions = list(params["patch_versions"])
+        inventory_path = self.p("inventory", "demo.fleet.yml")
         fleet = {
             "format": 1,
             "path": self.path,
@@ -793,26 +851,7 @@ class DemoFleet:
                 for host in layout.hosts
             },
         }
-        if self.check_mode:
-            # what the real run would write, compared without the pid that only the real run knows
-            fleet["supervisor"]["pid"] = (previous or {}).get("supervisor", {}).get("pid")
-        self.ensure_file(self.p("fleet.json"), pretty_json(fleet).encode(), what="fleet.json")
-        return {
-            "changed": bool(self.actions),
-            "actions": self.actions,
-            "diff": {"before": before, "after": self.summary(fleet, True)},
-            "path": self.path,
-            "hosts": len(layout.hosts),
-            "nodes": len(layout.nodes),
-            "edges": [host.name for host in layout.edges],
-            "inventory": inventory_path,
-            "manifests": list(manifests.values()),
-            "allowed_signers": self.p("keys", "allowed_signers"),
-            "origin_url": origin_url,
-            "fleet_json": self.p("fleet.json"),
-            "pid": pid,
-            "faulty_hosts": sorted(effective),
-        }
+        return fleet
 
     # ------------------------------------------------------------------ signatures
 
