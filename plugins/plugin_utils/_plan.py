@@ -78,6 +78,10 @@ _STABILIZATION_KEYS = ("interval", "response", "seconds")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*(\d+)\s*$")
 _DIGITS = re.compile(r"(\d+)")
+_MISSING = object()
+# the preview's screen names at most this many groups per wave and hosts per group (the plan file has them all)
+PLAN_TEXT_GROUPS = 12
+PLAN_TEXT_HOSTS = 3
 
 Size = t.Union[int, str]  # a count (5) or a normalized percent ("25%", "2.5%")
 
@@ -103,8 +107,10 @@ def _var(level: str) -> str:
 
 def natural_key(text: str) -> tuple[t.Any, ...]:
     """Sort key that compares digit runs as numbers: ``web-2`` < ``web-10``; ties broken by the raw text."""
-    parts = _DIGITS.split(text)
-    return (tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), text)
+    parts: list[t.Any] = _DIGITS.split(text)
+    # split() puts the digit runs at the odd positions
+    parts[1::2] = map(int, parts[1::2])
+    return (tuple(parts), text)
 
 
 def _parse_size(value: t.Any, where: str, *, minimum: int) -> Size:
@@ -369,31 +375,54 @@ def _required_levels(policy: Mapping[str, t.Any]) -> list[str]:
 def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]]:
     """Return hostname -> {level: group} for the levels the policy uses; first error in natural host order."""
     fleet = _mapping(hosts, "hosts")
-    names = []
-    for name in fleet:
-        if not isinstance(name, str) or not name:
-            raise PlanError(f"hosts: every hostname must be a non-empty string, got {_type_name(name)}")
-        names.append(check_text(name, field="hostname", where="hosts", max_len=255, error=PlanError))
+    names = _hostnames(fleet)
     if not names:
         raise PlanError("hosts: the fleet is empty; there is nothing to plan")
     attributes: dict[str, dict[str, str]] = {}
+    # a fleet has few distinct group names: each is checked once (the first host that carries it is the one named)
+    checked: dict[str, dict[str, str]] = {level: {} for level in levels}
     for name in sorted(names, key=natural_key):
         variables = fleet[name]
         if not isinstance(variables, Mapping):
             raise PlanError(f"host {name!r}: variables must be a mapping, got {_type_name(variables)}")
-        attributes[name] = {}
+        attributes[name] = attrs = {}
         for level in levels:
-            if _var(level) not in variables:
-                raise PlanError(f"host {name!r}: variable {_var(level)!r} is missing")
-            value = variables[_var(level)]
-            if not isinstance(value, str):
-                raise PlanError(f"host {name!r}: variable {_var(level)!r} must be a non-empty string, got {_type_name(value)}")
-            if not value:
-                raise PlanError(f"host {name!r}: variable {_var(level)!r} must be a non-empty string, got an empty string")
-            # whole match, bounded: a group name never carries a selector separator, a newline or a megabyte into events
-            attributes[name][level] = check_text(value, field=f"variable {_var(level)!r}", where=f"host {name!r}", max_len=NAME_MAX,
-                                                 pattern=NAME_RE, error=PlanError)
+            var = _var(level)
+            value = variables.get(var, _MISSING)
+            group = checked[level].get(value) if isinstance(value, str) else None
+            if group is None:
+                group = checked[level][value] = _check_group(name, var, value)
+            attrs[level] = group
     return attributes
+
+
+def _hostnames(fleet: Mapping[t.Any, t.Any]) -> list[str]:
+    """Every hostname checked (a string, 1-255 characters, no control character); the first bad one is named."""
+    names = list(fleet)
+    if all(isinstance(name, str) and 0 < len(name) <= 255 for name in names):
+        try:
+            # one scan of them all: a control character anywhere is in one of them, found again one by one below
+            check_text("".join(names), field="hostnames", max_len=sum(map(len, names)), error=PlanError)
+            return [str(name) for name in names]
+        except PlanError:
+            pass
+    checked = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise PlanError(f"hosts: every hostname must be a non-empty string, got {_type_name(name)}")
+        checked.append(check_text(name, field="hostname", where="hosts", max_len=255, error=PlanError))
+    return checked
+
+
+def _check_group(host: str, var: str, value: t.Any) -> str:
+    if value is _MISSING:
+        raise PlanError(f"host {host!r}: variable {var!r} is missing")
+    if not isinstance(value, str):
+        raise PlanError(f"host {host!r}: variable {var!r} must be a non-empty string, got {_type_name(value)}")
+    if not value:
+        raise PlanError(f"host {host!r}: variable {var!r} must be a non-empty string, got an empty string")
+    # whole match, bounded: a group name never carries a selector separator, a newline or a megabyte into events
+    return check_text(value, field=f"variable {var!r}", where=f"host {host!r}", max_len=NAME_MAX, pattern=NAME_RE, error=PlanError)
 
 
 def _group_path(attrs: Mapping[str, str], levels: t.Sequence[str]) -> str:
@@ -403,14 +432,22 @@ def _group_path(attrs: Mapping[str, str], levels: t.Sequence[str]) -> str:
 def _plan_order(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> list[str]:
     ranks = {level: {name: index for index, name in enumerate(names)} for level, names in policy["order"].items()}
 
-    def key(host: str) -> tuple[t.Any, ...]:
-        groups = []
-        for level in policy["levels"]:
-            value = attributes[host][level]
-            rank = ranks.get(level, {}).get(value)
-            groups.append((0, rank, ()) if rank is not None else (1, 0, natural_key(value)))
-        return (tuple(groups), natural_key(host))
+    levels = policy["levels"]
+    keys: dict[tuple[str, ...], tuple[t.Any, ...]] = {}
 
+    def key(host: str) -> tuple[t.Any, ...]:
+        path = tuple(attributes[host][level] for level in levels)
+        found = keys.get(path)
+        if found is None:
+            groups = []
+            for level, value in zip(levels, path):
+                rank = ranks.get(level, {}).get(value)
+                groups.append((0, rank, ()) if rank is not None else (1, 0, natural_key(value)))
+            found = keys[path] = tuple(groups)
+        return found
+
+    # attributes come in natural host order and sorted() is stable: sorting by group alone keeps hosts in natural order
+    # within each group, the order a (groups, natural_key(host)) key gives, without a second key per host
     return sorted(attributes, key=key)
 
 
@@ -434,19 +471,39 @@ class _Budgets:
         return all(counts[level][self.attributes[host][level]] < self.limits[level][self.attributes[host][level]] for level in self.limits)
 
     def split(self, hosts: list[str]) -> list[list[str]]:
-        """First fit in plan order: each host joins the earliest batch of the wave it fits in."""
+        """First fit in plan order: each host joins the earliest batch of the wave it fits in.
+
+        A batch that is full (max concurrency), or full for a group (its budget), stays full: ``first`` keeps, per
+        group and for the concurrency, the first batch that may still have room, so a host starts its search there
+        instead of at batch 0 (linear in the wave's hosts, not hosts x batches). The result is the plain first fit's.
+        """
         batches: list[tuple[list[str], dict[str, Counter[str]]]] = []
+        first: dict[tuple[str, str], int] = {}  # ("", "") is the concurrency
         for host in hosts:
-            for batch, counts in batches:
-                if self.fits(batch, counts, host):
-                    break
-            else:
-                batch, counts = [], {level: Counter() for level in self.limits}
-                batches.append((batch, counts))
+            attrs = self.attributes[host]
+            keys = [("", "")] + [(level, attrs[level]) for level in self.limits]
+            index = max(first.get(key, 0) for key in keys)
+            while index < len(batches) and not self.fits(batches[index][0], batches[index][1], host):
+                index += 1
+            if index == len(batches):
+                batches.append(([], {level: Counter() for level in self.limits}))
+            batch, counts = batches[index]
             batch.append(host)
             for level in self.limits:
-                counts[level][self.attributes[host][level]] += 1
+                counts[level][attrs[level]] += 1
+            for key in keys:
+                position = first.get(key, 0)
+                while position < len(batches) and self._closed(batches[position], key):
+                    position += 1
+                first[key] = position
         return [batch for batch, _counts in batches]
+
+    def _closed(self, entry: tuple[list[str], dict[str, Counter[str]]], key: tuple[str, str]) -> bool:
+        """Whether no host of this group (or, for ("", ""), no host at all) can join the batch any more."""
+        level, group = key
+        if not level:
+            return self.concurrency is not None and len(entry[0]) >= self.concurrency
+        return entry[1][level][group] >= self.limits[level][group]
 
     def check_canary(self, hosts: list[str]) -> None:
         """The canary is one batch: a budget it breaks on its own is a policy error, not something to split."""
@@ -506,7 +563,8 @@ def _fill_waves(remaining: list[str], attributes: Mapping[str, Mapping[str, str]
 
 
 def _fingerprint(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any], patch_id: str) -> str:
-    hosts = {host: {_var(level): value for level, value in attrs.items()} for host, attrs in attributes.items()}
+    names = {level: _var(level) for level in LEVELS}
+    hosts = {host: {names[level]: value for level, value in attrs.items()} for host, attrs in attributes.items()}
     payload = canonical_json({"hosts": hosts, "patch_id": patch_id, "policy": policy})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -537,6 +595,7 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
 
     waves: list[dict[str, t.Any]] = []
     batches: list[dict[str, t.Any]] = []
+    paths: dict[tuple[str, ...], str] = {}
     for wave_index, (name, wave_batches, response) in enumerate(named):
         indexes = []
         for position, batch_hosts in enumerate(wave_batches):
@@ -545,7 +604,12 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
         wave_hosts = [host for batch_hosts in wave_batches for host in batch_hosts]
         groups: dict[str, list[str]] = {}
         for host in wave_hosts:
-            groups.setdefault(_group_path(attributes[host], normalized["levels"]), []).append(host)
+            attrs = attributes[host]
+            path = tuple(attrs[level] for level in normalized["levels"])
+            text = paths.get(path)
+            if text is None:
+                text = paths[path] = _group_path(attrs, normalized["levels"])
+            groups.setdefault(text, []).append(host)
         waves.append(
             {
                 "index": wave_index,
@@ -603,26 +667,50 @@ def host_batch_index(plan: Mapping[str, t.Any]) -> dict[str, int]:
     return {host: int(batch["index"]) for batch in _batches(plan) for host in batch["hosts"]}
 
 
+def _serial_text(sizes: list[int]) -> str:
+    """``[1, 20, 20, 20, 19]`` -> ``[1, 20 x 3, 19]``: runs of one size counted, so the line stays short for any fleet."""
+    runs: list[list[int]] = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return "[" + ", ".join(f"{size} x {count}" if count > 1 else str(size) for size, count in runs) + "]"
+
+
+def _range_text(indexes: t.Sequence[int]) -> str:
+    if not indexes:
+        return "-"
+    return str(indexes[0]) if len(indexes) == 1 else f"{indexes[0]}-{indexes[-1]}"
+
+
 def render_plan_text(plan: Mapping[str, t.Any]) -> str:
-    """A compact table (wave, batch, group, hosts) for previews and logs."""
+    """The preview's screen: a headline, then per wave its batches and hosts, and per group its hosts (the first few
+    named). At most ``PLAN_TEXT_GROUPS`` groups per wave are shown, so the text stays a summary whatever the fleet size;
+    every host of every batch is in the plan itself (``plan.json``)."""
     batches = _batches(plan)
-    waves = {wave["index"]: wave for wave in plan.get("waves", [])}
-    group_of = {host: group for wave in waves.values() for group, hosts in wave["groups"].items() for host in hosts}
+    waves = list(plan.get("waves", []))
     budget = plan.get("error_budget", {})
-    rows = [("wave", "batch", "group", "hosts")]
-    for batch in batches:
-        wave = waves.get(batch["wave"], {})
-        by_group: dict[str, list[str]] = {}
-        for host in batch["hosts"]:
-            by_group.setdefault(group_of.get(host, "-"), []).append(host)
-        for position, (group, hosts) in enumerate(by_group.items()):
+    rows = [("wave", "batches", "hosts", "group", "first hosts")]
+    for wave in waves:
+        groups = list(wave.get("groups", {}).items())
+        shown_groups = groups[:PLAN_TEXT_GROUPS]
+        for position, (group, hosts) in enumerate(shown_groups):
             first = position == 0
-            rows.append((str(wave.get("name", batch["wave"])) if first else "", str(batch["index"]) if first else "", group, ", ".join(hosts)))
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+            named = ", ".join(hosts[:PLAN_TEXT_HOSTS]) + (f" (+{len(hosts) - PLAN_TEXT_HOSTS})" if len(hosts) > PLAN_TEXT_HOSTS else "")
+            rows.append((str(wave.get("name", wave.get("index"))) if first else "", _range_text(wave.get("batches", [])) if first else "",
+                         str(len(hosts)), group, named))
+        rest = groups[PLAN_TEXT_GROUPS:]
+        if rest:
+            rows.append(("", "", str(sum(len(hosts) for _group, hosts in rest)), f"... {len(rest)} more groups", ""))
+        if not groups:
+            rows.append((str(wave.get("name", wave.get("index"))), _range_text(wave.get("batches", [])), "0", "-", ""))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
     lines = [
         f"plan {plan.get('patch_id', '?')}: {plan.get('fleet_size', '?')} hosts, {len(waves)} waves, {len(batches)} batches, "
-        f"serial {serial_batches(plan)}, error budget {budget.get('limit', '?')} ({budget.get('halt_when', '?')}), "
+        f"serial {_serial_text(serial_batches(plan))}, error budget {budget.get('limit', '?')} ({budget.get('halt_when', '?')}), "
         f"fingerprint {str(plan.get('fingerprint', '?'))[:12]}"
     ]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    lines += ["  ".join(cell.rjust(width) if column == 2 else cell.ljust(width) for column, (cell, width) in enumerate(zip(row[:4], widths)))
+              + "  " + row[4] for row in rows]
     return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -698,15 +698,65 @@ def test_render_plan_text() -> None:
     plan = compile_plan(hosts, {"waves": [1, "100%"], "disruption_budget": {"region": 1}, "bake_seconds": 10}, "p-1")
     text = render_plan_text(plan)
     assert text == (
-        f"plan p-1: 4 hosts, 3 waves, 4 batches, serial [1, 1, 1, 1], error budget 0 (exceeded), fingerprint {plan['fingerprint'][:12]}\n"
-        "wave    batch  group                           hosts\n"
-        "canary  0      region=eu/tenant=a/segment=web  eu-a-1\n"
-        "wave-1  1      region=eu/tenant=a/segment=web  eu-a-2\n"
-        "wave-2  2      region=us/tenant=a/segment=web  us-a-1\n"
-        "wave-2  3      region=us/tenant=a/segment=web  us-a-2\n"
+        f"plan p-1: 4 hosts, 3 waves, 4 batches, serial [1 x 4], error budget 0 (exceeded), fingerprint {plan['fingerprint'][:12]}\n"
+        "wave    batches  hosts  group                           first hosts\n"
+        "canary  0            1  region=eu/tenant=a/segment=web  eu-a-1\n"
+        "wave-1  1            1  region=eu/tenant=a/segment=web  eu-a-2\n"
+        "wave-2  2-3          2  region=us/tenant=a/segment=web  us-a-1, us-a-2\n"
     )
     mixed = compile_plan(hosts, FLAT, "p-1")
     assert render_plan_text(mixed).splitlines()[2:] == [
-        "wave-1  0      region=eu/tenant=a/segment=web  eu-a-1, eu-a-2",
-        "               region=us/tenant=a/segment=web  us-a-1, us-a-2",
+        "wave-1  0            2  region=eu/tenant=a/segment=web  eu-a-1, eu-a-2",
+        "                     2  region=us/tenant=a/segment=web  us-a-1, us-a-2",
     ]
+
+
+def test_render_plan_text_stays_a_summary_whatever_the_fleet_size() -> None:
+    """The screen names a bounded number of groups per wave and hosts per group; the counts still add up to the fleet."""
+    for per_group in (1, 40):
+        hosts = grid([f"r{index}" for index in range(10)], [f"t{index}" for index in range(20)], per_group)
+        plan = compile_plan(hosts, {"waves": ["1%", "10%", "100%"], "max_concurrency": 20}, "p-big")
+        lines = render_plan_text(plan).splitlines()
+        assert len(lines) <= 2 + len(plan["waves"]) * 13
+        assert sum(int(line[17:22]) for line in lines[2:]) == len(hosts)
+        assert max(line.count(", ") for line in lines[2:]) <= 2
+        assert f"serial [1, {plan['serial'][1]}" in lines[0] and " x " in lines[0]
+
+
+def _first_fit(hosts: list[str], attributes: dict[str, dict[str, str]], limits: dict[str, dict[str, int]], concurrency: int | None) -> list[list[str]]:
+    """The plain first fit (every batch tried from the first), what _Budgets.split must equal."""
+    batches: list[tuple[list[str], Counter[tuple[str, str]]]] = []
+    for host in hosts:
+        for batch, counts in batches:
+            if (concurrency is None or len(batch) < concurrency) and all(
+                    counts[(level, attributes[host][level])] < limits[level][attributes[host][level]] for level in limits):
+                break
+        else:
+            batch, counts = [], Counter()
+            batches.append((batch, counts))
+        batch.append(host)
+        counts.update((level, attributes[host][level]) for level in limits)
+    return [batch for batch, _counts in batches]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_batches_are_the_plain_first_fit(seed: int) -> None:
+    rng = random.Random(seed)
+    hosts = {
+        f"h{index}": {"fleet_region": rng.choice("abc"), "fleet_tenant": rng.choice("xyzw"), "fleet_segment": rng.choice(["web", "api"]),
+                      "fleet_environment": "prod"}
+        for index in range(rng.randint(5, 120))
+    }
+    budget = {level: rng.choice([1, 2, 3, "25%", "50%"]) for level in rng.sample(["region", "tenant", "segment"], rng.randint(0, 3))}
+    policy = {"canary": {"size": 0}, "waves": ["100%"], "disruption_budget": budget, "max_concurrency": rng.choice([None, 3, 7, "10%"])}
+    plan = compile_plan(hosts, {key: value for key, value in policy.items() if value is not None}, "p-ff")
+    order = plan["host_order"]
+    attributes = {host: {level: hosts[host][f"fleet_{level}"] for level in ("region", "tenant", "segment")} for host in hosts}
+    limits = {}
+    for level, spec in budget.items():
+        sizes = Counter(attrs[level] for attrs in attributes.values())
+        limits[level] = {group: max(1, math.floor(count * int(spec[:-1]) / 100)) if isinstance(spec, str) else spec for group, count in sizes.items()}
+    concurrency = policy["max_concurrency"]
+    if isinstance(concurrency, str):
+        concurrency = max(1, math.floor(len(hosts) * int(concurrency[:-1]) / 100))
+    assert [batch["hosts"] for batch in plan["batches"]] == _first_fit(order, attributes, limits, concurrency)
