@@ -165,15 +165,21 @@ class ActionModule(ControllerAction):
     def _collect_hosts(self, targets: list[str], task_vars: dict[str, t.Any]) -> tuple[dict[str, dict[str, t.Any]], list[str]]:
         hosts: dict[str, dict[str, t.Any]] = {}
         edges: list[str] = []
+        all_vars = task_vars.get("hostvars", {})
         for host in targets:
-            if host_var(task_vars, host, "fleet_role", "node") == "edge":
+            # hostvars[host] computes every variable of the host anew: look it up once per host, not once per variable
+            try:
+                one = {"hostvars": {host: all_vars[host]}}
+            except KeyError:
+                one = {}
+            if host_var(one, host, "fleet_role", "node") == "edge":
                 edges.append(host)
                 continue
-            attributes = {name: host_var(task_vars, host, name) for name in FLEET_VARS}
+            attributes = {name: host_var(one, host, name) for name in FLEET_VARS}
             hosts[host] = {name: value for name, value in attributes.items() if value is not None}
-            if not host_var(task_vars, host, "fleetpatch_host_root"):
+            if not host_var(one, host, "fleetpatch_host_root"):
                 raise RolloutPlanError(f"host {host!r}: variable 'fleetpatch_host_root' is missing")
-            self._check_host_vars(host, task_vars, hosts[host])
+            self._check_host_vars(host, one, hosts[host])
         return hosts, edges
 
     @staticmethod
