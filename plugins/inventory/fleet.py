@@ -99,8 +99,7 @@ from ansible.errors import AnsibleParserError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import InputError, check_text
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-# ansible-core 2.19 keeps wrap_var as the way to strip template trust from data (what make_unsafe did before)
-from ansible.utils.unsafe_proxy import wrap_var as make_unsafe
+from ansible.template import trust_as_template
 
 LEVELS = ("region", "tenant", "segment", "environment")
 ROLE_GROUPS = {"node": "fleet_nodes", "edge": "fleet_edges"}
@@ -109,6 +108,18 @@ _SUFFIXES = ("fleet.yml", "fleet.yaml")
 
 def _type_name(value: t.Any) -> str:
     return next(cls.__name__ for cls in type(value).__mro__ if cls.__module__ == "builtins")
+
+
+def _trusted(value: t.Any) -> t.Any:
+    """Configuration (defaults, compose, groups, keyed_groups) as Ansible's loader reads a plugin's file: every string
+    trusted as a template."""
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, Mapping):
+        return {key: _trusted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_trusted(item) for item in value]
+    return value
 
 
 def _check_role(path: str, name: str, variables: Mapping[str, t.Any]) -> str:
@@ -126,12 +137,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
 
     def parse(self, inventory: t.Any, loader: t.Any, path: str, cache: bool = True) -> None:
         super().parse(inventory, loader, path, cache)
-        try:
-            # duplicate keys and alias bombs first, with the safe loader; Ansible's loader then reads the same file with
-            # the template trust that compose/groups/defaults need
-            load_file(path, what="fleet file", loader=loader)
-        except YamlError as exc:
-            raise AnsibleParserError(str(exc)) from None
         config = self._read_config_data(path)
         unknown = sorted(str(key) for key in config if key not in self._options)
         if unknown:
@@ -151,33 +156,59 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 variables = {}
             if not isinstance(variables, Mapping):
                 raise AnsibleParserError(f"{path}: hosts.{name} must be a mapping of host variables, got {_type_name(variables)}")
-            merged = {**defaults, **make_unsafe(dict(variables))}
+            # host values come from the safe loader untrusted: data, never templated
+            merged = {**defaults, **variables}
             _check_role(path, name, merged)
             fleet.append((name, merged))
+        options = {name: self.get_option(name) for name in ("strict", "compose", "groups", "keyed_groups", "fleet_groups")}
         for name, variables in fleet:
-            self._add_fleet_host(path, name, variables)
+            self._add_fleet_host(path, name, variables, options)
 
-    def _add_fleet_host(self, path: str, name: str, variables: Mapping[str, t.Any]) -> None:
-        strict = self.get_option("strict")
+    def _read_config_data(self, path: str) -> dict[str, t.Any]:
+        """The file read once, by the strict loader (duplicate keys, alias bombs and size refused, naming the file), with
+        the template trust Ansible's loader would give the configuration keys and none on the hosts' values. (Ansible's
+        loader read the file a second time, tagged every node with its origin and deep-copied it: most of the parse time
+        of a large fleet.)"""
+        try:
+            data = load_file(path, what="fleet file", loader=self.loader)
+        except YamlError as exc:
+            raise AnsibleParserError(str(exc)) from None
+        # the messages of Ansible's own _read_config_data
+        if not data:
+            raise AnsibleParserError(f"{path} is empty")
+        if not isinstance(data, Mapping):
+            raise AnsibleParserError(f"inventory source has invalid structure, it should be a dictionary, got: {_type_name(data)}")
+        if data.get("plugin") not in (getattr(self, "_redirected_names", None) or [self.NAME]):
+            raise AnsibleParserError(f"Incorrect plugin name in file: {data.get('plugin', 'none found')}")
+        config = {key: value if key == "hosts" else _trusted(value) for key, value in data.items()}
+        self.set_options(direct=config, var_options=self._vars)
+        return config
+
+    def _add_fleet_host(self, path: str, name: str, variables: Mapping[str, t.Any], options: Mapping[str, t.Any]) -> None:
+        strict = options["strict"]
         host = self.inventory.add_host(name)
         for key, value in variables.items():
             self.inventory.set_variable(host, key, value)
-        hostvars = self.inventory.get_host(host).get_vars()
+        constructed = options["compose"] or options["groups"] or options["keyed_groups"]
+        # the host's variables as compose/groups see them; without those, the fleet variables as set are all we read
+        hostvars = self.inventory.get_host(host).get_vars() if constructed else variables
         # the constructed order: compose first, so composed fleet_* variables group like literal ones
-        self._set_composite_vars(self.get_option("compose"), hostvars, host, strict=strict)
-        if self.get_option("fleet_groups"):
-            self._add_fleet_groups(path, host)
-        self._add_host_to_composed_groups(self.get_option("groups"), hostvars, host, strict=strict)
-        self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, host, strict=strict)
+        if options["compose"]:
+            self._set_composite_vars(options["compose"], hostvars, host, strict=strict)
+        if options["fleet_groups"]:
+            self._add_fleet_groups(path, host, self.inventory.get_host(host).get_vars() if options["compose"] else hostvars)
+        if options["groups"]:
+            self._add_host_to_composed_groups(options["groups"], hostvars, host, strict=strict)
+        if options["keyed_groups"]:
+            self._add_host_to_keyed_groups(options["keyed_groups"], hostvars, host, strict=strict)
 
-    def _add_fleet_groups(self, path: str, host: str) -> None:
+    def _add_fleet_groups(self, path: str, host: str, hostvars: Mapping[str, t.Any]) -> None:
         """The groups ``keyed_groups: [{key: fleet_region, prefix: region}, ...]`` would build, without Jinja.
 
         ansible-core compiles every keyed-group key and conditional anew for every host (about 1 ms each); six
         built-in expressions per host made a 2,000-host fleet parse in 15 s instead of 2 s. Names go through the
         same sanitizer and inventory calls as keyed groups, and a unit test holds the two equal.
         """
-        hostvars = self.inventory.get_host(host).get_vars()
         names = []
         for level in LEVELS:
             value = hostvars.get(f"fleet_{level}")
