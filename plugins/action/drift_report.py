@@ -123,57 +123,18 @@ class ActionModule(ControllerAction):
         output_dir = os.path.abspath(os.path.expanduser(args["output_dir"])) if args["output_dir"] \
             else os.path.join(state_dir, "reports", "drift")
         desired = self._desired(args)
-
-        # this run's hosts, from the facts each one registered
-        records = []
-        for host in args["hosts"]:
-            attrs = {key: host_var(task_vars, host, name) for key, name in ATTRIBUTE_VARS.items()}
-            facts = host_var(task_vars, host, args["facts_var"])
-            records.append(host_record(host, attrs=attrs, result=facts if isinstance(facts, dict) else None,
-                                       collected_at=generated_at))
-        # plain JSON data, exactly what a saved facts file gives back, so that merged and direct reports agree
-        records = json.loads(json.dumps(records, default=str))
-        saved = None
-        if args["save_facts"]:
-            saved = os.path.abspath(os.path.expanduser(args["save_facts"]))
-            if not check_mode:
-                write_facts_file(saved, records, run={"generated_at": generated_at, "awx_job_id": task_vars.get("awx_job_id"),
-                                                      "slice": task_vars.get("awx_job_slice_number") or task_vars.get("tower_job_slice_number")})
+        records = self._run_records(args, task_vars, generated_at)
+        saved = self._save_facts(args, task_vars, records, generated_at=generated_at, check_mode=check_mode)
         if not args["report"]:
             return {"changed": False, "check_mode": check_mode, "facts_file": saved, "hosts": len(records), "paths": {}}
 
-        reconciler = Reconciler(desired, now=now)
-        reconciler.add_all(records)
-        files_read = [read_facts_file(path, reconciler) for path in expand_facts_files(args["facts_files"])]
-        registry_info: dict[str, t.Any] = {"used": False, "path": None, "reason": "disabled (registry=false)"}
-        warnings: list[str] = []
-        if args["registry"]:
-            views, registry_info = registry_views(state_dir, args["registry_path"])
-            if views:
-                desired, derived = apply_registry(desired, views, reconciler.host_environments())
-                registry_info.update(derived)
-                reconciler.use_desired(desired)
-                # quarantined, unhealthy and not_applicable hosts: what the registry's host rows say beyond the facts
-                marks, registry_info["marks"] = registry_marks(views)
-                reconciler.use_registry_marks(marks)
-        if not desired.environments:
-            warnings.append("the desired state names no environment: every host and service is unknown")
-        if reconciler.rejected_count:
-            warnings.append(f"{reconciler.rejected_count} facts record(s) were skipped, e.g. {reconciler.rejected[0]}")
+        reconciler, inputs, warnings = self._reconcile(args, desired, records, now=now, state_dir=state_dir)
+        inputs["facts_file_written"] = saved
         report = reconciler.build()
-        inputs = {
-            "hosts_from_run": len(records),
-            "facts_files": files_read,
-            "records_rejected": reconciler.rejected_count,
-            "registry": registry_info,
-            "desired_state": desired.source,
-            "facts_file_written": saved,
-        }
         paths = output_paths(output_dir, args["formats"], prometheus_path=args["prometheus_path"])
         document = write_reports(report, paths=paths, generated_at=generated_at, inputs=inputs, title=args["title"],
                                  html_max_rows=args["html_max_rows"], write=not check_mode)
         summary = document["summary"]
-        failing = {status: summary["statuses"][status] for status in args["fail_statuses"] if summary["statuses"][status]}
         sample = [{"host": host, "environment": verdict.environment, "service": verdict.service, "status": verdict.status,
                    "reason": verdict.reason} for host, verdict, *_rest in drift_rows(report, summary["environments"])[:20]]
         out: dict[str, t.Any] = {
@@ -195,8 +156,66 @@ class ActionModule(ControllerAction):
         }
         if warnings:
             out["warnings"] = warnings
+        failing = {status: summary["statuses"][status] for status in args["fail_statuses"] if summary["statuses"][status]}
         if args["fail_on_drift"] and failing:
             out["failed"] = True
             out["msg"] = ("drift found: " + ", ".join(f"{count} {status}" for status, count in failing.items())
                           + f" (report: {paths.get('html') or paths.get('json') or output_dir})")
         return out
+
+    @staticmethod
+    def _run_records(args: dict[str, t.Any], task_vars: dict[str, t.Any], generated_at: str) -> list[dict[str, t.Any]]:
+        """This run's hosts, from the facts each one registered, as plain JSON data: exactly what a saved facts file gives
+        back, so that merged and direct reports agree."""
+        records = []
+        for host in args["hosts"]:
+            attrs = {key: host_var(task_vars, host, name) for key, name in ATTRIBUTE_VARS.items()}
+            facts = host_var(task_vars, host, args["facts_var"])
+            records.append(host_record(host, attrs=attrs, result=facts if isinstance(facts, dict) else None,
+                                       collected_at=generated_at))
+        return json.loads(json.dumps(records, default=str))
+
+    @staticmethod
+    def _save_facts(args: dict[str, t.Any], task_vars: dict[str, t.Any], records: list[dict[str, t.Any]], *, generated_at: str,
+                    check_mode: bool) -> str | None:
+        """Write this run's facts file when asked (save_facts; not under check mode); its path, or None."""
+        if not args["save_facts"]:
+            return None
+        saved = os.path.abspath(os.path.expanduser(args["save_facts"]))
+        if not check_mode:
+            write_facts_file(saved, records, run={"generated_at": generated_at, "awx_job_id": task_vars.get("awx_job_id"),
+                                                  "slice": task_vars.get("awx_job_slice_number") or task_vars.get("tower_job_slice_number")})
+        return saved
+
+    @staticmethod
+    def _reconcile(args: dict[str, t.Any], desired: DesiredState, records: list[dict[str, t.Any]], *, now: float,
+                   state_dir: str) -> tuple[Reconciler, dict[str, t.Any], list[str]]:
+        """The reconciler fed with this run's records, the facts files and what the registry knows; the report's inputs
+        and the run's warnings."""
+        reconciler = Reconciler(desired, now=now)
+        reconciler.add_all(records)
+        files_read = [read_facts_file(path, reconciler) for path in expand_facts_files(args["facts_files"])]
+        registry_info: dict[str, t.Any] = {"used": False, "path": None, "reason": "disabled (registry=false)"}
+        warnings: list[str] = []
+        if args["registry"]:
+            views, registry_info = registry_views(state_dir, args["registry_path"])
+            if views:
+                desired, derived = apply_registry(desired, views, reconciler.host_environments())
+                registry_info.update(derived)
+                reconciler.use_desired(desired)
+                # quarantined, unhealthy and not_applicable hosts: what the registry's host rows say beyond the facts
+                marks, registry_info["marks"] = registry_marks(views)
+                reconciler.use_registry_marks(marks)
+        if not desired.environments:
+            warnings.append("the desired state names no environment: every host and service is unknown")
+        if reconciler.rejected_count:
+            warnings.append(f"{reconciler.rejected_count} facts record(s) were skipped, e.g. {reconciler.rejected[0]}")
+        inputs = {
+            "hosts_from_run": len(records),
+            "facts_files": files_read,
+            "records_rejected": reconciler.rejected_count,
+            "registry": registry_info,
+            "desired_state": desired.source,
+            "facts_file_written": None,
+        }
+        return reconciler, inputs, warnings

@@ -808,6 +808,31 @@ def _canonical_time(value: t.Any) -> str | None:
     return format_time(parse_time(value)) if value else None
 
 
+def _service_parts(raw: dict[t.Any, t.Any], parts: list[t.Any], entry: list[t.Any]) -> bool:
+    """Reconciler._add_record's part for the services of a record: per service, its part of the shape's key (name,
+    version, sha256, state, reason, installed_at known) onto parts and its installed_at onto the host's entry. True when
+    every state and reason is text or none (equal ones say the same: 1 and True would not)."""
+    exact = True
+    for name, fact in raw.items():
+        if not isinstance(fact, dict):
+            parts += (name, None, None, "corrupt", "service facts are not an object", False)
+            entry.append("")
+            continue
+        fget = fact.get
+        version, sha, installed = fget("version"), fget("artifact_sha256"), fget("installed_at")
+        if installed is not None and (not isinstance(installed, str) or len(installed) != 20 or installed[19] != "Z"):
+            installed = _canonical_time(installed)
+        fstate, freason = fget("state"), fget("reason")
+        if not ((fstate is None or fstate.__class__ is str) and (freason is None or freason.__class__ is str)):
+            exact = False
+        fstate = fstate or "ok"
+        # the reason of an unknown row (an absent service has its own)
+        freason = None if fstate in ("ok", "absent") else freason or f"host manifest is {fstate}"
+        parts += (name, version, sha, fstate, freason, installed is not None)
+        entry.append(installed or "")
+    return exact
+
+
 class Shape:
     """What every host of one kind has in common: attributes, state, and per service its key, state and reason.
 
@@ -926,89 +951,108 @@ class Reconciler:
         This loop runs once per host of the fleet: it keeps the host's name and times in a small tuple that points at
         the host's shape (shared by every host of the same kind), and nothing else. A record as fleetpatch writes it
         (every field there, times canonical, state ok, every service with an installation time) of a kind seen before
-        takes the short way; any other the general one (_add_record), with the same result.
+        takes the short way; any other the general one (_add_record), with the same result. The short way of a host
+        with one or two services (bench/drift_bench.py measures them) is written out here; three or more services and a
+        host without data are _quick_many and _quick_failed (a call more per host).
         """
-        read, quick, intern, share = self._read.append, self._quick_shapes, self._times.setdefault, self._values.setdefault
-        record_fields, key_fields = _QUICK_RECORD_FIELDS, _FACT_KEY_FIELDS
+        read, quick, intern = self._read.append, self._quick_shapes, self._times.setdefault
+        quick_many, quick_failed = self._quick_many, self._quick_failed
+        record_fields = _QUICK_RECORD_FIELDS
         add_record = self._add_record
         count = self.records
         try:
             for record in records:
                 count += 1
-                if record.__class__ is dict:
-                    key = None
-                    try:
-                        host, collected, state, env, region, tenant, segment, raw = record_fields(record)
-                        entry = None
-                        if (host.__class__ is str and host and state == "ok" and env.__class__ is str and env
-                                and raw.__class__ is dict):
-                            # times as fleetpatch writes them: str of 20 characters that end in Z
-                            if len(raw) == 2:
-                                (name1, fact1), (name2, fact2) = raw.items()
-                                if fact1.__class__ is fact2.__class__ is dict:
-                                    installed1, installed2 = fact1["installed_at"], fact2["installed_at"]
-                                    if (collected.__class__ is installed1.__class__ is installed2.__class__ is str
-                                            and len(collected) == len(installed1) == len(installed2) == 20
-                                            and collected[19] == installed1[19] == installed2[19] == "Z"):
-                                        key = (env, region, tenant, segment, name1, fact1["version"], fact1["artifact_sha256"],
-                                               fact1["state"], fact1["reason"], name2, fact2["version"], fact2["artifact_sha256"],
-                                               fact2["state"], fact2["reason"])
-                                        shape = quick.get(key)
-                                        if shape is not None:
-                                            entry = (host, intern(collected, collected), shape, installed1, installed2, "")
-                            elif len(raw) == 1:
-                                ((name1, fact1),) = raw.items()
-                                if fact1.__class__ is dict:
-                                    installed1 = fact1["installed_at"]
-                                    if (collected.__class__ is installed1.__class__ is str and len(collected) == len(installed1) == 20
-                                            and collected[19] == installed1[19] == "Z"):
-                                        key = (env, region, tenant, segment, name1, fact1["version"], fact1["artifact_sha256"],
-                                               fact1["state"], fact1["reason"])
-                                        shape = quick.get(key)
-                                        if shape is not None:
-                                            entry = (host, intern(collected, collected), shape, installed1, "")
-                            elif collected.__class__ is str and len(collected) == 20 and collected[19] == "Z":
-                                parts: list[t.Any] = [env, region, tenant, segment]
-                                times: list[t.Any] = [host, collected, None]
-                                for name1, fact1 in raw.items():
-                                    if fact1.__class__ is not dict:
-                                        break
-                                    installed1 = fact1["installed_at"]
-                                    if installed1.__class__ is not str or len(installed1) != 20 or installed1[19] != "Z":
-                                        break
-                                    parts += (name1, key_fields(fact1))
-                                    times.append(installed1)
-                                else:
-                                    key = tuple(parts)
+                if record.__class__ is not dict:
+                    add_record(record, count)
+                    continue
+                key = None
+                try:
+                    host, collected, state, env, region, tenant, segment, raw = record_fields(record)
+                    entry = None
+                    if host.__class__ is str and host and state == "ok" and env.__class__ is str and env and raw.__class__ is dict:
+                        if len(raw) == 2:
+                            (name1, fact1), (name2, fact2) = raw.items()
+                            if fact1.__class__ is fact2.__class__ is dict:
+                                installed1, installed2 = fact1["installed_at"], fact2["installed_at"]
+                                # times as fleetpatch writes them: str of 20 characters that end in Z
+                                if (collected.__class__ is installed1.__class__ is installed2.__class__ is str
+                                        and len(collected) == len(installed1) == len(installed2) == 20
+                                        and collected[19] == installed1[19] == installed2[19] == "Z"):
+                                    key = (env, region, tenant, segment, name1, fact1["version"], fact1["artifact_sha256"],
+                                           fact1["state"], fact1["reason"], name2, fact2["version"], fact2["artifact_sha256"],
+                                           fact2["state"], fact2["reason"])
                                     shape = quick.get(key)
                                     if shape is not None:
-                                        times[2] = shape
-                                        times.append("")
-                                        entry = tuple(times)
-                        elif (state.__class__ is str and state and state != "ok" and host.__class__ is str and host
-                              and collected.__class__ is str and len(collected) == 20 and collected[19] == "Z"):
-                            # not ok (unreachable, failed, no data): no services are read
-                            reason = record["reason"]
-                            if reason is None or reason.__class__ is str:
-                                key = (None, env, region, tenant, segment, state, reason)
-                                shape = quick.get(key)
-                                if shape is not None:
-                                    entry = (host, intern(collected, collected), shape, "")
-                        if entry is not None:
-                            read(entry)
-                            continue
-                    except (KeyError, TypeError):
-                        key = None
-                    shape = add_record(record, count)
-                    if key is not None and shape is not None:
-                        # its values shared by every key: comparing a record's key with it reads memory at hand
-                        quick[tuple([share(value, value) if value.__class__ is str else value for value in key])] = shape
-                else:
-                    add_record(record, count)
+                                        entry = (host, intern(collected, collected), shape, installed1, installed2, "")
+                        elif len(raw) == 1:
+                            ((name1, fact1),) = raw.items()
+                            if fact1.__class__ is dict:
+                                installed1 = fact1["installed_at"]
+                                if (collected.__class__ is installed1.__class__ is str and len(collected) == len(installed1) == 20
+                                        and collected[19] == installed1[19] == "Z"):
+                                    key = (env, region, tenant, segment, name1, fact1["version"], fact1["artifact_sha256"],
+                                           fact1["state"], fact1["reason"])
+                                    shape = quick.get(key)
+                                    if shape is not None:
+                                        entry = (host, intern(collected, collected), shape, installed1, "")
+                        else:
+                            key, entry = quick_many(host, collected, (env, region, tenant, segment), raw)
+                    elif (state.__class__ is str and state and state != "ok" and host.__class__ is str and host
+                          and collected.__class__ is str and len(collected) == 20 and collected[19] == "Z"):
+                        key, entry = quick_failed(host, collected, (env, region, tenant, segment), state, record["reason"])
+                    if entry is not None:
+                        read(entry)
+                        continue
+                except (KeyError, TypeError):
+                    key = None
+                shape = add_record(record, count)
+                if key is not None and shape is not None:
+                    self._remember(key, shape)
         finally:
             self.records = count
             if len(self._read) > max(_MERGE_AT, 2 * len(self._hosts)):
                 self._merge()
+
+    def _quick_many(self, host: str, collected: t.Any, attrs: tuple[t.Any, ...],
+                    raw: dict[str, t.Any]) -> tuple[tuple[t.Any, ...] | None, _HostEntry | None]:
+        """add_all's short way for a host with data and three or more services (or none): (its kind's key or None, the
+        host's tuple when the kind is known)."""
+        if not (collected.__class__ is str and len(collected) == 20 and collected[19] == "Z"):
+            return None, None
+        parts: list[t.Any] = list(attrs)
+        times: list[t.Any] = [host, collected, None]
+        key_fields = _FACT_KEY_FIELDS
+        for name1, fact1 in raw.items():
+            if fact1.__class__ is not dict:
+                return None, None
+            installed1 = fact1["installed_at"]
+            if installed1.__class__ is not str or len(installed1) != 20 or installed1[19] != "Z":
+                return None, None
+            parts += (name1, key_fields(fact1))
+            times.append(installed1)
+        key = tuple(parts)
+        shape = self._quick_shapes.get(key)
+        if shape is None:
+            return key, None
+        times[2] = shape
+        times.append("")
+        return key, tuple(times)
+
+    def _quick_failed(self, host: str, collected: str, attrs: tuple[t.Any, ...], state: str,
+                      reason: t.Any) -> tuple[tuple[t.Any, ...] | None, _HostEntry | None]:
+        """add_all's short way for a host without data (unreachable, failed, no data: no services are read)."""
+        if not (reason is None or reason.__class__ is str):
+            return None, None
+        key = (None, *attrs, state, reason)
+        shape = self._quick_shapes.get(key)
+        return key, None if shape is None else (host, self._times.setdefault(collected, collected), shape, "")
+
+    def _remember(self, key: tuple[t.Any, ...], shape: Shape) -> None:
+        """add_all's short way knows the kind of key from now on; the key's text values are shared by every key (comparing
+        a record's key with it reads memory at hand)."""
+        share = self._values.setdefault
+        self._quick_shapes[tuple([share(value, value) if value.__class__ is str else value for value in key])] = shape
 
     def _merge(self) -> dict[str, _HostEntry]:
         """Merge the records read since into the hosts: the latest collection wins; at the same time, data beats no
@@ -1064,23 +1108,7 @@ class Reconciler:
             # states and reasons that are text (or none): equal ones say the same (1 and True would not)
             exact = state.__class__ is str and (reason is None or reason.__class__ is str)
             if state == "ok" and isinstance(raw, dict):
-                for name, fact in raw.items():
-                    if not isinstance(fact, dict):
-                        parts += (name, None, None, "corrupt", "service facts are not an object", False)
-                        entry.append("")
-                        continue
-                    fget = fact.get
-                    version, sha, installed = fget("version"), fget("artifact_sha256"), fget("installed_at")
-                    if installed is not None and (not isinstance(installed, str) or len(installed) != 20 or installed[19] != "Z"):
-                        installed = _canonical_time(installed)
-                    fstate, freason = fget("state"), fget("reason")
-                    if not ((fstate is None or fstate.__class__ is str) and (freason is None or freason.__class__ is str)):
-                        exact = False
-                    fstate = fstate or "ok"
-                    # the reason of an unknown row (an absent service has its own)
-                    freason = None if fstate in ("ok", "absent") else freason or f"host manifest is {fstate}"
-                    parts += (name, version, sha, fstate, freason, installed is not None)
-                    entry.append(installed or "")
+                exact = _service_parts(raw, parts, entry) and exact
             came_ok = state == "ok"
             if came_ok and not isinstance(raw, dict):
                 state, reason = "failed", "facts record has no services"

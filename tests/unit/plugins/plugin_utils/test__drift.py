@@ -441,6 +441,34 @@ def test_hosts_of_a_kind_seen_before_get_the_rows_they_get_alone() -> None:
         assert [row for row in together.row_dicts() if row["host"] == record["host"]] == list(alone.row_dicts())
 
 
+
+def test_only_the_first_host_of_a_kind_takes_the_general_way() -> None:
+    """add_all's short ways (one, two, three services, no services, no data) take every later host of a kind: the general
+    way (_add_record) runs once per kind, and a short way's host gets the rows the general way gives."""
+    kinds = [
+        {"app": svc("1.0.0"), "db": svc("2.0.0")},
+        {"app": svc("1.0.2")},
+        {"app": svc("1.0.1", sha="b" * 64), "db": svc("2.0.0"), "cache": svc("4.0")},
+        {},
+    ]
+    records = [host(f"h{index}-{copy}", "prod", kind) for copy in range(4) for index, kind in enumerate(kinds)]
+    records += [host(f"u{copy}", "prod", state="unreachable", reason="unreachable: timeout") for copy in range(4)]
+    reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time(NOW)))
+    general = reconciler._add_record
+    taken: list[str] = []
+
+    def counted(record: t.Any, count: int) -> t.Any:
+        taken.append(record["host"])
+        return general(record, count)
+
+    reconciler._add_record = counted  # type: ignore[method-assign]
+    reconciler.add_all(records)
+    assert taken == ["h0-0", "h1-0", "h2-0", "h3-0", "u0"]
+    together = reconciler.build()
+    for record in records:
+        alone = build([record])
+        assert [row for row in together.row_dicts() if row["host"] == record["host"]] == list(alone.row_dicts())
+
 def test_merged_hosts_and_facts_read_later() -> None:
     reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time(NOW)))
     reconciler.add_all([host("h1", "prod", {"app": svc("1.0.0"), "db": svc("2.0.0")}, collected_at="2026-03-08T00:00:00Z"),
