@@ -16,13 +16,15 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import ho
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import decision_clock, host_var
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, decision_clock, host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
-    "run": {"type": "dict", "required": True},
+    **RUN_OPTIONS,
     "clock": {"type": "str"},
+    # check mode stores no run, so the readiness gate's skip list reaches the dry run through its registered result
+    "readiness_var": {"type": "str", "default": "__rollout_readiness"},
 }
 
 
@@ -35,11 +37,15 @@ class ActionModule(ControllerAction):
     errors = (WindowError, CalendarError, RunStateError, StoreError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        run = args["run"]
-        plan = run["plan"]
-        change = run.get("change")
-        if not isinstance(change, dict):
-            raise WindowError("run has no change policy: pass the registered result of fleetpatch.rollout.rollout_plan")
+        planned = args["plan"]
+        plan = planned.get("plan")
+        change = planned.get("change")
+        if not isinstance(plan, dict) or not isinstance(change, dict):
+            raise WindowError("plan has no plan or change policy: pass the registered result of fleetpatch.rollout.rollout_plan")
+        check_mode = bool(self._task.check_mode or planned.get("preview"))
+        run_state = run_for_action(run_id=args["run_id"], plan=planned, state_dir=args["state_dir"], check_mode=check_mode)
+        if run_state.dry_run:
+            run_state.skip((batch_result(task_vars, args["readiness_var"]) or {}).get("skip_hosts") or [])
         index_of = host_batch_index(plan)
         indexes = {index_of[host] for host in task_vars.get("ansible_play_batch", []) if host in index_of}
         if len(indexes) != 1:
@@ -47,13 +53,12 @@ class ActionModule(ControllerAction):
         index = indexes.pop()
         batch = plan["batches"][index]
         wave = plan["waves"][batch["wave"]]
-        skip = set(run.get("skip_hosts", []))
+        skip = set(run_state.skip_hosts)
         hosts = [host for host in batch["hosts"] if host not in skip]
         scopes = {host: {key: host_var(task_vars, host, f"fleet_{key}") for key in SCOPE_KEYS} for host in hosts}
         now, clock_source = decision_clock(args["clock"])
         limits = constraints(change["constraints"], change.get("override"))
         found = evaluate_wave(parse_calendar(change["calendar"]), scopes, now, limits)
-        check_mode = bool(self._task.check_mode or run.get("preview"))
         at = iso_z(now)
         overridden = [note for note in found["notes"] if note.startswith("override: ")]
         if found["fits"]:
@@ -65,11 +70,10 @@ class ActionModule(ControllerAction):
         result: dict[str, t.Any] = {"changed": False, "batch": index, "wave": wave["name"], "fits": found["fits"], "stop": not found["fits"],
                                     "reasons": found["reasons"], "notes": found["notes"], "blocked_hosts": found["blocked_hosts"],
                                     "next_open": found["next_open"], "clock": at, "clock_source": clock_source, "check_mode": check_mode,
-                                    "msg": msg}
+                                    # the hosts of this attempt the play leaves alone (quarantined, not ready): from the run
+                                    "skip_hosts": run_state.skip_hosts, "msg": msg}
         if check_mode:
             return result
-        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"],
-                             backend=run.get("state_backend"))
         common = {"batch": index, "wave": wave["name"], "clock": at, "clock_source": clock_source}
         run_state.event("window.checked", status="open" if found["fits"] else "waiting", message=msg, **common, reasons=found["reasons"],
                         notes=found["notes"], blocked_hosts=found["blocked_hosts"], next_open=found["next_open"], hosts=len(hosts))

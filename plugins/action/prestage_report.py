@@ -127,6 +127,9 @@ class ActionModule(ControllerAction):
                                        backend=run.get("state_backend"))
         if stored is not None and skip:
             run_state.record_outcomes({host: outcome_entry("not_staged", at=now, reason=report["not_ready"][host]) for host in skip})
+            # the run's skip list: change_window hands it to the batches, wave_gate and the baseline leave these hosts alone
+            run_state.skip(skip)
+            run_state.save()
         run_state.event(
             "prestage.readiness",
             ts=now,

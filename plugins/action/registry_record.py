@@ -12,7 +12,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
     STATUS_ENV,
-    correlation_for_action,
+    correlation_for_attempt,
     domain_event,
     events_callback_active,
     file_head,
@@ -27,29 +27,21 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry impor
     relative_to,
     write_checkpoint,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
 
 ARGUMENT_SPEC = {
     "event": {"type": "str", "required": True, "choices": ["plan", "prestaged", "finish", "override_refused"]},
-    "run": {"type": "dict"},
+    # plan and finish: the run (its id, the plan's immutable outputs); prestaged and override_refused have no stored run
+    **{name: dict(spec, required=False) for name, spec in RUN_OPTIONS.items()},
     "finish": {"type": "dict"},
     "patch_id": {"type": "str"},
     "details": {"type": "dict", "default": {}},
-    "state_dir": {"type": "str"},
     "registry_path": {"type": "str"},
     "checkpoint_dir": {"type": "str"},
     "signing_key": {"type": "path"},
     "require_approval": {"type": "bool", "default": False},
     "secret_vars": {"type": "list", "elements": "str"},
 }
-
-
-def _run_state(run: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
-    """The run document from the run's store (empty when the run was never stored)."""
-    if not run.get("run_id") or not run.get("state_dir"):
-        return {}
-    found = Run.load(state_dir=run["state_dir"], run_id=run["run_id"], backend=run.get("state_backend"))
-    return found.state if found is not None else {}
 
 
 # Variables never scanned for secrets: Ansible's own views of the inventory (large, and templated on access).
@@ -59,7 +51,8 @@ _NOT_SCANNED = frozenset({"hostvars", "vars", "groups", "group_names", "omit", "
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (RegistryError, OSError)
+    argument_constraints = {"required_together": [["run_id", "plan"]], "required_if": [["event", "plan", ["run_id"]], ["event", "finish", ["run_id"]]]}
+    errors = (RegistryError, RunStateError, OSError)
     error_prefix = "patch registry: "
 
     def _failure(self, exc: Exception) -> dict[str, t.Any]:
@@ -68,7 +61,7 @@ class ActionModule(ControllerAction):
         return {"failed": True, "msg": text if text.startswith("patch registry") else f"{self.error_prefix}{text}"}
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        run = args["run"] or {}
+        run = args["plan"] or {}
         if self._task.check_mode or run.get("preview"):
             return {"changed": False, "skipped_reason": "check mode or preview: the registry is not written", "recorded": []}
         return self._record(args, run, task_vars)
@@ -90,19 +83,22 @@ class ActionModule(ControllerAction):
 
     def _record(self, args: dict[str, t.Any], run: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         state_dir = resolve_state_dir(args["state_dir"] or run.get("state_dir"))
+        # the run, loaded by its id: its attempt's correlation id is every row's (the events of the attempt carry it too)
+        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=state_dir, check_mode=False) if args["run_id"] else None
         paths = registry_paths(state_dir, registry_path=args["registry_path"], checkpoint_dir=args["checkpoint_dir"])
         registry = Registry(paths["registry"])
         redactor = self._redactor(args, task_vars)
-        correlation_id, _source = correlation_for_action(task_vars)
         patch_id = args["patch_id"] or (run.get("patch") or {}).get("patch_id")
         if not patch_id:
-            raise RegistryError("patch_id is required (directly or through run)")
-        run_id = run.get("run_id")
+            raise RegistryError("patch_id is required (directly or through plan)")
+        run_id = run_state.run_id if run_state else None
+        # no stored run (pre-staging, a refused override): the id the refusal carries, else the explicit one or a new one
+        correlation_id = (run_state.correlation_id if run_state else None) or args["details"].get("correlation_id") or correlation_for_attempt(task_vars)[0]
         recorded: list[dict[str, t.Any]] = []
-        common = {"patch_id": patch_id, "run_id": run_id, "correlation_id": run.get("correlation_id") or correlation_id, "redactor": redactor}
+        common = {"patch_id": patch_id, "run_id": run_id, "correlation_id": correlation_id, "redactor": redactor}
         out: dict[str, t.Any] = {"changed": True, "registry": paths["registry"]}
         if args["event"] == "plan":
-            recorded += self._plan(registry, args, run, state_dir, common)
+            recorded += self._plan(registry, args, run, t.cast(Run, run_state), state_dir, common)
             out["fleetpatch_registry"] = {"path": paths["registry"], "checkpoint_dir": paths["checkpoints"], "signing_key": args["signing_key"],
                                           "run_id": run_id, "patch_id": patch_id, "state_dir": state_dir}
         elif args["event"] == "prestaged":
@@ -111,7 +107,7 @@ class ActionModule(ControllerAction):
             # a refused emergency override is part of the patch's record too (the run stops before any host)
             recorded.append(registry.append("patch.override", dict(args["details"], status="refused"), **common))
         else:
-            recorded.append(self._finish(registry, args, run, state_dir, common))
+            recorded.append(self._finish(registry, args, run, t.cast(Run, run_state), state_dir, common))
             checkpoint = write_checkpoint(registry, paths["checkpoints"], run_id=run_id, signing_key=args["signing_key"])
             out["checkpoint"] = checkpoint
             if checkpoint.get("sign_error"):
@@ -122,7 +118,8 @@ class ActionModule(ControllerAction):
         return out
 
     @staticmethod
-    def _plan(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], state_dir: str, common: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    def _plan(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], run_state: Run, state_dir: str,
+              common: dict[str, t.Any]) -> list[dict[str, t.Any]]:
         manifest = run.get("patch")
         if not isinstance(manifest, dict):
             raise RegistryError("run has no patch manifest: pass the registered result of fleetpatch.rollout.rollout_plan")
@@ -142,9 +139,8 @@ class ActionModule(ControllerAction):
             recorded.append(registry.append("patch.override", {"status": "accepted", "override": override, "profile": change.get("profile"),
                                                                "clock": change.get("clock"), "clock_source": change.get("clock_source")},
                                             **common))
-        state = _run_state(run)
-        attempts = state.get("attempts") or [{}]
-        attempt = attempts[-1]
+        attempts = run_state.state.get("attempts") or [{}]
+        attempt = run_state.attempt
         plan = run.get("plan") or {}
         callback = events_callback_active()
         recorded.append(registry.append("run.started", {
@@ -157,18 +153,19 @@ class ActionModule(ControllerAction):
             "waves": [wave.get("name") for wave in plan.get("waves", [])],
             "batches": len(plan.get("batches", [])),
             "error_budget": plan.get("error_budget"),
-            "skip_hosts": run.get("skip_hosts", []),
+            "skip_hosts": run_state.skip_hosts,
             "change": {key: (run.get("change") or {}).get(key) for key in ("change_type", "classification", "severity", "profile",
                                                                            "time_to_patch_seconds", "clock")},
             "schedule": [{key: entry.get(key) for key in ("wave", "fits", "reasons", "next_open")} for entry in run.get("schedule") or []],
-            "events": {"path": relative_to(run.get("events_path"), state_dir), "callback": callback},
+            "events": {"path": relative_to(run_state.paths.events, state_dir), "callback": callback},
         }, **common))
         return recorded
 
     @staticmethod
-    def _finish(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], state_dir: str, common: dict[str, t.Any]) -> dict[str, t.Any]:
+    def _finish(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], run_state: Run, state_dir: str,
+                common: dict[str, t.Any]) -> dict[str, t.Any]:
         finish = args["finish"] or {}
-        state = _run_state(run)
+        state = run_state.state
         summary = finish.get("summary") or {}
         attempts = state.get("attempts") or [{}]
         since = attempts[-1].get("started") or ""
@@ -188,11 +185,11 @@ class ActionModule(ControllerAction):
             log = {"callback": True, "complete": False, "reason": status_env}
         else:
             log = {"callback": True, "complete": True, "reason": None}
-        events_path = run.get("events_path")
+        events_path = run_state.paths.events
         events: dict[str, t.Any] = {"path": relative_to(events_path, state_dir)}
         if events_path and callback:
             events.update(file_head(events_path) or {})
-        summary_path = os.path.join(run.get("run_dir", ""), "summary.json")
+        summary_path = run_state.paths.summary
         body = {
             "status": finish.get("status") or state.get("status"),
             "counts": summary.get("counts"),

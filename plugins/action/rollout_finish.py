@@ -9,13 +9,13 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import redaction_policy, scrub_data
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import RunPaths, StoreError, failed_hosts, iso, outcome_entry, utc_now
 
 ARGUMENT_SPEC = {
-    "run": {"type": "dict", "required": True},
+    **RUN_OPTIONS,
     "rollback_hosts": {"type": "list", "elements": "str", "default": []},
     "rollback_result_var": {"type": "str", "default": "__rollout_rollback"},
 }
@@ -26,10 +26,15 @@ class ActionModule(ControllerAction):
     errors = (RunStateError, StoreError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        run = args["run"]
-        paths = RunPaths(run["state_dir"], run["run_id"])
+        # run: the plan's immutable outputs (data); run_state: the run itself, loaded by its id from the store
+        run = args["plan"]
+        if not isinstance(run.get("plan"), dict) or not isinstance(run.get("patch"), dict):
+            raise RunStateError("plan has no plan or patch: pass the registered result of fleetpatch.rollout.rollout_plan")
+        state_dir = resolve_state_dir(args["state_dir"] or run.get("state_dir"))
+        paths = RunPaths(state_dir, args["run_id"])
         check_mode = bool(self._task.check_mode or run.get("preview"))
-        run_state = None if check_mode else Run.load(state_dir=run["state_dir"], run_id=run["run_id"], backend=run.get("state_backend"))
+        # a run that was never stored (the plan failed, or nothing was planned) finishes as not-started
+        run_state = None if check_mode else Run.load(state_dir=state_dir, run_id=args["run_id"], backend=run.get("state_backend"))
         if run_state is None:
             return {"changed": False, "status": "preview" if check_mode else "not-started",
                     # a preview writes nothing: it names no file (issue 15)
@@ -45,7 +50,7 @@ class ActionModule(ControllerAction):
         status = run_state.status
         state["finished"] = now
         # what the summary says comes from hosts' messages and the plan: scrub URL credentials and secret parameters
-        summary = scrub_data(self._summary(state, run, status), policy=redaction_policy(run))
+        summary = scrub_data(self._summary(state, run, status, run_id=run_state.run_id), policy=redaction_policy(run))
         run_state.save()
         write_json_atomic(paths.summary, summary)
         for host in args["rollback_hosts"]:
@@ -89,14 +94,14 @@ class ActionModule(ControllerAction):
         return failed
 
     @staticmethod
-    def _summary(state: dict[str, t.Any], run: dict[str, t.Any], status: str) -> dict[str, t.Any]:
+    def _summary(state: dict[str, t.Any], run: dict[str, t.Any], status: str, *, run_id: str) -> dict[str, t.Any]:
         plan = run["plan"]
         hosts = state.get("hosts", {})
         counts = collections.Counter(entry.get("outcome") for entry in hosts.values())
         untouched = [host for host in plan["host_order"] if host not in hosts]
         return {
             "schema": 1,
-            "run_id": run["run_id"],
+            "run_id": run_id,
             "patch_id": plan["patch_id"],
             "target_version": run["patch"]["target_version"],
             "status": status,

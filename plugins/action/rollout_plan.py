@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import typing as t
 
@@ -53,7 +54,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller imp
     host_var,
     resolve_state_dir,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import correlation_for_action, events_callback_active, recorder_problem
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import correlation_for_attempt, events_callback_active, recorder_problem
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._probes import contexts_for
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import scrub_data, split_redaction
@@ -100,17 +101,30 @@ class OverrideRefused(FleetpatchError):
         self.record = record
 
 
+@dataclasses.dataclass
+class Compiled:
+    """Everything the plan step validated and compiled, before anything is written."""
+
+    manifest: dict[str, t.Any]
+    manifest_path: str
+    approval: t.Any
+    hosts: dict[str, dict[str, t.Any]]
+    edges: list[str]
+    plan: dict[str, t.Any]
+    plan_text: str
+    change: dict[str, t.Any]
+    schedule: list[dict[str, t.Any]]
+    override: dict[str, t.Any] | None
+    artifacts: dict[str, t.Any]
+    redaction: dict[str, t.Any]
+
+
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
     errors = (OverrideRefused, RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError,
               InputError, YamlError, TrustError, RunStateError, StoreError)
 
-    def _failure(self, exc: Exception) -> dict[str, t.Any]:
-        failure = super()._failure(exc)
-        if isinstance(exc, OverrideRefused):
-            # roles/rollout/tasks/plan.yml records the refusal in the patch registry from this key
-            failure["override_refused"] = exc.record
-        return failure
+    _correlation: tuple[str, str] | None = None
 
     def _load_document(self, value: t.Any, what: str) -> tuple[t.Any, str]:
         """A mapping given inline, or the YAML/JSON file a path names."""
@@ -151,7 +165,8 @@ class ActionModule(ControllerAction):
         except PolicyError as exc:
             # refused, and recorded as refused: the role writes this to the patch registry before it stops
             raise OverrideRefused(str(exc), {"status": "refused", "patch_id": manifest["patch_id"], "reason": str(exc), "source": source, "at": iso_z(now),
-                                             "override": jsonable(data) if isinstance(data, dict) else str(data)}) from None
+                                             "override": jsonable(data) if isinstance(data, dict) else str(data),
+                                             "correlation_id": (self._correlation or (None,))[0]}) from None
 
     def _load_manifest(self, manifest: t.Any) -> tuple[dict[str, t.Any], str]:
         if isinstance(manifest, dict):
@@ -199,7 +214,43 @@ class ActionModule(ControllerAction):
         if command is not None:
             check_command(command, field="variable 'fleetpatch_restart_command'", where=where)
 
+    def _failure(self, exc: Exception) -> dict[str, t.Any]:
+        failure = super()._failure(exc)
+        if isinstance(exc, OverrideRefused):
+            # roles/rollout/tasks/plan.yml records the refusal in the patch registry from this key
+            failure["override_refused"] = exc.record
+        if self._correlation is not None:
+            # the event callback adopts the attempt's correlation id from this result, failed or not
+            failure["fleetpatch_correlation"] = {"id": self._correlation[0], "source": self._correlation[1]}
+        return failure
+
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        # One correlation id per attempt, chosen here (explicit inputs by the callback's rules, else new), stored in the
+        # attempt and returned: the callback, the registry and the checks take it from the run, not from the environment.
+        self._correlation = correlation_for_attempt(task_vars)
+        self._check_inputs(args)
+        compiled = self._compile(args, task_vars)
+        run_id = run_id_for(compiled.manifest["patch_id"])
+        state_dir = resolve_state_dir(args["state_dir"])
+        paths = RunPaths(state_dir, run_id)
+        preview = bool(args["preview"] or self._task.check_mode)
+        common = self._common(compiled, run_id=run_id, state_dir=state_dir, paths=paths, preview=preview)
+        # fleetpatch_state_backend: where run state lives (an unknown name stops the run here, before any host is touched)
+        backend = task_vars.get(BACKEND_VAR)
+        open_store(state_dir, backend=backend)
+        common["state_backend"] = backend or DEFAULT_BACKEND
+        previous = Run.load(state_dir=state_dir, run_id=run_id, backend=backend)
+        common["skip_hosts"] = self._resumable(previous, args, compiled, run_id)
+        if preview:
+            # a preview writes nothing, so it names no file it would have written
+            common.update(written=[], run_dir=None, plan_path=None, events_path=None, summary_path=None)
+            return common
+        run = previous or Run.open(state_dir=state_dir, run_id=run_id, patch_id=compiled.manifest["patch_id"],
+                                   fingerprint=compiled.plan["fingerprint"], backend=backend)
+        return self._start(run, args, task_vars, compiled, common)
+
+    def _check_inputs(self, args: dict[str, t.Any]) -> None:
+        """What must hold before anything is loaded: an event log (unless nothing is written), targets, bounded strings."""
         # no event log, no rollout: the refusal says how to enable the callback. A preview (or check mode) writes nothing,
         # events included, so it needs no event log.
         if not (args["preview"] or self._task.check_mode) and (events_problem := recorder_problem()) is not None:
@@ -213,6 +264,9 @@ class ActionModule(ControllerAction):
             check_text(args["clock"], field="clock", max_len=64, error=RolloutPlanError)
         # every string of the rollout policy: bounded, no control characters (its own validators say what each means)
         check_strings(args["policy"], where="rollout policy", path="policy", error=RolloutPlanError)
+
+    def _compile(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> Compiled:
+        """Manifest, change policy, approval, hosts, plan, override, schedule and checks: everything validated."""
         manifest, manifest_path = self._load_manifest(args["manifest"])
         manifest, change_policy = self._change(args, manifest, manifest_path)
         # approvers are mandatory change fields: every rollout needs an approval that is not a self-approval
@@ -220,7 +274,7 @@ class ActionModule(ControllerAction):
         now, clock_source = decision_clock(args["clock"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
         classified = change_policy["change"]
-        # rollout_policy.redaction: validated here, carried as __rollout_run.redaction for the recorder
+        # rollout_policy.redaction: validated here, returned as the plan result's redaction for the recorder
         args["policy"], redaction = split_redaction(args["policy"])
         # policy.artifacts (module_utils/_trust.py): trusted signers and transfer limits, for the hosts, not the plan
         plan_policy = {key: value for key, value in args["policy"].items() if key != "artifacts"}
@@ -229,11 +283,26 @@ class ActionModule(ControllerAction):
         plan = compile_plan(hosts, rollout_policy, manifest["patch_id"])
         check_plan_signatures(artifacts, manifest, hosts, source=f"patch manifest {manifest_path}")
         override = self._override(args, manifest, change_policy, plan["host_order"], now)
-        limits = constraints(classified["profile"], override)
-        scopes = host_scopes(hosts)
-        schedule = evaluate_waves(plan, scopes, change_policy["calendar"], now, limits)
+        schedule = evaluate_waves(plan, host_scopes(hosts), change_policy["calendar"], now, constraints(classified["profile"], override))
+        change = self._change_record(classified, change_policy, overridden=overridden, override=override, now=now, clock_source=clock_source)
+        # the change is part of the plan; the schedule is the calendar's answer at this run's clock
+        plan["change"] = {key: value for key, value in change.items() if key not in ("clock", "clock_source", "override")}
+        plan["schedule"] = {"evaluated_at": iso_z(now), "clock_source": clock_source, "waves": schedule}
+        # every check's templates rendered for every target host: a check that cannot run is an error now, not a pass later
+        names = {"run_id": run_id_for(manifest["patch_id"]), "patch_id": manifest["patch_id"], "target_version": manifest["target_version"]}
+        validate_targets(plan["policy"]["checks"], contexts_for(plan["host_order"], plan["policy"]["checks"], task_vars, names))
+        # an allowed downgrade is part of the plan (plan.json, the registry's plan record) and its first line
+        plan["downgrade"] = manifest["downgrade"]
+        plan_text = downgrade_text(manifest["downgrade"]) + render_plan_text(plan) + schedule_text(change, schedule)
+        return Compiled(manifest=manifest, manifest_path=manifest_path, approval=approval, hosts=hosts, edges=edges, plan=plan,
+                        plan_text=plan_text, change=change, schedule=schedule, override=override, artifacts=artifacts, redaction=redaction)
+
+    @staticmethod
+    def _change_record(classified: dict[str, t.Any], change_policy: dict[str, t.Any], *, overridden: list[str], override: dict[str, t.Any] | None,
+                       now: t.Any, clock_source: str) -> dict[str, t.Any]:
+        """The classified change as the result, the plan and the events show it."""
         profile = classified["profile"]
-        change = {
+        return {
             "change_type": classified["change_type"],
             "classification": classified["classification"],
             "severity": classified["severity"],
@@ -250,33 +319,24 @@ class ActionModule(ControllerAction):
             "clock": iso_z(now),
             "clock_source": clock_source,
         }
-        # the change is part of the plan; the schedule is the calendar's answer at this run's clock
-        plan["change"] = {key: value for key, value in change.items() if key not in ("clock", "clock_source", "override")}
-        plan["schedule"] = {"evaluated_at": iso_z(now), "clock_source": clock_source, "waves": schedule}
-        checks = plan["policy"]["checks"]
-        # every check's templates rendered for every target host: a check that cannot run is an error now, not a pass later
-        names = {"run_id": run_id_for(manifest["patch_id"]), "patch_id": manifest["patch_id"], "target_version": manifest["target_version"]}
-        validate_targets(checks, contexts_for(plan["host_order"], checks, task_vars, names))
-        # an allowed downgrade is part of the plan (plan.json, the registry's plan record) and its first line
-        plan["downgrade"] = manifest["downgrade"]
-        plan_text = downgrade_text(manifest["downgrade"]) + render_plan_text(plan) + schedule_text(change, schedule)
-        run_id = run_id_for(manifest["patch_id"])
-        state_dir = resolve_state_dir(args["state_dir"])
-        paths = RunPaths(state_dir, run_id)
-        preview = bool(args["preview"] or self._task.check_mode)
+
+    def _common(self, compiled: Compiled, *, run_id: str, state_dir: str, paths: RunPaths, preview: bool) -> dict[str, t.Any]:
+        """The plan's immutable outputs: the role registers them once and hands them to the later actions as data."""
+        manifest, plan = compiled.manifest, compiled.plan
         warnings: list[str] = []
-        if edges:
-            warnings.append(f"{len(edges)} edge host(s) excluded from the rollout targets: {', '.join(sorted(edges))}")
-        common = {
+        if compiled.edges:
+            warnings.append(f"{len(compiled.edges)} edge host(s) excluded from the rollout targets: {', '.join(sorted(compiled.edges))}")
+        correlation_id, correlation_source = self._correlation or ("", "")
+        return {
             "changed": False,
             "run_id": run_id,
             # URL userinfo masked: this result is printed at -v and recorded; the raw URLs reach patch_apply only through
             # the no_log variable __rollout_artifact_urls (roles/rollout/tasks/plan.yml)
-            "patch": scrub_data(redacted(manifest), policy=redaction),  # secret query parameters too
+            "patch": scrub_data(redacted(manifest), policy=compiled.redaction),  # secret query parameters too
             "downgrade": manifest["downgrade"],
-            "manifest_path": manifest_path,
+            "manifest_path": compiled.manifest_path,
             "plan": plan,
-            "plan_text": plan_text,
+            "plan_text": compiled.plan_text,
             "serial": plan["serial"],
             "host_order": plan["host_order"],
             "preview": preview,
@@ -285,64 +345,69 @@ class ActionModule(ControllerAction):
             "plan_path": paths.plan,
             "events_path": paths.events,
             "summary_path": paths.summary,
-            "checks": overview(checks),
-            "change": change,
-            "schedule": schedule,
-            "redaction": redaction,
-            "artifacts": artifacts,
+            "checks": overview(plan["policy"]["checks"]),
+            "change": compiled.change,
+            "schedule": compiled.schedule,
+            "redaction": compiled.redaction,
+            "artifacts": compiled.artifacts,
+            "warnings": warnings,
+            "correlation_id": correlation_id,
+            "fleetpatch_correlation": {"id": correlation_id, "source": correlation_source},
         }
-        # fleetpatch_state_backend: where run state lives (an unknown name stops the run here, before any host is touched)
-        backend = task_vars.get(BACKEND_VAR)
-        open_store(state_dir, backend=backend)
-        common["state_backend"] = backend or DEFAULT_BACKEND
-        previous = Run.load(state_dir=state_dir, run_id=run_id, backend=backend)
-        skip_hosts: list[str] = []
-        if previous and not args["retry_quarantined"]:
-            skip_hosts = [host for host in previous.hosts_with_outcome("quarantined") if host in hosts]
-        common["skip_hosts"] = skip_hosts
-        if previous and previous.fingerprint != plan["fingerprint"] and not args["replan"]:
+
+    @staticmethod
+    def _resumable(previous: Run | None, args: dict[str, t.Any], compiled: Compiled, run_id: str) -> list[str]:
+        """Hosts a resumed run keeps out (quarantined before, unless retried); a changed plan resumes only when asked."""
+        if previous is None:
+            return []
+        fingerprint = compiled.plan["fingerprint"]
+        if previous.fingerprint != fingerprint and not args["replan"]:
             raise RolloutPlanError(
                 f"run {run_id} was started with a different plan (fingerprint {(previous.fingerprint or '?')[:12]},"
-                f" now {plan['fingerprint'][:12]}): the inventory or policy changed. Re-run with rollout_replan=true to"
+                f" now {fingerprint[:12]}): the inventory or policy changed. Re-run with rollout_replan=true to"
                 " continue this patch with the new plan"
             )
-        if preview:
-            # a preview writes nothing, so it names no file it would have written
-            common.update(warnings=warnings, written=[], run_dir=None, plan_path=None, events_path=None, summary_path=None)
-            return common
+        if args["retry_quarantined"]:
+            return []
+        return [host for host in previous.hosts_with_outcome("quarantined") if host in compiled.hosts]
 
+    def _start(self, run: Run, args: dict[str, t.Any], task_vars: dict[str, t.Any], compiled: Compiled,
+               common: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Lock the hosts, save the plan, start the attempt (its correlation id and skip list live in the run)."""
+        plan, paths = compiled.plan, run.paths
         identity = controller_identity(task_vars)
-        run = previous or Run.open(state_dir=state_dir, run_id=run_id, patch_id=manifest["patch_id"], fingerprint=plan["fingerprint"], backend=backend)
-        lock = run.acquire_lock(
-            hosts=plan["host_order"],
-            owner=identity["owner"],
-            controller=identity["controller"],
-            pid=identity["pid"],
-            ttl_seconds=args["lock_ttl"],
-            break_stale=args["break_lock"],
-        )
-        warnings.extend(lock["notes"])
-        run.store.save_plan(run_id, plan_json(plan))
+        lock = run.acquire_lock(hosts=plan["host_order"], owner=identity["owner"], controller=identity["controller"], pid=identity["pid"],
+                                ttl_seconds=args["lock_ttl"], break_stale=args["break_lock"])
+        common["warnings"].extend(lock["notes"])
+        run.store.save_plan(run.run_id, plan_json(plan))
         common["written"] = [paths.plan, paths.state]
-        correlation_id, correlation_source = correlation_for_action(task_vars)
-        attempt = {
-            "correlation_id": correlation_id,
-            "started": iso(utc_now()),
-            "owner": identity["owner"],
-            "pid": identity["pid"],
-            "awx_job_id": identity["awx_job_id"],
-            "resumed": previous is not None,
-        }
+        correlation_id, correlation_source = self._correlation or correlation_for_attempt(task_vars)
+        resumed = run.stored
+        attempt = {"correlation_id": correlation_id, "correlation_source": correlation_source, "started": iso(utc_now()),
+                   "owner": identity["owner"], "pid": identity["pid"], "awx_job_id": identity["awx_job_id"], "resumed": resumed,
+                   "skip_hosts": list(common["skip_hosts"])}
         number = run.start_attempt(attempt, fingerprint=plan["fingerprint"])
         run.save()
         if not events_callback_active():
-            warnings.append("the event callback fleetpatch.rollout.events is not enabled: this run has no event log"
-                            " (callbacks_enabled = fleetpatch.rollout.events in ansible.cfg)")
+            common["warnings"].append("the event callback fleetpatch.rollout.events is not enabled: this run has no event log"
+                                      " (callbacks_enabled = fleetpatch.rollout.events in ansible.cfg)")
+        self._queue_events(run, compiled, attempt, number=number, identity=identity, lock_notes=lock["notes"], skip_hosts=common["skip_hosts"])
+        # The event callback, the only writer of events.jsonl, records these from the result.
+        common["fleetpatch_events"] = run.events()
+        common["fleetpatch_run"] = self._announcement(run.run_id, compiled.manifest["patch_id"], paths, paths.state_dir, plan, compiled.hosts)
+        common["fleetpatch_run"]["correlation_id"] = correlation_id
+        common.update(lock=lock["lock"], resumed=resumed, attempt=number)
+        return common
+
+    @staticmethod
+    def _queue_events(run: Run, compiled: Compiled, attempt: dict[str, t.Any], *, number: int, identity: dict[str, t.Any],
+                      lock_notes: list[str], skip_hosts: list[str]) -> None:
+        plan, change, schedule, override = compiled.plan, compiled.change, compiled.schedule, compiled.override
         run.event("run.started", ts=attempt["started"], status="resumed" if attempt["resumed"] else "started",
-                  message=f"run {run_id} attempt {number} by {identity['owner']}",
+                  message=f"run {run.run_id} attempt {number} by {identity['owner']}",
                   attempt=number, resumed=attempt["resumed"], owner=identity["owner"],
-                  awx_job_id=identity["awx_job_id"], correlation_source=correlation_source,
-                  lock_notes=lock["notes"], approval=approval)
+                  awx_job_id=identity["awx_job_id"], correlation_source=attempt["correlation_source"],
+                  lock_notes=lock_notes, approval=compiled.approval)
         run.event("plan.compiled", status="compiled",
                   message=f"{plan['fleet_size']} hosts, {len(plan['waves'])} waves, {len(plan['batches'])} batches,"
                           f" error budget {plan['error_budget']['limit']}",
@@ -360,11 +425,6 @@ class ActionModule(ControllerAction):
                               f" {', '.join(override['approvers'])}, breaks {', '.join(override['breaks'])}"
                               f" for {len(override['hosts'])} host(s) until {override['expires']}",
                       override=override)
-        # The event callback, the only writer of events.jsonl, records these from the result.
-        common["fleetpatch_events"] = run.events()
-        common["fleetpatch_run"] = self._announcement(run_id, manifest["patch_id"], paths, state_dir, plan, hosts)
-        common.update(correlation_id=attempt["correlation_id"], warnings=warnings, lock=lock["lock"], resumed=attempt["resumed"])
-        return common
 
     @staticmethod
     def _announcement(run_id: str, patch_id: str, paths: RunPaths, state_dir: str, plan: dict[str, t.Any],

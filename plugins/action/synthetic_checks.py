@@ -16,13 +16,14 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import 
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import iso, utc_now
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
     "checks": {"type": "list", "elements": "dict"},
-    "run": {"type": "dict"},
+    # optional here: checks given directly need no run (run_id and plan go together)
+    **{name: dict(spec, required=False) for name, spec in RUN_OPTIONS.items()},
     "baseline": {"type": "bool", "default": False},
     "correlation_id": {"type": "str"},
     "fail_on": {"type": "str", "choices": ["fail", "inconclusive", "never"], "default": "fail"},
@@ -34,26 +35,31 @@ _KEEP_BASELINE = ("patched", "quarantined", "unhealthy")
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (CheckError,)
+    argument_constraints = {"required_together": [["run_id", "plan"]]}
+    errors = (CheckError, RunStateError, StoreError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        run = args["run"] or {}
+        # run: the plan's immutable outputs (data); the run itself is loaded by its id when a baseline is kept with it
+        run = args["plan"] or {}
         if args["checks"] is not None:
             checks = normalize_checks(args["checks"], "checks")
         elif run:
             checks = list(run["plan"]["policy"].get("checks") or [])
         else:
-            raise CheckError("give checks, or run (the registered result of fleetpatch.rollout.rollout_plan) to use its policy's checks")
+            raise CheckError("give checks, or run_id and plan (the registered result of fleetpatch.rollout.rollout_plan) to use its"
+                             " policy's checks")
         if args["baseline"] and not run:
-            raise CheckError("baseline=true needs run: the baseline is kept with the rollout run")
+            raise CheckError("baseline=true needs run_id and plan: the baseline is kept with the rollout run")
         hosts = list(dict.fromkeys(args["hosts"]))
         names = _probes.run_names(run) if run else {}
         validate_targets(checks, _probes.contexts_for(hosts, checks, task_vars, names), "checks")
-        correlation_id = args["correlation_id"] or run.get("correlation_id") or str(uuid.uuid4())
         if self._task.check_mode or run.get("preview"):
             return {"changed": False, "skipped": True, "status": "skipped", "results": [], "msg": "check mode: no check was run"}
+        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=args["state_dir"], check_mode=False) if run else None
+        # the attempt's correlation id: the X-Correlation-ID of every request, as its events and registry rows carry it
+        correlation_id = args["correlation_id"] or (run_state.correlation_id if run_state else None) or str(uuid.uuid4())
         if args["baseline"]:
-            return self._baseline(checks, hosts, run, names, correlation_id, task_vars, args["workers"])
+            return self._baseline(checks, hosts, t.cast(Run, run_state), names, correlation_id, task_vars, args["workers"])
 
         results, outcome = _probes.evaluate(
             checks, hosts, task_vars=task_vars, run_context=names, correlation_id=correlation_id, wave=str(run.get("wave", "")), workers=args["workers"]
@@ -71,15 +77,12 @@ class ActionModule(ControllerAction):
             "msg": f"{len(results)} check result(s): {outcome.status}" + (": " + "; ".join(lines) if lines else ""),
         }
 
-    def _baseline(self, checks: list[dict[str, t.Any]], hosts: list[str], run: dict[str, t.Any], names: dict[str, t.Any],
+    def _baseline(self, checks: list[dict[str, t.Any]], hosts: list[str], run_state: Run, names: dict[str, t.Any],
                   correlation_id: str, task_vars: dict[str, t.Any], workers: int) -> dict[str, t.Any]:
         """Sample the checks that compare against a baseline on hosts not patched yet; keep the samples with the run."""
-        plan = run.get("plan") or {}
-        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan.get("patch_id", ""), fingerprint=plan.get("fingerprint", ""),
-                             backend=run.get("state_backend"))
         paths = run_state.paths
         known = run_state.hosts
-        skip = set(run.get("skip_hosts", []))
+        skip = set(run_state.skip_hosts)
         fresh = [host for host in hosts if host not in skip and known.get(host, {}).get("outcome") not in _KEEP_BASELINE]
         wanted = [check for check in checks if check["kind"] in CONTROLLER_KINDS and check.get("baseline")]
         sampled = _probes.run_jobs(_probes.jobs_for(wanted, _probes.contexts_for(fresh, wanted, task_vars, names), None),

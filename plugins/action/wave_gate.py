@@ -20,12 +20,14 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import ho
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, probe_many
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import RunPaths, StoreError, iso, outcome_entry, utc_now
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, host_var, probe_many
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, outcome_entry, utc_now
 
 ARGUMENT_SPEC = {
-    "run": {"type": "dict", "required": True},
+    **RUN_OPTIONS,
+    # check mode stores no run, so the readiness gate's skip list reaches the dry run through its registered result
+    "readiness_var": {"type": "str", "default": "__rollout_readiness"},
     "result_var": {"type": "str", "default": "__rollout_apply"},
     "health_timeout": {"type": "float", "default": 5.0},
     "bake_seconds": {"type": "float"},
@@ -50,10 +52,10 @@ class ActionModule(ControllerAction):
             raise GateError(f"cannot tell which plan batch is running: play batch maps to batches {sorted(indexes)}")
         return indexes.pop()
 
-    def _verdicts(self, hosts: list[str], run: dict[str, t.Any], result_var: str, task_vars: dict[str, t.Any], timeout: float,
-                  *, probe: bool = True):
+    def _verdicts(self, hosts: list[str], run: dict[str, t.Any], run_state: Run, result_var: str, task_vars: dict[str, t.Any],
+                  timeout: float, *, probe: bool = True):
         target = run["patch"]["target_version"]
-        skip = set(run.get("skip_hosts", []))
+        skip = set(run_state.skip_hosts)
         results = {host: host_var(task_vars, host, result_var) for host in hosts}
         to_probe = {}
         for host in hosts:
@@ -70,23 +72,24 @@ class ActionModule(ControllerAction):
         return verdicts, health
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        run = args["run"]
+        # run: the plan's immutable outputs (data); run_state: the run itself, loaded by its id from the store
+        run = args["plan"]
+        if not isinstance(run.get("plan"), dict) or not isinstance(run.get("patch"), dict):
+            raise GateError("plan has no plan or patch: pass the registered result of fleetpatch.rollout.rollout_plan")
         plan = run["plan"]
         check_mode = bool(self._task.check_mode or run.get("preview"))
         index = self._batch_index(plan, task_vars)
         batch = plan["batches"][index]
         wave = plan["waves"][batch["wave"]]
-        run_state = Run.open(state_dir=run["state_dir"], run_id=run["run_id"], patch_id=plan["patch_id"], fingerprint=plan["fingerprint"],
-                             dry_run=check_mode, backend=run.get("state_backend"))
-        if run_state.status == "pending":
-            # nothing planned this run (no stored state): the gate's decisions make it a running run
-            run_state.transition("running")
+        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=args["state_dir"], check_mode=check_mode)
+        if run_state.dry_run:
+            run_state.skip((batch_result(task_vars, args["readiness_var"]) or {}).get("skip_hosts") or [])
         state = run_state.state
         now = iso(utc_now())
 
         # In check mode no host changed, so probing would only report the old version.
-        verdicts, health = self._verdicts(batch["hosts"], run, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
-        verdicts, checks = self._run_checks(verdicts, run, state, wave["name"], args, task_vars, probe=not check_mode)
+        verdicts, health = self._verdicts(batch["hosts"], run, run_state, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
+        verdicts, checks = self._run_checks(verdicts, run, run_state, wave["name"], args, task_vars, probe=not check_mode)
         decision = self._decide(run_state, verdicts, plan, wave, now, batch_index=index, checks=checks)
 
         baked = 0.0
@@ -97,8 +100,8 @@ class ActionModule(ControllerAction):
             baked = round(time.monotonic() - started, 3)
             # Health after the bake decides again: a host that degrades while baking stops the next wave.
             wave_hosts = [host for host in wave["hosts"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
-            verdicts, health = self._verdicts(wave_hosts, run, args["result_var"], task_vars, args["health_timeout"])
-            verdicts, checks = self._run_checks(verdicts, run, state, wave["name"], args, task_vars)
+            verdicts, health = self._verdicts(wave_hosts, run, run_state, args["result_var"], task_vars, args["health_timeout"])
+            verdicts, checks = self._run_checks(verdicts, run, run_state, wave["name"], args, task_vars)
             decision = self._decide(run_state, verdicts, plan, wave, iso(utc_now()), batch_index=index, checks=checks)
 
         rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
@@ -162,7 +165,7 @@ class ActionModule(ControllerAction):
                             message=f"wave {wave['name']} ended after batch {index}: {decision.action}",
                             completed=last_in_wave, hosts=len(wave["hosts"]), action=decision.action)
 
-    def _run_checks(self, verdicts, run: dict[str, t.Any], state: dict[str, t.Any], wave_name: str, args: dict[str, t.Any],
+    def _run_checks(self, verdicts, run: dict[str, t.Any], run_state: Run, wave_name: str, args: dict[str, t.Any],
                     task_vars: dict[str, t.Any], *, probe: bool = True, host_side: bool = True):
         """The policy's checks on the hosts that passed so far; a host whose check fails becomes unhealthy.
 
@@ -173,7 +176,7 @@ class ActionModule(ControllerAction):
         if not checks or not probe:
             return verdicts, None
         hosts = [verdict.host for verdict in verdicts if verdict.outcome == "patched"]
-        touched = set(state["hosts"]) | {verdict.host for verdict in verdicts} | set(run.get("skip_hosts", []))
+        touched = set(run_state.hosts) | {verdict.host for verdict in verdicts} | set(run_state.skip_hosts)
         wanted = max([(check.get("baseline") or {}).get("control_hosts", 0) for check in checks] or [0])
         host_samples = {}
         for host in hosts:
@@ -188,9 +191,10 @@ class ActionModule(ControllerAction):
             hosts,
             task_vars=task_vars,
             run_context=_probes.run_names(run),
-            correlation_id=run.get("correlation_id") or run["run_id"],
+            # the attempt's correlation id (X-Correlation-ID of every request), as its events and registry rows carry it
+            correlation_id=run_state.correlation_id or run_state.run_id,
             wave=wave_name,
-            baselines=_probes.load_baselines(RunPaths(run["state_dir"], run["run_id"]).run_dir),
+            baselines=_probes.load_baselines(run_state.paths.run_dir),
             control_hosts=pick_control_hosts(plan["host_order"], exclude=touched, count=wanted),
             host_samples=host_samples,
             workers=args["check_workers"],
@@ -220,9 +224,9 @@ class ActionModule(ControllerAction):
         rounds = 0
         while True:
             rounds += 1
-            verdicts, health = self._verdicts(hosts, run, args["result_var"], task_vars, args["health_timeout"])
+            verdicts, health = self._verdicts(hosts, run, run_state, args["result_var"], task_vars, args["health_timeout"])
             # command checks ran once per host with its batch; the window re-runs the controller's checks only
-            verdicts, checks = self._run_checks(verdicts, run, state, window["name"], args, task_vars, host_side=False)
+            verdicts, checks = self._run_checks(verdicts, run, run_state, window["name"], args, task_vars, host_side=False)
             breached = [verdict for verdict in verdicts if verdict.outcome != "patched"]
             remaining = float(spec["seconds"]) - (time.monotonic() - started)
             if breached or (checks and checks["status"] != "pass") or remaining <= 0:

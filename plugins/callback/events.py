@@ -47,9 +47,12 @@ options:
     description:
       - Correlation id of this playbook run. When unset, the extra variable C(fleetpatch_correlation_id) is used, then
         C(awx-job-<id>) from the AWX extra variables C(awx_job_id) or C(tower_job_id), then C(runner-<ident>) under
-        ansible-runner, else a new UUID, printed at start.
-      - The callback exports the id as C(FLEETPATCH_CORRELATION_ID) to the tasks of the run, so the run state and the
-        patch registry record the same id.
+        ansible-runner. M(fleetpatch.rollout.rollout_plan) applies the same rules to the same inputs (this option
+        through its environment variable) and stores the id in the run's attempt.
+      - Without any of these, the attempt's id is the one M(fleetpatch.rollout.rollout_plan) generates and returns; the
+        callback adopts it from that result, so the events, the run state and the patch registry rows of an attempt
+        carry one id. A playbook that plans no rollout gets a new UUID, printed when its log starts.
+      - With a rollout, the run's attempt id wins over an id set only in the ini file (which the plan cannot read).
     type: str
     env:
       - name: FLEETPATCH_CORRELATION_ID
@@ -195,7 +198,7 @@ class CallbackModule(CallbackBase):
         variables: list[dict[str, t.Any]] = [dict(play.vars or {})]
         attributes: dict[str, dict[str, t.Any]] = {}
         inventory = getattr(manager, "_inventory", None)
-        if recorder.correlation_id is None and inventory is not None:
+        if not recorder.played and inventory is not None:
             # Once per playbook run: inventory variables, for secrets and for the fleet attributes of each host.
             for group in inventory.groups.values():
                 variables.append(dict(group.vars))

@@ -32,10 +32,28 @@ attributes:
   idempotent:
     support: full
 options:
-  run:
-    description: The registered result of M(fleetpatch.rollout.rollout_plan) (it carries the change policy and calendar).
+  run_id:
+    description:
+      - The run to work on (the C(run_id) M(fleetpatch.rollout.rollout_plan) returns). Its state (status, host outcomes, error
+        budget, the hosts this attempt skips, the attempt's correlation id) is loaded from the run store by this id.
+    type: str
+    required: true
+  plan:
+    description:
+      - The registered result of M(fleetpatch.rollout.rollout_plan), read as data only (plan, patch, change policy,
+        checks, state backend). In check mode and previews, which store no run, a dry run is rebuilt from it.
     type: dict
     required: true
+  state_dir:
+    description: Controller state directory. Default the plan's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
+    type: str
+  readiness_var:
+    description:
+      - In check mode only (no run is stored), the host variable that holds the result of
+        M(fleetpatch.rollout.prestage_report), whose C(skip_hosts) the dry run keeps out. Otherwise the run's skip list is
+        read from the run store.
+    type: str
+    default: __rollout_readiness
   clock:
     description:
       - For tests only. The UTC instant (ISO 8601 with C(Z)) the calendar is evaluated at, instead of the controller's clock.
@@ -46,7 +64,8 @@ options:
 EXAMPLES = r"""
 - name: Check the change calendar before the batch starts (controller, once)
   fleetpatch.rollout.change_window:
-    run: "{{ hostvars['localhost']['__rollout_run'] }}"
+    run_id: "{{ hostvars['localhost']['__rollout_plan']['run_id'] }}"
+    plan: "{{ hostvars['localhost']['__rollout_plan'] }}"
   delegate_to: localhost
   run_once: true
   register: window
@@ -92,6 +111,13 @@ clock_source:
   description: V(controller), V(rollout_clock) or V(FLEETPATCH_CLOCK).
   returned: success
   type: str
+skip_hosts:
+  description:
+    - The hosts this attempt of the run leaves alone (quarantined earlier, not ready), from the run store. The batch's
+      tasks skip them; nothing else hands the skip list to the play.
+  returned: success
+  type: list
+  elements: str
 fleetpatch_events:
   description: C(window.checked), and C(override.applied) when an override let hosts through, for the event callback.
   returned: when not in check mode

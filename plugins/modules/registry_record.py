@@ -45,21 +45,28 @@ options:
     type: str
     required: true
     choices: [plan, prestaged, finish, override_refused]
-  run:
-    description: The registered result of M(fleetpatch.rollout.rollout_plan). Required for V(plan) and V(finish).
+  run_id:
+    description:
+      - The run, for V(plan) and V(finish) (with O(plan)). Its document (attempts, outcomes, decisions, the skip list)
+        and its attempt's correlation id, which every record of the attempt carries, are loaded from the run store.
+    type: str
+  plan:
+    description: The registered result of M(fleetpatch.rollout.rollout_plan), read as data (patch, change, plan). Required with O(run_id).
     type: dict
   finish:
     description: The registered result of M(fleetpatch.rollout.rollout_finish), for V(finish).
     type: dict
   patch_id:
-    description: The patch, when O(run) is not given (V(prestaged), V(override_refused)).
+    description: The patch, when O(plan) is not given (V(prestaged), V(override_refused)).
     type: str
   details:
-    description: What to keep with a V(prestaged) record (for example C(hosts) and C(summary)) or a V(override_refused) one.
+    description:
+      - What to keep with a V(prestaged) record (for example C(hosts) and C(summary)) or a V(override_refused) one.
+      - A refusal carries the correlation id M(fleetpatch.rollout.rollout_plan) chose (C(correlation_id)); the record takes it.
     type: dict
     default: {}
   state_dir:
-    description: Controller state directory. Default the run's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
+    description: Controller state directory. Default the plan's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
     type: str
   registry_path:
     description: The registry file. Default C($FLEETPATCH_REGISTRY) or C(<state dir>/registry.sqlite3).
@@ -86,12 +93,14 @@ EXAMPLES = r"""
 - name: Record the patch and this run
   fleetpatch.rollout.registry_record:
     event: plan
-    run: "{{ __rollout_run }}"
+    run_id: "{{ __rollout_plan.run_id }}"
+    plan: "{{ __rollout_plan }}"
 
 - name: Record the outcome and checkpoint the chain (signed)
   fleetpatch.rollout.registry_record:
     event: finish
-    run: "{{ __rollout_run }}"
+    run_id: "{{ __rollout_plan.run_id }}"
+    plan: "{{ __rollout_plan }}"
     finish: "{{ __rollout_finish }}"
     signing_key: /etc/fleetpatch/registry_ed25519
 """

@@ -152,7 +152,9 @@ host_order:
   type: list
   elements: str
 skip_hosts:
-  description: Hosts an earlier attempt quarantined; the apply step skips them.
+  description:
+    - Hosts an earlier attempt quarantined (unless O(retry_quarantined)). They start this attempt's skip list, kept in
+      the run store; M(fleetpatch.rollout.change_window) hands the run's list (with the readiness gate's) to every batch.
   returned: success
   type: list
   elements: str
@@ -192,11 +194,17 @@ events_path:
   type: str
 correlation_id:
   description:
-    - Correlation id of this attempt, as the event callback C(fleetpatch.rollout.events) records it in every event (its
-      option or C(FLEETPATCH_CORRELATION_ID), the extra var C(fleetpatch_correlation_id), the AWX job, the ansible-runner
-      ident, else a new UUID).
-  returned: when not a preview
+    - Correlation id of this attempt, chosen here once and stored in the attempt: C(FLEETPATCH_CORRELATION_ID), the
+      extra var C(fleetpatch_correlation_id), the AWX job, the ansible-runner ident (the event callback's rules, applied
+      to the same inputs), else a new UUID.
+    - Every event (the callback adopts it from RV(fleetpatch_correlation)), every patch registry record and every check
+      request of the attempt carries it.
+  returned: always
   type: str
+fleetpatch_correlation:
+  description: The attempt's correlation id and its source, for the event callback; also in a failed result.
+  returned: always
+  type: dict
 change:
   description:
     - The change as the policy sees it - change type, classification, severity (and its score for a security patch),

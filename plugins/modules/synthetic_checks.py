@@ -50,16 +50,24 @@ options:
   checks:
     description:
       - The checks, in the same form as the rollout policy's C(checks) key (see the README for every field).
-      - Defaults to the checks of O(run)'s policy.
+      - Defaults to the checks of O(plan)'s policy.
     type: list
     elements: dict
-  run:
+  run_id:
     description:
-      - The registered result of M(fleetpatch.rollout.rollout_plan). Gives the checks, the correlation id, the run's
-        template names and, for O(baseline=true), where the baseline is kept.
+      - The rollout run (with O(plan)). Loaded from the run store: its attempt's correlation id, the hosts it skips and,
+        for O(baseline=true), where the baseline is kept.
+    type: str
+  plan:
+    description:
+      - The registered result of M(fleetpatch.rollout.rollout_plan), read as data: the checks and the run's template
+        names. Required with O(run_id).
     type: dict
+  state_dir:
+    description: Controller state directory. Default the plan's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
+    type: str
   baseline:
-    description: Capture the pre-patch baseline of O(hosts) for the run instead of judging the checks. Needs O(run).
+    description: Capture the pre-patch baseline of O(hosts) for the run instead of judging the checks. Needs O(run_id) and O(plan).
     type: bool
     default: false
   correlation_id:

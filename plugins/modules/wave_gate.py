@@ -37,10 +37,28 @@ attributes:
   idempotent:
     support: full
 options:
-  run:
-    description: The registered result of M(fleetpatch.rollout.rollout_plan).
+  run_id:
+    description:
+      - The run to work on (the C(run_id) M(fleetpatch.rollout.rollout_plan) returns). Its state (status, host outcomes, error
+        budget, the hosts this attempt skips, the attempt's correlation id) is loaded from the run store by this id.
+    type: str
+    required: true
+  plan:
+    description:
+      - The registered result of M(fleetpatch.rollout.rollout_plan), read as data only (plan, patch, change policy,
+        checks, state backend). In check mode and previews, which store no run, a dry run is rebuilt from it.
     type: dict
     required: true
+  state_dir:
+    description: Controller state directory. Default the plan's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
+    type: str
+  readiness_var:
+    description:
+      - In check mode only (no run is stored), the host variable that holds the result of
+        M(fleetpatch.rollout.prestage_report), whose C(skip_hosts) the dry run keeps out. Otherwise the run's skip list is
+        read from the run store.
+    type: str
+    default: __rollout_readiness
   result_var:
     description: Name of the host variable that holds each host's apply result.
     type: str
@@ -65,7 +83,8 @@ options:
 EXAMPLES = r"""
 - name: Gate the batch
   fleetpatch.rollout.wave_gate:
-    run: "{{ hostvars['localhost']['__rollout_run'] }}"
+    run_id: "{{ hostvars['localhost']['__rollout_plan']['run_id'] }}"
+    plan: "{{ hostvars['localhost']['__rollout_plan'] }}"
   delegate_to: localhost
   run_once: true
   register: gate

@@ -18,7 +18,7 @@ from ansible.module_utils.urls import open_url
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import parse_instant
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import utc_now
 
-__all__ = ["CLOCK_ENV", "controller_identity", "decision_clock", "host_var", "probe_many", "resolve_state_dir"]
+__all__ = ["CLOCK_ENV", "batch_result", "controller_identity", "decision_clock", "host_var", "probe_many", "resolve_state_dir"]
 
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
 
@@ -66,6 +66,16 @@ def host_var(task_vars: t.Mapping[str, t.Any], host: str, name: str, default: t.
         return hostvars[host].get(name, default)
     except KeyError:
         return default
+
+
+def batch_result(task_vars: t.Mapping[str, t.Any], name: str) -> dict[str, t.Any] | None:
+    """The result a run_once task registered as name: Ansible sets it on every host of the play, so the first host
+    of the play batch that has it answers."""
+    for host in task_vars.get("ansible_play_batch") or ():
+        found = host_var(task_vars, host, name)
+        if isinstance(found, dict):
+            return found
+    return None
 
 
 def probe_health(url: str, *, timeout: float) -> dict[str, t.Any]:

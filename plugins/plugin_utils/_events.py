@@ -51,7 +51,7 @@ __all__ = [
     "RecorderOptions",
     "RunRecorder",
     "STATUS_ENV",
-    "correlation_for_action",
+    "correlation_for_attempt",
     "domain_event",
     "events_callback_active",
     "file_head",
@@ -60,6 +60,7 @@ __all__ = [
     "parse_traceparent",
     "read_events",
     "recorder_problem",
+    "explicit_correlation_id",
     "resolve_correlation_id",
     "utc_ts",
 ]
@@ -77,7 +78,9 @@ FIELDS = ("v", "ts", "event", "correlation_id", "traceparent", "run_id", "patch_
 HOST_ATTRIBUTES = ("region", "tenant", "segment", "environment")
 # Events after which the file is flushed at once: wave boundaries and the decisions taken at them.
 BOUNDARY_EVENTS = frozenset({"wave.started", "wave.finished", "gate.decision", "run.started", "run.finished", "playbook.finished"})
+# the operator's explicit correlation id (an input read by the callback and rollout_plan alike; nothing exports it)
 CORRELATION_ENV = "FLEETPATCH_CORRELATION_ID"
+# set by the callback at the first play: a capability check for rollout_plan (does this playbook run keep a log?)
 ACTIVE_ENV = "FLEETPATCH_EVENTS_ACTIVE"
 STATUS_ENV = "FLEETPATCH_EVENTS_STATUS"
 _MAX_PRE_RUN = 10000
@@ -116,27 +119,42 @@ def sanitize_correlation_id(value: t.Any) -> str:
     return _CORRELATION_RE.sub("_", str(value).strip())[:128]
 
 
-def resolve_correlation_id(*, option: str | None, extra_vars: t.Mapping[str, t.Any], runner_dir: str | None) -> tuple[str, str]:
-    """(correlation id, where it came from): option or env, extra var, AWX job, ansible-runner ident, generated."""
+# Extra variables that name the correlation id, in order: the operator's own, then the AWX job's. (Issue 17: the
+# AWX workflow job id goes first here, so that every slice of one workflow shares one id.)
+_CORRELATION_VARS: tuple[tuple[str, str, str], ...] = (
+    ("fleetpatch_correlation_id", "{}", "extra_var"),
+    ("awx_job_id", "awx-job-{}", "awx"),
+    ("tower_job_id", "awx-job-{}", "awx"),
+)
+
+
+def explicit_correlation_id(*, option: str | None, extra_vars: t.Mapping[str, t.Any], runner_dir: str | None) -> tuple[str, str] | None:
+    """(correlation id, where it came from) when the operator or the job runner named one: the option (or its
+    environment variable FLEETPATCH_CORRELATION_ID, set by whoever starts ansible-playbook), an extra variable, the AWX
+    job, the ansible-runner ident. None when nothing names one. The callback and rollout_plan apply the same rules to
+    the same inputs, so they agree without telling each other."""
     if option:
         return sanitize_correlation_id(option), "option"
-    if extra_vars.get("fleetpatch_correlation_id"):
-        return sanitize_correlation_id(extra_vars["fleetpatch_correlation_id"]), "extra_var"
-    for key in ("awx_job_id", "tower_job_id"):
-        if extra_vars.get(key):
-            return sanitize_correlation_id(f"awx-job-{extra_vars[key]}"), "awx"
+    for name, template, source in _CORRELATION_VARS:
+        if extra_vars.get(name):
+            return sanitize_correlation_id(template.format(extra_vars[name])), source
     ident = os.path.basename(os.path.normpath(runner_dir)) if runner_dir else ""
     if ident and ident not in (".", "/"):
         return sanitize_correlation_id(f"runner-{ident}"), "ansible-runner"
-    return str(uuid.uuid4()), "generated"
+    return None
 
 
-def correlation_for_action(task_vars: t.Mapping[str, t.Any], environ: t.Mapping[str, str] | None = None) -> tuple[str, str]:
-    """The correlation id an action plugin records: the event callback's (it exports it before any task runs),
-    otherwise resolved by the same rules from the task's variables."""
+def resolve_correlation_id(*, option: str | None, extra_vars: t.Mapping[str, t.Any], runner_dir: str | None) -> tuple[str, str]:
+    """(correlation id, where it came from): an explicit one (explicit_correlation_id), else a new UUID."""
+    return explicit_correlation_id(option=option, extra_vars=extra_vars, runner_dir=runner_dir) or (str(uuid.uuid4()), "generated")
+
+
+def correlation_for_attempt(task_vars: t.Mapping[str, t.Any], environ: t.Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The correlation id of a new attempt of a run, chosen once by rollout_plan (which stores it in the attempt and
+    returns it; the event callback adopts it from that result): the explicit one, by the callback's rules from the
+    operator's inputs (FLEETPATCH_CORRELATION_ID, extra variables, AWX_ISOLATED_DATA_DIR), else a new UUID."""
     environ = os.environ if environ is None else environ
-    return resolve_correlation_id(option=environ.get(CORRELATION_ENV), extra_vars=task_vars,
-                                  runner_dir=environ.get("AWX_ISOLATED_DATA_DIR"))
+    return resolve_correlation_id(option=environ.get(CORRELATION_ENV), extra_vars=task_vars, runner_dir=environ.get("AWX_ISOLATED_DATA_DIR"))
 
 
 def events_callback_active(environ: t.Mapping[str, str] | None = None) -> bool:
@@ -384,8 +402,11 @@ class RunRecorder:
         self.use_timer = timer and options.flush_seconds > 0
         self.redactor = Redactor(names=options.secret_vars, patterns=options.secret_patterns)
         self.hooks: collections.Counter[str] = collections.Counter()
+        # None until known: an explicit id at the first play, else the run's (adopted from rollout_plan's result),
+        # else one generated when the log starts without a run
         self.correlation_id: str | None = None
         self.correlation_source: str | None = None
+        self.played = False
         parsed = parse_traceparent(options.traceparent)
         if options.traceparent and parsed is None:
             warn(f"fleetpatch.rollout.events: ignoring invalid traceparent {options.traceparent!r}")
@@ -398,6 +419,7 @@ class RunRecorder:
         self.waves_started: set[str] = set()
         self.registry: dict[str, t.Any] | None = None
         self.pre_run: list[dict[str, t.Any]] = []
+        self._pre_run_since: float | None = None
         self.pre_run_dropped = 0
         self.log: EventLog | None = None
         self.events = 0
@@ -423,7 +445,7 @@ class RunRecorder:
         """serial: the play runs in batches (the rollout play over the plan group is the one whose hosts start waves)."""
         with self._lock:
             self.hooks[hook] += 1
-            if self.correlation_id is None:
+            if not self.played:
                 self._first_play(extra_vars, variables, host_attributes or {})
             self.in_plan_play = bool(serial and self.plan_group and self.plan_group in hosts)
             self.emit("play.started", data={"play": name, "hosts": list(hosts), "serial": serial})
@@ -494,6 +516,8 @@ class RunRecorder:
                     "duration": duration, "message": message, "data": dict(data or {})}
             self.events += 1
             if self.log is None:
+                if not self.pre_run:
+                    self._pre_run_since = self.monotonic()
                 if len(self.pre_run) >= _MAX_PRE_RUN:
                     self.pre_run.pop(0)
                     self.pre_run_dropped += 1
@@ -580,10 +604,11 @@ class RunRecorder:
 
     def _first_play(self, extra_vars: t.Mapping[str, t.Any], variables: t.Iterable[t.Mapping[str, t.Any]],
                     host_attributes: t.Mapping[str, t.Mapping[str, t.Any]]) -> None:
-        self.correlation_id, self.correlation_source = resolve_correlation_id(
-            option=self.options.correlation_id, extra_vars=extra_vars, runner_dir=self.options.runner_dir)
-        # Forked workers (action plugins) inherit these: they record the same correlation id and know a log exists.
-        self.environ[CORRELATION_ENV] = self.correlation_id
+        self.played = True
+        explicit = explicit_correlation_id(option=self.options.correlation_id, extra_vars=extra_vars, runner_dir=self.options.runner_dir)
+        if explicit is not None:
+            self.correlation_id, self.correlation_source = explicit
+        # Forked workers (action plugins) inherit this: rollout_plan refuses to start a rollout nobody records.
         self.environ[ACTIVE_ENV] = str(os.getpid())
         self.environ.pop(STATUS_ENV, None)
         self.redactor.collect(extra_vars)
@@ -603,10 +628,19 @@ class RunRecorder:
         self._maybe_start_from_option()
 
     def _maybe_start_from_option(self, *, final: bool = False) -> None:
-        if self.log is None and self.options.path and self.correlation_id is not None:
+        if self.log is None and self.options.path and self.played:
             if "{run_id}" in self.options.path and not self.run and not final:
                 return  # wait for the run to be announced
+            if self.correlation_id is None and not self.run and not final and not self._pre_run_due():
+                return  # wait (within the flush bounds) for a run to announce its attempt's correlation id
             self._start(self._format_path(self.options.path))
+
+    def _pre_run_due(self) -> bool:
+        """Whether the queued events are as many or as old as the flush bounds allow (or end a wave)."""
+        if not self.pre_run:
+            return False
+        return (len(self.pre_run) >= self.options.flush_events or self.pre_run[-1]["event"] in BOUNDARY_EVENTS
+                or (self._pre_run_since is not None and self.monotonic() - self._pre_run_since >= self.options.flush_seconds))
 
     def _format_path(self, template: str) -> str:
         values = collections.defaultdict(str, run_id=self.run.get("run_id") or "no-run", correlation_id=self.correlation_id or "")
@@ -619,6 +653,9 @@ class RunRecorder:
             for name in self.options.secret_vars:
                 if name in facts:
                     self.redactor.add(facts[name], name=name)
+        correlation = result.get("fleetpatch_correlation")
+        if isinstance(correlation, dict) and correlation.get("id"):
+            self._adopt(str(correlation["id"]), str(correlation.get("source") or "run"))
         run = result.get("fleetpatch_run")
         if isinstance(run, dict) and run.get("run_id"):
             if isinstance(result.get("redaction"), dict) and not self.run:
@@ -631,6 +668,18 @@ class RunRecorder:
         registry = result.get("fleetpatch_registry")
         if isinstance(registry, dict) and registry.get("path"):
             self.registry = dict(registry)
+
+    def _adopt(self, correlation_id: str, source: str) -> None:
+        """The correlation id of the run's attempt, chosen by rollout_plan: this log's lines carry it from the start
+        (lines queued before it are stamped when the log starts). A log already started keeps its own id."""
+        if correlation_id == self.correlation_id:
+            return
+        if self.log is None:
+            self.correlation_id, self.correlation_source = sanitize_correlation_id(correlation_id), source
+        elif "correlation" not in self._warned:
+            self._warned.add("correlation")
+            self.warn(f"fleetpatch.rollout.events: the log {self.log.path} started with correlation id {self.correlation_id};"
+                      f" the run's attempt has {correlation_id}")
 
     def _announce(self, run: t.Mapping[str, t.Any]) -> None:
         if self.run:
@@ -648,6 +697,9 @@ class RunRecorder:
                 self._start(os.path.abspath(path))
 
     def _start(self, path: str) -> None:
+        if self.correlation_id is None:
+            # no explicit id and no run announced one: this playbook run's log owns a new one
+            self.correlation_id, self.correlation_source = str(uuid.uuid4()), "generated"
         self.log = EventLog(path, fsync=self.options.fsync, on_open=self._opened)
         self.say(f"fleetpatch events: correlation id {self.correlation_id} ({self.correlation_source}), trace {self.trace_id},"
                  f" log {path}")

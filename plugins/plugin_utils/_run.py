@@ -34,7 +34,9 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
+    DEFAULT_BACKEND,
     FAILED_OUTCOMES,
     LockError,
     RunPaths,
@@ -52,12 +54,15 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
 __all__ = [
     "STATUSES",
     "TRANSITIONS",
+    "RUN_OPTIONS",
     "LockError",
     "Run",
+    "RunNotFound",
     "RunPaths",
     "RunStateError",
     "append_event",
     "queued_events",
+    "run_for_action",
 ]
 
 STATUSES = ("pending", "running", "waiting_window", "held", "halted", "rolling_back", "rolled_out", "interrupted", "rolled_back",
@@ -83,6 +88,10 @@ STOP_STATUS = {"hold": "held", "halt": "halted", "rollback_wave": "rolling_back"
 
 class RunStateError(FleetpatchError):
     """A status change the run's state machine does not allow."""
+
+
+class RunNotFound(RunStateError):
+    """An action names a run its store does not hold (never planned, another state dir or backend, another plan)."""
 
 
 def check_transition(current: str, new: str, *, run_id: str = "?") -> None:
@@ -156,6 +165,15 @@ class Run:
             return None
         return cls(store=store, paths=RunPaths(state_dir, run_id), state=state, dry_run=dry_run)
 
+    @classmethod
+    def rebuilt(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, attempt: t.Mapping[str, t.Any],
+                backend: str | None = None) -> Run:
+        """A dry run of a run the store does not hold (check mode and preview store nothing): running, with the one
+        attempt the plan described (correlation id, skip list). It changes in memory only."""
+        state = empty_state(run_id, patch_id, fingerprint)
+        state.update(status="running", attempts=[dict(attempt)])
+        return cls(store=open_store(state_dir, backend=backend), paths=RunPaths(state_dir, run_id), state=state, dry_run=True)
+
     # -- identity ------------------------------------------------------------------------------------------
 
     @property
@@ -180,10 +198,31 @@ class Run:
         return self.store.load_run(self.run_id) is not None
 
     @property
-    def correlation_id(self) -> str | None:
-        """The correlation id of the run's latest attempt (persisted by rollout_plan)."""
+    def attempt(self) -> dict[str, t.Any]:
+        """The latest attempt (empty before the first): who started it, when, its correlation id, its skip list."""
         attempts = self.state.get("attempts") or []
-        return attempts[-1].get("correlation_id") if attempts else None
+        return attempts[-1] if attempts else {}
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The correlation id of the run's latest attempt (chosen and persisted by rollout_plan): every event and
+        registry row of the attempt carries it."""
+        return self.attempt.get("correlation_id")
+
+    # -- hosts kept out of this attempt's batches --------------------------------------------------------------
+
+    @property
+    def skip_hosts(self) -> list[str]:
+        """Hosts this attempt does not touch: quarantined earlier (rollout_plan), not ready (prestage_report)."""
+        return list(self.attempt.get("skip_hosts") or [])
+
+    def skip(self, hosts: t.Iterable[str]) -> list[str]:
+        """Keep hosts out of the rest of this attempt (saved with the run document); returns the whole skip list."""
+        attempt = self.attempt
+        if not attempt:
+            raise RunStateError(f"run {self.run_id}: no attempt to keep hosts out of (the run was never started)")
+        attempt["skip_hosts"] = list(dict.fromkeys([*(attempt.get("skip_hosts") or []), *hosts]))
+        return list(attempt["skip_hosts"])
 
     # -- status --------------------------------------------------------------------------------------------
 
@@ -265,3 +304,44 @@ class Run:
     def events(self) -> list[dict[str, t.Any]]:
         """The queued events, shaped for the result's fleetpatch_events."""
         return queued_events(self.paths)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# How an action plugin finds its run
+
+# The options of every action that reads or changes a run: its id, the state dir (resolved like rollout_plan's:
+# option, FLEETPATCH_STATE_DIR, default) and the plan's immutable outputs (rollout_plan's registered result: plan,
+# patch, change, checks; read as data, never as run state).
+RUN_OPTIONS: dict[str, dict[str, t.Any]] = {
+    "run_id": {"type": "str", "required": True},
+    "state_dir": {"type": "str"},
+    "plan": {"type": "dict", "required": True},
+}
+
+
+def run_for_action(*, run_id: str, plan: t.Mapping[str, t.Any], state_dir: str | None, check_mode: bool) -> Run:
+    """The Run an action works on, loaded by its id from the store the plan chose (``plan["state_backend"]``).
+
+    In check mode or a preview nothing was stored: the action gets a dry run, the stored run when there is one (a
+    check over a run in progress sees its outcomes), else one rebuilt from the plan's outputs. A run that should be
+    stored and is not (never planned, another state dir or backend) is a RunNotFound.
+    """
+    if plan.get("run_id") not in (None, run_id):
+        raise RunNotFound(f"run_id {run_id!r} is not the run of the given plan ({plan.get('run_id')!r})")
+    directory = resolve_state_dir(state_dir or plan.get("state_dir"))
+    backend = plan.get("state_backend")
+    dry_run = bool(check_mode or plan.get("preview"))
+    stored = Run.load(state_dir=directory, run_id=run_id, dry_run=dry_run, backend=backend)
+    if not dry_run:
+        if stored is None:
+            raise RunNotFound(f"run {run_id} is not in the {backend or DEFAULT_BACKEND} run store under {directory}: was it planned"
+                              " (fleetpatch.rollout.rollout_plan) with this state dir and fleetpatch_state_backend?")
+        return stored
+    # the attempt the plan would have started, in memory only
+    attempt = {"correlation_id": plan.get("correlation_id"), "skip_hosts": list(plan.get("skip_hosts") or []), "dry_run": True}
+    if stored is not None:
+        stored.state.setdefault("attempts", []).append(attempt)
+        return stored
+    inner = plan.get("plan") or {}
+    return Run.rebuilt(state_dir=directory, run_id=run_id, patch_id=str(inner.get("patch_id", "")), fingerprint=str(inner.get("fingerprint", "")),
+                       attempt=attempt, backend=backend)

@@ -1,7 +1,7 @@
 """Fakes for the action plugins' unit tests: a task, a connection and real ansible-core loader objects, and a planned run.
 
-Every test builds a plugin's arguments through `run_arg` (the `run` option each action receives): when the actions take
-the run id instead of the registered plan result, that function is the one line to change.
+Every test builds a plugin's run arguments through `run_args` (the run id, and the plan result as data) or, for
+prestage_report, `run_arg`.
 """
 
 from __future__ import annotations
@@ -73,8 +73,14 @@ def run_action(name: str, args: dict[str, t.Any], task_vars: dict[str, t.Any] | 
 
 
 def run_arg(run: dict[str, t.Any]) -> t.Any:
-    """The `run` option of change_window, wave_gate, rollout_finish, synthetic_checks, prestage_report and registry_record."""
+    """The `run` option of prestage_report (the registered plan result)."""
     return run
+
+
+def run_args(run: dict[str, t.Any]) -> dict[str, t.Any]:
+    """How change_window, wave_gate, rollout_finish, synthetic_checks and registry_record find their run: its id (the
+    run's state is loaded from the store) and the plan's immutable outputs (read as data)."""
+    return {"run_id": run["run_id"], "plan": run}
 
 
 def hostvars(hosts: t.Iterable[str], root: str, **extra: t.Any) -> dict[str, dict[str, t.Any]]:

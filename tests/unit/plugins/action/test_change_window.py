@@ -7,11 +7,11 @@ import json
 import os
 import typing as t
 
-from conftest import run_action, run_arg
+from conftest import run_action, run_args
 
 
 def window_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
-    return {"run": run_arg(run), "clock": "2026-03-11T05:00:00Z", **changes}
+    return {**run_args(run), "clock": "2026-03-11T05:00:00Z", **changes}
 
 
 def batch(fleet: dict[str, t.Any], run: dict[str, t.Any], index: int) -> dict[str, t.Any]:
@@ -58,7 +58,7 @@ def test_check_mode_answers_without_writing(fleet: dict[str, t.Any], planned: di
 def test_run_without_change_policy_is_refused(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
     run = dict(planned, change=None)
     result = run_action("change_window", window_args(run), batch(fleet, planned, 0))
-    assert result["failed"] and result["msg"].startswith("run has no change policy")
+    assert result["failed"] and result["msg"].startswith("plan has no plan or change policy")
 
 
 def test_unknown_batch_is_an_error(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:

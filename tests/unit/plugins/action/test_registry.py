@@ -8,7 +8,7 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_arg
+from conftest import run_action, run_args
 
 
 def registry_args(fleet: dict[str, t.Any], command: str, **changes: t.Any) -> dict[str, t.Any]:
@@ -18,7 +18,7 @@ def registry_args(fleet: dict[str, t.Any], command: str, **changes: t.Any) -> di
 @pytest.fixture
 def recorded(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> dict[str, t.Any]:
     """A registry that holds the plan records of the planned run."""
-    result = run_action("registry_record", {"event": "plan", "run": run_arg(planned), "secret_vars": []}, fleet["task_vars"])
+    result = run_action("registry_record", {"event": "plan", **run_args(planned), "secret_vars": []}, fleet["task_vars"])
     assert not result.get("failed"), result.get("msg")
     return planned
 

@@ -10,11 +10,11 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_arg
+from conftest import run_action, run_args
 
 
 def record_args(run: dict[str, t.Any] | None, event: str, **changes: t.Any) -> dict[str, t.Any]:
-    return {"event": event, **({"run": run_arg(run)} if run is not None else {}), "secret_vars": [], **changes}
+    return {"event": event, **(run_args(run) if run is not None else {}), "secret_vars": [], **changes}
 
 
 def kinds(path: str) -> list[str]:
@@ -34,7 +34,7 @@ def test_plan_then_finish_writes_records_and_a_checkpoint(fleet: dict[str, t.Any
     again = run_action("registry_record", record_args(planned, "plan"), fleet["task_vars"])
     assert [record["kind"] for record in again["recorded"]] == ["run.started"]
 
-    run_action("rollout_finish", {"run": run_arg(planned)}, fleet["task_vars"])
+    run_action("rollout_finish", run_args(planned), fleet["task_vars"])
     finish = run_action("registry_record", record_args(planned, "finish", finish={"status": "interrupted"}), fleet["task_vars"])
     assert [record["kind"] for record in finish["recorded"]] == ["run.finished"]
     assert os.path.exists(finish["checkpoint"]["path"])
@@ -56,7 +56,7 @@ def test_check_mode_writes_nothing(fleet: dict[str, t.Any], planned: dict[str, t
 
 def test_without_patch_id_it_fails_with_the_reason(fleet: dict[str, t.Any], no_event_log: None) -> None:
     result = run_action("registry_record", record_args(None, "prestaged", state_dir=fleet["state_dir"]), fleet["task_vars"])
-    assert result == {"failed": True, "msg": "patch registry: patch_id is required (directly or through run)"}
+    assert result == {"failed": True, "msg": "patch registry: patch_id is required (directly or through plan)"}
 
 
 def test_plan_without_manifest_is_refused(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:

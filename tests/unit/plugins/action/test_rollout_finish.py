@@ -9,11 +9,11 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_arg
+from conftest import run_action, run_args
 
 
 def finish_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
-    return {"run": run_arg(run), **changes}
+    return {**run_args(run), **changes}
 
 
 def read(path: str) -> dict[str, t.Any]:

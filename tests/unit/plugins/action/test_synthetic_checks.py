@@ -9,7 +9,7 @@ import typing as t
 
 import pytest
 
-from conftest import run_action, run_arg
+from conftest import run_action, run_args
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def tcp_check(port: int, **changes: t.Any) -> dict[str, t.Any]:
 
 
 def checks_args(hosts: list[str], run: dict[str, t.Any] | None = None, **changes: t.Any) -> dict[str, t.Any]:
-    return {"hosts": hosts, **({"run": run_arg(run)} if run is not None else {}), "correlation_id": "corr-unit", **changes}
+    return {"hosts": hosts, **(run_args(run) if run is not None else {}), "correlation_id": "corr-unit", **changes}
 
 
 def with_address(fleet: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -69,12 +69,13 @@ def test_missing_host_variable_is_an_error_before_any_probe(fleet: dict[str, t.A
 
 def test_checks_or_run_is_required(fleet: dict[str, t.Any]) -> None:
     result = run_action("synthetic_checks", checks_args(["node1"]), fleet["task_vars"])
-    assert result == {"failed": True, "msg": "give checks, or run (the registered result of fleetpatch.rollout.rollout_plan) to use its policy's checks"}
+    assert result == {"failed": True, "msg": "give checks, or run_id and plan (the registered result of fleetpatch.rollout.rollout_plan) to use its"
+                                             " policy's checks"}
 
 
 def test_baseline_needs_a_run(fleet: dict[str, t.Any], listening: int) -> None:
     result = run_action("synthetic_checks", checks_args(["node1"], checks=[tcp_check(listening)], baseline=True), with_address(fleet))
-    assert result == {"failed": True, "msg": "baseline=true needs run: the baseline is kept with the rollout run"}
+    assert result == {"failed": True, "msg": "baseline=true needs run_id and plan: the baseline is kept with the rollout run"}
 
 
 def test_baseline_is_kept_with_the_run(fleet: dict[str, t.Any], planned: dict[str, t.Any], listening: int) -> None:

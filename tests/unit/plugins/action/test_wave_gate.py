@@ -9,11 +9,11 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_arg
+from conftest import run_action, run_args
 
 
 def gate_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
-    return {"run": run_arg(run), "bake_seconds": 0, **changes}
+    return {**run_args(run), "bake_seconds": 0, **changes}
 
 
 def batch_vars(fleet: dict[str, t.Any], run: dict[str, t.Any], index: int, results: dict[str, t.Any]) -> dict[str, t.Any]:

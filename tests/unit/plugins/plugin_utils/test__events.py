@@ -97,14 +97,17 @@ def gate(batch: int, wave: str, action: str = "continue") -> dict[str, t.Any]:
                      "budget_spent": False, "rollback_hosts": [], "last_in_wave": True, "baked_seconds": 0}}
 
 
-def simulate_rollout(recorder: RunRecorder, tmp_path, *, extra_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-    """The hook calls of a two-wave rollout, as the callback makes them."""
+def simulate_rollout(recorder: RunRecorder, tmp_path, *, extra_vars: dict[str, t.Any] | None = None,
+                     correlation: dict[str, str] | None = None) -> dict[str, t.Any]:
+    """The hook calls of a two-wave rollout, as the callback makes them. correlation: the attempt's correlation id
+    as rollout_plan returns it (fleetpatch_correlation)."""
     recorder.playbook_start(playbook="playbooks/rollout.yml", check_mode=False, ansible_version="2.19.0")
     recorder.play_start(name="Plan the rollout", hosts=["localhost"], extra_vars=extra_vars or {},
                         variables=[{"db": {"password": "vars-secret-value"}}], host_attributes={"h1": {"region": "eu"}})
     recorder.host_task_start(host="localhost", task_uuid="plan")
     recorder.host_task_result(host="localhost", task_uuid="plan", task="Compile", action="fleetpatch.rollout.rollout_plan", status="ok",
                               result={"changed": False, "fleetpatch_run": announcement(tmp_path), "msg": f"uses {CANARY}",
+                                      **({"fleetpatch_correlation": correlation} if correlation else {}),
                                       "fleetpatch_events": [{"event": "run.started", "ts": "2026-01-01T00:00:00.000000Z", "status": "started",
                                                              "data": {"owner": "ops"}}]},
                               hook="v2_runner_on_ok")
@@ -138,7 +141,8 @@ def test_a_rollout_gives_a_chained_schema_valid_log(tmp_path) -> None:
     outcome = simulate_rollout(recorder, tmp_path, extra_vars={"awx_job_id": 99, "deploy_blob": CANARY, "api_token": "tok-123456"})
     path = str(tmp_path / "runs" / "FP-1" / "events.jsonl")
     assert outcome["path"] == path and outcome["complete"] and not warnings
-    assert environ[_events.CORRELATION_ENV] == "awx-job-99" and environ[_events.ACTIVE_ENV] == str(os.getpid())
+    # the capability check only: the correlation id reaches no action through the environment
+    assert _events.CORRELATION_ENV not in environ and environ[_events.ACTIVE_ENV] == str(os.getpid())
     assert any("correlation id awx-job-99 (awx)" in line for line in said)
     raw = open(path, encoding="utf-8").read()
     assert CANARY not in raw and "tok-123456" not in raw and "vars-secret-value" not in raw
@@ -183,6 +187,28 @@ def test_nothing_is_written_without_a_run_or_a_path(tmp_path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_the_log_carries_the_correlation_id_the_plan_chose_from_its_first_line(tmp_path) -> None:
+    # no explicit id: rollout_plan generates the attempt's and returns it; lines queued before it carry it too
+    recorder, warnings, said = make_recorder()
+    outcome = simulate_rollout(recorder, tmp_path, correlation={"id": "attempt-7f3a", "source": "generated"})
+    events = read_events(outcome["path"])
+    assert {event["correlation_id"] for event in events} == {"attempt-7f3a"} and not warnings
+    assert events[0]["event"] == "playbook.started" and outcome["correlation_id"] == "attempt-7f3a"
+    assert any("correlation id attempt-7f3a (generated)" in line for line in said)
+
+
+def test_without_a_run_the_log_owns_a_new_id_once_the_flush_bounds_say_so(tmp_path) -> None:
+    path = str(tmp_path / "e.jsonl")
+    recorder, _warnings, said = make_recorder(path, flush_events=3)
+    recorder.playbook_start(playbook="p.yml", check_mode=False, ansible_version="2.19.0")
+    recorder.play_start(name="p", hosts=["all"], extra_vars={})
+    assert not os.path.exists(path)  # a run may still announce its attempt's id
+    recorder.emit("custom.one")  # three queued: no longer
+    events = read_events(path)
+    assert [event["event"] for event in events] == ["playbook.started", "play.started", "custom.one"]
+    assert len({event["correlation_id"] for event in events}) == 1 and any("(generated)" in line for line in said)
+
+
 def test_path_option_with_run_id_waits_for_the_run(tmp_path) -> None:
     recorder, _warnings, _said = make_recorder(str(tmp_path / "{run_id}-{correlation_id}.jsonl"), correlation_id="cid")
     outcome = simulate_rollout(recorder, tmp_path)
@@ -196,7 +222,8 @@ def test_flushes_every_n_events_after_a_second_and_at_wave_boundaries(tmp_path) 
     path = str(tmp_path / "e.jsonl")
     recorder, _warnings, _said = make_recorder(path, clock=clock, flush_events=3, flush_seconds=1.0)
     recorder.playbook_start(playbook="p.yml", check_mode=False, ansible_version="2.19.0")
-    recorder.play_start(name="p", hosts=["all"], extra_vars={})  # the file opens here
+    # an explicit correlation id: nothing to wait for, the file opens here
+    recorder.play_start(name="p", hosts=["all"], extra_vars={"fleetpatch_correlation_id": "chg-1"})
 
     def lines() -> int:
         return len(read_events(path))

@@ -154,5 +154,5 @@ def test_expired_lock_is_reported_and_refresh_extends(tmp_path) -> None:
 
 def test_unknown_backend_is_named(tmp_path) -> None:
     assert isinstance(open_store(str(tmp_path)), FileStore)
-    with pytest.raises(StoreError, match=r"unknown fleetpatch_state_backend 'postgresql': choose one of embedded"):
-        open_store(str(tmp_path), backend="postgresql")
+    with pytest.raises(StoreError, match=r"unknown fleetpatch_state_backend 'nosuch': choose one of embedded"):
+        open_store(str(tmp_path), backend="nosuch")
