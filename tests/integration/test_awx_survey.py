@@ -10,7 +10,7 @@ import typing as t
 
 import pytest
 
-from .rollout_harness import DemoFleet, RunResult, run_playbook, tree_snapshot
+from .rollout_harness import REPO_ROOT, DemoFleet, RunResult, run_playbook, tree_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +136,13 @@ def test_survey_strings_end_as_the_typed_run_on_every_playbook(make_fleet, tmp_p
         fingerprints.append(report(report_dir)["fingerprint"])
         assert sorted(row["host"] for row in report(report_dir)["rows"]) == nodes
     assert fingerprints[0] == fingerprints[1]
+
+    # the workflow's failure path (awx/playbooks/rollback.yml, job template "fleetpatch rollback"): back to 1.0.0
+    rollback = run_playbook(os.path.join(REPO_ROOT, "awx", "playbooks", "rollback.yml"), inventory=typed.inventory,
+                            extravars={"rollout_patch_manifest": typed.manifest(), "rollout_targets": "fleet_nodes"})
+    assert rollback.status == "successful", rollback.stdout[-3000:]
+    assert typed.versions() == {node: "1.0.0" for node in nodes}
+    assert all(result["changed"] for host, result in rollback.task_results("patch_apply").items() if host in nodes)
 
     # the registry playbook: verify, typed and surveyed dry-run flag
     for fleet, dry_run in ((typed, False), (surveyed, "false")):
