@@ -194,7 +194,7 @@ events_path:
   type: str
 correlation_id:
   description:
-    - Correlation id of this attempt, chosen here once and stored in the attempt: C(FLEETPATCH_CORRELATION_ID), the
+    - Correlation id of this attempt, chosen here once and stored in the attempt - C(FLEETPATCH_CORRELATION_ID), the
       extra var C(fleetpatch_correlation_id), the AWX job, the ansible-runner ident (the event callback's rules, applied
       to the same inputs), else a new UUID.
     - Every event (the callback adopts it from RV(fleetpatch_correlation)), every patch registry record and every check

@@ -55,12 +55,12 @@ options:
     elements: dict
   run_id:
     description:
-      - The rollout run (with O(plan)). Loaded from the run store: its attempt's correlation id, the hosts it skips and,
+      - The rollout run (with O(plan)). Loaded from the run store - its attempt's correlation id, the hosts it skips and,
         for O(baseline=true), where the baseline is kept.
     type: str
   plan:
     description:
-      - The registered result of M(fleetpatch.rollout.rollout_plan), read as data: the checks and the run's template
+      - The registered result of M(fleetpatch.rollout.rollout_plan), read as data - the checks and the run's template
         names. Required with O(run_id).
     type: dict
   state_dir:
