@@ -35,8 +35,8 @@ def result(host: str, *, journey: float = 0.0, p95: float = 12.5, failed: bool =
 
 def gate(batch: int, wave: str, *, action: str = "continue", **decision: t.Any) -> dict[str, t.Any]:
     hosts = PLAN["batches"][batch]["hosts"]
-    checks = [item for host in hosts for item in result(host, p95=1024.9 if host in decision.get("failed_hosts", ()) else 12.5 + batch,
-                                                            failed=host in decision.get("failed_hosts", ()))]
+    bad = decision.get("failed_hosts", ())
+    checks = [item for host in hosts for item in result(host, p95=1024.9 if host in bad else 12.5 + batch, failed=host in bad)]
     return {"batch": batch, "wave": wave, "action": action, "stop": action != "continue", "health": {host: {"ok": True} for host in hosts},
             "checks": {"results": checks}, "baked_seconds": 1.003 if batch == 0 else 0, "rollback_hosts": decision.pop("rollback_hosts", []),
             "decision": {"action": action, "failures_total": 0, "failed_hosts": [], "reasons": [], "trigger": "", **decision}}
@@ -191,7 +191,8 @@ def test_failures_are_printed_once_unless_a_block_rescues_them(monkeypatch: pyte
     failing = task("fleetpatch.rollout.rollout_plan", "Plan")
     block = types.SimpleNamespace(block=[failing], rescue=[task("ansible.builtin.fail", "Stop")], always=[], _parent=None)
     failing._parent = block
-    screen.plugin.v2_runner_on_failed(types.SimpleNamespace(task=failing, result={"msg": "bad policy"}, host=types.SimpleNamespace(get_name=lambda: "localhost")))
+    localhost = types.SimpleNamespace(get_name=lambda: "localhost")
+    screen.plugin.v2_runner_on_failed(types.SimpleNamespace(task=failing, result={"msg": "bad policy"}, host=localhost))
     assert screen.lines == []
     screen.plugin.v2_runner_on_failed(outcome("ansible.builtin.fail", {"msg": "bad\n  policy", "exception": "Traceback ..."}, name="Stop", parent=block))
     assert screen.lines == ["FAILED Stop on localhost: bad policy"]
