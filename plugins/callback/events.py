@@ -46,8 +46,10 @@ options:
   correlation_id:
     description:
       - Correlation id of this playbook run. When unset, the extra variable C(fleetpatch_correlation_id) is used, then
-        C(awx-job-<id>) from the AWX extra variables C(awx_job_id) or C(tower_job_id), then C(runner-<ident>) under
-        ansible-runner. M(fleetpatch.rollout.rollout_plan) applies the same rules to the same inputs (this option
+        C(awx-workflow-<id>) from the AWX extra variable C(awx_workflow_job_id) (every job and slice of one workflow job
+        shares it), else C(awx-job-<id>) from C(awx_job_id) or C(tower_job_id), then C(runner-<ident>) under
+        ansible-runner. Under AWX the first C(play.started) event's C(data.awx) names the job, template, workflow job,
+        schedule, slice and who launched it. M(fleetpatch.rollout.rollout_plan) applies the same rules to the same inputs (this option
         through its environment variable) and stores the id in the run's attempt.
       - Without any of these, the attempt's id is the one M(fleetpatch.rollout.rollout_plan) generates and returns; the
         callback adopts it from that result, so the events, the run state and the patch registry rows of an attempt

@@ -33,6 +33,7 @@ import time
 import typing as t
 import uuid
 
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._awx import AwxIdentityError, awx_correlation_id, awx_identity
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import (
     DEFAULT_SECRET_PATTERNS,
     Redactor,
@@ -123,8 +124,6 @@ def sanitize_correlation_id(value: t.Any) -> str:
 # AWX workflow job id goes first here, so that every slice of one workflow shares one id.)
 _CORRELATION_VARS: tuple[tuple[str, str, str], ...] = (
     ("fleetpatch_correlation_id", "{}", "extra_var"),
-    ("awx_job_id", "awx-job-{}", "awx"),
-    ("tower_job_id", "awx-job-{}", "awx"),
 )
 
 
@@ -138,6 +137,10 @@ def explicit_correlation_id(*, option: str | None, extra_vars: t.Mapping[str, t.
     for name, template, source in _CORRELATION_VARS:
         if extra_vars.get(name):
             return sanitize_correlation_id(template.format(extra_vars[name])), source
+    # under AWX: one id for every job and slice of a workflow job (awx-workflow-<id>), else the job's (_awx.py)
+    awx = awx_correlation_id(extra_vars)
+    if awx:
+        return sanitize_correlation_id(awx), "awx"
     ident = os.path.basename(os.path.normpath(runner_dir)) if runner_dir else ""
     if ident and ident not in (".", "/"):
         return sanitize_correlation_id(f"runner-{ident}"), "ansible-runner"
@@ -429,6 +432,7 @@ class RunRecorder:
         self._oldest_pending: float | None = None
         self._warned: set[str] = set()
         self._sealed: dict[str, t.Any] | None = None
+        self._awx: dict[str, t.Any] = {}
 
     # -- hooks -------------------------------------------------------------------------------------------
 
@@ -448,7 +452,10 @@ class RunRecorder:
             if not self.played:
                 self._first_play(extra_vars, variables, host_attributes or {})
             self.in_plan_play = bool(serial and self.plan_group and self.plan_group in hosts)
-            self.emit("play.started", data={"play": name, "hosts": list(hosts), "serial": serial})
+            data: dict[str, t.Any] = {"play": name, "hosts": list(hosts), "serial": serial}
+            if self._awx:  # the first play names the AWX job: id, template, workflow job, schedule, slice, launched_by
+                data["awx"], self._awx = self._awx, {}
+            self.emit("play.started", data=data)
 
     def host_task_start(self, *, host: str, task_uuid: str, hook: str = "v2_runner_on_start") -> None:
         with self._lock:
@@ -608,6 +615,12 @@ class RunRecorder:
         explicit = explicit_correlation_id(option=self.options.correlation_id, extra_vars=extra_vars, runner_dir=self.options.runner_dir)
         if explicit is not None:
             self.correlation_id, self.correlation_source = explicit
+        try:
+            identity = awx_identity(extra_vars)
+        except AwxIdentityError as exc:
+            self.warn(f"fleetpatch.rollout.events: AWX identity not recorded: {exc}")
+            identity = None
+        self._awx = identity.event_data() if identity is not None else {}
         # Forked workers (action plugins) inherit this: rollout_plan refuses to start a rollout nobody records.
         self.environ[ACTIVE_ENV] = str(os.getpid())
         self.environ.pop(STATUS_ENV, None)

@@ -88,3 +88,37 @@ def test_names_lose_control_characters_and_are_bounded() -> None:
     assert identity is not None
     assert identity.user_name == "eve [fake] line"
     assert identity.job_template_name is not None and len(identity.job_template_name) == 128
+
+
+def test_the_first_play_event_names_the_awx_job(tmp_path) -> None:
+    import json  # noqa: PLC0415
+
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import RecorderOptions, RunRecorder  # noqa: PLC0415
+
+    path = tmp_path / "events.jsonl"
+    warnings: list[str] = []
+    recorder = RunRecorder(RecorderOptions(path=str(path)), warn=warnings.append, say=lambda _line: None, environ={}, timer=False)
+    recorder.playbook_start(playbook="playbooks/reconcile.yml", check_mode=False, ansible_version="2.19.14")
+    extra_vars = {"awx_job_id": 102, "awx_workflow_job_id": 99, "awx_schedule_id": 7, "awx_job_launch_type": "workflow",
+                  "fleetpatch_slice_number": 2, "fleetpatch_slice_count": 3}
+    recorder.play_start(name="Gather", hosts=["h1"], extra_vars=extra_vars)
+    recorder.play_start(name="Report", hosts=["localhost"], extra_vars=extra_vars)
+    recorder.playbook_end(stats={})
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    plays = [event for event in events if event["event"] == "play.started"]
+    assert plays[0]["data"]["awx"] == {"job_id": 102, "job_launch_type": "workflow", "workflow_job_id": 99, "schedule_id": 7,
+                                       "slice_number": 2, "slice_count": 3, "launched_by": "schedule 7"}
+    assert "awx" not in plays[1]["data"]
+    assert {event["correlation_id"] for event in events} == {"awx-workflow-99"}
+    assert not warnings
+
+
+def test_a_malformed_awx_identity_is_a_warning_not_a_failure(tmp_path) -> None:
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import RecorderOptions, RunRecorder  # noqa: PLC0415
+
+    warnings: list[str] = []
+    recorder = RunRecorder(RecorderOptions(path=str(tmp_path / "events.jsonl")), warn=warnings.append, say=lambda _line: None, environ={},
+                           timer=False)
+    recorder.play_start(name="Gather", hosts=["h1"], extra_vars={"awx_job_id": 5, "fleetpatch_slice_number": 9, "fleetpatch_slice_count": 3})
+    recorder.playbook_end(stats={})
+    assert warnings == ["fleetpatch.rollout.events: AWX identity not recorded: fleetpatch_slice_number: 9 is more than fleetpatch_slice_count 3"]
