@@ -331,7 +331,7 @@ class _SqlStore:
 
     def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict[str, t.Any], int]:
         spending = sorted(FAILED_OUTCOMES)
-        marks = ", ".join("?" for _ in spending)
+        marks = ", ".join("?" * len(spending))
         with self._transaction(serialize=run_id) as tx:
             _upsert_outcomes(tx, run_id, outcomes)
             hosts = _hosts(tx, run_id)

@@ -139,7 +139,7 @@ def _spend(spec: Spec, run_id: str, worker: int, hosts: int, start: t.Any, resul
     store = spec.open()
     start.wait(timeout=60)
     for index in range(hosts):
-        _, spent = store.record_outcomes(run_id, {f"w{worker}-h{index}": outcome_entry("failed", at=f"t{index}")})
+        spent = store.record_outcomes(run_id, {f"w{worker}-h{index}": outcome_entry("failed", at=f"t{index}")})[1]
         results.put(spent)
 
 
@@ -154,7 +154,7 @@ def test_concurrent_record_outcomes_from_several_processes_lose_nothing(store, s
     processes = [context.Process(target=_spend, args=(spec, "FP-1", worker, hosts, start, results)) for worker in range(workers)]
     for process in processes:
         process.start()
-    counts = sorted(results.get(timeout=120) for _ in range(workers * hosts))
+    counts = sorted(results.get(timeout=120) for _count in range(workers * hosts))
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0
@@ -239,7 +239,7 @@ def test_concurrent_acquire_from_several_processes_exactly_one_wins(store, spec)
     processes = [context.Process(target=_contend, args=(spec, worker, start, results)) for worker in range(workers)]
     for process in processes:
         process.start()
-    outcomes = dict(results.get(timeout=120) for _ in range(workers))
+    outcomes = dict(results.get(timeout=120) for _worker in range(workers))
     for process in processes:
         process.join(timeout=60)
         assert process.exitcode == 0

@@ -68,10 +68,10 @@ def test_slices_started_at_once_share_one_plan_the_first_creates_it(spec) -> Non
     context = multiprocessing.get_context("fork")
     start = context.Barrier(4)
     results = context.Queue()
-    processes = [context.Process(target=_attach, args=(spec, PLAN, start, results)) for _ in range(4)]
+    processes = [context.Process(target=_attach, args=(spec, PLAN, start, results)) for _slice in range(4)]
     for process in processes:
         process.start()
-    outcomes = sorted(results.get(timeout=120) for _ in processes)
+    outcomes = sorted(results.get(timeout=120) for _process in processes)
     for process in processes:
         process.join(timeout=60)
     assert outcomes == ["attached", "attached", "attached", "created"]
