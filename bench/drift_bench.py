@@ -230,7 +230,8 @@ def main() -> int:
             ratios.append(reports[-1]["cpu"] / ((before["cpu"] + after["cpu"]) / 2))
             print(f"  round {round_ + 1}: baseline cpu {before['cpu']:.2f}s/{after['cpu']:.2f}s rss {after['peak_rss_mb']:.0f} MB | "
                   f"report cpu {reports[-1]['cpu']:.2f}s (read {reports[-1]['read_cpu']:.2f}, build {reports[-1]['build_cpu']:.2f}, "
-                  f"write {reports[-1]['write_cpu']:.2f}, of it html {reports[-1]['html_cpu'] * 1000:.0f} ms) rss {reports[-1]['peak_rss_mb']:.0f} MB | ratio {ratios[-1]:.2f}", flush=True)
+                  f"write {reports[-1]['write_cpu']:.2f}, of it html {reports[-1]['html_cpu'] * 1000:.0f} ms) "
+                  f"rss {reports[-1]['peak_rss_mb']:.0f} MB | ratio {ratios[-1]:.2f}", flush=True)
     base_cpu = min(b["cpu"] for b in baselines)
     report_cpu = min(r["cpu"] for r in reports)
     result = {

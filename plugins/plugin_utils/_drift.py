@@ -1974,10 +1974,11 @@ def page_view(document: t.Mapping[str, t.Any], report: Report, drift: t.Sequence
     """What the HTML page's template (templates/drift_report.html.j2) shows beyond the document, made here so that
     the template only writes it: heat map, matrix, and the first max_rows drift rows (Row, worst first)."""
     heat = report.heatmap()
+    listed = drift[:max(max_rows, 0)]
     return {
         "heat": heat, "heat_rows": heatmap_rows(heat), "host_classes": HOST_CLASSES, "class_labels": HOST_CLASS_LABELS,
-        "matrix_rows": matrix_rows(document), "drift_html": drift_rows_html(drift[:max_rows], labels),
-        "drift_listed": min(len(drift), max(max_rows, 0)), "drift_total": len(drift),
+        "matrix_rows": matrix_rows(document), "drift_html": drift_rows_html(listed, labels), "drift_listed": len(listed),
+        "drift_total": len(drift),
     }
 
 

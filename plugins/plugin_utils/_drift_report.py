@@ -53,6 +53,7 @@ __all__ = [
     "output_paths",
     "read_facts_file",
     "registry_views",
+    "render_html",
     "write_facts_file",
     "write_reports",
 ]

@@ -193,9 +193,8 @@ def test_demo_report_page_renders_without_layout_errors_and_matches_the_docs_scr
     assert f'<li><span class="mono">{QUARANTINED}</span> <span class="badge s-quarantined">quarantined</span></li>' in dom
     # environment x service: two environments, two services, each cell's worst status and share in sync
     matrix = re.findall(r'<td class="cell s-(\w+)" data-status="\w+"><strong>[^<]+</strong> · (\d+)/(\d+) in sync', dom)
-    assert [(status, int(ok), int(hosts)) for status, ok, hosts in matrix] == [MATRIX[key] for key in
-                                                                             [("staging", "billing"), ("staging", "myapp"),
-                                                                              ("prod", "billing"), ("prod", "myapp")]]
+    order = [("staging", "billing"), ("staging", "myapp"), ("prod", "billing"), ("prod", "myapp")]
+    assert [(status, int(ok), int(hosts)) for status, ok, hosts in matrix] == [MATRIX[key] for key in order]
     # quarantined and unhealthy hosts are neither in sync nor plain drift, in the drift list too
     assert re.search(rf'<span class="badge s-quarantined">quarantined</span></td><td>prod</td><td class="mono host"><details>'
                      rf'<summary>{QUARANTINED}</summary>', dom)

@@ -441,7 +441,6 @@ def test_hosts_of_a_kind_seen_before_get_the_rows_they_get_alone() -> None:
         assert [row for row in together.row_dicts() if row["host"] == record["host"]] == list(alone.row_dicts())
 
 
-
 def test_only_the_first_host_of_a_kind_takes_the_general_way() -> None:
     """add_all's short ways (one, two, three services, no services, no data) take every later host of a kind: the general
     way (_add_record) runs once per kind, and a short way's host gets the rows the general way gives."""
@@ -468,6 +467,7 @@ def test_only_the_first_host_of_a_kind_takes_the_general_way() -> None:
     for record in records:
         alone = build([record])
         assert [row for row in together.row_dicts() if row["host"] == record["host"]] == list(alone.row_dicts())
+
 
 def test_merged_hosts_and_facts_read_later() -> None:
     reconciler = Reconciler(parse_desired_state(DESIRED), now=t.cast(float, parse_time(NOW)))

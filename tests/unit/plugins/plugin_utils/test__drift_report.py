@@ -7,6 +7,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift import (
@@ -305,7 +306,7 @@ def test_compiled_page_template_is_kept_in_a_private_cache(tmp_path: Path, monke
     cache = _drift_report._bytecode_cache()
     directory = tmp_path / "cache" / "fleetpatch" / "jinja2"
     assert cache is not None and directory.is_dir() and directory.stat().st_mode & 0o777 == 0o700
-    environment = _drift_report.jinja2.Environment(loader=_drift_report.jinja2.FileSystemLoader(_drift_report.TEMPLATES), bytecode_cache=cache)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(_drift_report.TEMPLATES), bytecode_cache=cache)
     environment.get_template("drift_report.css")
     assert len(list(directory.iterdir())) == 1
     directory.chmod(0o777)  # another user could plant code there: not used
