@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -122,6 +123,13 @@ def full_run(drift_fleet: DriftFleet):
     return result, report_dir, before
 
 
+def report_result(result: RunResult) -> dict[str, t.Any]:
+    """The drift_report task's result: it runs once, on localhost or delegated there from the first gathered host."""
+    found = result.task_results("drift_report")
+    assert len(found) == 1, found
+    return next(iter(found.values()))
+
+
 def changed_tasks(result: RunResult) -> list[str]:
     return [f"{e['event_data'].get('host')}: {e['event_data'].get('task')}" for e in result.events
             if e.get("event") == "runner_on_ok" and e["event_data"].get("res", {}).get("changed")]
@@ -183,7 +191,7 @@ def test_check_mode_changes_nothing_and_writes_nothing(drift_fleet: DriftFleet, 
     assert changed_tasks(result) == []
     assert not os.path.exists(check_dir)
     assert tree_snapshot(*drift_fleet.host_roots()) == before
-    reported = result.task_results("drift_report")["localhost"]
+    reported = report_result(result)
     assert reported["written"] is False
     assert reported["fingerprint"] == drift_fleet.report(report_dir)["fingerprint"]
 
@@ -213,7 +221,7 @@ def test_fail_on_drift_fails_after_writing_the_report(drift_fleet: DriftFleet, f
     report_dir = os.path.join(drift_fleet.base, "report-gate")
     result = drift_fleet.reconcile(report_dir, reconcile_gather=False, reconcile_facts_files=[facts], reconcile_fail_on_drift=True)
     assert result.status == "failed"
-    failed = result.task_results("drift_report")["localhost"]
+    failed = report_result(result)
     assert failed["msg"].startswith("drift found: 1 drifted, 2 missing_patch, 1 unexpected_version")
     assert os.path.exists(os.path.join(report_dir, "drift-junit.xml"))
 
@@ -313,6 +321,45 @@ def test_registry_not_applicable_and_quarantined_hosts_in_the_report(tmp_path) -
         # by default quarantined fails a fail_on_drift run (after writing the report)
         gated = drift.reconcile(os.path.join(str(tmp_path), "report-gate"), reconcile_fail_on_drift=True)
         assert gated.status == "failed"
-        assert gated.task_results("drift_report")["localhost"]["msg"].startswith("drift found: 1 quarantined (report: ")
+        assert report_result(gated)["msg"].startswith("drift found: 1 quarantined (report: ")
+    finally:
+        fleet.teardown()
+
+
+def test_demo_fleet_with_two_environments_and_two_services_fills_the_matrix_and_the_heat_map(tmp_path) -> None:
+    """The demo fleet with environments staging and prod and a companion service beside myapp (billing, installed on
+    every node): the drift report's environment x service matrix has four cells and its region x tenant heat map counts
+    every node, in the JSON and on the HTML page."""
+    fleet = DemoFleet(str(tmp_path), demo_fleet_environments=["staging", "prod"], demo_fleet_segments=["web"], demo_fleet_hosts_per_cell=1,
+                      demo_fleet_companion_services={"billing": "2.3.0"})
+    try:
+        fleet.create()
+        assert fleet.fleet()["companion_services"]["billing"]["version"] == "2.3.0"
+        nodes = fleet.nodes()
+        assert len(nodes) == 8 and all(fleet.host_manifest(node, "billing")["version"] == "2.3.0" for node in nodes)
+        again = fleet.create()  # nothing left to do
+        assert [result["actions"] for result in again.task_results("demo_fleet").values()] == [[]]
+        staged = fleet.rollout(policy=FAST, rollout_targets="environment_staging")
+        assert staged.status == "successful", staged.stdout[-3000:]
+        desired = {"promotion": ["staging", "prod"],
+                   "environments": {env: {"myapp": "1.0.1", "billing": "2.3.0"} for env in ("staging", "prod")},
+                   "patches": [{"id": "CVE-DEMO-1", "service": "myapp", "fixed_in": ["1.0.1"], "severity": "critical",
+                                "released_at": iso(-dt.timedelta(days=1))}]}
+        drift = DriftFleet(fleet, str(tmp_path))
+        with open(drift.desired_path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(desired, handle)
+        report_dir = os.path.join(str(tmp_path), "report")
+        result = drift.reconcile(report_dir)
+        assert result.status == "successful", result.stdout[-3000:]
+        report = drift.report(report_dir)
+        assert {(cell["environment"], cell["service"]): (cell["status"], cell["statuses"]["in_sync"], cell["hosts"]) for cell in report["matrix"]} == {
+            ("staging", "myapp"): ("in_sync", 4, 4), ("staging", "billing"): ("in_sync", 4, 4),
+            ("prod", "myapp"): ("missing_patch", 0, 4), ("prod", "billing"): ("in_sync", 4, 4)}
+        with open(os.path.join(report_dir, "drift-report.html"), encoding="utf-8") as handle:
+            page = handle.read()
+        # each region x tenant cell: a staging host in sync, a prod host lacking the patch
+        cells = re.findall(r'<td class="hcell h(\d)" data-hosts="(\d+)" data-in-sync="(\d+)">', page)
+        assert cells == [("1", "2", "1")] * 4
+        assert page.count('<td class="cell s-') == 4 and "<th>billing</th><th>myapp</th>" in page
     finally:
         fleet.teardown()

@@ -495,3 +495,13 @@ def test_demo_errors_derive_from_fleetpatch_error() -> None:
     assert [cls.__qualname__ for cls in classes if not issubclass(cls, FleetpatchError)] == []
     with pytest.raises(ValueError):  # the other base stays, so every `except ValueError` still matches
         demo.validate_faults([{"kind": "cut_transfer", "match": {"region": "eu-west"}}])
+
+
+def test_companion_services_are_checked_and_never_the_main_service() -> None:
+    assert demo.validate_companions({"ledger": "0.9.0", "billing": "2.3.0"}, service="myapp") == {"billing": "2.3.0", "ledger": "0.9.0"}
+    assert demo.validate_companions({}, service="myapp") == {}
+    for companions, message in (({"myapp": "2.0.0"}, "must not name the main service myapp"), (["billing"], "must be a mapping"),
+                                ({"billing": "2 3"}, "version '2 3' must match"), ({"Bad Name": "1.0.0"}, "service 'Bad Name' must match")):
+        with pytest.raises(DemoFleetError) as raised:
+            demo.validate_companions(companions, service="myapp")
+        assert message in str(raised.value)

@@ -69,6 +69,7 @@ __all__ = [
     "resolve_faults",
     "service_config",
     "validate_cidr",
+    "validate_companions",
     "validate_faults",
     "validate_versions",
 ]
@@ -293,6 +294,20 @@ def validate_versions(*, service: str, base_version: str, patch_versions: t.Sequ
         raise DemoFleetError(f"patch_versions must not contain base_version {base_version}")
     if len(set(patch_versions)) != len(patch_versions):
         raise DemoFleetError("patch_versions must not list a version twice")
+
+
+def validate_companions(companions: t.Any, *, service: str) -> dict[str, str]:
+    """The companion services (name -> version installed beside the main service on every node), checked: names like a
+    service's and not the main service, versions like a release's."""
+    if not isinstance(companions, dict):
+        raise DemoFleetError(f"companion_services must be a mapping of service name to version, got {companions!r}")
+    checked: dict[str, str] = {}
+    for name, version in companions.items():
+        if name == service:
+            raise DemoFleetError(f"companion_services must not name the main service {service}")
+        validate_versions(service=name, base_version=version, patch_versions=[])
+        checked[name] = version
+    return dict(sorted(checked.items()))
 
 
 # --------------------------------------------------------------------------- faults

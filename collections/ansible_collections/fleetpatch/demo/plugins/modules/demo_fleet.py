@@ -115,6 +115,14 @@ options:
     type: list
     elements: str
     default: [1.0.1, 1.1.0]
+  companion_services:
+    description:
+      - Other services every node runs beside O(service), each name mapped to the version installed when the fleet is
+        built (release tarball built like O(service)'s, installed the same way, host manifest in C(state/)). They are not
+        served nor patched by the demo; the drift report reads them (an environment x service matrix with more than one
+        service). A node that lacks one gets it on the next run; removing one from the mapping leaves it installed.
+    type: dict
+    default: {}
   faults:
     description:
       - Faults to inject. Each fault selects hosts with O(faults[].match); hosts may carry several faults.
@@ -335,6 +343,7 @@ from ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet import
     render_inventory,
     resolve_faults,
     service_config,
+    validate_companions,
     validate_faults,
     validate_versions,
 )
@@ -541,6 +550,8 @@ class DemoFleet:
         self.actions: list[str] = []
         self.run_command = run_command
         self.supervisor = Supervisor(self.path, run_command)
+        # companion service -> its release artifact (present: release_artifacts), installed on every node (sync_hosts)
+        self.companions: dict[str, dict[str, t.Any]] = {}
 
     def run(self, argv: list[str]) -> None:
         rc, out, err = self.run_command(argv)
@@ -658,6 +669,8 @@ class DemoFleet:
 
         origin_url = f"http://{layout.origin_address}:{params['origin_port']}"
         artifacts = self.release_artifacts(service=service, versions=[base, *patch_versions], origin_url=origin_url)
+        self.companions = {name: {"version": version, **self.release_artifacts(service=name, versions=[version], origin_url=origin_url)[version]}
+                           for name, version in validate_companions(params["companion_services"], service=service).items()}
         manifests = {
             version: self.p("patches", f"{service}-{version}.yml") for version in patch_versions
         }
@@ -773,6 +786,10 @@ class DemoFleet:
             if not os.path.exists(path) or sha256_file(path) != artifact["sha256"]:
                 if self.act(f"build artifact {artifact['name']}"):
                     write_file_atomic(path, artifact["data"])
+        for artifact in self.companions.values():
+            if (not os.path.exists(artifact["path"]) or sha256_file(artifact["path"]) != artifact["sha256"]) \
+                    and self.act(f"build artifact {artifact['name']}"):
+                write_file_atomic(artifact["path"], artifact["data"])
         signatures = self.sign_artifacts(artifacts)
         for version, path in manifests.items():
             artifact = artifacts[version]
@@ -813,6 +830,8 @@ class DemoFleet:
             "service": service,
             "base_version": base,
             "patch_versions": patch_versions,
+            "companion_services": {name: {"version": version, "sha256": self.companions[name]["sha256"]}
+                                   for name, version in validate_companions(params["companion_services"], service=service).items()},
             "cidr": str(params["cidr"]),
             "port": params["port"],
             "origin_port": params["origin_port"],
@@ -905,6 +924,27 @@ class DemoFleet:
         # A provisioned host has its whole layout, including the (empty) content-addressed cache.
         os.makedirs(layout.cache_dir, exist_ok=True)
 
+    def sync_companions(self, layout: FleetLayout) -> None:
+        """Install every companion service a node lacks (its base release, as install_base installs the main service)."""
+        hosts_dir = self.p("hosts")
+        lacking = [(os.path.join(hosts_dir, host.name), name) for host in layout.nodes for name in self.companions
+                   if not os.path.exists(os.path.join(hosts_dir, host.name, "state", f"{name}.manifest.json"))]
+        if not lacking or not self.act(f"install companion service(s) {', '.join(sorted({name for _root, name in lacking}))} "
+                                       f"on {len({root for root, _name in lacking})} host(s)"):
+            return
+
+        def install(item: tuple[str, str]) -> None:
+            root, name = item
+            artifact = self.companions[name]
+            version = artifact["version"]
+            host = HostLayout(root, name)
+            unpack_release(host, version=version, artifact_path=artifact["path"], sha256=artifact["sha256"])
+            switch_current(host, version)
+            record_install(host, version=version, sha256=artifact["sha256"], patch_id=None, previous=None, action="install")
+
+        with ThreadPoolExecutor(max_workers=INSTALL_WORKERS) as pool:
+            list(pool.map(install, lacking))
+
     def installed(self, root: str) -> bool:
         return os.path.exists(os.path.join(root, "state", f"{self.params['service']}.manifest.json"))
 
@@ -936,6 +976,7 @@ class DemoFleet:
             roots = [os.path.join(hosts_dir, name) for name in missing]
             with ThreadPoolExecutor(max_workers=INSTALL_WORKERS) as pool:
                 list(pool.map(lambda root: self.install_base(root, base), roots))
+        self.sync_companions(layout)
 
         for name in sorted(set(disk_full) | mounted | set(tmpfs_state)):
             root = os.path.join(hosts_dir, name)
@@ -1036,6 +1077,7 @@ def main() -> None:
             service=dict(type="str", default="myapp"),
             base_version=dict(type="str", default="1.0.0"),
             patch_versions=dict(type="list", elements="str", default=["1.0.1", "1.1.0"]),
+            companion_services=dict(type="dict", default={}),
             faults=dict(
                 type="list",
                 elements="dict",
