@@ -196,12 +196,14 @@ def wave_rows(*, plan: t.Mapping[str, t.Any], summary: t.Mapping[str, t.Any]) ->
     status = str(summary.get("status", ""))
     rows = []
     for wave in plan.get("waves") or []:
-        outcomes = collections.Counter((hosts.get(host) or {}).get("outcome", "untouched") for host in wave.get("hosts") or [])
+        entries = [hosts.get(host) or {} for host in wave.get("hosts") or []]
+        outcomes = collections.Counter(entry.get("outcome", "untouched") for entry in entries)
         row = {
             "wave": wave.get("name"),
-            "hosts": len(wave.get("hosts") or []),
+            "hosts": len(entries),
             "patched": outcomes["patched"] + outcomes["not_applicable"],
-            "failed": sum(outcomes[name] for name in FAILED_OUTCOMES),
+            # failed in this run: also a host rolled back since (its cause), as the status line counts them
+            "failed": sum(1 for entry in entries if entry.get("outcome") in FAILED_OUTCOMES or entry.get("cause") in FAILED_OUTCOMES),
             "quarantined": outcomes["quarantined"] + outcomes["skipped"],
             "rolled_back": outcomes["rolled_back"],
             "rollback_failed": outcomes["rollback_failed"],
@@ -214,7 +216,7 @@ def wave_rows(*, plan: t.Mapping[str, t.Any], summary: t.Mapping[str, t.Any]) ->
         else:
             row["gate"] = "continue" if not row["untouched"] else status
         steps = []
-        if row["rollback_failed"] or (row["failed"] and status != "rolled_out"):
+        if row["rollback_failed"] or (sum(outcomes[name] for name in FAILED_OUTCOMES) and status != "rolled_out"):
             steps.append("rollback")
         if row["untouched"] or row["rolled_back"]:
             steps.append("resume")

@@ -97,7 +97,8 @@ def test_the_final_table_has_a_row_per_wave_and_the_next_commands() -> None:
     table = lines[3:6]
     assert table[0].split() == ["wave", "hosts", "patched", "failed", "quarant.", "rolled", "back", "untouched", "gate", "next"]
     assert table[1].split() == ["canary", "1", "1", "0", "0", "0", "0", "continue", "report"]
-    assert table[2].split() == ["wave-1", "4", "0", "0", "0", "2", "2", "rollback_wave", "resume"]
+    # a2 failed and was rolled back: it counts in both columns, as in the status line
+    assert table[2].split() == ["wave-1", "4", "0", "1", "0", "2", "2", "rollback_wave", "resume"]
     assert lines[6:] == ["next:", "  resume:   bin/demo run   (the same command: the run continues where it stopped)",
                          "  report:   bin/demo report", "files: /state/runs/FP-1/ (plan.json, events.jsonl, summary.json)"]
 
