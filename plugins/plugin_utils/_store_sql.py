@@ -190,6 +190,9 @@ class _SqlStore:
                     self._serialize(conn, serialize)
                 yield _Tx(conn, self._sql)
         except self._errors() as exc:
+            if getattr(conn, "closed", False):
+                # a lost server connection: the next operation connects again instead of failing forever
+                self._conn = None
             raise StoreError(f"{self.describe()}: {self._message(exc)}") from None
 
     def _ensure_schema(self, tx: _Tx) -> None:

@@ -322,3 +322,17 @@ def test_postgresql_store_is_shared_by_two_controllers(postgres, tmp_path) -> No
     assert "database shared_" in second.describe()
     first.close()
     second.close()
+
+
+def test_postgresql_store_connects_again_after_losing_its_connection(postgres, tmp_path) -> None:
+    dsn = postgres.create_database(f"reconnect_{os.getpid()}")
+    store = PostgresStore(str(tmp_path), environ={DSN_VAR: dsn})
+    store.save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetpatch'")
+    with pytest.raises(StoreError, match=r"postgresql run-state store \(database reconnect_"):
+        store.load_run("FP-1")
+    assert store.load_run("FP-1")["status"] == "pending"
+    store.close()
