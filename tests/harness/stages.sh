@@ -3,7 +3,7 @@
 # PATH. A pytest stage with nothing to collect exits 5, which bin/test reports as "no tests". Each stage
 # execs its tool, so that bin/test's time limit signals the tool itself (pytest under ansible-runner ignores
 # SIGTERM; `timeout` follows up with SIGKILL only while the process it started is alive).
-# Usage: tests/harness/stages.sh unit|lint|integration|molecule [extra arguments for the tool]
+# Usage: tests/harness/stages.sh unit|lint|release|integration|molecule [extra arguments for the tool]
 set -euo pipefail
 # shellcheck source=tests/harness/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,6 +23,11 @@ fp_pytest() {
 
 stage_unit() {
     fp_pytest tests/unit -q "$@"
+}
+
+# galaxy-importer, antsibull-docs (lint and docsite), antsibull-changelog: tests/release/test_release.py.
+stage_release() {
+    fp_pytest tests/release -q -p no:cacheprovider "$@"
 }
 
 stage_integration() {
@@ -59,13 +64,13 @@ stage_molecule() {
 }
 
 main() {
-    [[ "$#" -ge 1 ]] || fp_die "usage: stages.sh unit|lint|integration|molecule [args]"
+    [[ "$#" -ge 1 ]] || fp_die "usage: stages.sh unit|lint|release|integration|molecule [args]"
     local stage="$1"
     shift
     cd "$FP_REPO_ROOT"
     fp_activate_venv
     case "$stage" in
-        unit | integration | lint | molecule) "stage_${stage}" "$@" ;;
+        unit | integration | lint | release | molecule) "stage_${stage}" "$@" ;;
         *) fp_die "stages.sh: unknown stage: ${stage}" ;;
     esac
 }
