@@ -15,8 +15,8 @@ description:
     worst measured value next to its condition, the error budget left and the gate's decision. When a gate stops the
     run, the trigger and the failed hosts follow. At the end a table per wave (hosts patched, failed, quarantined,
     rolled back, untouched, the gate, what to do next) and the commands to resume, roll back and report.
-  - Other playbooks (prestage, reconcile, registry, the demo fleet) print one line per play, the messages of their
-    C(debug) tasks and reports, failures, and a one-line recap.
+  - Other playbooks (prestage, reconcile, registry, the demo fleet) print the messages of their C(debug) tasks (their
+    reports), failures, and a one-line recap.
   - Skipped tasks and task banners are never printed. Failures are always printed, except those a block rescues (the
     rescue says what happened) and the apply step's (the gate's line reports them).
   - With C(-v) or more, every task is printed exactly as the C(ansible.builtin.default) callback prints it.
@@ -63,8 +63,9 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _screen
 COLLECTION = "fleetpatch.rollout."
 # the apply step's failures are the gate's business: its batch line names them
 GATED_ACTIONS = ("patch_apply", "command_checks")
-# controller actions whose msg is the line to print (other playbooks than the rollout)
-REPORTING_ACTIONS = ("prestage_report", "drift_report", "registry", "prestage")
+# the rollout's readiness gate: its staged percent per region is the line to print (the rollout role's debug tasks
+# are not printed; the prestage, reconcile and registry playbooks print their reports with debug tasks of their own)
+READINESS_ACTION = "prestage_report"
 
 
 def _short(action: str) -> str:
@@ -198,8 +199,8 @@ class CallbackModule(DefaultCallback):
             self._finish = dict(data)
         elif action == "debug":
             self._on_debug(result)
-        elif action in REPORTING_ACTIONS and data.get("msg"):
-            self._say(f"{result.task.get_name()}: {data['msg']}")
+        elif action == READINESS_ACTION and data.get("msg") and _role_name(result.task) == COLLECTION + "rollout":
+            self._say(f"readiness: {data['msg']}")
 
     def _on_plan(self, data: t.Mapping[str, t.Any]) -> None:
         self._run = dict(data)

@@ -202,10 +202,12 @@ def test_failures_are_printed_once_unless_a_block_rescues_them(monkeypatch: pyte
 def test_other_playbooks_get_their_messages_and_a_one_line_recap(monkeypatch: pytest.MonkeyPatch) -> None:
     screen = Screen(monkeypatch)
     screen.plugin.v2_runner_on_ok(outcome("ansible.builtin.debug", {"msg": ["inventory: x", "origin: y"]}))
+    # a report's action result is not repeated: its playbook's debug task prints it
     screen.plugin.v2_runner_on_ok(outcome("fleetpatch.rollout.drift_report", {"msg": "drift found: 2 missing_patch"}, name="Report"))
+    screen.plugin.v2_runner_on_ok(outcome("fleetpatch.rollout.prestage_report", {"msg": "eu-west 100%"}, role="fleetpatch.rollout.rollout"))
     stats = {"h1": {"failures": 0, "unreachable": 0, "changed": 1}, "h2": {"failures": 1, "unreachable": 0, "changed": 0}}
     screen.plugin.v2_playbook_on_stats(types.SimpleNamespace(processed=stats, summarize=stats.__getitem__))
-    assert screen.lines == ["  inventory: x", "  origin: y", "Report: drift found: 2 missing_patch", "done: 2 host(s), 1 changed, 1 failed: h2"]
+    assert screen.lines == ["  inventory: x", "  origin: y", "readiness: eu-west 100%", "done: 2 host(s), 1 changed, 1 failed: h2"]
 
 
 def test_verbose_delegates_to_the_default_callback(monkeypatch: pytest.MonkeyPatch) -> None:
