@@ -165,7 +165,7 @@ def _hosts(hosts: t.Sequence[str]) -> str:
 
 def plan_lines(result: t.Mapping[str, t.Any], *, preview: bool) -> list[str]:
     """What the rollout_plan result says: the plan's headline, the waves, the gates (the whole plan table in preview)."""
-    text = [line for line in str(result.get("plan_text") or "").splitlines()]
+    text = str(result.get("plan_text") or "").splitlines()
     plan = result.get("plan") or {}
     if preview:
         return [line for line in text if line.strip()] + ["preview: nothing was touched, nothing was written"]

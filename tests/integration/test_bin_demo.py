@@ -79,8 +79,7 @@ def run_in_pty(argv: list[str], *, env: dict[str, str], cwd: str, timeout: float
             if time.monotonic() > deadline:
                 os.killpg(process.pid, signal.SIGTERM)
                 raise AssertionError(f"{argv} did not finish in {timeout} s; screen so far:\n" + b"".join(chunks).decode(errors="replace")[-4000:])
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
+            if select.select([master], [], [], 0.5)[0]:
                 try:
                     data = os.read(master, 65536)
                 except OSError:  # EIO: every writer of the terminal is gone
