@@ -275,8 +275,8 @@ def test_docsite_has_a_page_with_every_option_of_every_plugin_and_role(docsite, 
                 assert 'id="examples"' in text or not doc.get("examples"), f"{name}: examples not rendered"
             pages += 1
     assert pages >= 25
-    title, _ = _page(os.path.join(docsite, "docsite", "guide_rollout.html"))
-    assert title.startswith("Rolling out a patch across a fleet")
-    _, index = _page(os.path.join(docsite, "index.html"))
+    guide_title = _page(os.path.join(docsite, "docsite", "guide_rollout.html"))[0]
+    assert guide_title.startswith("Rolling out a patch across a fleet")
+    index = _page(os.path.join(docsite, "index.html"))[1]
     for role in roles():
         assert f"{role}_role.html" in index
