@@ -66,6 +66,13 @@ options:
         C(cache/sha256/.<digest>.part) and is renamed into place only after its digest (and O(artifact_size)) matched.
       - Never logged (it may hold credentials in its userinfo or query string).
     type: str
+  src:
+    description:
+      - Path of the artifact on the controller, staged over the task's connection by the action plugin of this module
+        and taken from there like a V(file://) O(artifact_url) (same bounds and checks), in the one module execution
+        that applies it; a host whose cache already holds a verified copy uses that copy.
+      - Mutually exclusive with O(artifact_url); only with O(state=present). Nothing is transferred in check mode.
+    type: path
   artifact_size:
     description:
       - Declared size of the artifact in bytes; a download or cached copy of another size is refused.
@@ -457,6 +464,8 @@ def main() -> None:
         version=dict(type="str", required=True),
         sha256=dict(type="str", required=True),
         artifact_url=dict(type="str", no_log=True),
+        # handled by the action plugin (plugins/action/patch_apply.py), which hands the module a file:// artifact_url instead
+        src=dict(type="path"),
         artifact_size=dict(type="int"),
         url_headers=dict(type="dict", no_log=True),
         timeout=dict(type="int", default=30),
