@@ -13,7 +13,7 @@ import typing as t
 
 import pytest
 
-from tests.integration.test_bin_demo import RUN_ID, Demo, assert_clean
+from tests.integration.test_bin_demo import ENVIRONMENTS, RUN_ID, Demo, assert_clean
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,10 @@ def test_the_default_demo_fits_a_screen_and_says_what_happened(demo: Demo) -> No
     assert [int(match["batch"]) for match in batches] == list(range(9))
     assert sum(int(match["patched"]) for match in batches) == 16
     assert f"plan {RUN_ID}: 16 hosts, 4 waves, 9 batches" in screen
+    # the demo's fleet has two environments (one node of each per region, tenant and segment): the run patched both
+    hosts = demo.summary()["hosts"]
+    assert sorted({host.rsplit("-", 2)[1] for host in hosts}) == sorted(ENVIRONMENTS) and len(hosts) == 16, hosts
+    assert {entry["outcome"] for entry in hosts.values()} == {"patched"}
     assert "gates: health, journey (error_rate <= 0.1), latency (p95 <= 500 ms)" in lines
     assert "status: rolled_out: 16 of 16 host(s) patched, 0 failed, 0 rolled back, 0 untouched; error budget 1 left" in lines
     header = lines.index(next(line for line in lines if line.startswith("wave    hosts")))
