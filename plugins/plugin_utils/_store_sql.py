@@ -81,6 +81,10 @@ SCHEMA = (
     " controller TEXT NOT NULL, pid INTEGER NOT NULL, expires TEXT NOT NULL, PRIMARY KEY (run_id, slice))",
     "CREATE TABLE IF NOT EXISTS fp_barriers (run_id TEXT NOT NULL, wave INTEGER NOT NULL, slice INTEGER NOT NULL, done TEXT NOT NULL,"
     " PRIMARY KEY (run_id, wave, slice))",
+    # the planning variables of each slice's hosts (the plan is compiled over their union), and the first halt of a sliced run
+    "CREATE TABLE IF NOT EXISTS fp_slice_hosts (run_id TEXT NOT NULL, slice INTEGER NOT NULL, slices INTEGER NOT NULL, hosts TEXT NOT NULL,"
+    " joined TEXT NOT NULL, PRIMARY KEY (run_id, slice))",
+    "CREATE TABLE IF NOT EXISTS fp_slice_halts (run_id TEXT PRIMARY KEY, slice INTEGER NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL)",
     # designed for issue 17 (the hash-chained event log and the registry on the shared store); not written yet
     "CREATE TABLE IF NOT EXISTS fp_events (run_id TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,"
     " line TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL, PRIMARY KEY (run_id, seq))",
@@ -330,6 +334,43 @@ class _SqlStore:
                 return dict(status, timed_out=not status["open"])
             time.sleep(min(poll, left))
 
+    def register_slice(self, run_id: str, *, slice_no: int, slices: int, hosts: t.Mapping[str, t.Mapping[str, t.Any]],
+                       now: _dt.datetime | None = None) -> None:
+        """Keep slice_no's hosts and their planning variables (kept from the first registration: a slice re-run with the
+        same key brings the same inventory)."""
+        _check_slice(slice_no, slices)
+        with self._transaction(serialize=run_id) as tx:
+            tx.run("INSERT INTO fp_slice_hosts (run_id, slice, slices, hosts, joined) VALUES (?, ?, ?, ?, ?)"
+                   " ON CONFLICT (run_id, slice) DO UPDATE SET hosts = excluded.hosts",
+                   (run_id, slice_no, slices, _dumps(dict(hosts)), iso(now or utc_now())))
+
+    def slice_roster(self, run_id: str) -> dict[str, t.Any]:
+        """The slices registered under run_id: {"hosts": {slice: {host: variables}}, "slices": {slice: count}, "last_joined"}."""
+        with self._transaction(write=False) as tx:
+            rows = tx.rows("SELECT slice, slices, hosts, joined FROM fp_slice_hosts WHERE run_id = ? ORDER BY slice", (run_id,))
+        return {"hosts": {int(row[0]): json.loads(row[2]) for row in rows}, "slices": {int(row[0]): int(row[1]) for row in rows},
+                "last_joined": max((row[3] for row in rows), default=None)}
+
+    def pass_barriers(self, run_id: str, *, waves: t.Sequence[int], slice_no: int, slices: int, now: _dt.datetime | None = None) -> None:
+        """Slice slice_no finished every wave in waves (arrive() for several at once: the ones without its hosts)."""
+        _check_slice(slice_no, slices)
+        moment = iso(now or utc_now())
+        with self._transaction(serialize=run_id) as tx:
+            tx.many("INSERT INTO fp_barriers (run_id, wave, slice, done) VALUES (?, ?, ?, ?) ON CONFLICT (run_id, wave, slice) DO NOTHING",
+                    [(run_id, wave, slice_no, moment) for wave in waves])
+
+    def halt_slices(self, run_id: str, *, slice_no: int, reason: t.Mapping[str, t.Any], now: _dt.datetime | None = None) -> dict[str, t.Any]:
+        """Record that slice_no stopped the sliced run (the first halt is kept); returns the halt every slice sees."""
+        with self._transaction(serialize=run_id) as tx:
+            tx.run("INSERT INTO fp_slice_halts (run_id, slice, reason, at) VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+                   (run_id, slice_no, _dumps(dict(reason)), iso(now or utc_now())))
+            return _halt(tx, run_id) or {}
+
+    def slice_halt(self, run_id: str) -> dict[str, t.Any] | None:
+        """The halt a slice of run_id recorded, or None."""
+        with self._transaction(write=False) as tx:
+            return _halt(tx, run_id)
+
     # -- outcomes and the error budget ---------------------------------------------------------------------
 
     def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict[str, t.Any], int]:
@@ -439,6 +480,11 @@ def _barrier(tx: _Tx, run_id: str, *, wave: int, slices: int, now: _dt.datetime)
             if number not in done and number in leases and leases[number] <= moment]
     waiting = [number for number in range(1, slices + 1) if number not in done and number not in {item["slice"] for item in dead}]
     return {"run_id": run_id, "wave": wave, "slices": slices, "done": done, "dead": dead, "waiting": waiting, "open": not waiting}
+
+
+def _halt(tx: _Tx, run_id: str) -> dict[str, t.Any] | None:
+    found = tx.rows("SELECT slice, reason, at FROM fp_slice_halts WHERE run_id = ?", (run_id,))
+    return {"slice": int(found[0][0]), "reason": json.loads(found[0][1]), "at": found[0][2]} if found else None
 
 
 def _plan_patch_id(content: str) -> str | None:
