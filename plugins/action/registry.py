@@ -9,13 +9,13 @@ import typing as t
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
-    Registry,
     RegistryError,
     STATES,
     export,
     query_hosts,
     query_patches,
     query_timeline,
+    open_registry,
     registry_paths,
     retention,
     verify_all,
@@ -55,12 +55,14 @@ class ActionModule(ControllerAction):
         state_dir = resolve_state_dir(args["state_dir"])
         paths = registry_paths(state_dir, registry_path=args["registry_path"], checkpoint_dir=args["checkpoint_dir"], export_dir=args["export_dir"])
         dry_run = bool(args["dry_run"] or self._task.check_mode)
+        # where the registry lives: the PostgreSQL run-state store with fleetpatch_state_backend=postgresql, else the SQLite file
+        backend = task_vars.get("fleetpatch_state_backend")
         if command == "verify":
             if args["export_file"]:
                 report = verify_export(args["export_file"])
             else:
                 report = verify_all(state_dir, registry_path=paths["registry"], checkpoint_dir=paths["checkpoints"],
-                                    allowed_signers=args["allowed_signers"], identity=args["signer_identity"])
+                                    allowed_signers=args["allowed_signers"], identity=args["signer_identity"], backend=backend)
             lines = [f"{finding['severity']}: {finding['kind']} at {finding['where']}: {finding['message']}" for finding in report["findings"]]
             out = {"changed": False, "report": report, "ok": report["ok"], "findings": lines}
             if not report["ok"]:
@@ -70,7 +72,7 @@ class ActionModule(ControllerAction):
                     f" and {len(report.get('event_files', []))} event file(s)" if "event_files" in report else "")
             return out
         if command in ("patches", "hosts", "timeline"):
-            registry = Registry(paths["registry"], create=False)
+            registry = open_registry(state_dir, backend=backend, path=paths["registry"], create=False)
             if command == "patches":
                 return {"changed": False, "patches": query_patches(registry, state=args["state"])}
             if not args["patch_id"]:
@@ -79,11 +81,11 @@ class ActionModule(ControllerAction):
                 return {"changed": False, "hosts": query_hosts(registry, args["patch_id"])}
             return {"changed": False, "timeline": query_timeline(registry, args["patch_id"])}
         if command == "export":
-            written = export(Registry(paths["registry"], create=False), paths["exports"], dry_run=dry_run)
+            written = export(open_registry(state_dir, backend=backend, path=paths["registry"], create=False), paths["exports"], dry_run=dry_run)
             return {"changed": written["written"], "export": written}
         if args["events_max_age_days"] is None and args["exports_max_age_days"] is None:
             raise RegistryError("retention needs events_max_age_days and/or exports_max_age_days")
         pruned = retention(state_dir, registry_path=paths["registry"], export_dir=paths["exports"],
                            events_max_age_days=args["events_max_age_days"], exports_max_age_days=args["exports_max_age_days"],
-                           keep_exports=args["keep_exports"], dry_run=dry_run)
+                           keep_exports=args["keep_exports"], dry_run=dry_run, backend=backend)
         return {"changed": bool(pruned["removed"]), "retention": pruned}

@@ -11,7 +11,6 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha2
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import (
-    STATUS_ENV,
     correlation_for_attempt,
     domain_event,
     events_callback_active,
@@ -20,8 +19,9 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import DEFAULT_SECRET_PATTERNS, Redactor
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
     ApprovalError,
-    Registry,
+    Ledger,
     RegistryError,
+    open_registry,
     patch_body,
     registry_paths,
     relative_to,
@@ -86,7 +86,9 @@ class ActionModule(ControllerAction):
         # the run, loaded by its id: its attempt's correlation id is every row's (the events of the attempt carry it too)
         run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=state_dir, check_mode=False) if args["run_id"] else None
         paths = registry_paths(state_dir, registry_path=args["registry_path"], checkpoint_dir=args["checkpoint_dir"])
-        registry = Registry(paths["registry"])
+        # the registry lives where the run's state does: the PostgreSQL store when the plan chose it, else the SQLite file
+        backend = run.get("state_backend")
+        registry = open_registry(state_dir, backend=backend, path=paths["registry"])
         redactor = self._redactor(args, task_vars)
         patch_id = args["patch_id"] or (run.get("patch") or {}).get("patch_id")
         if not patch_id:
@@ -96,10 +98,10 @@ class ActionModule(ControllerAction):
         correlation_id = (run_state.correlation_id if run_state else None) or args["details"].get("correlation_id") or correlation_for_attempt(task_vars)[0]
         recorded: list[dict[str, t.Any]] = []
         common = {"patch_id": patch_id, "run_id": run_id, "correlation_id": correlation_id, "redactor": redactor}
-        out: dict[str, t.Any] = {"changed": True, "registry": paths["registry"]}
+        out: dict[str, t.Any] = {"changed": True, "registry": registry.path}
         if args["event"] == "plan":
             recorded += self._plan(registry, args, run, t.cast(Run, run_state), state_dir, common)
-            out["fleetpatch_registry"] = {"path": paths["registry"], "checkpoint_dir": paths["checkpoints"], "signing_key": args["signing_key"],
+            out["fleetpatch_registry"] = {"path": paths["registry"], "backend": backend, "checkpoint_dir": paths["checkpoints"], "signing_key": args["signing_key"],
                                           "run_id": run_id, "patch_id": patch_id, "state_dir": state_dir}
         elif args["event"] == "prestaged":
             recorded.append(registry.append("patch.prestaged", dict(args["details"]), **common))
@@ -118,7 +120,7 @@ class ActionModule(ControllerAction):
         return out
 
     @staticmethod
-    def _plan(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], run_state: Run, state_dir: str,
+    def _plan(registry: Ledger, args: dict[str, t.Any], run: dict[str, t.Any], run_state: Run, state_dir: str,
               common: dict[str, t.Any]) -> list[dict[str, t.Any]]:
         manifest = run.get("patch")
         if not isinstance(manifest, dict):
@@ -162,7 +164,7 @@ class ActionModule(ControllerAction):
         return recorded
 
     @staticmethod
-    def _finish(registry: Registry, args: dict[str, t.Any], run: dict[str, t.Any], run_state: Run, state_dir: str,
+    def _finish(registry: Ledger, args: dict[str, t.Any], run: dict[str, t.Any], run_state: Run, state_dir: str,
                 common: dict[str, t.Any]) -> dict[str, t.Any]:
         finish = args["finish"] or {}
         state = run_state.state
@@ -178,11 +180,12 @@ class ActionModule(ControllerAction):
                              + (f" ({'; '.join(decision.get('reasons', []))})" if decision.get("reasons") else "")})
         hosts = state.get("hosts", {})
         callback = events_callback_active()
-        status_env = os.environ.get(STATUS_ENV, "")
+        # the callback keeps a failed write in the run's store, for this attempt (its correlation id)
+        status = run_state.store.log_status(run_state.run_id) if callback else None
         if not callback:
             log = {"callback": False, "complete": False, "reason": "the fleetpatch.rollout.events callback is not enabled: no event log"}
-        elif status_env.startswith("incomplete"):
-            log = {"callback": True, "complete": False, "reason": status_env}
+        elif status is not None and not status["complete"] and status["correlation_id"] == run_state.correlation_id:
+            log = {"callback": True, "complete": False, "reason": status["reason"]}
         else:
             log = {"callback": True, "complete": True, "reason": None}
         events_path = run_state.paths.events

@@ -137,7 +137,7 @@ from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import HOST_ATTRIBUTES, RecorderOptions, RunRecorder
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import Registry, RegistryError, write_checkpoint
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import RegistryError, open_registry, write_checkpoint
 
 
 def _result(result: t.Any) -> dict[str, t.Any]:
@@ -252,7 +252,8 @@ class CallbackModule(CallbackBase):
                            "lines": outcome.get("lines")}, "complete": outcome["complete"], "reason": outcome.get("reason"),
                 "hooks": dict(recorder.hooks)}
         try:
-            ledger = Registry(registry["path"])
+            # the run's registry: the SQLite file, or the PostgreSQL run-state store (registry_record says which)
+            ledger = open_registry(state_dir, backend=registry.get("backend"), path=registry["path"])
             record = ledger.append("log.sealed", body, patch_id=registry.get("patch_id"), run_id=registry.get("run_id"),
                                    correlation_id=recorder.correlation_id, redactor=recorder.redactor)
             checkpoint = write_checkpoint(ledger, registry["checkpoint_dir"], run_id=registry.get("run_id"), signing_key=registry.get("signing_key"))

@@ -76,7 +76,7 @@ summary:
   returned: when not in check mode
   type: dict
 paths:
-  description: Paths of the run directory, plan, state, events and summary.
+  description: Paths of the run directory, plan, events and summary (the run state itself is in the store).
   returned: always
   type: dict
 """

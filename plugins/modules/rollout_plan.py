@@ -175,8 +175,8 @@ downgrade:
   type: dict
 state_backend:
   description:
-    - Where the run's state lives - the variable C(fleetpatch_state_backend), V(embedded) (default, the files under O(state_dir)),
-      V(sqlite) or V(postgresql) (docs/state.md).
+    - Where the run's state lives - the variable C(fleetpatch_state_backend), V(embedded) (default, the SQLite file
+      C(fleetpatch.db) under O(state_dir); V(sqlite) names the same file) or V(postgresql) (docs/state.md).
       The later rollout actions open the run in this store; an unknown name stops the plan before any host is touched.
   returned: success
   type: str

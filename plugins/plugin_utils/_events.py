@@ -34,6 +34,7 @@ import typing as t
 import uuid
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._awx import AwxIdentityError, awx_correlation_id, awx_identity
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, open_store
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import (
     DEFAULT_SECRET_PATTERNS,
     Redactor,
@@ -51,7 +52,6 @@ __all__ = [
     "REQUIRED_ENV",
     "RecorderOptions",
     "RunRecorder",
-    "STATUS_ENV",
     "correlation_for_attempt",
     "domain_event",
     "events_callback_active",
@@ -83,7 +83,6 @@ BOUNDARY_EVENTS = frozenset({"wave.started", "wave.finished", "gate.decision", "
 CORRELATION_ENV = "FLEETPATCH_CORRELATION_ID"
 # set by the callback at the first play: a capability check for rollout_plan (does this playbook run keep a log?)
 ACTIVE_ENV = "FLEETPATCH_EVENTS_ACTIVE"
-STATUS_ENV = "FLEETPATCH_EVENTS_STATUS"
 _MAX_PRE_RUN = 10000
 
 
@@ -432,6 +431,9 @@ class RunRecorder:
         self._oldest_pending: float | None = None
         self._warned: set[str] = set()
         self._sealed: dict[str, t.Any] | None = None
+        # None while every write succeeded, else why the log is incomplete (kept in the run's store, see _save_log_status)
+        self.log_status: str | None = None
+        self._status_saved: str | None = None
         self._awx: dict[str, t.Any] = {}
 
     # -- hooks -------------------------------------------------------------------------------------------
@@ -578,7 +580,7 @@ class RunRecorder:
             ok = self.log.flush()
             if not ok:
                 error = self.log.errors[-1]
-                self.environ[STATUS_ENV] = f"incomplete: {error}"
+                self._log_incomplete(f"incomplete: {error}")
                 if error not in self._warned:
                     self._warned.add(error)
                     self.warn(f"fleetpatch.rollout.events: cannot write {self.log.path} ({error}); the rollout goes on,"
@@ -587,8 +589,30 @@ class RunRecorder:
                     self._oldest_pending = self.monotonic()
                     self._arm_timer()
             elif len(self.log.errors) != errors:
-                self.environ[STATUS_ENV] = f"incomplete: {self.log.errors[-1]}"
+                self._log_incomplete(f"incomplete: {self.log.errors[-1]}")
             return ok
+
+    def _log_incomplete(self, reason: str) -> None:
+        """A write failed: the run's store keeps that (for this attempt), where registry_record's finish record reads it."""
+        self.log_status = reason
+        self._save_log_status()
+
+    def _save_log_status(self) -> None:
+        """Hand the log's state to the run's store once the run is known (a failure before it was announced waits)."""
+        if self.log_status is None or not self.run.get("state_dir") or self._status_saved == self.log_status:
+            return
+        try:
+            # a store of its own for each (rare) status change: a flush may come from the timer's thread
+            store = open_store(self.run["state_dir"], backend=self.run.get("state_backend"))
+            try:
+                store.record_log_status(self.run["run_id"], correlation_id=self.correlation_id, complete=False, reason=self.log_status)
+            finally:
+                store.close()
+            self._status_saved = self.log_status
+        except StoreError as exc:
+            if "store" not in self._warned:
+                self._warned.add("store")
+                self.warn(f"fleetpatch.rollout.events: cannot record in the run's store that its log is incomplete: {exc}")
 
     def _arm_timer(self) -> None:
         if not self.use_timer or self._timer is not None:
@@ -623,7 +647,6 @@ class RunRecorder:
         self._awx = identity.event_data() if identity is not None else {}
         # Forked workers (action plugins) inherit this: rollout_plan refuses to start a rollout nobody records.
         self.environ[ACTIVE_ENV] = str(os.getpid())
-        self.environ.pop(STATUS_ENV, None)
         self.redactor.collect(extra_vars)
         for name in self.options.secret_vars:
             if name in extra_vars:
@@ -700,7 +723,8 @@ class RunRecorder:
                 self.warn(f"fleetpatch.rollout.events: one event log per playbook run; run {run.get('run_id')} is recorded in"
                           f" the log of run {self.run.get('run_id')}")
             return
-        self.run = {"run_id": run.get("run_id"), "patch_id": run.get("patch_id"), "waves": dict(run.get("waves") or {})}
+        self.run = {"run_id": run.get("run_id"), "patch_id": run.get("patch_id"), "waves": dict(run.get("waves") or {}),
+                    "state_dir": run.get("state_dir"), "state_backend": run.get("state_backend")}
         for host, info in (run.get("hosts") or {}).items():
             self.hosts[host] = dict(self.hosts.get(host, {}), **info)
         self.plan_group = run.get("plan_group")
@@ -708,6 +732,8 @@ class RunRecorder:
             path = self._format_path(self.options.path) if self.options.path else run.get("events_path")
             if path:
                 self._start(os.path.abspath(path))
+        # a write that failed before the run was known (the path option's log) reaches the store now
+        self._save_log_status()
 
     def _start(self, path: str) -> None:
         if self.correlation_id is None:

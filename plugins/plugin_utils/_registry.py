@@ -37,17 +37,21 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import sha2
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import Finding, verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import GENESIS, file_head, utc_ts
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import Redactor, canonical, scrub_url
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import Store, StoreError, open_store
 
 __all__ = [
     "ApprovalError",
     "COLUMNS",
+    "Ledger",
     "Registry",
     "RegistryError",
     "STATES",
+    "StoreRegistry",
     "approval_chain",
     "export",
     "fold_patches",
     "lock_timeout",
+    "open_registry",
     "patch_body",
     "query_hosts",
     "query_patches",
@@ -348,11 +352,73 @@ class Registry:
         return record
 
 
+class StoreRegistry:
+    """The patch registry in the run-state store (fleetpatch_state_backend postgresql: shared by every controller and AWX
+    job): the same records and hash chain as the SQLite ledger, in the store's fp_records table, so verify, queries,
+    export and checkpoints work on either. Appends are one transaction each, writers serialized by the store."""
+
+    def __init__(self, store: t.Any) -> None:
+        self.store = store
+        self.path = store.describe()
+
+    def _call(self, operation: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        try:
+            return getattr(self.store, operation)(*args, **kwargs)
+        except StoreError as exc:
+            raise RegistryError(f"patch registry in the {exc}") from None
+
+    @property
+    def registry_id(self) -> str:
+        return t.cast(str, self._call("registry_id"))
+
+    def append(self, kind: str, body: t.Mapping[str, t.Any], *, patch_id: str | None = None, run_id: str | None = None,
+               correlation_id: str | None = None, ts: str | None = None, redactor: Redactor | None = None) -> dict[str, t.Any]:
+        text = (redactor or Redactor()).dumps(dict(body), structural=True)
+        record = self._call("registry_append", kind, text, patch_id=patch_id, run_id=run_id, correlation_id=correlation_id,
+                            ts=ts or utc_ts(), digest=record_hash)
+        return dict(record, body=json.loads(text))
+
+    def rows(self) -> list[dict[str, t.Any]]:
+        return t.cast(list, self._call("registry_rows"))
+
+    def records(self, *, patch_id: str | None = None) -> list[dict[str, t.Any]]:
+        return [_parsed(row) for row in self._call("registry_rows", patch_id=patch_id)]
+
+    def head(self) -> dict[str, t.Any]:
+        return t.cast(dict, self._call("registry_head"))
+
+    def latest(self, kind: str, *, patch_id: str) -> dict[str, t.Any] | None:
+        found = self._call("registry_rows", patch_id=patch_id, kind=kind, last=True)
+        return _parsed(found[0]) if found else None
+
+
+# either ledger: the SQLite file or the PostgreSQL store's records
+Ledger = t.Union[Registry, StoreRegistry]
+
+
+def _parsed(row: dict[str, t.Any]) -> dict[str, t.Any]:
+    try:
+        return dict(row, body=json.loads(row["body"]))
+    except ValueError:
+        return dict(row, body={"raw": row["body"]})
+
+
+def open_registry(state_dir: str, *, backend: str | None = None, path: str | None = None, create: bool = True) -> Ledger:
+    """The patch registry of a rollout: in the PostgreSQL run-state store when fleetpatch_state_backend is postgresql,
+    else the SQLite ledger (path, default <state_dir>/registry.sqlite3)."""
+    if backend == "postgresql":
+        try:
+            return StoreRegistry(open_store(state_dir, backend=backend))
+        except StoreError as exc:
+            raise RegistryError(f"patch registry: {exc}") from None
+    return Registry(path or registry_paths(state_dir)["registry"], create=create)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
-def write_checkpoint(registry: Registry, directory: str, *, run_id: str | None = None, signing_key: str | None = None,
+def write_checkpoint(registry: Ledger, directory: str, *, run_id: str | None = None, signing_key: str | None = None,
                      now: str | None = None) -> dict[str, t.Any]:
     """Write the chain head to its own file (and a .sig next to it when a key is given). Returns what was written."""
     head = registry.head()
@@ -470,14 +536,17 @@ def verify_chain(rows: t.Iterable[t.Mapping[str, t.Any]], *, source: str = "regi
 
 
 def verify_all(state_dir: str, *, registry_path: str | None = None, checkpoint_dir: str | None = None,
-               allowed_signers: str | None = None, identity: str | None = None, events: bool = True) -> dict[str, t.Any]:
-    """Verify the registry, its checkpoints and every event file it knows or finds under runs/."""
+               allowed_signers: str | None = None, identity: str | None = None, events: bool = True,
+               backend: str | None = None) -> dict[str, t.Any]:
+    """Verify the registry (the SQLite ledger, or the PostgreSQL store's records with backend postgresql), its
+    checkpoints and every event file it knows or finds under runs/."""
     paths = registry_paths(state_dir, registry_path=registry_path, checkpoint_dir=checkpoint_dir)
     findings: list[Finding] = []
-    if not os.path.exists(paths["registry"]):
+    if backend != "postgresql" and not os.path.exists(paths["registry"]):
         findings.append(Finding("missing_file", paths["registry"], "there is no registry file"))
         return _report(paths, findings, {}, [], 0)
-    registry = Registry(paths["registry"], create=False)
+    registry = open_registry(state_dir, backend=backend, path=paths["registry"], create=False)
+    paths["registry"] = registry.path
     rows = registry.rows()
     chain_findings, hashes, head = verify_chain(rows)
     findings.extend(chain_findings)
@@ -679,7 +748,7 @@ def fold_patches(records: t.Iterable[dict[str, t.Any]]) -> dict[str, dict[str, t
     return patches
 
 
-def query_patches(registry: Registry, *, state: str | None = None) -> list[dict[str, t.Any]]:
+def query_patches(registry: Ledger, *, state: str | None = None) -> list[dict[str, t.Any]]:
     views = fold_patches(registry.records())
     rows = []
     for view in views.values():
@@ -695,14 +764,14 @@ def query_patches(registry: Registry, *, state: str | None = None) -> list[dict[
     return sorted(rows, key=lambda row: (row.get("registered_at") or "", row["patch_id"]))
 
 
-def query_hosts(registry: Registry, patch_id: str) -> list[dict[str, t.Any]]:
+def query_hosts(registry: Ledger, patch_id: str) -> list[dict[str, t.Any]]:
     view = fold_patches(registry.records(patch_id=patch_id)).get(patch_id)
     if view is None:
         raise RegistryError(f"the registry has no patch {patch_id}")
     return [dict(host=host, **outcome) for host, outcome in sorted(view["hosts"].items())]
 
 
-def query_timeline(registry: Registry, patch_id: str) -> dict[str, t.Any]:
+def query_timeline(registry: Ledger, patch_id: str) -> dict[str, t.Any]:
     view = fold_patches(registry.records(patch_id=patch_id)).get(patch_id)
     if view is None:
         raise RegistryError(f"the registry has no patch {patch_id}")
@@ -715,7 +784,7 @@ def query_timeline(registry: Registry, patch_id: str) -> dict[str, t.Any]:
 # Exports and retention
 
 
-def export(registry: Registry, directory: str, *, dry_run: bool = False, now: str | None = None) -> dict[str, t.Any]:
+def export(registry: Ledger, directory: str, *, dry_run: bool = False, now: str | None = None) -> dict[str, t.Any]:
     """Write every record as one JSON line (verifiable alone with verify_export) and record the export."""
     rows = registry.rows()
     head = registry.head()
@@ -737,21 +806,25 @@ def _age_days(path: str, now: float) -> float:
 
 def retention(state_dir: str, *, registry_path: str | None = None, export_dir: str | None = None, events_max_age_days: float | None = None,
               exports_max_age_days: float | None = None, keep_exports: int = 1, dry_run: bool = True,
-              now: float | None = None) -> dict[str, t.Any]:
-    """Remove event files and registry exports older than the given ages. Event files of a run that holds a lock are
-    kept. Before anything is removed, the registry records what goes (path, size, sha256, last seq and hash), so
-    verify reports those files as pruned, not deleted. dry_run only lists."""
+              now: float | None = None, backend: str | None = None) -> dict[str, t.Any]:
+    """Remove event files and registry exports older than the given ages. Event files of a run that holds a lock in the
+    run-state store (backend: fleetpatch_state_backend, default embedded) are kept. Before anything is removed, the
+    registry records what goes (path, size, sha256, last seq and hash), so verify reports those files as pruned, not
+    deleted. dry_run only lists."""
     now = _dt.datetime.now(_dt.timezone.utc).timestamp() if now is None else now
     paths = registry_paths(state_dir, registry_path=registry_path, export_dir=export_dir)
     chosen: list[dict[str, t.Any]] = []
     kept: list[dict[str, t.Any]] = []
+    store: Store | None = None
     if events_max_age_days is not None:
         for path in sorted(glob.glob(os.path.join(state_dir, "runs", "*", "events.jsonl"))):
             run_id = os.path.basename(os.path.dirname(path))
             age = _age_days(path, now)
             if age < events_max_age_days:
                 continue
-            if os.path.exists(os.path.join(state_dir, "locks", f"{run_id}.json")):
+            # the run-state store says which runs are live (opened on first need: only old event files ask)
+            store = store or open_store(state_dir, backend=backend)
+            if store.read_lock(run_id) is not None:
                 kept.append({"path": path, "kind": "events", "reason": f"run {run_id} holds a lock (running?)"})
                 continue
             chosen.append({"path": path, "kind": "events", "run_id": run_id, "age_days": round(age, 2)})
@@ -773,7 +846,7 @@ def retention(state_dir: str, *, registry_path: str | None = None, export_dir: s
     result = {"dry_run": dry_run, "remove": chosen, "keep": kept, "removed": []}
     if dry_run or not chosen:
         return result
-    registry = Registry(paths["registry"])
+    registry = open_registry(state_dir, backend=backend, path=paths["registry"])
     files = [dict(item, path=relative_to(item["path"], state_dir)) for item in chosen]
     record = registry.append("retention.pruned", {"files": files, "events_max_age_days": events_max_age_days,
                                                   "exports_max_age_days": exports_max_age_days})

@@ -19,12 +19,12 @@ import typing as t
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
     STATES,
-    Registry,
     RegistryError,
     export,
     query_hosts,
     query_patches,
     query_timeline,
+    open_registry,
     registry_paths,
     retention,
     verify_all,
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="controller state directory (default $FLEETPATCH_STATE_DIR or ~/.local/state/fleetpatch)")
     parser.add_argument("--registry", help="registry file (default $FLEETPATCH_REGISTRY or <state dir>/registry.sqlite3)")
     parser.add_argument("--checkpoints", help="checkpoint directory (default $FLEETPATCH_CHECKPOINT_DIR or <state dir>/checkpoints)")
+    parser.add_argument("--state-backend", choices=("embedded", "postgresql"), default="embedded",
+                        help="where the registry lives: embedded (the SQLite file, default) or postgresql (the run-state database of"
+                             " FLEETPATCH_STATE_DSN / PG* in the environment, as fleetpatch_state_backend=postgresql rollouts write it)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="check the registry chain, its checkpoints and every event file it knows")
@@ -93,7 +96,7 @@ def main(argv: t.Sequence[str] | None = None, out: t.TextIO = sys.stdout) -> int
                 report = verify_export(args.export)
             else:
                 report = verify_all(state_dir, registry_path=paths["registry"], checkpoint_dir=paths["checkpoints"],
-                                    allowed_signers=args.allowed_signers, identity=args.identity)
+                                    allowed_signers=args.allowed_signers, identity=args.identity, backend=args.state_backend)
             if args.json:
                 print(json.dumps(report, indent=2, sort_keys=True), file=out)
             else:
@@ -102,14 +105,16 @@ def main(argv: t.Sequence[str] | None = None, out: t.TextIO = sys.stdout) -> int
                       + f": {json.dumps(report.get('head') or {'lines': report.get('lines')}, sort_keys=True)}", file=out)
             return 0 if report["ok"] else 1
         if args.command == "export":
-            result: t.Any = export(Registry(paths["registry"], create=False), args.dir or paths["exports"], dry_run=args.dry_run)
+            result: t.Any = export(open_registry(state_dir, backend=args.state_backend, path=paths["registry"], create=False),
+                                   args.dir or paths["exports"], dry_run=args.dry_run)
         elif args.command == "retention":
             if args.events_max_age_days is None and args.exports_max_age_days is None:
                 raise RegistryError("retention needs --events-max-age-days and/or --exports-max-age-days")
             result = retention(state_dir, registry_path=paths["registry"], export_dir=args.export_dir, events_max_age_days=args.events_max_age_days,
-                               exports_max_age_days=args.exports_max_age_days, keep_exports=args.keep_exports, dry_run=args.dry_run)
+                               exports_max_age_days=args.exports_max_age_days, keep_exports=args.keep_exports, dry_run=args.dry_run,
+                               backend=args.state_backend)
         else:
-            registry = Registry(paths["registry"], create=False)
+            registry = open_registry(state_dir, backend=args.state_backend, path=paths["registry"], create=False)
             if args.command == "patches":
                 result = query_patches(registry, state=args.state)
                 if not args.json:

@@ -30,6 +30,7 @@ import re
 import sqlite3
 import time
 import typing as t
+import uuid
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_base import (
@@ -49,6 +50,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TIMEOUT_VAR",
     "PostgresStore",
+    "REGISTRY_COLUMNS",
     "SqliteStore",
     "redact_dsn",
 ]
@@ -85,13 +87,24 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fp_slice_hosts (run_id TEXT NOT NULL, slice INTEGER NOT NULL, slices INTEGER NOT NULL, hosts TEXT NOT NULL,"
     " joined TEXT NOT NULL, PRIMARY KEY (run_id, slice))",
     "CREATE TABLE IF NOT EXISTS fp_slice_halts (run_id TEXT PRIMARY KEY, slice INTEGER NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL)",
+    # the event recorder's view of a run's log (complete, or why not) for the attempt with correlation_id: written by the
+    # events callback when a write fails, read by registry_record's finish record (no environment channel between them)
+    "CREATE TABLE IF NOT EXISTS fp_log_status (run_id TEXT PRIMARY KEY, correlation_id TEXT, complete INTEGER NOT NULL, reason TEXT,"
+    " updated TEXT NOT NULL)",
     # designed for issue 17 (the hash-chained event log and the registry on the shared store); not written yet
     "CREATE TABLE IF NOT EXISTS fp_events (run_id TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,"
     " line TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL, PRIMARY KEY (run_id, seq))",
-    "CREATE TABLE IF NOT EXISTS fp_registry (seq BIGINT PRIMARY KEY, kind TEXT NOT NULL, at TEXT NOT NULL, patch_id TEXT,"
-    " body TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL)",
+    # the patch registry on the shared store (fleetpatch_state_backend postgresql): the SQLite ledger's records, same
+    # columns, same hash chain (_registry.record_hash), so one verify reads either
+    "CREATE TABLE IF NOT EXISTS fp_records (seq BIGINT PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, patch_id TEXT, run_id TEXT,"
+    " correlation_id TEXT, body TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS fp_records_patch ON fp_records (patch_id, seq)",
 )
 _LOCK_KEY = "locks"
+_REGISTRY_KEY = "registry"
+# the first record's prev (the event log's and the SQLite registry's genesis too)
+_GENESIS = "0" * 64
+REGISTRY_COLUMNS = ("seq", "ts", "kind", "patch_id", "run_id", "correlation_id", "body", "prev", "hash")
 _SCHEMA_KEY = "schema"
 _LOCK_COLUMNS = ("run_id", "owner", "controller", "pid", "acquired", "expires", "ttl_seconds")
 
@@ -185,8 +198,21 @@ class _SqlStore:
                 self._conn.close()
         self._conn = None
 
+    def _exists(self) -> bool:
+        """Whether the store was ever written (a server database always counts as existing)."""
+        return True
+
     @contextlib.contextmanager
     def _transaction(self, *, serialize: str | None = None, write: bool = True) -> t.Iterator[_Tx]:
+        if not write and self._conn is None and not self._exists():
+            # reading a store that was never written (a preview, check mode, a fresh state dir) finds nothing and creates
+            # nothing: the read runs against an empty in-memory database with the schema
+            with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as empty:
+                tx = _Tx(empty, lambda statement: statement)
+                for statement in SCHEMA:
+                    tx.run(statement)
+                yield tx
+            return
         conn = self._conn if self._conn is not None and self._pid == os.getpid() else self._connection()
         try:
             with self._begin(conn, write=write):
@@ -430,6 +456,72 @@ class _SqlStore:
         with self._transaction(serialize=_LOCK_KEY) as tx:
             return _drop_lock(tx, run_id)
 
+    # -- the patch registry's records (the ledger of _registry.StoreRegistry) --------------------------------
+
+    def registry_append(self, kind: str, body: str, *, patch_id: str | None, run_id: str | None, correlation_id: str | None, ts: str,
+                        digest: t.Callable[..., str]) -> dict[str, t.Any]:
+        """Append one record to the chain in one transaction (writers serialized): seq and prev follow the last record,
+        hash is digest(seq, ts, kind, patch_id, run_id, correlation_id, body, prev)."""
+        with self._transaction(serialize=_REGISTRY_KEY) as tx:
+            _registry_meta(tx)
+            last = tx.rows("SELECT seq, hash FROM fp_records ORDER BY seq DESC LIMIT 1")
+            seq, prev = (int(last[0][0]) + 1, last[0][1]) if last else (1, _GENESIS)
+            record = {"seq": seq, "ts": ts, "kind": kind, "patch_id": patch_id, "run_id": run_id, "correlation_id": correlation_id,
+                      "body": body, "prev": prev}
+            record["hash"] = digest(seq, ts, kind, patch_id, run_id, correlation_id, body, prev)
+            tx.run(f"INSERT INTO fp_records ({', '.join(REGISTRY_COLUMNS)}) VALUES ({', '.join('?' * len(REGISTRY_COLUMNS))})",
+                   tuple(record[column] for column in REGISTRY_COLUMNS))
+        return record
+
+    def registry_rows(self, *, patch_id: str | None = None, kind: str | None = None, last: bool = False) -> list[dict[str, t.Any]]:
+        """The registry's records in seq order (bodies as stored text), optionally of one patch and kind; last: the newest only."""
+        where = [(column, value) for column, value in (("patch_id", patch_id), ("kind", kind)) if value is not None]
+        clause = (" WHERE " + " AND ".join(f"{column} = ?" for column, _value in where)) if where else ""
+        order = " ORDER BY seq DESC LIMIT 1" if last else " ORDER BY seq"
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(f"SELECT {', '.join(REGISTRY_COLUMNS)} FROM fp_records{clause}{order}", tuple(value for _column, value in where))
+        return [dict(zip(REGISTRY_COLUMNS, row), seq=int(row[0])) for row in rows]
+
+    def registry_head(self) -> dict[str, t.Any]:
+        """records (how many), seq and head (hash) of the registry's last record."""
+        with self._transaction(write=False) as tx:
+            count = tx.value("SELECT count(*) FROM fp_records")
+            last = tx.rows("SELECT seq, hash FROM fp_records ORDER BY seq DESC LIMIT 1")
+        return {"records": int(count or 0), "seq": int(last[0][0]) if last else 0, "head": last[0][1] if last else _GENESIS}
+
+    def registry_id(self) -> str:
+        """The registry's identity (made with its first record; checkpoints name it)."""
+        with self._transaction(write=False) as tx:
+            return str(tx.value("SELECT value FROM fp_meta WHERE key = ?", ("registry_id",)) or "")
+
+    # -- the event log's state -----------------------------------------------------------------------------
+
+    def record_log_status(self, run_id: str, *, correlation_id: str | None, complete: bool, reason: str | None) -> None:
+        """The events callback's view of the run's log for one attempt (correlation_id): complete, or why not."""
+        with self._transaction(serialize=run_id) as tx:
+            tx.run("INSERT INTO fp_log_status (run_id, correlation_id, complete, reason, updated) VALUES (?, ?, ?, ?, ?)"
+                   " ON CONFLICT (run_id) DO UPDATE SET correlation_id = excluded.correlation_id, complete = excluded.complete,"
+                   " reason = excluded.reason, updated = excluded.updated",
+                   (run_id, correlation_id, 1 if complete else 0, reason, iso(utc_now())))
+
+    def log_status(self, run_id: str) -> dict[str, t.Any] | None:
+        """What record_log_status last said of the run's log ({correlation_id, complete, reason, updated}), or None."""
+        with self._transaction(write=False) as tx:
+            rows = tx.rows("SELECT correlation_id, complete, reason, updated FROM fp_log_status WHERE run_id = ?", (run_id,))
+        if not rows:
+            return None
+        correlation_id, complete, reason, updated = rows[0]
+        return {"correlation_id": correlation_id, "complete": bool(complete), "reason": reason, "updated": updated}
+
+    def forget_run(self, run_id: str) -> bool:
+        """Delete everything the store holds of a run (document, plan, outcomes, lock, slices, barriers), one transaction:
+        the demo's teardown, so that a run after it starts over. False when the store held nothing of it."""
+        with self._transaction(serialize=_LOCK_KEY) as tx:
+            dropped = _drop_lock(tx, run_id)
+            for table in ("fp_runs", "fp_plans", "fp_outcomes", "fp_slices", "fp_barriers", "fp_log_status"):
+                dropped = tx.run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,)) > 0 or dropped
+            return dropped
+
 
 class _Tx:
     """The statements of one transaction: run, many, value (first column of the first row), rows."""
@@ -465,6 +557,12 @@ class _Tx:
     def value(self, statement: str, params: t.Sequence[t.Any] = ()) -> t.Any:
         found = self.rows(statement, params)
         return found[0][0] if found else None
+
+
+def _registry_meta(tx: _Tx) -> None:
+    """The registry's identity and creation time, set once (by its first append)."""
+    for key, value in (("registry_id", str(uuid.uuid4())), ("registry_created", iso(utc_now()))):
+        tx.run("INSERT INTO fp_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value))
 
 
 def _check_slice(slice_no: int, slices: int) -> None:
@@ -529,7 +627,7 @@ def _drop_lock(tx: _Tx, run_id: str) -> bool:
 class SqliteStore(_SqlStore):
     """Run state in ``<state_dir>/fleetpatch.db`` (stdlib sqlite3, WAL, ``BEGIN IMMEDIATE`` for every write)."""
 
-    name = "sqlite"
+    name = "embedded"
 
     def __init__(self, state_dir: str, *, environ: t.Mapping[str, str] | None = None) -> None:
         super().__init__(state_dir)
@@ -538,6 +636,9 @@ class SqliteStore(_SqlStore):
 
     def describe(self) -> str:
         return f"run-state database {self.path}"
+
+    def _exists(self) -> bool:
+        return os.path.exists(self.path)
 
     def _connect(self) -> t.Any:
         try:
@@ -548,14 +649,25 @@ class SqliteStore(_SqlStore):
                 os.chmod(self.path, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot create the {self.describe()}: {exc.strerror or exc}") from exc
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the {self.describe()}: {exc}") from None
-        return conn
+        deadline = time.monotonic() + self.timeout
+        while True:
+            conn = None
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                return conn
+            except sqlite3.OperationalError as exc:
+                # several processes opening a new database at once: switching it to WAL needs a moment alone, and
+                # sqlite answers "locked" at once instead of waiting for the busy timeout
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot open the {self.describe()}: {exc}") from None
+                if conn is not None:
+                    conn.close()
+                time.sleep(0.05)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the {self.describe()}: {exc}") from None
 
     @contextlib.contextmanager
     def _begin(self, conn: t.Any, *, write: bool) -> t.Iterator[None]:

@@ -17,6 +17,7 @@ import ansible_runner
 from ansible_collections.fleetpatch.demo.plugins.module_utils._demo_fleet import busy_endpoints
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import verify_all
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import Store, open_store
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
@@ -190,6 +191,18 @@ class DemoFleet:
 
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.state_dir, "runs", run_id)
+
+    def store(self, backend: str | None = None) -> Store:
+        """The run-state store of this fleet's controller (embedded: <state dir>/fleetpatch.db): tests read runs and
+        plant locks through it, never through files. Reading a store that was never written creates nothing."""
+        return open_store(self.state_dir, backend=backend)
+
+    def run_state(self, run_id: str) -> dict[str, t.Any]:
+        """The run document with every host's outcome, as the store holds it ({} before the run was planned)."""
+        return self.store().load_run(run_id) or {}
+
+    def run_lock(self, run_id: str) -> dict[str, t.Any] | None:
+        return self.store().read_lock(run_id)
 
     def events(self, run_id: str) -> list[dict[str, t.Any]]:
         path = os.path.join(self.run_dir(run_id), "events.jsonl")

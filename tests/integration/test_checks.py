@@ -121,14 +121,8 @@ def logged_decisions(fleet: DemoFleet) -> list[dict[str, t.Any]]:
 
 
 def state(fleet: DemoFleet) -> dict[str, t.Any]:
-    path = os.path.join(fleet.run_dir(RUN_ID), "state.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except ValueError:  # read while it was being replaced
-            return {}
+    """The run as its store holds it (read while the rollout runs too: every write is one transaction)."""
+    return fleet.run_state(RUN_ID)
 
 
 def untouched(fleet: DemoFleet, before: dict[str, t.Any], *, but: t.Collection[str]) -> None:

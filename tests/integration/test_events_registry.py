@@ -122,8 +122,7 @@ def test_full_rollout_is_recorded_schema_valid_correlated_and_without_secrets(ma
     decision = [event for event in events if event["event"] == "gate.decision"][-1]
     assert (decision["wave"], decision["status"]) == ("wave-2", "rollback_wave")
     assert set(decision["data"]["failed_hosts"]) == {unhealthy, unreachable} and decision["data"]["failures_total"] == 2
-    with open(os.path.join(fleet.run_dir(RUN_ID), "state.json"), encoding="utf-8") as handle:
-        assert json.load(handle)["attempts"][-1]["correlation_id"] == "awx-job-4242"
+    assert fleet.run_state(RUN_ID)["attempts"][-1]["correlation_id"] == "awx-job-4242"
 
     # The registry: the patch with its approval chain, the run, every host's outcome, a timeline, and a seal.
     registry = Registry(os.path.join(fleet.state_dir, "registry.sqlite3"))

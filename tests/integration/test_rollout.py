@@ -179,7 +179,7 @@ def test_killed_mid_wave_then_resumed_matches_an_uninterrupted_run(make_fleet) -
         assert fleet.releases(host) == ["1.0.0", "1.0.1"]  # no half-unpacked release left behind
     summary = fleet.summary(RUN_ID)
     assert summary["status"] == "rolled_out" and summary["attempts"] == 2
-    assert not os.path.exists(os.path.join(fleet.state_dir, "locks", f"{RUN_ID}.json"))
+    assert fleet.run_lock(RUN_ID) is None
 
 
 def test_check_mode_and_preview_change_nothing_on_disk(make_fleet) -> None:
@@ -198,12 +198,10 @@ def test_check_mode_and_preview_change_nothing_on_disk(make_fleet) -> None:
 
 
 def _write_lock(fleet: DemoFleet, *, expires: dt.datetime) -> None:
-    locks = os.path.join(fleet.state_dir, "locks")
-    os.makedirs(locks, exist_ok=True)
-    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
-    with open(os.path.join(locks, "OTHER.json"), "w", encoding="utf-8") as handle:
-        json.dump({"run_id": "OTHER", "owner": "someone@elsewhere", "controller": socket.gethostname(), "pid": os.getpid(),
-                   "hosts": fleet.nodes(), "acquired": dt.datetime.now(dt.timezone.utc).strftime(stamp), "expires": expires.strftime(stamp)}, handle)
+    """Another run's lock over every node, planted through the store (a live owner: this test's process)."""
+    ttl = 3600
+    fleet.store().acquire_lock("OTHER", hosts=fleet.nodes(), owner="someone@elsewhere", controller=socket.gethostname(), pid=os.getpid(),
+                               ttl_seconds=ttl, now=expires - dt.timedelta(seconds=ttl))
 
 
 def test_second_rollout_is_refused_by_the_lock_and_stale_lock_needs_breaking(make_fleet) -> None:

@@ -5,7 +5,6 @@ errors that name their file, not_applicable hosts). Loopback only."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import http.server
 import json
 import os
@@ -143,26 +142,21 @@ def test_locked_registry_error_names_the_file_and_no_host_changes(fleet: DemoFle
     _unchanged(fleet)
     # the plan took the run lock before the registry refused; its owner is gone, so it is stale, and a later run of
     # another patch over these hosts would have to break it: release it as the operator would after reading the error
-    os.unlink(os.path.join(fleet.state_dir, "locks", "FP-REGLOCK-1.json"))
+    assert fleet.store().release_lock("FP-REGLOCK-1") is True
 
 
-def test_run_lock_error_names_the_lock_file(fleet: DemoFleet) -> None:
-    locks = os.path.join(fleet.state_dir, "locks")
-    os.makedirs(locks, exist_ok=True)
-    lock_path = os.path.join(locks, "OTHER-RUN.json")
-    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
-    now = dt.datetime.now(dt.timezone.utc)
-    with open(lock_path, "w", encoding="utf-8") as handle:
-        json.dump({"run_id": "OTHER-RUN", "owner": "someone@elsewhere", "controller": socket.gethostname(), "pid": os.getpid(),
-                   "hosts": fleet.nodes(), "acquired": now.strftime(stamp), "expires": (now + dt.timedelta(hours=1)).strftime(stamp)}, handle)
+def test_run_lock_error_names_the_lock(fleet: DemoFleet) -> None:
+    store = fleet.store()
+    store.acquire_lock("OTHER-RUN", hosts=fleet.nodes(), owner="someone@elsewhere", controller=socket.gethostname(), pid=os.getpid(),
+                       ttl_seconds=3600)
     try:
         result = fleet.rollout(policy=POLICY, rollout_patch_manifest=_manifest(fleet, "FP-RUNLOCK-1"))
     finally:
-        os.unlink(lock_path)
+        store.release_lock("OTHER-RUN")
     assert result.status == "failed"
     text = " ".join(result.stdout.split())
     assert "are locked by a running rollout: run OTHER-RUN owned by someone@elsewhere" in text
-    assert f"(lock file {lock_path})" in text, result.stdout[-3000:]
+    assert f"(lock of run OTHER-RUN in run-state database {os.path.join(fleet.state_dir, 'fleetpatch.db')})" in text, result.stdout[-3000:]
     _unchanged(fleet)
 
 

@@ -69,7 +69,7 @@ def _refused(fleet: DemoFleet, untouched: dict[str, t.Any], result: t.Any, messa
     assert tree_snapshot(os.path.join(fleet.path, "hosts")) == untouched["tree"]
     # refused before the plan wrote or locked anything: no run directory, no event log
     assert not os.path.exists(fleet.run_dir(RUN_ID))
-    assert not os.path.exists(os.path.join(fleet.state_dir, "locks")) or not os.listdir(os.path.join(fleet.state_dir, "locks"))
+    assert fleet.run_lock(RUN_ID) is None
 
 
 MANIFEST_CASES = {

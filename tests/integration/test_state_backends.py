@@ -1,4 +1,4 @@
-"""The demo rollout with its run state in SQL: a real private PostgreSQL server (and SQLite), read back from the store."""
+"""The demo rollout with its run state in SQL: a real private PostgreSQL server, and the embedded default (SQLite), read back from the store."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typing as t
 
 import pytest
 
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import open_registry, verify_all
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore, SqliteStore
 from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
@@ -45,7 +46,7 @@ def _assert_rolled_out(fleet: DemoFleet, stored: dict[str, t.Any], plan_text: st
     assert not os.path.exists(os.path.join(fleet.state_dir, "locks"))
 
 
-def test_rollout_keeps_its_run_state_in_postgresql_and_resumes_from_an_empty_state_dir(make_fleet, postgres, tmp_path) -> None:
+def test_rollout_keeps_its_run_state_in_postgresql_and_resumes_from_an_empty_state_dir(make_fleet, postgres, tmp_path, monkeypatch) -> None:
     dsn = postgres.create_database("rollout")
     fleet = make_fleet()
     result = fleet.rollout(policy=POLICY, env={DSN_VAR: dsn}, fleetpatch_state_backend="postgresql")
@@ -64,13 +65,23 @@ def test_rollout_keeps_its_run_state_in_postgresql_and_resumes_from_an_empty_sta
     resumed = store.load_run(RUN_ID)
     assert len(resumed["attempts"]) == len(stored["attempts"]) + 1
     _assert_rolled_out(fleet, resumed, store.read_plan(RUN_ID))
+    # the patch registry is in the database as well: no registry file on either controller, one chain of both attempts
+    # (each sealed its log), verified from a third, empty state dir
+    assert not os.path.exists(os.path.join(fleet.state_dir, "registry.sqlite3"))
+    monkeypatch.setenv(DSN_VAR, dsn)
+    registry = open_registry(str(tmp_path / "auditor"), backend="postgresql")
+    kinds = [record["kind"] for record in registry.records(patch_id=RUN_ID)]
+    assert kinds.count("run.started") == 2 and kinds.count("run.finished") == 2 and kinds.count("log.sealed") == 2
+    report = verify_all(str(tmp_path / "auditor"), backend="postgresql", events=False)
+    assert report["ok"] and report["head"]["records"] == len(registry.rows()), report["findings"]
     store.close()
 
 
-def test_rollout_keeps_its_run_state_in_sqlite(make_fleet) -> None:
+def test_rollout_keeps_its_run_state_in_the_embedded_sqlite_store_by_default(make_fleet) -> None:
     fleet = make_fleet(demo_fleet_hosts_per_cell=1)
-    result = fleet.rollout(policy=POLICY, fleetpatch_state_backend="sqlite")
+    result = fleet.rollout(policy=POLICY)
     assert result.status == "successful", result.stdout[-3000:]
+    assert result.task_results("rollout_plan")["localhost"]["state_backend"] == "embedded"
     store = SqliteStore(fleet.state_dir)
     _assert_rolled_out(fleet, store.load_run(RUN_ID), store.read_plan(RUN_ID))
     assert os.stat(os.path.join(fleet.state_dir, "fleetpatch.db")).st_mode & 0o777 == 0o600

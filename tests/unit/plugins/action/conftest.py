@@ -16,6 +16,8 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
+
 PLUGINS = "ansible_collections.fleetpatch.rollout.plugins.action"
 
 MANIFEST: dict[str, t.Any] = {
@@ -99,7 +101,7 @@ HOSTS = ["node1", "node2", "node3", "node4"]
 def no_event_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """Actions outside a playbook: no event callback runs, and the plan is told that knowingly."""
     monkeypatch.setenv("FLEETPATCH_EVENTS_REQUIRED", "false")
-    for name in ("FLEETPATCH_EVENTS_ACTIVE", "FLEETPATCH_EVENTS_STATUS", "FLEETPATCH_CORRELATION_ID", "FLEETPATCH_STATE_DIR"):
+    for name in ("FLEETPATCH_EVENTS_ACTIVE", "FLEETPATCH_CORRELATION_ID", "FLEETPATCH_STATE_DIR"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -114,6 +116,16 @@ def plan_args(state_dir: str, **changes: t.Any) -> dict[str, t.Any]:
     """rollout_plan's arguments for the unit fleet."""
     return {"manifest": copy.deepcopy(MANIFEST), "targets": list(HOSTS), "policy": copy.deepcopy(POLICY), "state_dir": state_dir,
             "clock": "2026-03-11T05:00:00Z", **changes}
+
+
+def stored_run(run: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    """The run document as the run's store holds it (a planned run's result names its state dir and backend)."""
+    return open_store(run["state_dir"], backend=run.get("state_backend")).load_run(run["run_id"])
+
+
+def stored_lock(run: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    """The run's lock as its store holds it, or None."""
+    return open_store(run["state_dir"], backend=run.get("state_backend")).read_lock(run["run_id"])
 
 
 @pytest.fixture

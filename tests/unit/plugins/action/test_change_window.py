@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import copy
-import json
-import os
 import typing as t
 
-from conftest import run_action, run_args
+from conftest import run_action, run_args, stored_run
 
 
 def window_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
@@ -40,19 +38,16 @@ def test_frozen_batch_waits_and_the_run_records_it(fleet: dict[str, t.Any], plan
     assert not result.get("failed"), result.get("msg")
     assert result["fits"] is False and result["stop"] is True and result["reasons"]
     assert "waits" in result["msg"] and "re-run the rollout then to resume" in result["msg"]
-    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
-        state = json.load(handle)
+    state = stored_run(planned)
     assert state["status"] == "waiting_window"
     assert state["halted"]["action"] == "wait_window" and state["waiting"]["batch"] == 0
 
 
 def test_check_mode_answers_without_writing(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
-    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
-        before = handle.read()
+    before = stored_run(planned)
     result = run_action("change_window", window_args(frozen(planned)), batch(fleet, planned, 0), check_mode=True)
     assert result["check_mode"] is True and result["fits"] is False and "fleetpatch_events" not in result
-    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
-        assert handle.read() == before
+    assert stored_run(planned) == before
 
 
 def test_run_without_change_policy_is_refused(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:

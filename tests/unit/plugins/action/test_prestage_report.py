@@ -10,7 +10,7 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import MANIFEST, run_action, run_arg
+from conftest import MANIFEST, run_action, run_arg, stored_run
 
 
 def report_args(hosts: list[str], run: dict[str, t.Any] | None = None, **changes: t.Any) -> dict[str, t.Any]:
@@ -56,8 +56,7 @@ def test_readiness_gate_skips_unready_hosts_of_the_run(fleet: dict[str, t.Any], 
     assert not result.get("failed"), result.get("msg")
     assert result["skip_hosts"] == ["node4"]
     assert result["report_path"] == os.path.join(planned["run_dir"], "readiness.json")
-    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
-        assert json.load(handle)["hosts"]["node4"]["outcome"] == "not_staged"
+    assert stored_run(planned)["hosts"]["node4"]["outcome"] == "not_staged"
     assert "prestage.readiness" in [event["event"] for event in result["fleetpatch_events"]]
 
 

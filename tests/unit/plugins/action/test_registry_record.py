@@ -10,7 +10,10 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_args
+from conftest import run_action, run_args, stored_run
+
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import Registry
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
 
 
 def record_args(run: dict[str, t.Any] | None, event: str, **changes: t.Any) -> dict[str, t.Any]:
@@ -76,3 +79,21 @@ def test_override_refusal_is_recorded(fleet: dict[str, t.Any], no_event_log: Non
     with sqlite3.connect(os.path.join(fleet["state_dir"], "registry.sqlite3")) as db:
         body = json.loads(db.execute("SELECT body FROM records").fetchone()[0])
     assert body == {"reason": "expired", "status": "refused"}
+
+
+def test_a_failed_log_write_reaches_the_finish_record_through_the_run_store(fleet: dict[str, t.Any], planned: dict[str, t.Any],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events callback keeps a failed write in the run's store for its attempt; no environment variable carries it."""
+    monkeypatch.setenv("FLEETPATCH_EVENTS_ACTIVE", str(os.getppid()))  # the callback is loaded (this process's parent)
+    store = open_store(planned["state_dir"], backend=planned["state_backend"])
+    correlation_id = stored_run(planned)["attempts"][-1]["correlation_id"]
+    run_action("registry_record", record_args(planned, "plan"), fleet["task_vars"])
+    # an earlier attempt's failure is not this attempt's
+    store.record_log_status(planned["run_id"], correlation_id="an-earlier-attempt", complete=False, reason="incomplete: disk full")
+    registry = Registry(os.path.join(fleet["state_dir"], "registry.sqlite3"))
+    run_action("registry_record", record_args(planned, "finish", finish={"status": "interrupted"}), fleet["task_vars"])
+    assert registry.latest("run.finished", patch_id=planned["run_id"])["body"]["log"] == {"callback": True, "complete": True, "reason": None}
+    store.record_log_status(planned["run_id"], correlation_id=correlation_id, complete=False, reason="incomplete: [Errno 28] disk full")
+    run_action("registry_record", record_args(planned, "finish", finish={"status": "interrupted"}), fleet["task_vars"])
+    assert registry.latest("run.finished", patch_id=planned["run_id"])["body"]["log"] == \
+        {"callback": True, "complete": False, "reason": "incomplete: [Errno 28] disk full"}

@@ -9,7 +9,9 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_args
+from conftest import run_action, run_args, stored_lock, stored_run
+
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
 
 
 def finish_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
@@ -21,20 +23,16 @@ def read(path: str) -> dict[str, t.Any]:
         return json.load(handle)
 
 
-def lock_path(fleet: dict[str, t.Any], run: dict[str, t.Any]) -> str:
-    return os.path.join(fleet["state_dir"], "locks", f"{run['run_id']}.json")
-
-
 def test_run_without_gate_is_interrupted_summary_written_lock_released(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
-    assert os.path.exists(lock_path(fleet, planned))
+    assert stored_lock(planned) is not None
     result = run_action("rollout_finish", finish_args(planned), fleet["task_vars"])
     assert not result.get("failed"), result.get("msg")
     assert result["status"] == "interrupted"
     summary = read(os.path.join(planned["run_dir"], "summary.json"))
     assert summary == result["summary"]
     assert summary["status"] == "interrupted" and summary["counts"] == {"untouched": 4} and summary["fleet_size"] == 4
-    assert read(os.path.join(planned["run_dir"], "state.json"))["status"] == "interrupted"
-    assert not os.path.exists(lock_path(fleet, planned))
+    assert stored_run(planned)["status"] == "interrupted"
+    assert stored_lock(planned) is None
     assert result["paths"]["summary"] == os.path.join(planned["run_dir"], "summary.json")
     assert [event["event"] for event in result["fleetpatch_events"]] == ["run.finished"]
 
@@ -54,11 +52,11 @@ def test_preview_writes_nothing_and_names_no_file(fleet: dict[str, t.Any], plann
     result = run_action("rollout_finish", finish_args(dict(planned, preview=True)), fleet["task_vars"])
     assert result == {"changed": False, "status": "preview", "paths": {}, "check_mode": True}
     assert not os.path.exists(os.path.join(planned["run_dir"], "summary.json"))
-    assert os.path.exists(lock_path(fleet, planned))
+    assert stored_lock(planned) is not None
 
 
 def test_run_that_never_started(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
-    os.remove(os.path.join(planned["run_dir"], "state.json"))
+    assert open_store(fleet["state_dir"]).forget_run(planned["run_id"]) is True
     result = run_action("rollout_finish", finish_args(planned), fleet["task_vars"])
     assert result["status"] == "not-started" and result["paths"]["run_dir"] == planned["run_dir"]
 

@@ -9,7 +9,7 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import HOSTS, MANIFEST, plan_args, run_action
+from conftest import HOSTS, MANIFEST, plan_args, run_action, stored_lock, stored_run
 
 
 def test_plan_writes_plan_state_lock_and_masks_credentials(fleet: dict[str, t.Any], no_event_log: None) -> None:
@@ -19,13 +19,14 @@ def test_plan_writes_plan_state_lock_and_masks_credentials(fleet: dict[str, t.An
     assert sorted(result["host_order"]) == HOSTS
     assert sum(result["serial"]) == len(HOSTS)
     run_dir = os.path.join(fleet["state_dir"], "runs", "FP-UNIT-1")
-    assert result["run_dir"] == run_dir and result["written"] == [os.path.join(run_dir, "plan.json"), os.path.join(run_dir, "state.json")]
+    # the run document and lock are the store's (embedded: fleetpatch.db); plan.json is the one file written
+    assert result["run_dir"] == run_dir and result["written"] == [os.path.join(run_dir, "plan.json")]
+    assert result["state_backend"] == "embedded" and os.listdir(run_dir) == ["plan.json"]
     with open(os.path.join(run_dir, "plan.json"), encoding="utf-8") as handle:
         assert json.load(handle)["fingerprint"] == result["plan"]["fingerprint"]
-    with open(os.path.join(run_dir, "state.json"), encoding="utf-8") as handle:
-        state = json.load(handle)
+    state = stored_run(result)
     assert state["status"] == "running" and len(state["attempts"]) == 1 and not state["attempts"][0]["resumed"]
-    assert os.path.exists(os.path.join(fleet["state_dir"], "locks", "FP-UNIT-1.json"))
+    assert stored_lock(result)["hosts"] == sorted(HOSTS)
     assert "hunter22" not in json.dumps(result["patch"])
     assert [event["event"] for event in result["fleetpatch_events"]][:3] == ["run.started", "plan.compiled", "change.classified"]
 
@@ -34,8 +35,7 @@ def test_second_plan_resumes_the_same_run(fleet: dict[str, t.Any], planned: dict
     again = run_action("rollout_plan", plan_args(fleet["state_dir"]), fleet["task_vars"])
     assert not again.get("failed"), again.get("msg")
     assert again["plan"]["fingerprint"] == planned["plan"]["fingerprint"]
-    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
-        attempts = json.load(handle)["attempts"]
+    attempts = stored_run(planned)["attempts"]
     assert [attempt["resumed"] for attempt in attempts] == [False, True]
 
 

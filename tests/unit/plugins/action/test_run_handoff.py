@@ -9,7 +9,7 @@ import os
 import sqlite3
 import typing as t
 
-from conftest import MANIFEST, plan_args, run_action, run_args
+from conftest import MANIFEST, plan_args, run_action, run_args, stored_run
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import RecorderOptions, RunRecorder, read_events
 
@@ -25,8 +25,7 @@ def play_batch(fleet: dict[str, t.Any], planned: dict[str, t.Any], index: int, *
 
 
 def stored(planned: dict[str, t.Any]) -> dict[str, t.Any]:
-    with open(os.path.join(planned["run_dir"], "state.json"), encoding="utf-8") as handle:
-        return json.load(handle)
+    return stored_run(planned)
 
 
 def registry_rows(state_dir: str) -> list[tuple[str, str, str]]:

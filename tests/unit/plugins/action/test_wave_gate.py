@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import typing as t
 
 import pytest
 from ansible.errors import AnsibleActionFail
 
-from conftest import run_action, run_args
+from conftest import run_action, run_args, stored_run
 
 
 def gate_args(run: dict[str, t.Any], **changes: t.Any) -> dict[str, t.Any]:
@@ -28,8 +27,7 @@ def batch_vars(fleet: dict[str, t.Any], run: dict[str, t.Any], index: int, resul
 
 
 def state(run: dict[str, t.Any]) -> dict[str, t.Any]:
-    with open(os.path.join(run["run_dir"], "state.json"), encoding="utf-8") as handle:
-        return json.load(handle)
+    return stored_run(run)
 
 
 def test_patched_canary_continues_and_is_recorded(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:

@@ -14,7 +14,7 @@ from ansible.plugins.loader import callback_loader
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import read_events
 
 SECRET = "hunter2-db-password"
-ENVIRONMENT = ("FLEETPATCH_CORRELATION_ID", "FLEETPATCH_EVENTS_ACTIVE", "FLEETPATCH_EVENTS_STATUS", "FLEETPATCH_EVENTS_PATH", "TRACEPARENT",
+ENVIRONMENT = ("FLEETPATCH_CORRELATION_ID", "FLEETPATCH_EVENTS_ACTIVE", "FLEETPATCH_EVENTS_PATH", "TRACEPARENT",
                "AWX_ISOLATED_DATA_DIR", "FLEETPATCH_SECRET_VARS")
 
 

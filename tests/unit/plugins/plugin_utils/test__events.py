@@ -20,6 +20,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import 
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._event_verify import verify_event_file
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import CENSORED, MASK
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 with open(os.path.join(REPO, "docs", "events.schema.json"), encoding="utf-8") as _handle:
@@ -248,7 +249,11 @@ def test_a_failed_write_warns_keeps_the_events_and_marks_the_log_incomplete(tmp_
     recorder, warnings, _said = make_recorder(str(blocker / "events.jsonl"), environ=environ)
     outcome = simulate_rollout(recorder, tmp_path)
     assert not outcome["complete"] and "Error: [Errno" in outcome["reason"] and "21 event(s) could not be written" in outcome["reason"]
-    assert environ[_events.STATUS_ENV].startswith("incomplete: ")
+    # the run's store keeps it for registry_record (no environment channel), with the attempt's correlation id
+    assert recorder.log_status is not None and recorder.log_status.startswith("incomplete: ") and "FLEETPATCH_EVENTS_STATUS" not in environ
+    stored = open_store(str(tmp_path)).log_status("FP-1")
+    assert stored is not None and stored["complete"] is False and stored["reason"] == recorder.log_status
+    assert stored["correlation_id"] == recorder.correlation_id
     assert len([warning for warning in warnings if "cannot write" in warning]) == 1  # one warning per distinct error
     # The queue survives: once the path works, everything is written, in order, with an unbroken chain.
     blocker.unlink()

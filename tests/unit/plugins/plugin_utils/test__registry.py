@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import EventLog, file_head
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import MASK, Redactor
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
     ApprovalError,
     Registry,
@@ -209,11 +210,12 @@ def test_retention_dry_run_then_prune_keeps_the_registry_verifiable(tmp_path) ->
     assert [item["path"] for item in planned["remove"]] == [path] and planned["removed"] == [] and os.path.exists(path)
     records = registry.head()["records"]
     assert registry.head()["records"] == records
-    os.makedirs(os.path.join(state_dir, "locks"))
-    with open(os.path.join(state_dir, "locks", "FP-1.json"), "w", encoding="utf-8") as handle:
-        handle.write("{}")
+    # a run that holds a lock in the run-state store keeps its log
+    store = open_store(state_dir)
+    store.acquire_lock("FP-1", hosts=["a"], owner="ops@ctl", controller="ctl", pid=os.getpid(), ttl_seconds=600)
     assert retention(state_dir, events_max_age_days=30, dry_run=False)["keep"][0]["reason"] == "run FP-1 holds a lock (running?)"
-    shutil.rmtree(os.path.join(state_dir, "locks"))
+    assert os.path.exists(path)
+    store.release_lock("FP-1")
     done = retention(state_dir, events_max_age_days=30, dry_run=False)
     assert done["removed"] == [path] and not os.path.exists(path)
     pruned = registry.records()[-1]

@@ -10,12 +10,11 @@ import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import STATUSES, TRANSITIONS, Run, RunStateError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
-    FileStore,
     LockError,
+    SqliteStore,
     StoreError,
     open_store,
     outcome_entry,
-    read_json,
 )
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -85,18 +84,18 @@ def test_budget_counts_latest_outcome_per_host(tmp_path) -> None:
     assert run.record_outcomes({"a": outcome_entry("failed", at="t1"), "b": outcome_entry("patched", at="t1")}) == 1
     assert run.record("c", "quarantined", at="t1") == 2
     assert run.record("a", "patched", at="t2") == 1
-    stored = read_json(run.paths.state)
+    stored = open_store(str(tmp_path)).load_run("FP-1")
     assert stored["hosts"]["a"] == {"outcome": "patched", "at": "t2"} and stored["status"] == "running"
 
 
 def test_concurrent_budget_spending_never_loses_an_increment(tmp_path) -> None:
     """Two writers (separate store objects, as two workers would be) record failures at the same time."""
-    FileStore(str(tmp_path)).save_run("FP-1", {"run_id": "FP-1", "status": "running", "hosts": {}})
+    SqliteStore(str(tmp_path)).save_run("FP-1", {"run_id": "FP-1", "status": "running", "hosts": {}})
     per_writer = 40
     seen: dict[str, list[int]] = {"w1": [], "w2": []}
 
     def spend(name: str) -> None:
-        store = FileStore(str(tmp_path))
+        store = SqliteStore(str(tmp_path))
         for index in range(per_writer):
             _hosts, spent = store.record_outcomes("FP-1", {f"{name}-{index}": outcome_entry("failed", at="t")})
             seen[name].append(spent)
@@ -106,7 +105,7 @@ def test_concurrent_budget_spending_never_loses_an_increment(tmp_path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    _hosts, total = FileStore(str(tmp_path)).record_outcomes("FP-1", {})
+    _hosts, total = SqliteStore(str(tmp_path)).record_outcomes("FP-1", {})
     assert total == 2 * per_writer
     # every answer was a count at some instant: all distinct across both writers, each writer's increasing
     answers = seen["w1"] + seen["w2"]
@@ -122,7 +121,7 @@ def test_save_keeps_outcomes_recorded_by_another_writer(tmp_path) -> None:
     other.record("z", "failed", at="t1")
     first.state["note"] = "x"
     first.save()
-    assert read_json(first.paths.state)["hosts"]["z"]["outcome"] == "failed"
+    assert open_store(str(tmp_path)).load_run("FP-1")["hosts"]["z"]["outcome"] == "failed"
 
 
 def _lock(run: Run, hosts, *, pid: int, now=NOW, break_stale: bool = False):
@@ -133,8 +132,8 @@ def test_second_taker_is_refused_naming_the_lock(tmp_path) -> None:
     first = Run.open(state_dir=str(tmp_path), run_id="FP-1", patch_id="FP-1", fingerprint="f")
     second = Run.open(state_dir=str(tmp_path), run_id="FP-2", patch_id="FP-2", fingerprint="f")
     _lock(first, ["a", "b"], pid=os.getpid())
-    lock_file = os.path.join(str(tmp_path), "locks", "FP-1.json")
-    with pytest.raises(LockError, match=rf"locked by a running rollout: run FP-1 owned by ops@ctl.*\(lock file {lock_file}\)"):
+    database = os.path.join(str(tmp_path), "fleetpatch.db")
+    with pytest.raises(LockError, match=rf"locked by a running rollout: run FP-1 owned by ops@ctl.*\(lock of run FP-1 in run-state database {database}\)"):
         _lock(second, ["b"], pid=os.getpid() + 1)
 
 
@@ -153,6 +152,6 @@ def test_expired_lock_is_reported_and_refresh_extends(tmp_path) -> None:
 
 
 def test_unknown_backend_is_named(tmp_path) -> None:
-    assert isinstance(open_store(str(tmp_path)), FileStore)
+    assert isinstance(open_store(str(tmp_path)), SqliteStore)
     with pytest.raises(StoreError, match=r"unknown fleetpatch_state_backend 'nosuch': choose one of embedded"):
         open_store(str(tmp_path), backend="nosuch")

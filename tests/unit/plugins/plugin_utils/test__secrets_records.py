@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import PlanError
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import LockError, RunPaths, acquire_lock, failed_hosts
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import LockError, StoreError, failed_hosts, open_store
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import ACTIVE_ENV, REQUIRED_ENV, recorder_problem
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import (
     MASK,
@@ -146,20 +146,19 @@ def test_verify_tells_a_log_never_recorded_from_a_deleted_one(tmp_path) -> None:
     assert [item["where"] for item in report["findings"] if item["kind"] == "deleted"] == [os.path.join(state_dir, "runs/FP-ON/events.jsonl")]
 
 
-def test_run_lock_errors_name_the_lock_file(tmp_path) -> None:
-    other = RunPaths(str(tmp_path), "OTHER")
-    acquire_lock(other, hosts=["a", "b"], owner="ops@ctl", controller="ctl", pid=os.getpid(), ttl_seconds=600)
-    mine = RunPaths(str(tmp_path), "MINE")
+def test_run_lock_errors_name_the_lock(tmp_path) -> None:
+    store = open_store(str(tmp_path))
+    store.acquire_lock("OTHER", hosts=["a", "b"], owner="ops@ctl", controller="ctl", pid=os.getpid(), ttl_seconds=600)
     with pytest.raises(LockError) as caught:
-        acquire_lock(mine, hosts=["b"], owner="me@ctl", controller="ctl", pid=os.getpid() + 1, ttl_seconds=600)
-    assert f"(lock file {other.lock})" in str(caught.value)
+        store.acquire_lock("MINE", hosts=["b"], owner="me@ctl", controller="ctl", pid=os.getpid() + 1, ttl_seconds=600)
+    assert f"(lock of run OTHER in run-state database {tmp_path / 'fleetpatch.db'})" in str(caught.value)
 
 
-def test_lock_guard_that_cannot_be_created_names_it(tmp_path) -> None:
+def test_run_state_database_that_cannot_be_created_names_it(tmp_path) -> None:
     blocker = tmp_path / "state"
     blocker.write_text("a file where the state dir should be")
-    with pytest.raises(LockError, match=r"cannot open the run lock guard .*/state/locks/\.guard"):
-        acquire_lock(RunPaths(str(blocker), "R"), hosts=["a"], owner="o", controller="c", pid=1, ttl_seconds=60)
+    with pytest.raises(StoreError, match=r"cannot create the run-state database .*/state/fleetpatch\.db"):
+        open_store(str(blocker)).acquire_lock("R", hosts=["a"], owner="o", controller="c", pid=1, ttl_seconds=60)
 
 
 def test_failed_hosts_keep_hosts_rolled_back_after_their_failure() -> None:

@@ -1,4 +1,4 @@
-"""One conformance suite for every run-state backend: embedded files, SQLite, and a real private PostgreSQL server."""
+"""One conformance suite for every run-state backend: embedded (SQLite) and a real private PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     BACKENDS,
-    FileStore,
     LockError,
     StoreError,
     empty_state,
@@ -26,7 +25,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql impo
 from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
-BACKEND_NAMES = ("embedded", "sqlite", "postgresql")
+BACKEND_NAMES = ("embedded", "postgresql")
 _DATABASES = itertools.count(1)
 # a pid no process has (above the kernel's pid_max of 2**22)
 DEAD_PID = 2**22 + 12345
@@ -266,11 +265,14 @@ def test_run_works_the_same_over_every_backend(spec) -> None:
 
 def test_open_store_names_every_backend(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(DSN_VAR, "host=/nonexistent dbname=x")
-    assert isinstance(open_store(str(tmp_path)), FileStore)
-    assert isinstance(open_store(str(tmp_path), backend="sqlite"), SqliteStore)
+    # embedded is SQLite (one source of truth: there is no JSON-file store); sqlite, 1.0.0's name, is the same file
+    assert isinstance(open_store(str(tmp_path)), SqliteStore) and open_store(str(tmp_path)).name == "embedded"
+    open_store(str(tmp_path)).save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    assert open_store(str(tmp_path), backend="sqlite").load_run("FP-1")["run_id"] == "FP-1"
     assert isinstance(open_store(str(tmp_path), backend="postgresql"), PostgresStore)
-    with pytest.raises(StoreError, match=r"unknown fleetpatch_state_backend 'mysql': choose one of embedded, postgresql, sqlite"):
-        open_store(str(tmp_path), backend="mysql")
+    for name in ("mysql", "files"):
+        with pytest.raises(StoreError, match=rf"unknown fleetpatch_state_backend '{name}': choose one of embedded, postgresql, sqlite$"):
+            open_store(str(tmp_path), backend=name)
 
 
 def test_sqlite_database_is_private_and_in_wal_mode(tmp_path) -> None:

@@ -1,0 +1,101 @@
+"""The patch registry on the PostgreSQL run-state store (fleetpatch_state_backend postgresql), on a real private server:
+the same records and chain as the SQLite ledger, verified from any controller, tampering named."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import typing as t
+
+import pytest
+
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
+    StoreRegistry,
+    open_registry,
+    query_hosts,
+    query_patches,
+    verify_all,
+    write_checkpoint,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry_cli import main
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR
+from tests.harness.postgres import PostgresServer, postgres_skip_reason
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> t.Iterator[PostgresServer]:
+    reason = postgres_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def dsn(postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database, named to the controller the way AWX's credential does: FLEETPATCH_STATE_DSN in the environment."""
+    value = postgres.create_database(f"registry_{os.getpid()}_{next(_DATABASES)}")
+    monkeypatch.setenv(DSN_VAR, value)
+    return value
+
+
+def _record_a_run(state_dir: str) -> StoreRegistry:
+    registry = open_registry(state_dir, backend="postgresql")
+    assert isinstance(registry, StoreRegistry)
+    registry.append("patch.registered", {"service": "myapp", "target_version": "1.0.1"}, patch_id="FP-1")
+    registry.append("run.started", {"status": "running"}, patch_id="FP-1", run_id="FP-1", correlation_id="c-1")
+    registry.append("run.finished", {"status": "rolled_out", "hosts": {"a": {"outcome": "patched"}}}, patch_id="FP-1", run_id="FP-1",
+                    correlation_id="c-1")
+    return registry
+
+
+def test_registry_rows_live_in_postgresql_and_a_fresh_controller_verifies_them(dsn: str, tmp_path) -> None:
+    registry = _record_a_run(str(tmp_path / "controller-1"))
+    assert [row["seq"] for row in registry.rows()] == [1, 2, 3]
+    assert [row["prev"] for row in registry.rows()[1:]] == [row["hash"] for row in registry.rows()[:-1]]
+    assert registry.head()["records"] == 3 and registry.latest("run.finished", patch_id="FP-1")["body"]["status"] == "rolled_out"
+    assert query_patches(registry)[0]["state"] == "rolled_out" and query_hosts(registry, "FP-1")[0]["host"] == "a"
+    checkpoint = write_checkpoint(registry, str(tmp_path / "controller-1" / "checkpoints"), run_id="FP-1")
+    assert checkpoint["seq"] == 3
+    # nothing of the registry is a file on the controller
+    assert not os.path.exists(tmp_path / "controller-1" / "registry.sqlite3")
+    # another controller (an AWX job's fresh container, empty state dir) appends to the same chain and verifies it
+    other = open_registry(str(tmp_path / "controller-2"), backend="postgresql")
+    assert other.append("log.sealed", {"complete": True}, patch_id="FP-1", run_id="FP-1")["seq"] == 4
+    assert other.registry_id == registry.registry_id != ""
+    report = verify_all(str(tmp_path / "controller-2"), backend="postgresql")
+    assert report["ok"] and report["head"]["records"] == 4 and report["registry"].startswith("postgresql run-state store")
+
+
+def test_a_tampered_row_fails_verify_naming_it(dsn: str, tmp_path) -> None:
+    state_dir = str(tmp_path / "controller")
+    registry = _record_a_run(state_dir)
+    assert verify_all(state_dir, backend="postgresql")["ok"]
+    # someone with database access rewrites the outcome of the run
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE fp_records SET body = replace(body, 'rolled_out', 'rolled_back') WHERE seq = 3")
+    assert registry.latest("run.finished", patch_id="FP-1")["body"]["status"] == "rolled_back"
+    report = verify_all(state_dir, backend="postgresql")
+    assert not report["ok"] and report["tampered"] >= 1
+    assert [finding["where"] for finding in report["findings"] if finding["severity"] == "tamper"][0] == \
+        "registry record #3 (run.finished, patch FP-1)"
+    # the command line says the same, with exit status 1
+    out = io.StringIO()
+    assert main(["--state-dir", state_dir, "--state-backend", "postgresql", "verify"], out=out) == 1
+    assert "registry record #3 (run.finished, patch FP-1)" in out.getvalue() and "TAMPERED" in out.getvalue()
+
+
+def test_the_command_line_reads_the_postgresql_registry(dsn: str, tmp_path) -> None:
+    state_dir = str(tmp_path / "controller")
+    _record_a_run(state_dir)
+    out = io.StringIO()
+    assert main(["--state-dir", state_dir, "--state-backend", "postgresql", "verify"], out=out) == 0
+    assert out.getvalue().startswith("warning") or "OK" in out.getvalue()
+    out = io.StringIO()
+    assert main(["--state-dir", state_dir, "--state-backend", "postgresql", "--json", "patches"], out=out) == 0
+    assert '"state": "rolled_out"' in out.getvalue()
