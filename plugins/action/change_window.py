@@ -16,8 +16,9 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import ho
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, decision_clock, host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, decision_clock, host_var
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import SliceError, before_batch, slice_from_plan
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
@@ -34,7 +35,7 @@ class WindowError(FleetpatchError):
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (WindowError, CalendarError, RunStateError, StoreError)
+    errors = (WindowError, CalendarError, RunStateError, StoreError, SliceError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         planned = args["plan"]
@@ -55,6 +56,18 @@ class ActionModule(ControllerAction):
         wave = plan["waves"][batch["wave"]]
         skip = set(run_state.skip_hosts)
         hosts = [host for host in batch["hosts"] if host not in skip]
+        ctx = slice_from_plan(planned)
+        if ctx is not None and not check_mode:
+            # a slice starts its part of a batch once every slice finished the one before, and not after a halt or a spent budget
+            sliced = before_batch(run_state.store, ctx, run_id=run_state.run_id, plan=plan, index=index, identity=controller_identity(task_vars))
+            for dead in sliced["dead"]:
+                run_state.event("slice.dead", batch=index, wave=wave["name"], status="dead", slice=dead["slice"], expired=dead["expired"],
+                                message=f"slice {dead['slice']} lost its lease at {dead['expired']}: not waited for")
+            if sliced["stop"]:
+                return self._slice_stop(run_state, sliced, index=index, wave=wave["name"], task_vars=task_vars)
+            # the other slices' hosts of this batch are theirs (their variables are not in this slice's inventory)
+            playing = set(task_vars.get("ansible_play_batch", []))
+            hosts = [host for host in hosts if host in playing]
         scopes = {host: {key: host_var(task_vars, host, f"fleet_{key}") for key in SCOPE_KEYS} for host in hosts}
         now, clock_source = decision_clock(args["clock"])
         limits = constraints(change["constraints"], change.get("override"))
@@ -89,6 +102,16 @@ class ActionModule(ControllerAction):
         # The event callback, the only writer of events.jsonl, records these from the result.
         result["fleetpatch_events"] = run_state.events()
         return result
+
+    @staticmethod
+    def _slice_stop(run_state: Run, sliced: dict[str, t.Any], *, index: int, wave: str, task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        """A slice stops before its part of batch index: another slice halted, the budget is spent across the slices, or a
+        slice did not finish the batch before within the wait."""
+        run_state.event("slice.stopped", batch=index, wave=wave, status="halted", message=sliced["reason"], halt=sliced["halt"],
+                        waiting=sliced["waiting"], spent=sliced["spent"])
+        return {"changed": False, "batch": index, "wave": wave, "fits": False, "stop": True, "reasons": [sliced["reason"]], "notes": [],
+                "blocked_hosts": list(task_vars.get("ansible_play_batch", [])), "next_open": None, "skip_hosts": run_state.skip_hosts,
+                "slice": sliced, "msg": f"batch {index} ({wave}) does not start: {sliced['reason']}", "fleetpatch_events": run_state.events()}
 
     @staticmethod
     def _wait(run_state: Run, found: dict[str, t.Any], *, clock: str, batch: int, wave: str) -> None:

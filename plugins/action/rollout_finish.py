@@ -9,10 +9,19 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_json_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var, resolve_state_dir
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import controller_identity, host_var, resolve_state_dir
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import redaction_policy, scrub_data
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import RunPaths, StoreError, failed_hosts, iso, outcome_entry, utc_now
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import SliceError, at_finish, slice_from_plan
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
+    RunPaths,
+    StoreError,
+    failed_hosts,
+    iso,
+    open_store,
+    outcome_entry,
+    utc_now,
+)
 
 ARGUMENT_SPEC = {
     **RUN_OPTIONS,
@@ -23,7 +32,7 @@ ARGUMENT_SPEC = {
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (RunStateError, StoreError)
+    errors = (RunStateError, StoreError, SliceError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         # run: the plan's immutable outputs (data); run_state: the run itself, loaded by its id from the store
@@ -33,6 +42,10 @@ class ActionModule(ControllerAction):
         state_dir = resolve_state_dir(args["state_dir"] or run.get("state_dir"))
         paths = RunPaths(state_dir, args["run_id"])
         check_mode = bool(self._task.check_mode or run.get("preview"))
+        ctx = None if check_mode else slice_from_plan(run)
+        # a slice of a sliced job ends with the others: it passes the batches left and waits (bounded) for every slice
+        ended = None if ctx is None else at_finish(open_store(state_dir, backend=run.get("state_backend")), ctx, plan=run["plan"],
+                                                   identity=controller_identity(task_vars))
         # a run that was never stored (the plan failed, or nothing was planned) finishes as not-started
         run_state = None if check_mode else Run.load(state_dir=state_dir, run_id=args["run_id"], backend=run.get("state_backend"))
         if run_state is None:
@@ -42,7 +55,12 @@ class ActionModule(ControllerAction):
         state = run_state.state
         now = iso(utc_now())
         rollback_failed = self._record_rollbacks(run_state, args, task_vars, now)
-        if args["rollback_hosts"]:
+        if ctx is not None:
+            run_state.lock_id = ctx.lock_id
+            run_state.settle(self._sliced_status(ended, rollback_failed=rollback_failed, rolled_back=bool(args["rollback_hosts"])))
+            if ended["halt"]:
+                state["halted"] = dict(ended["halt"]["reason"], slice=ended["halt"]["slice"], at=ended["halt"]["at"])
+        elif args["rollback_hosts"]:
             run_state.transition("rollback_failed" if rollback_failed else "rolled_back")
         elif run_state.status == "running":
             # The rollout play ended without a gate covering the last batch (killed or aborted).
@@ -51,6 +69,9 @@ class ActionModule(ControllerAction):
         state["finished"] = now
         # what the summary says comes from hosts' messages and the plan: scrub URL credentials and secret parameters
         summary = scrub_data(self._summary(state, run, status, run_id=run_state.run_id), policy=redaction_policy(run))
+        if ended is not None:
+            summary["slices"] = {"slice": ctx.number, "count": ctx.count, "halt": ended["halt"], "dead": ended["dead"], "waiting": ended["waiting"],
+                                 "hosts": len(run["host_order"])}
         run_state.save()
         write_json_atomic(paths.summary, summary)
         for host in args["rollback_hosts"]:
@@ -68,6 +89,19 @@ class ActionModule(ControllerAction):
         # The event callback, the only writer of events.jsonl, records these from the result.
         return {"changed": False, "status": status, "summary": summary, "paths": self._paths(paths), "failed": False,
                 "fleetpatch_events": run_state.events()}
+
+    @staticmethod
+    def _sliced_status(ended: dict[str, t.Any], *, rollback_failed: list[str], rolled_back: bool) -> str:
+        """The run's status as every slice sees it at the end: a halt by any slice, a slice that died or never finished
+        (interrupted), else rolled out; a slice that rolled its own hosts back says so."""
+        if rolled_back:
+            return "rollback_failed" if rollback_failed else "rolled_back"
+        if ended["halt"]:
+            # (a rollback response rolls back each slice's own hosts: the slices that had none to roll back are halted)
+            return "held" if ended["halt"]["reason"].get("action") == "hold" else "halted"
+        if ended["dead"] or ended["waiting"]:
+            return "interrupted"
+        return "rolled_out"
 
     @staticmethod
     def _paths(paths: RunPaths) -> dict[str, str]:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing as t
 
@@ -60,6 +61,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import Ya
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._redact import scrub_data, split_redaction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import ApprovalError, approval_chain
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import SliceContext, SliceError, join_slices, own_part, slice_context
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     BACKEND_VAR,
     DEFAULT_BACKEND,
@@ -68,6 +70,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     StoreError,
     iso,
     open_store,
+    parse_iso,
     utc_now,
 )
 
@@ -117,12 +120,15 @@ class Compiled:
     override: dict[str, t.Any] | None
     artifacts: dict[str, t.Any]
     redaction: dict[str, t.Any]
+    # a slice of a sliced job (AWX): the plan is over every slice's hosts, own names this slice's
+    slice: SliceContext | None = None
+    own: list[str] | None = None
 
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
     errors = (OverrideRefused, RolloutPlanError, ManifestError, PlanError, LockError, ApprovalError, CheckError, PolicyError, CalendarError,
-              InputError, YamlError, TrustError, RunStateError, StoreError)
+              InputError, YamlError, TrustError, RunStateError, StoreError, SliceError)
 
     _correlation: tuple[str, str] | None = None
 
@@ -229,15 +235,16 @@ class ActionModule(ControllerAction):
         # attempt and returned: the callback, the registry and the checks take it from the run, not from the environment.
         self._correlation = correlation_for_attempt(task_vars)
         self._check_inputs(args)
-        compiled = self._compile(args, task_vars)
-        run_id = run_id_for(compiled.manifest["patch_id"])
         state_dir = resolve_state_dir(args["state_dir"])
-        paths = RunPaths(state_dir, run_id)
         preview = bool(args["preview"] or self._task.check_mode)
-        common = self._common(compiled, run_id=run_id, state_dir=state_dir, paths=paths, preview=preview)
         # fleetpatch_state_backend: where run state lives (an unknown name stops the run here, before any host is touched)
         backend = task_vars.get(BACKEND_VAR)
-        open_store(state_dir, backend=backend)
+        store = open_store(state_dir, backend=backend)
+        # a slice of a sliced job plans with the other slices through the store (a preview writes nothing: it plans its own hosts)
+        compiled = self._compile(args, task_vars, store=None if preview else store)
+        run_id = run_id_for(compiled.manifest["patch_id"])
+        paths = RunPaths(state_dir, run_id)
+        common = self._common(compiled, run_id=run_id, state_dir=state_dir, paths=paths, preview=preview)
         common["state_backend"] = backend or DEFAULT_BACKEND
         previous = Run.load(state_dir=state_dir, run_id=run_id, backend=backend)
         common["skip_hosts"] = self._resumable(previous, args, compiled, run_id)
@@ -265,7 +272,7 @@ class ActionModule(ControllerAction):
         # every string of the rollout policy: bounded, no control characters (its own validators say what each means)
         check_strings(args["policy"], where="rollout policy", path="policy", error=RolloutPlanError)
 
-    def _compile(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> Compiled:
+    def _compile(self, args: dict[str, t.Any], task_vars: dict[str, t.Any], *, store: t.Any = None) -> Compiled:
         """Manifest, change policy, approval, hosts, plan, override, schedule and checks: everything validated."""
         manifest, manifest_path = self._load_manifest(args["manifest"])
         manifest, change_policy = self._change(args, manifest, manifest_path)
@@ -273,6 +280,15 @@ class ActionModule(ControllerAction):
         approval = approval_chain(manifest, require=True)
         now, clock_source = decision_clock(args["clock"])
         hosts, edges = self._collect_hosts(args["targets"], task_vars)
+        own, ctx = list(hosts), None
+        if store is not None:
+            ctx = slice_context(task_vars, run_id=run_id_for(manifest["patch_id"]), generation=(self._correlation or ("",))[0])
+        if ctx is not None:
+            # every slice compiles over the union of the slices' hosts, at one clock: equal inputs, equal plan bytes
+            joined = join_slices(store, ctx, hosts=hosts, identity=controller_identity(task_vars))
+            hosts = joined["hosts"]
+            if clock_source == "controller":
+                now, clock_source = parse_iso(joined["last_joined"]), "slices joined"
         classified = change_policy["change"]
         # rollout_policy.redaction: validated here, returned as the plan result's redaction for the recorder
         args["policy"], redaction = split_redaction(args["policy"])
@@ -290,12 +306,16 @@ class ActionModule(ControllerAction):
         plan["schedule"] = {"evaluated_at": iso_z(now), "clock_source": clock_source, "waves": schedule}
         # every check's templates rendered for every target host: a check that cannot run is an error now, not a pass later
         names = {"run_id": run_id_for(manifest["patch_id"]), "patch_id": manifest["patch_id"], "target_version": manifest["target_version"]}
-        validate_targets(plan["policy"]["checks"], contexts_for(plan["host_order"], plan["policy"]["checks"], task_vars, names))
+        # (a slice renders its own hosts' checks: the other slices' host variables are theirs)
+        mine = set(own)
+        rendered = [host for host in plan["host_order"] if host in mine]
+        validate_targets(plan["policy"]["checks"], contexts_for(rendered, plan["policy"]["checks"], task_vars, names))
         # an allowed downgrade is part of the plan (plan.json, the registry's plan record) and its first line
         plan["downgrade"] = manifest["downgrade"]
         plan_text = downgrade_text(manifest["downgrade"]) + render_plan_text(plan) + schedule_text(change, schedule)
         return Compiled(manifest=manifest, manifest_path=manifest_path, approval=approval, hosts=hosts, edges=edges, plan=plan,
-                        plan_text=plan_text, change=change, schedule=schedule, override=override, artifacts=artifacts, redaction=redaction)
+                        plan_text=plan_text, change=change, schedule=schedule, override=override, artifacts=artifacts, redaction=redaction,
+                        slice=ctx, own=own if ctx is not None else None)
 
     @staticmethod
     def _change_record(classified: dict[str, t.Any], change_policy: dict[str, t.Any], *, overridden: list[str], override: dict[str, t.Any] | None,
@@ -353,7 +373,16 @@ class ActionModule(ControllerAction):
             "warnings": warnings,
             "correlation_id": correlation_id,
             "fleetpatch_correlation": {"id": correlation_id, "source": correlation_source},
+            **self._slice_part(compiled),
         }
+
+    @staticmethod
+    def _slice_part(compiled: Compiled) -> dict[str, t.Any]:
+        """A slice's part of the plan: its hosts of each global batch (serial, host order); the actions read slice."""
+        if compiled.slice is None:
+            return {}
+        serial, host_order = own_part(compiled.plan, compiled.own or [])
+        return {"serial": serial, "host_order": host_order, "slice": dict(compiled.slice.as_result(), hosts=len(host_order))}
 
     @staticmethod
     def _resumable(previous: Run | None, args: dict[str, t.Any], compiled: Compiled, run_id: str) -> list[str]:
@@ -376,10 +405,21 @@ class ActionModule(ControllerAction):
         """Lock the hosts, save the plan, start the attempt (its correlation id and skip list live in the run)."""
         plan, paths = compiled.plan, run.paths
         identity = controller_identity(task_vars)
-        lock = run.acquire_lock(hosts=plan["host_order"], owner=identity["owner"], controller=identity["controller"], pid=identity["pid"],
+        attached = None
+        if compiled.slice is not None:
+            # the first slice stores the plan, the others attach by digest; another plan is refused naming both digests. A
+            # new launch (resume) of the same plan evaluates the calendar at its own clock: its slices replace the earlier
+            # launch's plan with their (equal) bytes before they attach
+            stored = run.store.read_plan(run.run_id)
+            if stored is not None and stored != plan_json(plan) and json.loads(stored).get("fingerprint") == plan["fingerprint"]:
+                run.store.save_plan(run.run_id, plan_json(plan))
+            attached = run.store.attach_plan(run.run_id, plan_json(plan))
+            run.lock_id = compiled.slice.lock_id
+        lock = run.acquire_lock(hosts=common["host_order"], owner=identity["owner"], controller=identity["controller"], pid=identity["pid"],
                                 ttl_seconds=args["lock_ttl"], break_stale=args["break_lock"])
         common["warnings"].extend(lock["notes"])
-        run.store.save_plan(run.run_id, plan_json(plan))
+        if attached is None:
+            run.store.save_plan(run.run_id, plan_json(plan))
         # the run document, outcomes and lock are the store's (fleetpatch_state_backend); plan.json is the operator's copy
         common["written"] = [paths.plan]
         correlation_id, correlation_source = self._correlation or correlation_for_attempt(task_vars)
@@ -393,6 +433,13 @@ class ActionModule(ControllerAction):
             common["warnings"].append("the event callback fleetpatch.rollout.events is not enabled: this run has no event log"
                                       " (callbacks_enabled = fleetpatch.rollout.events in ansible.cfg)")
         self._queue_events(run, compiled, attempt, number=number, identity=identity, lock_notes=lock["notes"], skip_hosts=common["skip_hosts"])
+        if attached is not None:
+            common["slice"]["plan"] = "created" if attached["created"] else "attached"
+            run.event("slice.joined", status=common["slice"]["plan"],
+                      message=f"slice {compiled.slice.number} of {compiled.slice.count}: {len(common['host_order'])} of {plan['fleet_size']}"
+                              f" host(s); plan sha256:{attached['digest'][:16]} {common['slice']['plan']}",
+                      slice=compiled.slice.number, slices=compiled.slice.count, key=compiled.slice.key, hosts=len(common["host_order"]),
+                      plan_digest=attached["digest"])
         # The event callback, the only writer of events.jsonl, records these from the result.
         common["fleetpatch_events"] = run.events()
         common["fleetpatch_run"] = self._announcement(run.run_id, compiled.manifest["patch_id"], paths, paths.state_dir, plan, compiled.hosts)

@@ -20,8 +20,9 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import ho
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, host_var, probe_many
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, host_var, probe_many
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import SliceError, after_batch, slice_from_plan
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, outcome_entry, utc_now
 
 ARGUMENT_SPEC = {
@@ -43,7 +44,7 @@ class GateError(FleetpatchError):
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (GateError, RunStateError, StoreError)
+    errors = (GateError, RunStateError, StoreError, SliceError)
 
     def _batch_index(self, plan: dict[str, t.Any], task_vars: dict[str, t.Any]) -> int:
         index_of = host_batch_index(plan)
@@ -86,9 +87,12 @@ class ActionModule(ControllerAction):
             run_state.skip((batch_result(task_vars, args["readiness_var"]) or {}).get("skip_hosts") or [])
         state = run_state.state
         now = iso(utc_now())
+        # a slice of a sliced job gates its own hosts of the batch (run["host_order"] is the slice's; the whole plan's otherwise)
+        ctx, own = slice_from_plan(run), set(run["host_order"])
+        gated = [host for host in batch["hosts"] if host in own]
 
         # In check mode no host changed, so probing would only report the old version.
-        verdicts, health = self._verdicts(batch["hosts"], run, run_state, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
+        verdicts, health = self._verdicts(gated, run, run_state, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
         verdicts, checks = self._run_checks(verdicts, run, run_state, wave["name"], args, task_vars, probe=not check_mode)
         decision = self._decide(run_state, verdicts, plan, wave, now, batch_index=index, checks=checks)
 
@@ -99,12 +103,12 @@ class ActionModule(ControllerAction):
             time.sleep(float(bake))
             baked = round(time.monotonic() - started, 3)
             # Health after the bake decides again: a host that degrades while baking stops the next wave.
-            wave_hosts = [host for host in wave["hosts"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
+            wave_hosts = [host for host in wave["hosts"] if host in own and state["hosts"].get(host, {}).get("outcome") == "patched"]
             verdicts, health = self._verdicts(wave_hosts, run, run_state, args["result_var"], task_vars, args["health_timeout"])
             verdicts, checks = self._run_checks(verdicts, run, run_state, wave["name"], args, task_vars)
             decision = self._decide(run_state, verdicts, plan, wave, iso(utc_now()), batch_index=index, checks=checks)
 
-        rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
+        rollback_hosts = [host for host in self._rollback_hosts(decision, state, plan, wave, index) if host in own]
         stop = decision.action in STOPPING_ACTIONS
         last_batch = index == len(plan["batches"]) - 1
         if not check_mode:
@@ -114,7 +118,8 @@ class ActionModule(ControllerAction):
             if stop:
                 run_state.stop(decision.action, {"at": now, "action": decision.action, "batch": index, "wave": wave["name"],
                                                  "trigger": decision.trigger, "reasons": list(decision.reasons)})
-            elif last_batch:
+            elif last_batch and ctx is None:
+                # (a sliced run's status is settled by its slices together at the finish)
                 run_state.transition("rolled_out")
             run_state.save()
             for verdict in verdicts:
@@ -125,6 +130,8 @@ class ActionModule(ControllerAction):
                             rollback_hosts=rollback_hosts, **decision.as_dict(), **({"checks": checks} if checks else {}))
             self._queue_outcome_events(run_state, plan, wave, index, batch["last_in_wave"], decision, rollback_hosts)
             run_state.refresh_lock()
+            if ctx is not None:  # this slice's part is gated: the next batch starts once every slice arrived
+                after_batch(run_state.store, ctx, index=index, identity=controller_identity(task_vars), stop=self._halt(decision, stop))
         result = {
             "changed": False,
             "batch": index,
@@ -145,6 +152,11 @@ class ActionModule(ControllerAction):
         # The event callback, the only writer of events.jsonl, records these from the result.
         result["fleetpatch_events"] = run_state.events()
         return result
+
+    @staticmethod
+    def _halt(decision: GateDecision, stop: bool) -> dict[str, t.Any] | None:
+        """What every other slice is told when this slice's gate stops the run."""
+        return {"trigger": decision.trigger or decision.action, "action": decision.action} if stop else None
 
     @staticmethod
     def _queue_outcome_events(run_state: Run, plan: dict[str, t.Any], wave: dict[str, t.Any], index: int, last_in_wave: bool,
@@ -211,13 +223,14 @@ class ActionModule(ControllerAction):
         """After the last wave, keep checking every patched host; a breach applies the stabilization response."""
         spec = plan["policy"]["stabilization"]
         state = run_state.state
-        hosts = [host for host in plan["host_order"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
+        # run["host_order"]: a slice keeps checking its own hosts
+        hosts = [host for host in run["host_order"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
         window = {"name": "stabilization", "response": spec["response"]}
         run_state.event("stabilization.started", batch=index, wave=window["name"], status="started",
                         message=f"checks keep running on {len(hosts)} host(s) for {spec['seconds']:g} s",
                         seconds=spec["seconds"], interval=spec["interval"], hosts=hosts,
                         checks=[check["name"] for check in plan["policy"]["checks"]])
-        # the window is visible in state.json while it runs (events reach the log when the gate returns)
+        # the window is visible in the run (its store) while it runs (events reach the log when the gate returns)
         state["stabilization"] = {"started": iso(utc_now()), "seconds": spec["seconds"], "interval": spec["interval"], "hosts": hosts}
         run_state.save()
         started = time.monotonic()

@@ -146,6 +146,9 @@ class Run:
         self.paths = paths
         self.state = state
         self.dry_run = dry_run
+        # the key of this run's host lock: the run id, or one per slice of a sliced job (each slice locks its own hosts;
+        # one key for all would let each slice replace the others' lock)
+        self.lock_id = paths.run_id
 
     @classmethod
     def open(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, dry_run: bool = False,
@@ -249,6 +252,15 @@ class Run:
     def decide(self, decision: t.Mapping[str, t.Any]) -> None:
         self.state.setdefault("decisions", []).append(dict(decision))
 
+    def settle(self, status: str) -> str:
+        """A sliced run's status, as its slices agreed at the finish barrier (every slice writes the same one); the
+        state machine is for one controller's steps, and another slice may have moved the stored status meanwhile."""
+        if status not in STATUSES or status in ("pending", "preview"):
+            raise RunStateError(f"run {self.run_id}: a sliced run cannot settle as {status!r}")
+        old = self.status
+        self.state["status"] = status
+        return old
+
     def save(self) -> None:
         if not self.dry_run:
             self.store.save_run(self.run_id, self.state)
@@ -287,13 +299,13 @@ class Run:
     # -- lock ----------------------------------------------------------------------------------------------
 
     def acquire_lock(self, **lock: t.Any) -> dict[str, t.Any]:
-        return self.store.acquire_lock(self.run_id, **lock)
+        return self.store.acquire_lock(self.lock_id, **lock)
 
     def refresh_lock(self, *, ttl_seconds: int | None = None) -> dict[str, t.Any] | None:
-        return None if self.dry_run else self.store.refresh_lock(self.run_id, ttl_seconds=ttl_seconds)
+        return None if self.dry_run else self.store.refresh_lock(self.lock_id, ttl_seconds=ttl_seconds)
 
     def release_lock(self) -> bool:
-        return False if self.dry_run else self.store.release_lock(self.run_id)
+        return False if self.dry_run else self.store.release_lock(self.lock_id)
 
     # -- events --------------------------------------------------------------------------------------------
 
@@ -332,6 +344,8 @@ def run_for_action(*, run_id: str, plan: t.Mapping[str, t.Any], state_dir: str |
     backend = plan.get("state_backend")
     dry_run = bool(check_mode or plan.get("preview"))
     stored = Run.load(state_dir=directory, run_id=run_id, dry_run=dry_run, backend=backend)
+    if stored is not None and isinstance(plan.get("slice"), dict):
+        stored.lock_id = str(plan["slice"]["lock_id"])
     if not dry_run:
         if stored is None:
             raise RunNotFound(f"run {run_id} is not in the {backend or DEFAULT_BACKEND} run store under {directory}: was it planned"
