@@ -71,7 +71,7 @@ class ActionModule(ControllerAction):
         summary = scrub_data(self._summary(state, run, status, run_id=run_state.run_id), policy=redaction_policy(run))
         if ended is not None:
             summary["slices"] = {"slice": ctx.number, "count": ctx.count, "halt": ended["halt"], "dead": ended["dead"], "waiting": ended["waiting"],
-                                 "hosts": len(run["host_order"])}
+                                 "hosts": len(run["host_order"]), "waited_seconds": ended["waited_seconds"], "cpu_seconds": ended["cpu_seconds"]}
         run_state.save()
         write_json_atomic(paths.summary, summary)
         for host in args["rollback_hosts"]:

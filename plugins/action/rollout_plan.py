@@ -131,6 +131,8 @@ class ActionModule(ControllerAction):
               InputError, YamlError, TrustError, RunStateError, StoreError, SliceError)
 
     _correlation: tuple[str, str] | None = None
+    # CPU seconds this slice spent joining the others (the result's slice.cpu_seconds; bench/slice_bench.py sums them)
+    _join_cpu = 0.0
 
     def _load_document(self, value: t.Any, what: str) -> tuple[t.Any, str]:
         """A mapping given inline, or the YAML/JSON file a path names."""
@@ -286,7 +288,7 @@ class ActionModule(ControllerAction):
         if ctx is not None:
             # every slice compiles over the union of the slices' hosts, at one clock: equal inputs, equal plan bytes
             joined = join_slices(store, ctx, hosts=hosts, identity=controller_identity(task_vars))
-            hosts = joined["hosts"]
+            hosts, self._join_cpu = joined["hosts"], joined["cpu_seconds"]
             if clock_source == "controller":
                 now, clock_source = parse_iso(joined["last_joined"]), "slices joined"
         classified = change_policy["change"]
@@ -434,7 +436,7 @@ class ActionModule(ControllerAction):
                                       " (callbacks_enabled = fleetpatch.rollout.events in ansible.cfg)")
         self._queue_events(run, compiled, attempt, number=number, identity=identity, lock_notes=lock["notes"], skip_hosts=common["skip_hosts"])
         if attached is not None:
-            common["slice"]["plan"] = "created" if attached["created"] else "attached"
+            common["slice"].update(plan="created" if attached["created"] else "attached", cpu_seconds=round(self._join_cpu, 4))
             run.event("slice.joined", status=common["slice"]["plan"],
                       message=f"slice {compiled.slice.number} of {compiled.slice.count}: {len(common['host_order'])} of {plan['fleet_size']}"
                               f" host(s); plan sha256:{attached['digest'][:16]} {common['slice']['plan']}",

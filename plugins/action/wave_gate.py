@@ -88,7 +88,7 @@ class ActionModule(ControllerAction):
         state = run_state.state
         now = iso(utc_now())
         # a slice of a sliced job gates its own hosts of the batch (run["host_order"] is the slice's; the whole plan's otherwise)
-        ctx, own = slice_from_plan(run), set(run["host_order"])
+        ctx, own, arrived = slice_from_plan(run), set(run["host_order"]), None
         gated = [host for host in batch["hosts"] if host in own]
 
         # In check mode no host changed, so probing would only report the old version.
@@ -131,7 +131,7 @@ class ActionModule(ControllerAction):
             self._queue_outcome_events(run_state, plan, wave, index, batch["last_in_wave"], decision, rollback_hosts)
             run_state.refresh_lock()
             if ctx is not None:  # this slice's part is gated: the next batch starts once every slice arrived
-                after_batch(run_state.store, ctx, index=index, identity=controller_identity(task_vars), stop=self._halt(decision, stop))
+                arrived = after_batch(run_state.store, ctx, index=index, identity=controller_identity(task_vars), stop=self._halt(decision, stop))
         result = {
             "changed": False,
             "batch": index,
@@ -141,10 +141,9 @@ class ActionModule(ControllerAction):
             "stop": stop,
             "rollback_hosts": rollback_hosts,
             "health": health,
-            "baked_seconds": baked,
-            "check_mode": check_mode,
-            "checks": checks,
+            "baked_seconds": baked, "check_mode": check_mode, "checks": checks,
             "msg": f"batch {index} ({wave['name']}): {decision.action}: " + (f"{decision.trigger}; " if decision.trigger else "") + "; ".join(decision.reasons),
+            **({"slice": arrived} if arrived is not None else {}),
         }
         stabilization = plan["policy"].get("stabilization") or {}
         if last_batch and not stop and not check_mode and stabilization.get("seconds"):
