@@ -101,8 +101,8 @@ class ActionModule(ControllerAction):
         out: dict[str, t.Any] = {"changed": True, "registry": registry.path}
         if args["event"] == "plan":
             recorded += self._plan(registry, args, run, t.cast(Run, run_state), state_dir, common)
-            out["fleetpatch_registry"] = {"path": paths["registry"], "backend": backend, "checkpoint_dir": paths["checkpoints"], "signing_key": args["signing_key"],
-                                          "run_id": run_id, "patch_id": patch_id, "state_dir": state_dir}
+            out["fleetpatch_registry"] = {"path": paths["registry"], "backend": backend, "checkpoint_dir": paths["checkpoints"],
+                                          "signing_key": args["signing_key"], "run_id": run_id, "patch_id": patch_id, "state_dir": state_dir}
         elif args["event"] == "prestaged":
             recorded.append(registry.append("patch.prestaged", dict(args["details"]), **common))
         elif args["event"] == "override_refused":

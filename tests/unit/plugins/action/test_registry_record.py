@@ -82,7 +82,7 @@ def test_override_refusal_is_recorded(fleet: dict[str, t.Any], no_event_log: Non
 
 
 def test_a_failed_log_write_reaches_the_finish_record_through_the_run_store(fleet: dict[str, t.Any], planned: dict[str, t.Any],
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The events callback keeps a failed write in the run's store for its attempt; no environment variable carries it."""
     monkeypatch.setenv("FLEETPATCH_EVENTS_ACTIVE", str(os.getppid()))  # the callback is loaded (this process's parent)
     store = open_store(planned["state_dir"], backend=planned["state_backend"])
