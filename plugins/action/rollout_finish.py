@@ -56,7 +56,7 @@ class ActionModule(ControllerAction):
         now = iso(utc_now())
         rollback_failed = self._record_rollbacks(run_state, args, task_vars, now)
         if ctx is not None:
-            run_state.lock_id = ctx.lock_id
+            run_state.lock_id, run_state.sliced = ctx.lock_id, True
             run_state.settle(self._sliced_status(ended, rollback_failed=rollback_failed, rolled_back=bool(args["rollback_hosts"])))
             if ended["halt"]:
                 state["halted"] = dict(ended["halt"]["reason"], slice=ended["halt"]["slice"], at=ended["halt"]["at"])

@@ -416,7 +416,7 @@ class ActionModule(ControllerAction):
             if stored is not None and stored != plan_json(plan) and json.loads(stored).get("fingerprint") == plan["fingerprint"]:
                 run.store.save_plan(run.run_id, plan_json(plan))
             attached = run.store.attach_plan(run.run_id, plan_json(plan))
-            run.lock_id = compiled.slice.lock_id
+            run.lock_id, run.sliced = compiled.slice.lock_id, True
         lock = run.acquire_lock(hosts=common["host_order"], owner=identity["owner"], controller=identity["controller"], pid=identity["pid"],
                                 ttl_seconds=args["lock_ttl"], break_stale=args["break_lock"])
         common["warnings"].extend(lock["notes"])

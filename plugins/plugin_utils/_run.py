@@ -83,6 +83,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "preview": frozenset(),
 }
 # the gate's stopping actions and the status each leaves the run in
+# the lists of the run document every slice of a sliced job appends to: merged by the store, not overwritten
+SLICE_MERGED = ("attempts", "decisions", "completed_batches", "waits")
 STOP_STATUS = {"hold": "held", "halt": "halted", "rollback_wave": "rolling_back", "rollback_all": "rolling_back"}
 
 
@@ -149,6 +151,8 @@ class Run:
         # the key of this run's host lock: the run id, or one per slice of a sliced job (each slice locks its own hosts;
         # one key for all would let each slice replace the others' lock)
         self.lock_id = paths.run_id
+        # a slice of a sliced job: other slices save the same run document at the same time (see save)
+        self.sliced = False
 
     @classmethod
     def open(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, dry_run: bool = False,
@@ -262,7 +266,12 @@ class Run:
         return old
 
     def save(self) -> None:
-        if not self.dry_run:
+        if self.dry_run:
+            return
+        if self.sliced:
+            # the slices' attempts and decisions are merged in the store's transaction; the rest is this slice's
+            self.store.save_run(self.run_id, self.state, merge=SLICE_MERGED)
+        else:
             self.store.save_run(self.run_id, self.state)
 
     # -- hosts and the error budget ------------------------------------------------------------------------
@@ -345,7 +354,7 @@ def run_for_action(*, run_id: str, plan: t.Mapping[str, t.Any], state_dir: str |
     dry_run = bool(check_mode or plan.get("preview"))
     stored = Run.load(state_dir=directory, run_id=run_id, dry_run=dry_run, backend=backend)
     if stored is not None and isinstance(plan.get("slice"), dict):
-        stored.lock_id = str(plan["slice"]["lock_id"])
+        stored.lock_id, stored.sliced = str(plan["slice"]["lock_id"]), True
     if not dry_run:
         if stored is None:
             raise RunNotFound(f"run {run_id} is not in the {backend or DEFAULT_BACKEND} run store under {directory}: was it planned"

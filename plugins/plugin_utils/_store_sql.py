@@ -52,6 +52,7 @@ __all__ = [
     "PostgresStore",
     "REGISTRY_COLUMNS",
     "SqliteStore",
+    "merge_lists",
     "redact_dsn",
 ]
 
@@ -245,10 +246,15 @@ class _SqlStore:
         state["hosts"] = hosts
         return state
 
-    def save_run(self, run_id: str, state: t.Mapping[str, t.Any]) -> None:
+    def save_run(self, run_id: str, state: t.Mapping[str, t.Any], *, merge: t.Sequence[str] = ()) -> None:
+        """merge: lists of the document that several controllers append to at once (the slices of a sliced job: attempts,
+        decisions): the stored entries are kept and this writer's added, in the same transaction (``merge_lists``)."""
         # "hosts" keeps its place in the document (an empty placeholder); its content lives in fp_outcomes
         document = {key: ({} if key == "hosts" else value) for key, value in state.items()}
         with self._transaction(serialize=run_id) as tx:
+            if merge:
+                stored = tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,))
+                document.update(merge_lists(json.loads(stored) if stored else {}, document, keys=merge))
             known = tx.value("SELECT count(*) FROM fp_runs WHERE run_id = ?", (run_id,))
             if not known and not tx.value("SELECT count(*) FROM fp_outcomes WHERE run_id = ?", (run_id,)):
                 # the first save of a run brings its hosts; later saves never overwrite outcomes (record_outcomes does)
@@ -578,6 +584,24 @@ def _barrier(tx: _Tx, run_id: str, *, wave: int, slices: int, now: _dt.datetime)
             if number not in done and number in leases and leases[number] <= moment]
     waiting = [number for number in range(1, slices + 1) if number not in done and number not in {item["slice"] for item in dead}]
     return {"run_id": run_id, "wave": wave, "slices": slices, "done": done, "dead": dead, "waiting": waiting, "open": not waiting}
+
+
+def merge_lists(stored: t.Mapping[str, t.Any], mine: t.Mapping[str, t.Any], *, keys: t.Sequence[str]) -> dict[str, list[t.Any]]:
+    """For each key: the stored list, each entry replaced by this writer's entry of the same identity, then this writer's
+    new entries. An entry's identity is its (started, owner, pid) when it has started (an attempt, changed later by its
+    own slice: its skip list), else its whole content."""
+
+    def identity(entry: t.Any) -> str:
+        if isinstance(entry, dict) and "started" in entry:
+            return _dumps([entry.get("started"), entry.get("owner"), entry.get("pid")])
+        return _dumps(entry)
+
+    merged: dict[str, list[t.Any]] = {}
+    for key in keys:
+        own = {identity(entry): entry for entry in mine.get(key) or []}
+        old = [own.pop(identity(entry), entry) for entry in stored.get(key) or []]
+        merged[key] = old + list(own.values())
+    return merged
 
 
 def _halt(tx: _Tx, run_id: str) -> dict[str, t.Any] | None:

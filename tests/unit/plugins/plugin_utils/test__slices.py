@@ -154,3 +154,19 @@ def dict_replace(ctx: t.Any, **changes: t.Any) -> t.Any:
     import dataclasses  # noqa: PLC0415
 
     return dataclasses.replace(ctx, **changes)
+
+
+def test_slices_saving_the_run_document_at_once_keep_each_others_attempts_and_decisions(opener) -> None:
+    store = opener()
+    merged = ("attempts", "decisions")
+    first = {"started": "t1", "owner": "job 1", "pid": 1, "skip_hosts": []}
+    second = {"started": "t2", "owner": "job 2", "pid": 2, "skip_hosts": []}
+    store.save_run(RUN, {"status": "running", "attempts": [first], "decisions": [{"batch": 0, "slice": 1}]}, merge=merged)
+    # slice 2 loaded the document before slice 1 saved: its save keeps slice 1's attempt and decision
+    store.save_run(RUN, {"status": "running", "attempts": [second], "decisions": [{"batch": 0, "slice": 2}]}, merge=merged)
+    # slice 1 changes its own attempt later (its skip list): replaced where it stands, not added twice
+    store.save_run(RUN, {"status": "halted", "attempts": [dict(first, skip_hosts=["h01"])]}, merge=merged)
+    document = store.load_run(RUN)
+    assert document["attempts"] == [dict(first, skip_hosts=["h01"]), second]
+    assert document["decisions"] == [{"batch": 0, "slice": 1}, {"batch": 0, "slice": 2}]
+    assert document["status"] == "halted"
