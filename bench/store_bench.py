@@ -10,7 +10,7 @@ For each backend, with a fresh store:
 4. acquire_lock + release_lock over 200 hosts: median milliseconds;
 5. patch registry ingest: W processes append N records each at once to one registry (the SQLite ledger for embedded,
    the store's fp_records for postgresql), records per second, the chain checked whole afterwards;
-6. registry verify of a large chain (--events records, default 500,000: about a minute for both backends; the issue's
+6. registry verify of a large chain (--events records, default 500,000: the whole bench then takes 30-60 s; the issue's
    figure is --events 1000000): the chain is bulk-loaded with correct hashes, then verify_all reads and checks it.
 
 PostgreSQL is a private server from tests/harness/postgres.py (unix socket, fsync off as in the tests: the figures
