@@ -68,18 +68,25 @@ def failure_messages(result: RunResult) -> str:
     return " ".join(str(event["event_data"].get("res", {}).get("msg", "")) for event in result.events if event.get("event") == "runner_on_failed")
 
 
+def answered(survey: dict[str, str], name: str, answer: str) -> dict[str, str]:
+    """The survey's answers with one of them changed."""
+    answers = dict(survey)
+    answers[name] = answer
+    return answers
+
+
 def test_bad_survey_answers_fail_before_any_host_is_touched(make_fleet, tmp_path) -> None:
     fleet = make_fleet(**SMALL)
     before = tree_snapshot(*roots(fleet))
     cases = [
-        (lambda: fleet.rollout(policy=POLICY, **{**ROLLOUT_SURVEY, "rollout_preview": "maybe"}), "rollout_preview"),
-        (lambda: fleet.rollout(policy=POLICY, **{**ROLLOUT_SURVEY, "rollout_lock_ttl": "25x"}), "rollout_lock_ttl"),
-        (lambda: fleet.rollout(policy=POLICY, **{**ROLLOUT_SURVEY, "rollout_health_timeout": "5s"}), "rollout_health_timeout"),
-        (lambda: prestage(fleet, **{**PRESTAGE_SURVEY, "prestage_fail_below": "25x"}), "prestage_fail_below: '25x' is not a number or a percentage"),
-        (lambda: prestage(fleet, **{**PRESTAGE_SURVEY, "prestage_fail_on_error": "maybe"}), "prestage_fail_on_error"),
-        (lambda: reconcile(fleet, str(tmp_path / "r"), **{**RECONCILE_SURVEY, "reconcile_fail_on_drift": "maybe"}),
+        (lambda: fleet.rollout(policy=POLICY, **answered(ROLLOUT_SURVEY, "rollout_preview", "maybe")), "rollout_preview"),
+        (lambda: fleet.rollout(policy=POLICY, **answered(ROLLOUT_SURVEY, "rollout_lock_ttl", "25x")), "rollout_lock_ttl"),
+        (lambda: fleet.rollout(policy=POLICY, **answered(ROLLOUT_SURVEY, "rollout_health_timeout", "5s")), "rollout_health_timeout"),
+        (lambda: prestage(fleet, **answered(PRESTAGE_SURVEY, "prestage_fail_below", "25x")), "prestage_fail_below: '25x' is not a number or a percentage"),
+        (lambda: prestage(fleet, **answered(PRESTAGE_SURVEY, "prestage_fail_on_error", "maybe")), "prestage_fail_on_error"),
+        (lambda: reconcile(fleet, str(tmp_path / "r"), **answered(RECONCILE_SURVEY, "reconcile_fail_on_drift", "maybe")),
          "reconcile_fail_on_drift: 'maybe' is not a boolean"),
-        (lambda: reconcile(fleet, str(tmp_path / "r"), **{**RECONCILE_SURVEY, "reconcile_html_max_rows": "25x"}),
+        (lambda: reconcile(fleet, str(tmp_path / "r"), **answered(RECONCILE_SURVEY, "reconcile_html_max_rows", "25x")),
          "reconcile_html_max_rows: '25x' is not an integer"),
     ]
     for run, named in cases:
@@ -112,7 +119,7 @@ def test_survey_strings_end_as_the_typed_run_on_every_playbook(make_fleet, tmp_p
 
     # a preview from the survey ("true") previews: nothing written, no host touched
     before = tree_snapshot(*roots(surveyed))
-    preview = surveyed.rollout(policy=POLICY, **{**ROLLOUT_SURVEY, "rollout_preview": "true"})
+    preview = surveyed.rollout(policy=POLICY, **answered(ROLLOUT_SURVEY, "rollout_preview", "true"))
     assert preview.status == "successful", preview.stdout[-3000:]
     assert tree_snapshot(*roots(surveyed)) == before
     assert not os.path.exists(surveyed.run_dir(RUN_ID))
