@@ -269,8 +269,11 @@ class EventLog:
     failed write loses nothing that is still queued and never leaves a gap in the chain."""
 
     def __init__(self, path: str, *, fsync: bool = True, max_pending: int = 200000,
-                 on_open: t.Callable[[Tail, bool], str | None] | None = None) -> None:
+                 on_open: t.Callable[[Tail, bool], str | None] | None = None,
+                 on_written: t.Callable[[list[tuple[int, str, str]]], None] | None = None) -> None:
         self.path = path
+        # told (seq, line, hash) of every line once it is in the file (the postgresql store keeps a copy)
+        self.on_written = on_written
         self.fsync = fsync
         self.max_pending = max_pending
         self.on_open = on_open
@@ -323,6 +326,7 @@ class EventLog:
             return False
         chunks = [prefix] if prefix else []
         ends: list[tuple[int, int, str]] = []
+        built: list[bytes] = []
         seq, head, offset = self.seq, self.head, len(prefix)
         for body in self.pending:
             seq += 1
@@ -332,6 +336,7 @@ class EventLog:
             chunks.append(b"\n")
             offset += len(line) + 1
             ends.append((offset, seq, head))
+            built.append(line)
         data = b"".join(chunks)
         written = 0
         try:
@@ -342,12 +347,18 @@ class EventLog:
         except OSError as exc:
             done = [end for end in ends if end[0] <= written]
             self._advance(done)
+            self._written(done, built)
             self._failed(exc)
             # Re-read the tail on the next attempt: a partly written line is declared torn, not left to look edited.
             self.close()
             return False
         self._advance(ends)
+        self._written(ends, built)
         return True
+
+    def _written(self, done: list[tuple[int, int, str]], built: list[bytes]) -> None:
+        if self.on_written is not None and done:
+            self.on_written([(seq, line.decode("utf-8", "surrogateescape"), digest) for (_end, seq, digest), line in zip(done, built)])
 
     def _advance(self, done: list[tuple[int, int, str]]) -> None:
         for _done in done:
@@ -434,6 +445,8 @@ class RunRecorder:
         # None while every write succeeded, else why the log is incomplete (kept in the run's store, see _save_log_status)
         self.log_status: str | None = None
         self._status_saved: str | None = None
+        # the postgresql store that keeps a copy of every written line (None on other backends)
+        self._mirror: t.Any = None
         self._awx: dict[str, t.Any] = {}
 
     # -- hooks -------------------------------------------------------------------------------------------
@@ -731,15 +744,53 @@ class RunRecorder:
         if self.log is None:
             path = self._format_path(self.options.path) if self.options.path else run.get("events_path")
             if path:
+                self._open_mirror(os.path.abspath(path))
                 self._start(os.path.abspath(path))
         # a write that failed before the run was known (the path option's log) reaches the store now
         self._save_log_status()
+
+    def _open_mirror(self, path: str) -> None:
+        """On the postgresql backend the store keeps every line too: a controller whose file is missing (an AWX job's
+        fresh container) first writes the store's lines to it, so the chain goes on instead of starting over."""
+        if self.run.get("state_backend") != "postgresql" or not self.run.get("state_dir"):
+            return
+        try:
+            self._mirror = open_store(self.run["state_dir"], backend="postgresql")
+            if os.path.exists(path) and os.path.getsize(path) > 0:
+                return
+            lines = self._mirror.event_lines(self.run["run_id"])
+        except (StoreError, OSError) as exc:
+            self._mirror = None
+            self.warn(f"fleetpatch.rollout.events: the run's log lines are not kept in the postgresql store: {exc}")
+            return
+        if lines:
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+                partial = f"{path}.restore-{os.getpid()}"
+                with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "w", encoding="utf-8", errors="surrogateescape") as handle:
+                    handle.write("\n".join(lines) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(partial, path)
+            except OSError as exc:
+                self.warn(f"fleetpatch.rollout.events: cannot restore {path} from the postgresql store: {exc}")
+
+    def _mirror_lines(self, lines: list[tuple[int, str, str]]) -> None:
+        if self._mirror is None:
+            return
+        try:
+            self._mirror.append_event_lines(self.run["run_id"], lines)
+        except StoreError as exc:
+            if "mirror" not in self._warned:
+                self._warned.add("mirror")
+                self.warn(f"fleetpatch.rollout.events: cannot keep the run's log lines in the postgresql store: {exc}")
 
     def _start(self, path: str) -> None:
         if self.correlation_id is None:
             # no explicit id and no run announced one: this playbook run's log owns a new one
             self.correlation_id, self.correlation_source = str(uuid.uuid4()), "generated"
-        self.log = EventLog(path, fsync=self.options.fsync, on_open=self._opened)
+        self.log = EventLog(path, fsync=self.options.fsync, on_open=self._opened,
+                            on_written=self._mirror_lines if self._mirror is not None else None)
         self.say(f"fleetpatch events: correlation id {self.correlation_id} ({self.correlation_source}), trace {self.trace_id},"
                  f" log {path}")
         for body in self.pre_run:

@@ -29,6 +29,7 @@ import re
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import typing as t
 import uuid
 
@@ -585,7 +586,8 @@ def verify_all(state_dir: str, *, registry_path: str | None = None, checkpoint_d
                                     " the chain was rewritten at or before that record"))
     files: list[dict[str, t.Any]] = []
     if events:
-        files = _verify_event_files(state_dir, registry.records(), findings)
+        files = _verify_event_files(state_dir, registry.records(), findings,
+                                    store=registry.store if isinstance(registry, StoreRegistry) else None)
     return _report(paths, findings, head, files, len(checkpoints))
 
 
@@ -597,7 +599,7 @@ def _report(paths: dict[str, str], findings: list[Finding], head: dict[str, t.An
             "tampered": len(tampered)}
 
 
-def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], findings: list[Finding]) -> list[dict[str, t.Any]]:
+def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], findings: list[Finding], *, store: t.Any = None) -> list[dict[str, t.Any]]:
     anchors: dict[str, list[dict[str, t.Any]]] = collections.defaultdict(list)
     pruned: dict[str, dict[str, t.Any]] = {}
     # event files of runs whose records say the callback did not run: no log was ever written (not deleted)
@@ -620,6 +622,11 @@ def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], finding
         anchors.setdefault(os.path.abspath(path), [])
     reports = []
     for path in sorted(anchors):
+        kept = _kept_lines(store, path) if store is not None and not os.path.exists(path) else None
+        if kept is not None:
+            # no file here (another controller wrote it): the postgresql store's copy of its lines is what is verified
+            reports.append(_verify_kept(kept, path, anchors[path], state_dir, findings))
+            continue
         if not os.path.exists(path):
             if path in pruned:
                 findings.append(Finding("pruned", path, f"removed by retention (registry record #{pruned[path]['seq']})", "info"))
@@ -638,6 +645,29 @@ def _verify_event_files(state_dir: str, records: list[dict[str, t.Any]], finding
                                     " lines cut off its end cannot be detected", "warning"))
         reports.append({"path": path, "ok": report.ok, "lines": report.lines, "last_seq": report.last_seq})
     return reports
+
+
+def _kept_lines(store: t.Any, path: str) -> list[str] | None:
+    """The lines the postgresql store keeps of the run whose log is path (runs/<run_id>/events.jsonl), or None."""
+    try:
+        lines = store.event_lines(os.path.basename(os.path.dirname(path)))
+    except StoreError as exc:
+        raise RegistryError(f"event log lines in the {exc}") from None
+    return lines or None
+
+
+def _verify_kept(lines: list[str], path: str, anchors: list[dict[str, t.Any]], state_dir: str, findings: list[Finding]) -> dict[str, t.Any]:
+    with tempfile.TemporaryDirectory(prefix="fleetpatch-verify-") as scratch:
+        copy = os.path.join(scratch, "events.jsonl")
+        with open(copy, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write("\n".join(lines) + "\n")
+        report = verify_event_file(copy, anchors=anchors)
+    where = f"{relative_to(path, state_dir)} (postgresql store)"
+    for finding in report.findings:
+        findings.append(Finding(finding.kind, f"{where}: {finding.where}", finding.message, finding.severity))
+    if not anchors and report.lines:
+        findings.append(Finding("unsealed", where, "no registry record anchors this log: lines cut off its end cannot be detected", "warning"))
+    return {"path": path, "store": True, "ok": report.ok, "lines": report.lines, "last_seq": report.last_seq}
 
 
 def _absolute(path: str, state_dir: str) -> str:

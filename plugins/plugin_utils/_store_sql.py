@@ -92,7 +92,8 @@ SCHEMA = (
     # events callback when a write fails, read by registry_record's finish record (no environment channel between them)
     "CREATE TABLE IF NOT EXISTS fp_log_status (run_id TEXT PRIMARY KEY, correlation_id TEXT, complete INTEGER NOT NULL, reason TEXT,"
     " updated TEXT NOT NULL)",
-    # designed for issue 17 (the hash-chained event log and the registry on the shared store); not written yet
+    # the event log's lines on the shared store (postgresql): written by the events callback beside events.jsonl, so a
+    # fresh controller continues the chain and anyone verifies it without the file
     "CREATE TABLE IF NOT EXISTS fp_events (run_id TEXT NOT NULL, seq BIGINT NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,"
     " line TEXT NOT NULL, hash TEXT NOT NULL, prev TEXT NOT NULL, PRIMARY KEY (run_id, seq))",
     # the patch registry on the shared store (fleetpatch_state_backend postgresql): the SQLite ledger's records, same
@@ -500,6 +501,26 @@ class _SqlStore:
         with self._transaction(write=False) as tx:
             return str(tx.value("SELECT value FROM fp_meta WHERE key = ?", ("registry_id",)) or "")
 
+    # -- the event log's lines (postgresql: the callback mirrors events.jsonl here) -------------------------
+
+    def append_event_lines(self, run_id: str, lines: t.Sequence[tuple[int, str, str]]) -> None:
+        """Keep written lines of the run's log: (seq, line, hash) each, one transaction; a seq already kept stays."""
+        rows = []
+        for seq, line, digest in lines:
+            try:
+                body = json.loads(line)
+            except ValueError:
+                body = {}
+            rows.append((run_id, seq, str(body.get("ts") or ""), str(body.get("event") or ""), line, digest, str(body.get("prev") or "")))
+        with self._transaction(serialize=f"events:{run_id}") as tx:
+            tx.many("INSERT INTO fp_events (run_id, seq, ts, event, line, hash, prev) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (run_id, seq) DO NOTHING", rows)
+
+    def event_lines(self, run_id: str) -> list[str]:
+        """The run's kept log lines in seq order (what events.jsonl holds, without newlines)."""
+        with self._transaction(write=False) as tx:
+            return [row[0] for row in tx.rows("SELECT line FROM fp_events WHERE run_id = ? ORDER BY seq", (run_id,))]
+
     # -- the event log's state -----------------------------------------------------------------------------
 
     def record_log_status(self, run_id: str, *, correlation_id: str | None, complete: bool, reason: str | None) -> None:
@@ -524,7 +545,7 @@ class _SqlStore:
         the demo's teardown, so that a run after it starts over. False when the store held nothing of it."""
         with self._transaction(serialize=_LOCK_KEY) as tx:
             dropped = _drop_lock(tx, run_id)
-            for table in ("fp_runs", "fp_plans", "fp_outcomes", "fp_slices", "fp_barriers", "fp_log_status"):
+            for table in ("fp_runs", "fp_plans", "fp_outcomes", "fp_slices", "fp_barriers", "fp_log_status", "fp_events"):
                 dropped = tx.run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,)) > 0 or dropped
             return dropped
 

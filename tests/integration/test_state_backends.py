@@ -65,15 +65,20 @@ def test_rollout_keeps_its_run_state_in_postgresql_and_resumes_from_an_empty_sta
     resumed = store.load_run(RUN_ID)
     assert len(resumed["attempts"]) == len(stored["attempts"]) + 1
     _assert_rolled_out(fleet, resumed, store.read_plan(RUN_ID))
-    # the patch registry is in the database as well: no registry file on either controller, one chain of both attempts
-    # (each sealed its log), verified from a third, empty state dir
+    # the patch registry and the event log's lines are in the database as well: no registry file on either controller,
+    # one chain of both attempts (each sealed its log; the fresh controller's log went on from the stored lines),
+    # verified from a third, empty state dir
     assert not os.path.exists(os.path.join(fleet.state_dir, "registry.sqlite3"))
     monkeypatch.setenv(DSN_VAR, dsn)
     registry = open_registry(str(tmp_path / "auditor"), backend="postgresql")
     kinds = [record["kind"] for record in registry.records(patch_id=RUN_ID)]
     assert kinds.count("run.started") == 2 and kinds.count("run.finished") == 2 and kinds.count("log.sealed") == 2
-    report = verify_all(str(tmp_path / "auditor"), backend="postgresql", events=False)
+    report = verify_all(str(tmp_path / "auditor"), backend="postgresql")
     assert report["ok"] and report["head"]["records"] == len(registry.rows()), report["findings"]
+    with open(os.path.join(fleet.run_dir(RUN_ID), "events.jsonl"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert [(item["store"], item["lines"]) for item in report["event_files"]] == [(True, len(lines))]
+    assert json.loads(lines[-1])["seq"] == len(lines) and any('"event":"log.opened"' in line for line in lines)
     store.close()
 
 

@@ -10,6 +10,7 @@ import typing as t
 
 import pytest
 
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._events import RecorderOptions, RunRecorder, read_events
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import (
     StoreRegistry,
     open_registry,
@@ -19,6 +20,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry impor
     write_checkpoint,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry_cli import main
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR
 from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
@@ -99,3 +101,59 @@ def test_the_command_line_reads_the_postgresql_registry(dsn: str, tmp_path) -> N
     out = io.StringIO()
     assert main(["--state-dir", state_dir, "--state-backend", "postgresql", "--json", "patches"], out=out) == 0
     assert '"state": "rolled_out"' in out.getvalue()
+
+
+def _announced(state_dir: str, run_id: str = "FP-1") -> dict[str, t.Any]:
+    return {"run_id": run_id, "patch_id": run_id, "state_dir": state_dir, "state_backend": "postgresql",
+            "events_path": os.path.join(state_dir, "runs", run_id, "events.jsonl"), "plan_group": "fleetpatch_plan_hosts",
+            "waves": {"canary": {"index": 0, "hosts": 1, "batches": [0]}}, "hosts": {"h1": {"wave": "canary", "batch": 0}}}
+
+
+def _record_a_playbook_run(state_dir: str, *, hosts: int) -> dict[str, t.Any]:
+    """One playbook run of the events callback on plain data: the plan announces the run, hosts report, the log ends."""
+    warnings: list[str] = []
+    recorder = RunRecorder(RecorderOptions(), warn=warnings.append, say=lambda text: None, environ={}, timer=False)
+    recorder.playbook_start(playbook="playbooks/rollout.yml", check_mode=False, ansible_version="2.19.0")
+    recorder.play_start(name="Plan", hosts=["localhost"], extra_vars={}, variables=[], host_attributes={})
+    recorder.host_task_start(host="localhost", task_uuid="plan")
+    recorder.host_task_result(host="localhost", task_uuid="plan", task="Plan", action="fleetpatch.rollout.rollout_plan", status="ok",
+                              result={"changed": False, "fleetpatch_run": _announced(state_dir)}, hook="v2_runner_on_ok")
+    for index in range(hosts):
+        recorder.host_task_start(host="h1", task_uuid=f"apply{index}")
+        recorder.host_task_result(host="h1", task_uuid=f"apply{index}", task="Apply", action="fleetpatch.rollout.patch_apply", status="ok",
+                                  result={"changed": True}, hook="v2_runner_on_ok")
+    outcome = recorder.playbook_end(stats={"h1": {"ok": hosts}})
+    assert not warnings, warnings
+    return outcome
+
+
+def test_event_log_lines_are_kept_in_postgresql_and_a_fresh_controller_continues_the_chain(dsn: str, tmp_path) -> None:
+    first, fresh = str(tmp_path / "controller-1"), str(tmp_path / "controller-2")
+    ended = _record_a_playbook_run(first, hosts=2)
+    store = open_store(first, backend="postgresql")
+    with open(ended["path"], encoding="utf-8") as handle:
+        assert store.event_lines("FP-1") == handle.read().splitlines()
+    registry = open_registry(first, backend="postgresql")
+    registry.append("log.sealed", {"events": {"path": "runs/FP-1/events.jsonl", "seq": ended["last_seq"], "head": ended["head"]}},
+                    patch_id="FP-1", run_id="FP-1")
+    # an AWX job's fresh container (empty state dir) resumes: its log starts from the store's lines, the chain goes on
+    again = _record_a_playbook_run(fresh, hosts=1)
+    lines = read_events(again["path"])
+    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1)) and again["first_seq"] == ended["last_seq"] + 1
+    assert len(store.event_lines("FP-1")) == again["last_seq"]
+    registry.append("log.sealed", {"events": {"path": "runs/FP-1/events.jsonl", "seq": again["last_seq"], "head": again["head"]}},
+                    patch_id="FP-1", run_id="FP-1")
+    # an auditor with neither file verifies the log from the store against both seals
+    report = verify_all(str(tmp_path / "auditor"), backend="postgresql")
+    assert report["ok"], report["findings"]
+    assert [(item["store"], item["lines"]) for item in report["event_files"]] == [(True, again["last_seq"])]
+    # a line edited in the database is named
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        edited = conn.execute("UPDATE fp_events SET line = replace(line, '\"changed\":true', '\"changed\":false') WHERE run_id = 'FP-1'"
+                              " AND seq = (SELECT min(seq) FROM fp_events WHERE run_id = 'FP-1' AND line LIKE '%\"changed\":true%')"
+                              " RETURNING seq").fetchone()[0]
+    report = verify_all(str(tmp_path / "auditor"), backend="postgresql")
+    tampered = [finding for finding in report["findings"] if finding["severity"] == "tamper"]
+    assert not report["ok"] and tampered[0]["where"] == f"runs/FP-1/events.jsonl (postgresql store): events.jsonl line {edited} (seq {edited})", tampered
