@@ -16,6 +16,7 @@ description:
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
   - fleetpatch.rollout._attributes
+  - fleetpatch.rollout._run
 attributes:
   check_mode:
     support: full
@@ -25,21 +26,6 @@ attributes:
   idempotent:
     support: full
 options:
-  run_id:
-    description:
-      - The run to work on (the C(run_id) M(fleetpatch.rollout.rollout_plan) returns). Its state (status, host outcomes, error
-        budget, the hosts this attempt skips, the attempt's correlation id) is loaded from the run store by this id.
-    type: str
-    required: true
-  plan:
-    description:
-      - The registered result of M(fleetpatch.rollout.rollout_plan), read as data only (plan, patch, change policy,
-        checks, state backend). In check mode and previews, which store no run, a dry run is rebuilt from it.
-    type: dict
-    required: true
-  state_dir:
-    description: Controller state directory. Default the plan's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
-    type: str
   rollback_hosts:
     description: Hosts that the rollback play handled.
     type: list
