@@ -303,17 +303,22 @@ def _integer(value: t.Any, where: str, low: int, high: int) -> int:
     return value
 
 
-def parse_rule(data: t.Any, kind: str, where: str, *, default_tz: str = "UTC") -> Rule:
-    spec = _mapping(data, where)
-    if kind == "releases":
-        return _parse_release(spec, where, default_tz)
-    _unknown(spec, _RULE_KEYS, where)
+def _named(spec: Mapping[str, t.Any], where: str, default_tz: str) -> tuple[str, str, t.Any, _dt.tzinfo]:
+    """A rule's name (required), the place to name in its errors from now on, and its time zone (name and zone)."""
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise CalendarError(f"{where}.name is required and must be a non-empty string")
     where = f"{where} ({name})"
     tz_name = spec.get("timezone", default_tz)
-    tz = zone(tz_name, f"{where}.timezone")
+    return name, where, tz_name, zone(tz_name, f"{where}.timezone")
+
+
+def parse_rule(data: t.Any, kind: str, where: str, *, default_tz: str = "UTC") -> Rule:
+    spec = _mapping(data, where)
+    if kind == "releases":
+        return _parse_release(spec, where, default_tz)
+    _unknown(spec, _RULE_KEYS, where)
+    name, where, tz_name, tz = _named(spec, where, default_tz)
     scope = _scope(spec.get("scope"), f"{where}.scope")
     repeats = [key for key in ("weekly", "monthly", "once") if key in spec]
     if len(repeats) != 1:
@@ -354,12 +359,7 @@ def parse_rule(data: t.Any, kind: str, where: str, *, default_tz: str = "UTC") -
 def _parse_release(spec: Mapping[str, t.Any], where: str, default_tz: str) -> Rule:
     """A major release: a blackout from ``before`` ahead of it until ``after`` it (one day each by default)."""
     _unknown(spec, _RELEASE_KEYS, where)
-    name = spec.get("name")
-    if not isinstance(name, str) or not name:
-        raise CalendarError(f"{where}.name is required and must be a non-empty string")
-    where = f"{where} ({name})"
-    tz_name = spec.get("timezone", default_tz)
-    tz = zone(tz_name, f"{where}.timezone")
+    name, where, tz_name, tz = _named(spec, where, default_tz)
     at = _local_datetime(spec.get("at"), f"{where}.at")
     before = parse_duration(spec.get("before", "1d"), f"{where}.before")
     after = parse_duration(spec.get("after", "1d"), f"{where}.after")
