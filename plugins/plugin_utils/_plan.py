@@ -708,7 +708,7 @@ def render_plan_text(plan: Mapping[str, t.Any]) -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     lines = [
         f"plan {plan.get('patch_id', '?')}: {plan.get('fleet_size', '?')} hosts, {len(waves)} waves, {len(batches)} batches, "
-        f"serial {_serial_text(serial_batches(plan))}, error budget {budget.get('limit', '?')} ({budget.get('halt_when', '?')}), "
+        f"serial {_serial_text(serial_batches(plan))}, error budget {budget.get('limit', '?')} (halts when {budget.get('halt_when', '?')}), "
         f"fingerprint {str(plan.get('fingerprint', '?'))[:12]}"
     ]
     lines += ["  ".join(cell.rjust(width) if column == 2 else cell.ljust(width) for column, (cell, width) in enumerate(zip(row[:4], widths)))

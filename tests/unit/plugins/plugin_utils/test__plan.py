@@ -698,7 +698,7 @@ def test_render_plan_text() -> None:
     plan = compile_plan(hosts, {"waves": [1, "100%"], "disruption_budget": {"region": 1}, "bake_seconds": 10}, "p-1")
     text = render_plan_text(plan)
     assert text == (
-        f"plan p-1: 4 hosts, 3 waves, 4 batches, serial [1 x 4], error budget 0 (exceeded), fingerprint {plan['fingerprint'][:12]}\n"
+        f"plan p-1: 4 hosts, 3 waves, 4 batches, serial [1 x 4], error budget 0 (halts when exceeded), fingerprint {plan['fingerprint'][:12]}\n"
         "wave    batches  hosts  group                           first hosts\n"
         "canary  0            1  region=eu/tenant=a/segment=web  eu-a-1\n"
         "wave-1  1            1  region=eu/tenant=a/segment=web  eu-a-2\n"
