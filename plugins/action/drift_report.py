@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 import typing as t
 
@@ -38,6 +39,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._drift_report i
     write_facts_file,
     write_reports,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import BACKEND_VAR, StoreError, open_store
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import PostgresStore, SqliteStore
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 
 ARGUMENT_SPEC = {
@@ -45,6 +48,8 @@ ARGUMENT_SPEC = {
     "facts_var": {"type": "str", "default": "__reconcile_facts"},
     "facts_files": {"type": "list", "elements": "str", "default": []},
     "save_facts": {"type": "str"},
+    "save_facts_to_store": {"type": "str"},
+    "facts_from_store": {"type": "str"},
     "desired_state": {"type": "str"},
     "desired": {"type": "dict"},
     "promotion": {"type": "list", "elements": "str"},
@@ -63,12 +68,14 @@ ARGUMENT_SPEC = {
     "title": {"type": "str", "default": "fleetpatch drift report"},
     "html_max_rows": {"type": "int", "default": 2000},
 }
+# a facts set's name in the run-state store: templated names such as drift-{{ awx_workflow_job_id }} fit
+FACTS_SET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 ATTRIBUTE_VARS = {"environment": "fleet_environment", "region": "fleet_region", "tenant": "fleet_tenant", "segment": "fleet_segment"}
 
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (DriftError,)
+    errors = (DriftError, StoreError)
     error_prefix = "fleetpatch.rollout.drift_report: "
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -123,13 +130,23 @@ class ActionModule(ControllerAction):
         output_dir = os.path.abspath(os.path.expanduser(args["output_dir"])) if args["output_dir"] \
             else os.path.join(state_dir, "reports", "drift")
         desired = self._desired(args)
+        # every set name checked, and the store opened (an unknown backend refused), before anything is read or written
+        store = self._facts_store(args, task_vars, state_dir)
         records = self._run_records(args, task_vars, generated_at)
         saved = self._save_facts(args, task_vars, records, generated_at=generated_at, check_mode=check_mode)
+        stored = None
+        if store is not None and args["save_facts_to_store"]:
+            stored = {"set": args["save_facts_to_store"], "store": store.describe(),
+                      "hosts": len(records) if check_mode else store.save_facts_set(args["save_facts_to_store"], records)}
         if not args["report"]:
-            return {"changed": False, "check_mode": check_mode, "facts_file": saved, "hosts": len(records), "paths": {}}
+            done = {"changed": False, "check_mode": check_mode, "facts_file": saved, "hosts": len(records), "paths": {}}
+            return {**done, "facts_stored": stored} if stored else done
 
         reconciler, inputs, warnings = self._reconcile(args, desired, records, now=now, state_dir=state_dir)
         inputs["facts_file_written"] = saved
+        inputs["facts_stored"] = stored
+        if store is not None and args["facts_from_store"]:
+            inputs["facts_from_store"] = self._read_store(store, args["facts_from_store"], reconciler)
         report = reconciler.build()
         paths = output_paths(output_dir, args["formats"], prometheus_path=args["prometheus_path"])
         document = write_reports(report, paths=paths, generated_at=generated_at, inputs=inputs, title=args["title"],
@@ -154,6 +171,8 @@ class ActionModule(ControllerAction):
             "inputs": inputs,
             "cpu_seconds": round(time.process_time() - started, 3),
         }
+        if stored:
+            out["facts_stored"] = stored
         if warnings:
             out["warnings"] = warnings
         failing = {status: summary["statuses"][status] for status in args["fail_statuses"] if summary["statuses"][status]}
@@ -162,6 +181,31 @@ class ActionModule(ControllerAction):
             out["msg"] = ("drift found: " + ", ".join(f"{count} {status}" for status, count in failing.items())
                           + f" (report: {paths.get('html') or paths.get('json') or output_dir})")
         return out
+
+    @staticmethod
+    def _facts_store(args: dict[str, t.Any], task_vars: dict[str, t.Any], state_dir: str) -> SqliteStore | PostgresStore | None:
+        """The run-state store (fleetpatch_state_backend) when a facts set is saved or read, after checking the set names."""
+        names = [name for name in (args["save_facts_to_store"], args["facts_from_store"]) if name]
+        for name in names:
+            if not FACTS_SET.fullmatch(name):
+                raise DriftError(f"facts set name {name[:60]!r} must be 1-128 letters, digits and . _ : @ - (starting with a letter or digit)")
+        if not names:
+            return None
+        store = open_store(state_dir, backend=task_vars.get(BACKEND_VAR))
+        if not isinstance(store, (SqliteStore, PostgresStore)):
+            raise DriftError(f"the {task_vars.get(BACKEND_VAR)} state backend keeps no facts sets")
+        return store
+
+    @staticmethod
+    def _read_store(store: SqliteStore | PostgresStore, name: str, reconciler: Reconciler) -> dict[str, t.Any]:
+        """Merge every record of a facts set into the reconciler (the same merge by host as a facts file's lines)."""
+        records = store.facts_set(name)
+        if not records:
+            # an empty report from a misspelled name or a store the slices never reached would read as a clean fleet
+            raise DriftError(f"facts set {name!r} holds no record in the {store.describe()} (saved with save_facts_to_store?)")
+        before = reconciler.records
+        reconciler.add_batch(records)
+        return {"set": name, "store": store.describe(), "records": reconciler.records - before}
 
     @staticmethod
     def _run_records(args: dict[str, t.Any], task_vars: dict[str, t.Any], generated_at: str) -> list[dict[str, t.Any]]:

@@ -67,6 +67,19 @@ options:
     description:
       - Write the facts of O(hosts) (not those read from O(facts_files)) to this file, for a later merged report.
     type: str
+  save_facts_to_store:
+    description:
+      - Save the facts of O(hosts) under this set name in the run-state store (C(fleetpatch_state_backend); with
+        V(postgresql) the store the slices of an AWX sliced job share, no shared disk needed), one record per host in
+        one transaction; a host saved again under the same name is replaced. Not written under check mode.
+      - "A name is 1-128 letters, digits and C(._:@-), starting with a letter or digit."
+    type: str
+  facts_from_store:
+    description:
+      - Merge every record saved under this set name (O(save_facts_to_store)) into the report, by host name, beside
+        O(hosts) and O(facts_files); the latest C(collected_at) of a host wins, so the slices' set gives the report of one
+        unsliced run. A set that holds no record fails the task.
+    type: str
   desired_state:
     description: Path of the desired-state file (YAML or JSON, see C(docs/drift.md)).
     type: str
@@ -159,6 +172,19 @@ EXAMPLES = r"""
       - /var/lib/fleetpatch/facts/job-{{ awx_workflow_job_id }}-slice-*.jsonl
     desired_state: /etc/fleetpatch/desired-state.yml
     prometheus_path: /var/lib/prometheus/node-exporter/fleetpatch_drift.prom
+
+- name: In each slice of a sliced job (fleetpatch_state_backend=postgresql), save the slice's facts to the shared store
+  fleetpatch.rollout.drift_report:
+    hosts: "{{ ansible_play_hosts_all }}"
+    save_facts_to_store: drift-{{ awx_workflow_job_id }}
+    report: false
+  run_once: true
+  delegate_to: localhost
+
+- name: In a later job, report from every slice's facts in the store
+  fleetpatch.rollout.drift_report:
+    facts_from_store: drift-{{ awx_workflow_job_id }}
+    desired_state: /etc/fleetpatch/desired-state.yml
 """
 
 RETURN = r"""
@@ -206,6 +232,10 @@ facts_file:
   description: The facts file written (O(save_facts)), or V(null).
   returned: always
   type: str
+facts_stored:
+  description: The facts set saved (O(save_facts_to_store)) as C(set), C(store) and C(hosts) (hosts that would be saved under check mode).
+  returned: when O(save_facts_to_store) is set
+  type: dict
 inputs:
   description:
     - Facts files read, records skipped, registry used (or why not), desired state source.

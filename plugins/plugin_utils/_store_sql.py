@@ -101,6 +101,10 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fp_records (seq BIGINT PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, patch_id TEXT, run_id TEXT,"
     " correlation_id TEXT, body TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS fp_records_patch ON fp_records (patch_id, seq)",
+    # drift facts saved by the slices of a sliced reconcile job under a set name (one record per host, the record a
+    # facts file line holds), read back by a report run that shares no disk with them
+    "CREATE TABLE IF NOT EXISTS fp_facts (set_name TEXT NOT NULL, host TEXT NOT NULL, record TEXT NOT NULL, saved TEXT NOT NULL,"
+    " PRIMARY KEY (set_name, host))",
 )
 _LOCK_KEY = "locks"
 _REGISTRY_KEY = "registry"
@@ -539,6 +543,22 @@ class _SqlStore:
             return None
         correlation_id, complete, reason, updated = rows[0]
         return {"correlation_id": correlation_id, "complete": bool(complete), "reason": reason, "updated": updated}
+
+    # -- drift facts sets (a sliced reconcile job's slices save, one report run reads) ------------------------
+
+    def save_facts_set(self, set_name: str, records: t.Sequence[t.Mapping[str, t.Any]]) -> int:
+        """Keep one facts record per host under set_name, one transaction; a host saved again is replaced. The count kept."""
+        saved = iso(utc_now())
+        rows = [(set_name, str(record["host"]), _dumps(record), saved) for record in records]
+        with self._transaction(serialize=f"facts:{set_name}") as tx:
+            tx.many("INSERT INTO fp_facts (set_name, host, record, saved) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (set_name, host) DO UPDATE SET record = excluded.record, saved = excluded.saved", rows)
+        return len(rows)
+
+    def facts_set(self, set_name: str) -> list[t.Any]:
+        """Every record of set_name, by host name (empty when nothing was saved under it)."""
+        with self._transaction(write=False) as tx:
+            return [json.loads(row[0]) for row in tx.rows("SELECT record FROM fp_facts WHERE set_name = ? ORDER BY host", (set_name,))]
 
     def forget_run(self, run_id: str) -> bool:
         """Delete everything the store holds of a run (document, plan, outcomes, lock, slices, barriers), one transaction:

@@ -16,6 +16,9 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore
+from tests.harness.postgres import PostgresServer, postgres_skip_reason
+
 from .rollout_harness import DemoFleet, RunResult, run_playbook, tree_snapshot
 
 pytestmark = pytest.mark.integration
@@ -363,3 +366,60 @@ def test_demo_fleet_with_two_environments_and_two_services_fills_the_matrix_and_
         assert page.count('<td class="cell s-') == 4 and "<th>billing</th><th>myapp</th>" in page
     finally:
         fleet.teardown()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> t.Iterator[PostgresServer]:
+    reason = postgres_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+def test_sliced_reconcile_jobs_merge_through_the_postgresql_store(drift_fleet: DriftFleet, full_run, postgres) -> None:
+    """AWX slices share no disk: three --limit slices (no ",localhost") with empty state dirs save their facts to one
+    PostgreSQL store, and a fourth job with an empty state dir reports from the store exactly what one unsliced run did."""
+    _result, report_dir, _before = full_run
+    dsn = postgres.create_database("drift_slices")
+    env = {DSN_VAR: dsn}
+    hosts = drift_fleet.fleet.nodes()  # sorted by name, as AWX slices them
+    common = {"reconcile_desired_state": drift_fleet.desired_path, "reconcile_now": NOW_TEXT, "fleetpatch_state_backend": "postgresql"}
+    for index in range(3):
+        part = hosts[index::3]
+        state_dir = os.path.join(drift_fleet.base, f"store-slice-{index}")
+        result = run_playbook("reconcile.yml", inventory=drift_fleet.fleet.inventory, cmdline=f"--limit {','.join(part)}", env=env,
+                              extravars={**common, "reconcile_state_dir": state_dir, "reconcile_report": False,
+                                         "reconcile_save_facts_to_store": "drift-job-7"})
+        assert result.status == "successful", result.stdout[-3000:]
+        assert report_result(result)["facts_stored"]["hosts"] == len(part)
+        assert not os.path.exists(os.path.join(state_dir, "reports"))
+    store = PostgresStore(os.path.join(drift_fleet.base, "store-reader"), environ=env)
+    try:
+        assert sorted(record["host"] for record in store.facts_set("drift-job-7")) == hosts
+        assert store.facts_set("drift-job-8") == []
+    finally:
+        store.close()
+
+    # the report job: a fresh container (empty state dir); the patch registry is the controller's file, as for the unsliced run
+    merged_dir = os.path.join(drift_fleet.base, "report-from-store")
+    registry = os.path.join(drift_fleet.fleet.state_dir, "registry.sqlite3")
+    assert os.path.exists(registry)
+    merged = run_playbook("reconcile.yml", inventory=drift_fleet.fleet.inventory, env=env,
+                          extravars={**common, "reconcile_state_dir": os.path.join(drift_fleet.base, "store-report"),
+                                     "reconcile_report_dir": merged_dir, "reconcile_gather": False,
+                                     "reconcile_registry_path": registry, "reconcile_facts_from_store": "drift-job-7"})
+    assert merged.status == "successful", merged.stdout[-3000:]
+    merged_report, unsliced = drift_fleet.report(merged_dir), drift_fleet.report(report_dir)
+    assert merged_report["inputs"]["facts_from_store"]["records"] == len(hosts)
+    assert merged_report["inputs"]["hosts_from_run"] == 0 and merged_report["inputs"]["facts_files"] == []
+    assert stable(merged_report) == stable(unsliced)
+    assert merged_report["fingerprint"] == unsliced["fingerprint"]
+
+    # a set nobody saved fails the report job instead of reporting an empty fleet
+    missing = run_playbook("reconcile.yml", inventory=drift_fleet.fleet.inventory, env=env,
+                           extravars={**common, "reconcile_state_dir": os.path.join(drift_fleet.base, "store-report"),
+                                      "reconcile_report_dir": os.path.join(drift_fleet.base, "report-missing"),
+                                      "reconcile_gather": False, "reconcile_facts_from_store": "drift-job-8"})
+    assert missing.status == "failed"
+    assert "facts set 'drift-job-8' holds no record" in report_result(missing)["msg"]

@@ -86,3 +86,36 @@ def test_bad_input_fails_naming_it(fleet: dict[str, t.Any], changes: dict[str, t
 def test_unknown_format_is_an_argument_error(fleet: dict[str, t.Any]) -> None:
     with pytest.raises(AnsibleActionFail, match="formats"):
         run_action("drift_report", report_args(fleet, ["node1"], formats=["pdf"]), with_facts(fleet))
+
+
+def test_facts_saved_to_the_store_by_slices_merge_into_a_report_from_the_store(fleet: dict[str, t.Any], tmp_path: t.Any) -> None:
+    # the embedded (SQLite) store of one state dir; integration tests do the same on PostgreSQL across state dirs
+    task_vars = with_facts(fleet)
+    for hosts in (["node1"], ["node2", "node3"]):
+        saved = run_action("drift_report", report_args(fleet, hosts, save_facts_to_store="drift-7", report=False), task_vars)
+        assert saved["facts_stored"]["set"] == "drift-7" and saved["facts_stored"]["hosts"] == len(hosts), saved
+    rerun = run_action("drift_report", report_args(fleet, ["node1"], save_facts_to_store="drift-7", report=False), task_vars)
+    assert rerun["facts_stored"]["hosts"] == 1  # node1 replaced, not added twice
+    merged = run_action("drift_report", report_args(fleet, [], facts_from_store="drift-7", output_dir=str(tmp_path / "merged")),
+                        fleet["task_vars"])
+    direct = run_action("drift_report", report_args(fleet, ["node1", "node2", "node3"], output_dir=str(tmp_path / "direct")), task_vars)
+    assert merged["inputs"]["facts_from_store"]["records"] == 3 and merged["inputs"]["hosts_from_run"] == 0
+    assert merged["summary"]["statuses"] == direct["summary"]["statuses"] and merged["fingerprint"] == direct["fingerprint"]
+
+
+def test_check_mode_saves_no_facts_to_the_store(fleet: dict[str, t.Any]) -> None:
+    saved = run_action("drift_report", report_args(fleet, ["node1"], save_facts_to_store="drift-7", report=False), with_facts(fleet),
+                       check_mode=True)
+    assert saved["facts_stored"]["hosts"] == 1
+    missing = run_action("drift_report", report_args(fleet, [], facts_from_store="drift-7"), fleet["task_vars"])
+    assert missing["failed"] is True and "facts set 'drift-7' holds no record" in missing["msg"], missing["msg"]
+
+
+@pytest.mark.parametrize("name", ["", "-drift", "drift 7", "drift/7", "x" * 129])
+def test_a_bad_facts_set_name_fails_before_any_store_is_opened(fleet: dict[str, t.Any], name: str) -> None:
+    result = run_action("drift_report", report_args(fleet, ["node1"], save_facts_to_store=name, report=False), with_facts(fleet))
+    if not name:
+        assert "facts_stored" not in result and not result.get("failed")  # empty: not asked (the role's default)
+    else:
+        assert result["failed"] is True and "facts set name" in result["msg"], result
+    assert not os.path.exists(os.path.join(fleet["state_dir"], "fleetpatch.db"))
