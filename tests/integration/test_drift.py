@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
 from .rollout_harness import DemoFleet, RunResult, run_playbook, tree_snapshot
 
@@ -366,15 +365,6 @@ def test_demo_fleet_with_two_environments_and_two_services_fills_the_matrix_and_
         assert page.count('<td class="cell s-') == 4 and "<th>billing</th><th>myapp</th>" in page
     finally:
         fleet.teardown()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 def test_sliced_reconcile_jobs_merge_through_the_postgresql_store(drift_fleet: DriftFleet, full_run, postgres) -> None:

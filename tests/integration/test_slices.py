@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
 from .rollout_harness import DemoFleet, RunResult, run_playbook
 
@@ -25,15 +24,6 @@ SLICES = 3
 # the failures are quarantined (the budget decides, not the first failure); no disruption budget: wide batches
 BASE_POLICY = {"canary": {"size": 1, "groups": ["region=eu-west"]}, "waves": ["25%", "100%"], "response": "quarantine",
                "canary_response": "quarantine"}
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 def _slice_inventories(fleet: DemoFleet, directory: str) -> list[tuple[str, list[str]]]:

@@ -10,7 +10,6 @@ import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry import open_registry, verify_all
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore, SqliteStore
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
 from .rollout_harness import DemoFleet
 
@@ -18,15 +17,6 @@ pytestmark = pytest.mark.integration
 
 RUN_ID = "FP-DEMO-myapp-1.0.1"
 POLICY = {"canary": {"size": 1, "groups": ["region=eu-west"]}, "waves": ["25%", "100%"], "disruption_budget": {"segment": 2}}
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 def _assert_rolled_out(fleet: DemoFleet, stored: dict[str, t.Any], plan_text: str | None) -> None:

@@ -22,18 +22,9 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry impor
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._registry_cli import main
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
+from tests.harness.postgres import PostgresServer
 
 _DATABASES = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture

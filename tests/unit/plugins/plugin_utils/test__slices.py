@@ -24,22 +24,12 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import 
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import outcome_entry
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore, SqliteStore
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
 RUN = "FP-9"
 _DATABASES = itertools.count(1)
 IDENTITY = {"owner": "tester", "controller": "here", "pid": os.getpid()}
 HOSTS = {f"h{index:02d}": {"fleet_region": "eu" if index % 2 else "us", "fleet_tenant": "t", "fleet_segment": "s", "fleet_environment": "prod"}
          for index in range(12)}
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture(params=("sqlite", "postgresql"))

@@ -22,22 +22,13 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     outcome_entry,
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PostgresStore, SqliteStore, redact_dsn
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
+from tests.harness.postgres import postgres_skip_reason
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
 BACKEND_NAMES = ("embedded", "postgresql")
 _DATABASES = itertools.count(1)
 # a pid no process has (above the kernel's pid_max of 2**22)
 DEAD_PID = 2**22 + 12345
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 class Spec(t.NamedTuple):

@@ -15,20 +15,10 @@ import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_sql import DSN_VAR, PlanConflict, PostgresStore, SqliteStore
-from tests.harness.postgres import PostgresServer, postgres_skip_reason
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
 _DATABASES = itertools.count(1)
 PLAN = json.dumps({"patch_id": "FP-1", "waves": [["a", "b"], ["c", "d"]]}, sort_keys=True) + "\n"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> t.Iterator[PostgresServer]:
-    reason = postgres_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with PostgresServer() as server:
-        yield server
 
 
 class Spec(t.NamedTuple):
