@@ -760,3 +760,57 @@ def test_batches_are_the_plain_first_fit(seed: int) -> None:
     if isinstance(concurrency, str):
         concurrency = max(1, math.floor(len(hosts) * int(concurrency[:-1]) / 100))
     assert [batch["hosts"] for batch in plan["batches"]] == _first_fit(order, attributes, limits, concurrency)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# golden digests: the bytes of plans compiled before the compile was made a linear pass (issue 19); any change to
+# plan order, canary, waves, batches, groups or fingerprint changes them
+
+
+def _golden_mixed_fleet() -> Hosts:
+    """84 hosts: three regions, tenants whose natural order differs from the text order (t2 < t10), uneven groups."""
+    hosts: Hosts = {}
+    index = 0
+    for region in ("eu-west", "us-east", "ap-south"):
+        for tenant in ("acme", "beta", "t10", "t2"):
+            for segment in ("web", "api", "worker"):
+                for number in range(1, 2 + index % 7):
+                    hosts[f"{segment}-{region}-{tenant}-{number}"] = host(region, tenant, segment, "prod" if index % 3 else "staging", other=number)
+                    index += 1
+    return hosts
+
+
+def _golden_bench_fleet(size: int) -> Hosts:
+    """bench/plan_bench.py's layout: 10 regions x 20 tenants x 5 segments, hosts dealt over the cells in turn."""
+    cells = [(f"r{region:02d}", f"t{tenant:02d}", segment) for region in range(1, 11) for tenant in range(1, 21)
+             for segment in ("web", "api", "worker", "batch", "cron")]
+    return {f"{cells[index % len(cells)][0]}-{cells[index % len(cells)][1]}-{cells[index % len(cells)][2]}-{index // len(cells) + 1:03d}":
+            host(*cells[index % len(cells)], "staging") for index in range(size)}
+
+
+GOLDEN = [
+    (_golden_mixed_fleet, None, 3, "3b652efa1f1039258197759fa25c04caf33650f18f509123957d5916c10724b5", "59af8c018b534d7f"),
+    (_golden_mixed_fleet, {"canary": {"size": 2}, "waves": ["1%", "10%", "50%", "100%"], "max_concurrency": "5%", "error_budget": "2%",
+                           "disruption_budget": {"tenant": "25%", "region": 4}},
+     24, "71f81d94819c6f46d80fbe8361a68f5da5c7b13a5d695c4f80c0b4b91f42e301", "08484625066b8208"),
+    (_golden_mixed_fleet, {"levels": ["environment", "region", "tenant", "segment"], "order": {"region": ["us-east", "eu-west"]},
+                           "canary": {"size": 3, "groups": ["region=ap-south,tenant=t2"]}, "waves": [5, "30%", "100%"], "wave_boundary": "region",
+                           "disruption_budget": {"segment": "50%"}, "bake_seconds": 30, "response": "rollback_wave"},
+     8, "7b88ed86bdfe18824e769712bf4ae68a534068d2cb3553825f3656e52a2216f9", "4623c33450722bf6"),
+]
+
+
+@pytest.mark.parametrize(("fleet", "policy", "batches", "digest", "text_digest"), GOLDEN)
+def test_golden_plan_bytes(fleet: t.Callable[[], Hosts], policy: t.Any, batches: int, digest: str, text_digest: str) -> None:
+    plan = compile_plan(fleet(), policy, "FP-GOLD-1")
+    assert len(plan["batches"]) == batches
+    assert hashlib.sha256(plan_json(plan).encode()).hexdigest() == digest
+    assert hashlib.sha256(render_plan_text(plan).encode()).hexdigest()[:16] == text_digest
+
+
+def test_golden_plan_bytes_of_the_bench_fleet() -> None:
+    policy = {"canary": {"size": 1}, "waves": ["1%", "10%", "50%", "100%"], "max_concurrency": "2%", "error_budget": "1%",
+              "disruption_budget": {"tenant": "25%"}}
+    plan = compile_plan(_golden_bench_fleet(3000), policy, "FP-PLAN-BENCH")
+    assert len(plan["batches"]) == 52
+    assert hashlib.sha256(plan_json(plan).encode()).hexdigest() == "5a5620938ad9b744f673360f09fd1889f23590de427a2da204ad6f25f43fc80f"
