@@ -184,6 +184,12 @@ class Store(t.Protocol):
     def log_status(self, run_id: str) -> dict[str, t.Any] | None:
         """What record_log_status last said of the run's log ({correlation_id, complete, reason, updated}), or None."""
 
+    def save_staged(self, artifact_sha256: str, records: t.Mapping[str, t.Mapping[str, t.Any]], *, forget: t.Iterable[str] = ()) -> int:
+        """The pre-staging job's records of verified copies of a patch artifact ({host: record}), hosts in forget dropped."""
+
+    def staged_records(self, artifact_sha256: str, *, since: str | None = None) -> dict[str, dict[str, t.Any]]:
+        """{host: record} of the hosts recorded with a verified copy of the artifact (staged at or after since)."""
+
 
 # embedded: the SQLite file <state_dir>/fleetpatch.db, one controller; postgresql: shared by several controllers.
 # sqlite is 1.0.0's name for the same file (runs planned with it go on); embedded meant JSON files then.

@@ -105,6 +105,10 @@ SCHEMA = (
     # facts file line holds), read back by a report run that shares no disk with them
     "CREATE TABLE IF NOT EXISTS fp_facts (set_name TEXT NOT NULL, host TEXT NOT NULL, record TEXT NOT NULL, saved TEXT NOT NULL,"
     " PRIMARY KEY (set_name, host))",
+    # pre-staged copies: what the pre-staging job found verified in each host's cache for a patch artifact (one row per
+    # (artifact digest, host)), so that a rollout's readiness gate takes those hosts as staged without running anything on them
+    "CREATE TABLE IF NOT EXISTS fp_staged (artifact_sha256 TEXT NOT NULL, host TEXT NOT NULL, record TEXT NOT NULL, staged_at TEXT NOT NULL,"
+    " PRIMARY KEY (artifact_sha256, host))",
 )
 _LOCK_KEY = "locks"
 _REGISTRY_KEY = "registry"
@@ -559,6 +563,28 @@ class _SqlStore:
         """Every record of set_name, by host name (empty when nothing was saved under it)."""
         with self._transaction(write=False) as tx:
             return [json.loads(row[0]) for row in tx.rows("SELECT record FROM fp_facts WHERE set_name = ? ORDER BY host", (set_name,))]
+
+    # -- pre-staged copies (the pre-staging job saves, a rollout's readiness gate reads) -------------------------
+
+    def save_staged(self, artifact_sha256: str, records: t.Mapping[str, t.Mapping[str, t.Any]], *, forget: t.Iterable[str] = ()) -> int:
+        """Keep, for the patch artifact artifact_sha256, one record per host of the verified copy it holds ({host: record},
+        record["staged_at"] an iso() time), and drop the records of the hosts in forget (found without one), in one
+        transaction; a host saved again is replaced. The number of records kept."""
+        rows = [(artifact_sha256, str(host), _dumps(dict(record)), str(record["staged_at"])) for host, record in sorted(records.items())]
+        dropped = [(artifact_sha256, str(host)) for host in sorted(set(forget) - set(records))]
+        with self._transaction(serialize=f"staged:{artifact_sha256}") as tx:
+            tx.many("INSERT INTO fp_staged (artifact_sha256, host, record, staged_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (artifact_sha256, host) DO UPDATE SET record = excluded.record, staged_at = excluded.staged_at", rows)
+            tx.many("DELETE FROM fp_staged WHERE artifact_sha256 = ? AND host = ?", dropped)
+        return len(rows)
+
+    def staged_records(self, artifact_sha256: str, *, since: str | None = None) -> dict[str, dict[str, t.Any]]:
+        """{host: record} of every host recorded with a verified copy of artifact_sha256, only those staged at or after
+        since (an iso() time) when given; empty when none was recorded."""
+        where, params = ("", (artifact_sha256,)) if since is None else (" AND staged_at >= ?", (artifact_sha256, since))
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(f"SELECT host, record FROM fp_staged WHERE artifact_sha256 = ?{where} ORDER BY host", params)
+        return {host: json.loads(record) for host, record in rows}
 
     def forget_run(self, run_id: str) -> bool:
         """Delete everything the store holds of a run (document, plan, outcomes, lock, slices, barriers), one transaction:
