@@ -32,6 +32,7 @@ ARGUMENT_SPEC = {
     "result_var": {"type": "str", "default": "__rollout_apply"},
     "health_timeout": {"type": "float", "default": 5.0},
     "bake_seconds": {"type": "float"},
+    # samples of command checks run as a task of their own; patch_apply's (result_var's command_checks) come first
     "command_result_var": {"type": "str", "default": "__rollout_command_checks"},
     "check_workers": {"type": "int", "default": _probes.DEFAULT_WORKERS},
 }
@@ -180,7 +181,7 @@ class ActionModule(ControllerAction):
                     task_vars: dict[str, t.Any], *, probe: bool = True, host_side: bool = True):
         """The policy's checks on the hosts that passed so far; a host whose check fails becomes unhealthy.
 
-        host_side: also judge the command checks the hosts ran (their samples are in command_result_var).
+        host_side: also judge the command checks the hosts ran (see _command_samples).
         """
         plan = run["plan"]
         checks = [check for check in plan["policy"].get("checks") or [] if host_side or check["kind"] not in HOST_KINDS]
@@ -189,14 +190,12 @@ class ActionModule(ControllerAction):
         hosts = [verdict.host for verdict in verdicts if verdict.outcome == "patched"]
         touched = set(run_state.hosts) | {verdict.host for verdict in verdicts} | set(run_state.skip_hosts)
         wanted = max([(check.get("baseline") or {}).get("control_hosts", 0) for check in checks] or [0])
+        names = [check["name"] for check in checks if check["kind"] in HOST_KINDS]
         host_samples = {}
-        for host in hosts:
-            found = host_var(task_vars, host, args["command_result_var"])
-            if isinstance(found, dict) and isinstance(found.get("samples"), dict):
-                host_samples[host] = found["samples"]
-            elif isinstance(found, dict) and (found.get("failed") or found.get("unreachable")):
-                why = str(found.get("msg") or "command checks did not run").strip()[:300]
-                host_samples[host] = {check["name"]: [sample("unavailable", None, why)] for check in checks if check["kind"] in HOST_KINDS}
+        for host in hosts if names else ():
+            found = self._command_samples(host, names, args, task_vars)
+            if found is not None:
+                host_samples[host] = found
         results, outcome = _probes.evaluate(
             checks,
             hosts,
@@ -216,6 +215,25 @@ class ActionModule(ControllerAction):
             for verdict in verdicts
         ]
         return verdicts, dict(outcome.as_dict(), results=[compact(result) for result in results])
+
+    @staticmethod
+    def _command_samples(host: str, names: list[str], args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any] | None:
+        """The samples of the command checks (names) host ran, or None (no samples: the gate finds them inconclusive).
+
+        patch_apply took them in its own execution (result_var's command_checks); a playbook that still runs
+        fleetpatch.rollout.command_checks as a task of its own registers them as command_result_var.
+        """
+        applied = host_var(task_vars, host, args["result_var"])
+        found = applied.get("command_checks") if isinstance(applied, dict) else None
+        if not isinstance(found, dict):
+            found = host_var(task_vars, host, args["command_result_var"])
+        if isinstance(found, dict) and isinstance(found.get("samples"), dict):
+            return found["samples"]
+        for result in (found, applied):
+            if isinstance(result, dict) and (result.get("failed") or result.get("unreachable")):
+                why = str(result.get("msg") or "command checks did not run").strip()[:300]
+                return {name: [sample("unavailable", None, why)] for name in names}
+        return None
 
     def _stabilize(self, run: dict[str, t.Any], plan: dict[str, t.Any], run_state: Run, index: int,
                    wave: dict[str, t.Any], args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:

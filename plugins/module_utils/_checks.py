@@ -2,9 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to fleetpatch.rollout: synthetic check specs (validation, templates) and samples. Not a public API.
 
-Host-side: the ``command_checks`` module validates its checks with ``normalize_checks`` and judges its own samples, so
-this file holds what that needs and nothing the controller alone does (rendering a check for every host, judging HTTP
-and metric answers, the rollout overview: ``plugin_utils/_checks.py``). Plain data in, plain data out.
+Host-side: ``patch_apply`` (option ``command_checks``, after the apply in the same execution) and the ``command_checks``
+module validate their checks with ``normalize_checks`` and take their samples with ``run_command_checks``, so this file
+holds what that needs and nothing the controller alone does (rendering a check for every host, judging HTTP and metric
+answers, the rollout overview: ``plugin_utils/_checks.py``). Plain data in, plain data out; ``run_command_checks`` is
+handed the one side effect it needs (running a command) by its caller.
 
 Everything that can be wrong with a check spec is found by ``normalize_checks`` (structure, regexes, JMESPath syntax
 and function names, template names), before any host is touched.
@@ -23,19 +25,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shlex
+import shutil
+import time
 import typing as t
 import urllib.parse
 from collections.abc import Mapping
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
-
-try:
-    import jmespath
-    import jmespath.exceptions
-    import jmespath.functions
-except ImportError:  # pragma: no cover - jmespath is a controller requirement of the collection
-    jmespath = None
 
 __all__ = [
     "ASSERT_OPS",
@@ -52,6 +51,7 @@ __all__ = [
     "parse_port",
     "pause_before",
     "render",
+    "run_command_checks",
     "sample",
     "strings_in",
     "template_names",
@@ -207,7 +207,19 @@ def _regex(value: t.Any, where: str) -> str:
 # JMESPath
 
 
+def _jmespath_module() -> t.Any:
+    """The jmespath library, or None. Imported on first use: a host that only runs command checks never loads it."""
+    try:
+        import jmespath
+        import jmespath.exceptions
+        import jmespath.functions
+    except ImportError:  # pragma: no cover - jmespath is a controller requirement of the collection
+        return None
+    return jmespath
+
+
 def _jmespath_functions() -> frozenset[str]:
+    jmespath = _jmespath_module()
     return frozenset(jmespath.functions.Functions.FUNCTION_TABLE) if jmespath is not None else frozenset()
 
 
@@ -224,6 +236,7 @@ def _function_names(node: t.Any) -> t.Iterator[str]:
 
 def jmespath_error(expression: str) -> str | None:
     """Why expression is not valid JMESPath (syntax or an unknown function), or None."""
+    jmespath = _jmespath_module()
     if jmespath is None:
         return "the jmespath Python library is not installed on the controller"
     try:
@@ -557,6 +570,10 @@ class _KindNormalizer:
         if isinstance(command, str):
             if not command.strip():
                 raise CheckError(f"{where}.command must not be empty")
+            try:
+                shlex.split(command)
+            except ValueError as exc:
+                raise CheckError(f"{where}.command {command!r} cannot be split into arguments: {exc}") from None
             check["command"] = command
         else:
             argv = _list(command, f"{where}.command")
@@ -637,3 +654,69 @@ def judge_command(check: Mapping[str, t.Any], *, rc: int, stdout: str) -> str | 
     if "stdout_regex" in check and not re.search(check["stdout_regex"], stdout):
         return f"output does not match {check['stdout_regex']!r}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command checks on the host
+
+_TIMED_OUT = (124, 137)  # timeout(1): the command ran too long (124), or had to be killed after it (137)
+
+
+def _command_argv(check: Mapping[str, t.Any]) -> list[str]:
+    command = check["command"]
+    return list(command) if isinstance(command, list) else shlex.split(command)
+
+
+def _cannot_run(argv: list[str], *, find: t.Callable[[str], str | None]) -> str | None:
+    """Why argv cannot be started on this host (as run_command would expand it), or None."""
+    program = os.path.expandvars(os.path.expanduser(argv[0]))
+    if find(program) is None:
+        return f"cannot run {argv[0]}: not found or not executable"
+    return None
+
+
+def _command_samples(check: Mapping[str, t.Any], *, run: t.Callable[[list[str]], tuple[int, str, str]], timeout_bin: str | None,
+                     find: t.Callable[[str], str | None], sleep: t.Callable[[float], None], clock: t.Callable[[], float]) -> list[dict[str, t.Any]]:
+    argv = _command_argv(check)
+    # checked before the first sample: behind timeout(1) a missing program would read as exit code 127, an answer
+    problem = _cannot_run(argv, find=find)
+    if problem:
+        return [sample("unavailable", None, problem) for _ in range(check["samples"])]
+    if timeout_bin:
+        argv = [timeout_bin, "--kill-after=1", f"{check['timeout']:g}"] + argv
+    samples = []
+    for number in range(check["samples"]):
+        pause = pause_before(check, number)
+        if pause:
+            sleep(pause)
+        started = clock()
+        try:
+            rc, stdout, stderr = run(argv)
+        except OSError as exc:
+            samples.append(sample("unavailable", (clock() - started) * 1000, f"cannot run {argv[0]}: {exc}"))
+            continue
+        latency = (clock() - started) * 1000
+        if timeout_bin and rc in _TIMED_OUT:
+            samples.append(sample("error", latency, f"timed out after {check['timeout']:g} s"))
+            continue
+        problem = judge_command(check, rc=rc, stdout=stdout)
+        if problem and stderr.strip():
+            problem += f": {stderr.strip().splitlines()[-1][:200]}"
+        samples.append(sample("error" if problem else "ok", latency, problem or ""))
+    return samples
+
+
+def run_command_checks(checks: t.Sequence[Mapping[str, t.Any]], *, run: t.Callable[[list[str]], tuple[int, str, str]],
+                       timeout_bin: str | None, find: t.Callable[[str], str | None] = shutil.which, sleep: t.Callable[[float], None] = time.sleep,
+                       clock: t.Callable[[], float] = time.monotonic) -> dict[str, list[dict[str, t.Any]]]:
+    """Check name to its samples, for every normalized check of a HOST_KINDS kind (the others are not the host's).
+
+    run(argv) returns (rc, stdout, stderr) and raises OSError when the command cannot be started.
+
+    A sample is ok or error by judge_command, error when timeout_bin (timeout(1), when the host has it) stopped the
+    command after the check's timeout, and unavailable when the command cannot be started: never an exception.
+    """
+    return {
+        check["name"]: _command_samples(check, run=run, timeout_bin=timeout_bin, find=find, sleep=sleep, clock=clock)
+        for check in checks if check["kind"] in HOST_KINDS
+    }

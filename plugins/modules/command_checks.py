@@ -16,7 +16,11 @@ description:
   - A sample is an error when the exit code is not C(expect_rc) or the output does not match C(stdout_regex), or when
     the command runs longer than C(timeout) seconds (it is then stopped, when the C(timeout) program is available on
     the host).
+  - A command that cannot be started (not found, not executable) gives V(unavailable) samples, which the gate counts as
+    inconclusive.
   - The module reports samples and never fails because a check failed; the gate decides.
+  - M(fleetpatch.rollout.patch_apply) runs the same checks in its own execution (its O(fleetpatch.rollout.patch_apply#module:command_checks)
+    option), which is how the rollout role runs them; this module is for playbooks that run the checks as a task of their own.
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
   - fleetpatch.rollout._attributes
@@ -57,7 +61,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 samples:
-  description: Check name to its samples, each with outcome (V(ok) or V(error)), latency_ms and reason.
+  description: Check name to its samples, each with outcome (V(ok), V(error) or V(unavailable)), latency_ms and reason.
   returned: always
   type: dict
   sample:
@@ -66,44 +70,9 @@ samples:
       - {outcome: error, latency_ms: 10.1, reason: "exit code 1, expected 0"}
 """
 
-import shlex
-import time
-import typing as t
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import (
-    HOST_KINDS,
-    CheckError,
-    judge_command,
-    normalize_checks,
-    pause_before,
-    sample,
-)
-
-
-def run_check(module: AnsibleModule, check: dict[str, t.Any], timeout_bin: str | None) -> list[dict[str, t.Any]]:
-    command = check["command"]
-    argv = list(command) if isinstance(command, list) else command
-    if timeout_bin:
-        prefix = [timeout_bin, "--kill-after=1", f"{check['timeout']:g}"]
-        argv = prefix + (argv if isinstance(argv, list) else shlex.split(argv))
-    samples = []
-    for number in range(check["samples"]):
-        pause = pause_before(check, number)
-        if pause:
-            time.sleep(pause)
-        started = time.monotonic()
-        rc, stdout, stderr = module.run_command(argv, check_rc=False)
-        latency = (time.monotonic() - started) * 1000
-        if timeout_bin and rc in (124, 137):
-            samples.append(sample("error", latency, f"timed out after {check['timeout']:g} s"))
-            continue
-        problem = judge_command(check, rc=rc, stdout=stdout)
-        if problem and stderr.strip():
-            problem += f": {stderr.strip().splitlines()[-1][:200]}"
-        samples.append(sample("error" if problem else "ok", latency, problem or ""))
-    return samples
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks, run_command_checks
 
 
 def main() -> None:
@@ -112,13 +81,15 @@ def main() -> None:
         supports_check_mode=True,
     )
     try:
-        checks = [check for check in normalize_checks(module.params["checks"], "checks") if check["kind"] in HOST_KINDS]
+        checks = normalize_checks(module.params["checks"], "checks")
     except CheckError as exc:
         module.fail_json(msg=str(exc))
     if module.check_mode:
         module.exit_json(changed=False, samples={})
-    timeout_bin = module.get_bin_path("timeout")
-    module.exit_json(changed=False, samples={check["name"]: run_check(module, check, timeout_bin) for check in checks})
+    # the same sampling as patch_apply's command_checks option (module_utils/_checks.py)
+    samples = run_command_checks(checks, run=lambda argv: module.run_command(argv, check_rc=False, handle_exceptions=False),
+                                 timeout_bin=module.get_bin_path("timeout"))
+    module.exit_json(changed=False, samples=samples)
 
 
 if __name__ == "__main__":

@@ -238,6 +238,21 @@ options:
           - With O(require_signature), an unsigned delta is not used (the full artifact is); a delta whose signature does
             not verify fails the task and is removed from the cache.
         type: str
+  command_checks:
+    description:
+      - The rollout policy's checks of kind V(command), run on the host by this same execution after the step succeeded
+        (after the restart and the health check; also when the host already ran O(version), or the patch does not apply
+        to it), so a batch needs no second module execution per host for them. Checks of other kinds are ignored.
+      - Same schema as O(fleetpatch.rollout.command_checks#module:checks), checked the same way before anything on the
+        host is touched. Each has C(name), C(command) (argv list, or a string split
+        like a shell would, without a shell), C(expect_rc) (default V(0)), C(stdout_regex), C(samples), C(interval),
+        C(initial_delay) and C(timeout).
+      - A failed step runs no check. A command that cannot be started gives V(unavailable) samples; a failing check never
+        fails the task, M(fleetpatch.rollout.wave_gate) judges the samples (RV(command_checks.samples)).
+      - In check mode no command runs and RV(command_checks.samples) is empty, as with M(fleetpatch.rollout.command_checks).
+    type: list
+    elements: dict
+    default: []
 notes:
   - O(sha256) may name a plain release tarball or a fleetpatch bundle (M(fleetpatch.rollout.patch_bundle)); a bundle
     is recognised by its first member and unpacked only after every member was checked against its manifest.
@@ -389,6 +404,14 @@ installed_version:
   returned: when RV(not_applicable=true)
   type: str
   sample: 0.9.0
+not_cached:
+  description:
+    - V(true) when the artifact is not in the host's cache and there is no O(artifact_url) to fetch it from (a
+      pre-staged copy that is gone); the execution failed before anything was changed. The wave gate records such a
+      host as C(not_staged), not as a failure. A cached copy that is corrupt or refused is a failure without this key.
+  returned: when the cached copy is missing and cannot be fetched
+  type: bool
+  sample: true
 signature:
   description: The verified signature of the artifact (or delta bundle) this execution unpacked.
   returned: when a signature was verified
@@ -435,6 +458,17 @@ revert_rc:
   returned: when the host was reverted to a previous release
   type: int
   sample: 0
+command_checks:
+  description:
+    - The samples of O(command_checks), in the shape M(fleetpatch.rollout.command_checks) returns.
+  returned: when O(command_checks) is not empty and the step succeeded
+  type: dict
+  sample: {samples: {queue-drained: [{outcome: ok, latency_ms: 12.5, reason: ""}]}}
+  contains:
+    samples:
+      description: Check name to its samples, each with outcome (V(ok), V(error) or V(unavailable)), latency_ms and reason.
+      type: dict
+      returned: always
 diff:
   description: Installed release before and after, as data.
   returned: always
@@ -495,15 +529,40 @@ def main() -> None:
         max_time=dict(type="float", default=900),
         min_throughput=dict(type="int", default=1024),
         throughput_window=dict(type="float", default=30),
+        command_checks=dict(type="list", elements="dict", default=[]),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    # checked before the host is touched
+    checks = _command_checks(module) if module.params["command_checks"] else None
     result = ApplyResult()
     try:
         layout = HostLayout(root=module.params["root"], service=module.params["service"])
         run_apply(layout, build_request(module.params), ModuleOps(module), result)
     except ReleaseError as exc:
         module.fail_json(msg=str(exc), **result.as_dict())
+    if checks is not None:
+        # in this execution, not a second one per host: the samples travel with the result the gate reads
+        result.extra["command_checks"] = {"samples": {} if module.check_mode else _command_samples(module, checks)}
     module.exit_json(**result.as_dict())
+
+
+# imported in the functions: a host with no command checks never loads module_utils/_checks.py
+def _command_checks(module: AnsibleModule) -> list[dict[str, object]]:
+    """The normalized command checks; the module fails on an invalid one."""
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
+
+    try:
+        return normalize_checks(module.params["command_checks"], "command_checks")
+    except CheckError as exc:
+        module.fail_json(msg=str(exc))
+
+
+def _command_samples(module: AnsibleModule, checks: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
+    """Check name to its samples (the same sampling as the command_checks module)."""
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import run_command_checks
+
+    return run_command_checks(checks, run=lambda argv: module.run_command(argv, check_rc=False, handle_exceptions=False),
+                              timeout_bin=module.get_bin_path("timeout"))
 
 
 if __name__ == "__main__":

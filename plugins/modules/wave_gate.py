@@ -18,9 +18,9 @@ description:
     callback C(fleetpatch.rollout.events) writes them to the run's event log.
   - Runs the policy's synthetic checks and metric queries (C(checks), see M(fleetpatch.rollout.synthetic_checks)) on the
     batch's healthy hosts concurrently, compares with the pre-patch baseline and with hosts not patched yet, and judges
-    the command checks the hosts ran (O(command_result_var)). A host with a failed check is unhealthy; a failed metric
-    query applies the response to the batch; an inconclusive check (no data) applies the policy's
-    C(inconclusive_response), V(hold) by default, never continue.
+    the command checks the hosts ran (the C(command_checks) samples of their apply result, see O(command_result_var)).
+    A host with a failed check is unhealthy; a failed metric query applies the response to the batch; an inconclusive
+    check (no data) applies the policy's C(inconclusive_response), V(hold) by default, never continue.
   - After the last batch of a wave it waits the wave's bake time, then probes and checks the wave's hosts again.
   - After the last batch of the rollout, with C(stabilization.seconds) set, it keeps checking every host the run patched;
     the first breach applies C(stabilization.response) (V(rollback_all) by default) and returns the hosts to roll back.
@@ -46,7 +46,10 @@ options:
     type: str
     default: __rollout_readiness
   result_var:
-    description: Name of the host variable that holds each host's apply result.
+    description:
+      - Name of the host variable that holds each host's apply result.
+      - Its C(command_checks) key holds the samples of the command checks M(fleetpatch.rollout.patch_apply) ran in the same
+        execution (O(fleetpatch.rollout.patch_apply#module:command_checks)).
     type: str
     default: __rollout_apply
   health_timeout:
@@ -57,7 +60,11 @@ options:
     description: Override the plan's bake time for this gate.
     type: float
   command_result_var:
-    description: Name of the host variable that holds each host's M(fleetpatch.rollout.command_checks) result.
+    description:
+      - Name of the host variable that holds each host's M(fleetpatch.rollout.command_checks) result, for playbooks that run
+        the command checks as a task of their own.
+      - Read only for a host whose apply result (O(result_var)) has no C(command_checks) key. A failed or unreachable
+        result gives the host's command checks an V(unavailable) sample (inconclusive).
     type: str
     default: __rollout_command_checks
   check_workers:

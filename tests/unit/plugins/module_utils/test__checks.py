@@ -12,6 +12,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import 
     normalize_checks,
     pause_before,
     render,
+    run_command_checks,
     sample,
     template_names,
 )
@@ -149,6 +150,8 @@ ERRORS: list[tuple[str, t.Any, str]] = [
     ("tcp address", [{"name": "a", "kind": "tcp", "port": 1}], f"{P}: 'address' is required"),
     ("dns family", [{"name": "a", "kind": "dns", "hostname": "x", "family": "ipx"}], f"{P}.family: expected one of any, ipv4, ipv6, got 'ipx'"),
     ("command empty", [{"name": "a", "kind": "command", "command": []}], f"{P}.command must not be empty"),
+    ("command unsplittable", [{"name": "a", "kind": "command", "command": 'grep "x'}],
+     f"{P}.command 'grep \"x' cannot be split into arguments: No closing quotation"),
     ("command baseline", [{"name": "a", "kind": "command", "command": "true", "baseline": True}],
      f"{P}.baseline: only http, tcp and dns checks compare against a baseline"),
     ("prometheus baseline", [{"name": "a", "kind": "prometheus", "url": "http://p:9090", "query": "up", "condition": {"max": 1}, "baseline": True}],
@@ -246,3 +249,69 @@ def test_pause_before_each_sample() -> None:
     assert [pause_before(check, number) for number in range(3)] == [2.0, 0.5, 0.5]
     stored_before_initial_delay = {key: value for key, value in check.items() if key != "initial_delay"}
     assert pause_before(stored_before_initial_delay, 0) == 0.0
+
+
+class FakeHost:
+    """run_command_checks' side effects, recorded: commands answer from a table, time moves only when something waits."""
+
+    def __init__(self, answers: dict[str, t.Any], missing: t.Collection[str] = ()) -> None:
+        self.answers, self.missing = answers, set(missing)
+        self.now, self.calls = 100.0, []  # type: ignore[var-annotated]
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        self.calls.append(("run", argv))
+        answer = self.answers[argv[-1]]
+        if isinstance(answer, OSError):
+            raise answer
+        self.now += 0.25
+        return answer
+
+    def find(self, program: str) -> str | None:
+        return None if program in self.missing else f"/usr/bin/{program}"
+
+    def sleep(self, seconds: float) -> None:
+        self.calls.append(("sleep", seconds))
+        self.now += seconds
+
+    def samples(self, checks: list[dict[str, t.Any]], *, timeout_bin: str | None = None) -> dict[str, list[dict[str, t.Any]]]:
+        return run_command_checks(normalize_checks(checks), run=self.run, timeout_bin=timeout_bin, find=self.find, sleep=self.sleep,
+                                  clock=lambda: self.now)
+
+
+def test_run_command_checks_samples_each_check_with_its_pauses() -> None:
+    host = FakeHost({"ok": (0, "active\n", ""), "bad": (2, "", "first\nlast line\n")})
+    checks = [
+        {"name": "a", "kind": "command", "command": ["check", "ok"], "samples": 2, "initial_delay": 1, "interval": 0.5},
+        {"name": "b", "kind": "command", "command": "check bad", "samples": 1},
+        {"name": "web", "url": "http://x/"},  # an http check: not the host's
+    ]
+    samples = host.samples(checks)
+    assert samples == {
+        "a": [sample("ok", 250.0), sample("ok", 250.0)],
+        "b": [sample("error", 250.0, "exit code 2, expected 0: last line")],
+    }
+    assert host.calls == [("sleep", 1.0), ("run", ["check", "ok"]), ("sleep", 0.5), ("run", ["check", "ok"]), ("run", ["check", "bad"])]
+
+
+def test_run_command_checks_behind_timeout() -> None:
+    host = FakeHost({"slow": (124, "", ""), "killed": (137, "", ""), "fine": (0, "", "")})
+    checks = [{"name": name, "kind": "command", "command": ["probe", name], "samples": 1, "timeout": 1.5} for name in ("slow", "killed", "fine")]
+    samples = host.samples(checks, timeout_bin="/usr/bin/timeout")
+    assert {name: items[0]["reason"] for name, items in samples.items()} == {"slow": "timed out after 1.5 s", "killed": "timed out after 1.5 s",
+                                                                            "fine": ""}
+    assert host.calls[0] == ("run", ["/usr/bin/timeout", "--kill-after=1", "1.5", "probe", "slow"])
+    # without timeout(1) an exit code 124 is an answer like any other
+    assert FakeHost({"slow": (124, "", "")}).samples(checks[:1])["slow"][0]["reason"] == "exit code 124, expected 0"
+
+
+def test_run_command_checks_never_raises_on_a_command_that_cannot_run() -> None:
+    host = FakeHost({"gone": OSError(13, "Permission denied")}, missing={"nothere"})
+    checks = [
+        {"name": "missing", "kind": "command", "command": ["nothere", "x"], "samples": 2, "interval": 5},
+        {"name": "denied", "kind": "command", "command": ["check", "gone"], "samples": 1},
+    ]
+    samples = host.samples(checks)
+    assert samples["missing"] == [sample("unavailable", None, "cannot run nothere: not found or not executable")] * 2
+    assert samples["denied"] == [sample("unavailable", 0.0, "cannot run check: [Errno 13] Permission denied")]
+    # a program that is not there is never started, and its samples do not wait their interval
+    assert host.calls == [("run", ["check", "gone"])]
