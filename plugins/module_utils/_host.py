@@ -9,8 +9,10 @@ every module execution recompiles what it imports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import os
 import re
 import shutil
@@ -27,7 +29,9 @@ __all__ = [
     "RELEASE_METADATA",
     "ReleaseError",
     "SHA256_PATTERN",
+    "StageError",
     "URL_SCHEMES",
+    "cache_lock",
     "check_name",
     "check_sha256",
     "current_version",
@@ -45,6 +49,7 @@ RELEASE_METADATA = ".fleetpatch-release.json"
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
 URL_SCHEMES = ("http://", "https://", "file://")
 PART_SUFFIX = ".part"
+LOCK_TIMEOUT = 120.0
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 # versions and service names become one path component each
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -68,6 +73,10 @@ def http_error() -> type[BaseException]:
 
 class ReleaseError(FleetpatchError):
     """A host step that cannot or must not go ahead; str() is the message for the operator."""
+
+
+class StageError(ReleaseError):
+    """The artifact cannot be staged on this host; str() is the message for the operator."""
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -210,6 +219,28 @@ def read_host_state(layout: HostLayout) -> dict[str, t.Any]:
     if manifest is not None and not isinstance(manifest, dict):
         raise ReleaseError(f"host manifest {layout.manifest_path} is not a JSON object")
     return {"current_version": version, "current_release": release, "manifest": manifest}
+
+
+# The cache's lock lives here, not in _prestage: patch_apply takes it around a download, and must not compile the
+# whole pre-staging module for that.
+@contextlib.contextmanager
+def cache_lock(layout: HostLayout, ops: HostOps, *, timeout: float = LOCK_TIMEOUT) -> t.Iterator[None]:
+    """One staging at a time per host (an flock on cache/.prestage.lock)."""
+    os.makedirs(os.path.dirname(layout.cache_dir), exist_ok=True)
+    fd = os.open(f"{os.path.dirname(layout.cache_dir)}/.prestage.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = ops.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if ops.monotonic() > deadline:
+                    raise StageError(f"another prestage holds {layout.root}/cache/.prestage.lock for more than {timeout:g}s") from None
+                ops.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------- side effects

@@ -4,14 +4,52 @@
 
 from __future__ import annotations
 
+import os
 import typing as t
 
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostOps
 
 if t.TYPE_CHECKING:
     from ansible.module_utils.basic import AnsibleModule
 
-__all__ = ["ModuleOps"]
+__all__ = ["ModuleOps", "plain_http"]
+
+
+class _NotPlain(FleetpatchError):
+    """The answer needs what only ansible's open_url does (a redirect out of plain http, a gzip-encoded body)."""
+
+
+def plain_http(url: str) -> bool:
+    """Whether ansible's open_url would do nothing for url that urllib does not do alike.
+
+    Plain http (no TLS context, so no CA bundle to load), no credentials in the URL (open_url turns them into basic
+    auth) and no netrc file (open_url reads one for credentials).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "http" or "@" in rest.split("/", 1)[0]:
+        return False
+    netrc = os.environ.get("NETRC")
+    return not os.path.exists(os.path.expanduser("~/.netrc") if netrc is None else netrc)
+
+
+def _open_plain(url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
+    """GET a plain_http url as ansible's open_url would (urllib, proxies from the environment, urllib's redirects),
+    without importing ansible.module_utils.urls (its TLS and crypto imports) and loading the system CA store."""
+    import urllib.request
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: t.Any, fp: t.Any, code: int, msg: str, hdrs: t.Any, newurl: str) -> t.Any:
+            if not plain_http(newurl):
+                fp.close()
+                raise _NotPlain(newurl)
+            return super().redirect_request(req, fp, code, msg, hdrs, newurl)
+
+    response = urllib.request.build_opener(Redirects).open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
+    if response.headers.get("content-encoding", "").lower() == "gzip":
+        response.close()
+        raise _NotPlain(url)
+    return response
 
 
 class ModuleOps(HostOps):
@@ -28,7 +66,14 @@ class ModuleOps(HostOps):
             return 127, "", f"cannot run {argv[0]}: {exc}"
 
     def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
-        # imported here: a host with nothing to download (a re-run) never loads the HTTP and TLS stack
+        # A health check or download over plain http costs no TLS stack: ansible's open_url would load the system CA
+        # store (tens of ms of CPU) and its module imports cryptography, on every execution, for nothing.
+        if plain_http(url):
+            try:
+                return _open_plain(url, headers=headers, timeout=timeout)
+            except _NotPlain:
+                pass  # asked again below, from the start, through ansible's open_url
+        # imported here: a host with nothing to download over TLS (a re-run) never loads the HTTP and TLS stack
         from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
         from ansible.module_utils.urls import SSLValidationError, open_url
 

@@ -11,9 +11,7 @@ rename(2) after the digest (and the signature, when configured) verified.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import os
 import typing as t
@@ -24,6 +22,8 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     HostLayout,
     HostOps,
     ReleaseError,
+    StageError,
+    cache_lock,
     check_name,
     check_sha256,
     current_version,
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 META_SCHEMA = 1
-LOCK_TIMEOUT = 120.0
 DELTA_MODES = ("auto", "both", "never")
 STATES = ("present", "verified")
 
@@ -68,10 +67,6 @@ def _bundle() -> t.Any:
     from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bundle as bundle
 
     return bundle
-
-
-class StageError(ReleaseError):
-    """The artifact cannot be staged on this host; str() is the message for the operator."""
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -213,26 +208,6 @@ def cached_entries(layout: HostLayout) -> list[dict[str, t.Any]]:
             if meta and meta.get("sha256") == sha:
                 entries.append(meta)
     return entries
-
-
-@contextlib.contextmanager
-def cache_lock(layout: HostLayout, ops: HostOps, *, timeout: float = LOCK_TIMEOUT) -> t.Iterator[None]:
-    """One staging at a time per host (an flock on cache/.prestage.lock)."""
-    os.makedirs(os.path.dirname(layout.cache_dir), exist_ok=True)
-    fd = os.open(f"{os.path.dirname(layout.cache_dir)}/.prestage.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = ops.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if ops.monotonic() > deadline:
-                    raise StageError(f"another prestage holds {layout.root}/cache/.prestage.lock for more than {timeout:g}s") from None
-                ops.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------ staging

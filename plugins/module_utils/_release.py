@@ -33,6 +33,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     HostLayout,
     HostOps,
     ReleaseError,
+    cache_lock,
     check_name,
     check_sha256,
     current_version,
@@ -383,8 +384,6 @@ def fetch_artifact(
         download,
         shown_url,
     )
-    # the cache is prestage's: a download into it takes prestage's lock
-    from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import cache_lock
 
     directory = os.path.dirname(dest)
     if os.path.basename(dest) != sha256:
@@ -400,7 +399,8 @@ def fetch_artifact(
     )
     transfer = Transfer(sha256=sha256, kind="full")
     shown = shown_url(url)
-    # one writer per digest: a prestage running on this host at the same time grows the same .part file
+    # one writer per digest: a prestage running on this host at the same time grows the same .part file (the cache is
+    # prestage's, and so is its lock)
     with cache_lock(HostLayout(os.path.dirname(os.path.dirname(directory)), "cache"), ops):
         _remove_partials(directory, sha256)
         try:
