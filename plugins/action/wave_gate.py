@@ -68,7 +68,8 @@ class ActionModule(ControllerAction):
                 to_probe[host] = url
         health = probe_many(to_probe, timeout=timeout)
         verdicts = [
-            classify_host(host, results[host] if isinstance(results[host], dict) else None, health.get(host), target_version=target, skipped=host in skip)
+            classify_host(host, results[host] if isinstance(results[host], dict) else None, health.get(host), target_version=target, skipped=host in skip,
+                          missing_copy_fails=run_state.attempt.get("unstaged") == "fail")
             for host in hosts
         ]
         return verdicts, health

@@ -509,6 +509,10 @@ class Stager:
     def _ready_with(self, entry: dict[str, t.Any]) -> None:
         self.result.ready = True
         self.result.staged = {key: entry[key] for key in ("sha256", "kind", "size", "path")}
+        # what the pre-staging job records for a rollout's readiness gate: a signed copy that was verified against
+        # allowed_signers (a verification that failed never gets here: the copy is refused)
+        artifact = next((item for item in (self.request.full, self.request.delta) if item is not None and item.sha256 == entry["sha256"]), None)
+        self.result.staged["signature_verified"] = bool(artifact is not None and artifact.signature and self.request.allowed_signers)
 
     def installed(self) -> bool:
         """The host already runs the target version: nothing to stage for it (the apply only re-verifies)."""

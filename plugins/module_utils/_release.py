@@ -807,6 +807,8 @@ def _ensure_artifact(
             return path, _check_signature(layout, request, ops, result, path=path, sha256=request.sha256,
                                           signature=request.signature, what="artifact")
     elif not request.artifact_url:
+        # said as a result key: the gate keeps a pre-staged host whose copy is gone out (not_staged), not as a failure
+        result.extra["not_cached"] = True
         raise ReleaseError(f"artifact {request.sha256} is not in {layout.cache_dir} and no artifact_url was given")
     result.act("download artifact")
     if ops.check_mode:

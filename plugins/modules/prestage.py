@@ -258,11 +258,13 @@ ready:
   type: bool
   sample: true
 staged:
-  description: What the apply will use, V(null) when not ready.
+  description:
+    - What the apply will use, V(null) when not ready; C(signature_verified) says whether the copy's signature was
+      verified against O(allowed_signers) (what M(fleetpatch.rollout.prestage_report) records for a rollout's readiness gate).
   returned: always
   type: dict
   sample: {sha256: 4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, kind: delta, size: 20480,
-           path: /srv/fleetpatch/cache/sha256/4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f}
+           path: /srv/fleetpatch/cache/sha256/4c1e0f3b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f, signature_verified: true}
 artifacts:
   description:
     - One entry per artifact considered, with C(action) V(present) or V(download), and for downloads the

@@ -19,6 +19,12 @@ description:
     event, and returns in RV(skip_hosts) the hosts the waves must not start on; with O(unstaged=stage) or
     O(unstaged=skip) those are recorded with outcome C(not_staged) in the run state (not a failure, the error
     budget does not count them). With O(unstaged=fail) no host is skipped; an apply without its artifact fails.
+  - Without O(run) and unless O(save_records=false) or check mode, also keeps a record of every node's verified copy in
+    the run-state store (C(fleetpatch_state_backend); table C(fp_staged)); a node whose result says it is not staged
+    loses its record, a node without a result (not run) keeps it.
+  - With O(run) and O(lookup=true) (the readiness gate's first step), reads those records only and returns the hosts
+    they show staged (RV(staged)) and the hosts to check on the host (RV(check_hosts)); a later call with O(staged)
+    counts the hosts of RV(staged) as ready without a result of their own.
   - This is an action plugin; it runs on the controller only.
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
@@ -75,6 +81,28 @@ options:
     description: Fail the task when less than this percentage of O(hosts) is ready.
     type: float
     default: 0
+  save_records:
+    description: Without O(run), keep the records of the nodes' verified copies in the run-state store.
+    type: bool
+    default: true
+  lookup:
+    description:
+      - With O(run), only look up the pre-staging records of O(hosts) for the run's artifact; nothing is written.
+    type: bool
+    default: false
+  readiness:
+    description: With O(lookup=true), V(auto) trusts usable records, V(host) trusts none (every host is checked).
+    type: str
+    choices: [auto, host]
+    default: auto
+  max_age:
+    description: With O(lookup=true), seconds a record stays trusted; V(0) trusts none.
+    type: int
+    default: 604800
+  staged:
+    description: With O(run), the RV(staged) of the lookup - hosts counted as ready by their record.
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
@@ -93,7 +121,7 @@ report:
   description:
     - C(hosts), C(ready), C(percent); C(regions) per region with C(hosts), C(ready), C(percent), C(not_ready);
       C(not_ready) with the reason per host; C(bytes_by_source); C(edges) when O(edges) was given.
-  returned: always
+  returned: unless O(lookup=true)
   type: dict
   sample:
     hosts: 16
@@ -106,20 +134,34 @@ report:
     bytes_by_source: {edge: 3276800}
 lines:
   description: The report as text, one line per region.
-  returned: always
+  returned: unless O(lookup=true)
   type: list
   elements: str
 skip_hosts:
   description: With O(run), hosts the waves must not start on (not ready, and O(unstaged) is not V(fail)).
-  returned: always
+  returned: unless O(lookup=true)
   type: list
   elements: str
 report_path:
   description: Where the report was written (or would be, in check mode).
-  returned: always
+  returned: unless O(lookup=true)
   type: str
 patch:
   description: The patch manifest the report is about (validated).
-  returned: always
+  returned: unless O(lookup=true)
   type: dict
+records:
+  description: Without O(run), the records kept (C(saved)), dropped (C(dropped)) and where (C(store)).
+  returned: when records were saved
+  type: dict
+  sample: {saved: 24, dropped: 0, store: run-state database /home/ops/.local/state/fleetpatch/fleetpatch.db}
+staged:
+  description: With O(lookup=true), the hosts staged by their record, with the record.
+  returned: with O(lookup=true)
+  type: dict
+check_hosts:
+  description: With O(lookup=true), the hosts to check on the host, in the order of O(hosts).
+  returned: with O(lookup=true)
+  type: list
+  elements: str
 """

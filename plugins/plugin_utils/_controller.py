@@ -70,12 +70,13 @@ def host_var(task_vars: t.Mapping[str, t.Any], host: str, name: str, default: t.
 
 def batch_result(task_vars: t.Mapping[str, t.Any], name: str) -> dict[str, t.Any] | None:
     """The result a run_once task registered as name: Ansible sets it on every host of the play, so the first host
-    of the play batch that has it answers."""
+    of the play batch that has it answers; else the controller's (a task of a play over localhost: the readiness gate)."""
     for host in task_vars.get("ansible_play_batch") or ():
         found = host_var(task_vars, host, name)
         if isinstance(found, dict):
             return found
-    return None
+    found = host_var(task_vars, "localhost", name)
+    return found if isinstance(found, dict) else None
 
 
 def probe_health(url: str, *, timeout: float) -> dict[str, t.Any]:

@@ -23,7 +23,7 @@ _CHECK_REASON = re.compile(r"check (?P<check>\S+) on \S+: fail(?:: (?P<condition
 @dataclasses.dataclass(frozen=True)
 class HostVerdict:
     host: str
-    outcome: str  # patched | failed | unreachable | unhealthy | skipped | not_applicable
+    outcome: str  # patched | failed | unreachable | unhealthy | skipped | not_applicable | not_staged
     reason: str = ""
     changed: bool = False
     version: str | None = None
@@ -54,14 +54,21 @@ def classify_host(
     *,
     target_version: str,
     skipped: bool = False,
+    missing_copy_fails: bool = False,
 ) -> HostVerdict:
-    """Turn one host's apply result and controller health probe into a verdict."""
+    """Turn one host's apply result and controller health probe into a verdict.
+
+    An apply that found no cached copy to install (rollout_stage=prestaged: ``not_cached``, the host was taken as staged
+    and its copy is gone) is ``not_staged``: kept out, never a failure, unless missing_copy_fails (rollout_unstaged=fail).
+    A copy that is there but corrupt or refused stays a failure (docs/security.md)."""
     if skipped:
         return HostVerdict(host, "skipped", "skipped (quarantined by an earlier attempt)")
     if apply_result is None:
         return HostVerdict(host, "unreachable", "no apply result (host unreachable or removed from the play)")
     if apply_result.get("unreachable"):
         return HostVerdict(host, "unreachable", str(apply_result.get("msg", "unreachable")).strip()[:500])
+    if apply_result.get("failed") and apply_result.get("not_cached") and not missing_copy_fails:
+        return HostVerdict(host, "not_staged", str(apply_result.get("msg", "no cached copy")).strip()[:500])
     if apply_result.get("failed"):
         return HostVerdict(host, "failed", str(apply_result.get("msg", "apply failed")).strip()[:500], bool(apply_result.get("changed")))
     if apply_result.get("not_applicable"):

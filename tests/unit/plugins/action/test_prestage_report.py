@@ -73,3 +73,89 @@ def test_missing_manifest_file_is_named(fleet: dict[str, t.Any]) -> None:
 def test_patch_and_manifest_file_exclude_each_other(fleet: dict[str, t.Any]) -> None:
     with pytest.raises(AnsibleActionFail, match="mutually exclusive"):
         run_action("prestage_report", dict(report_args(["node1"]), patch_manifest="x.yml"), fleet["task_vars"])
+
+
+# --------------------------------------------------------------------------------------------------- pre-staging records
+
+DIGEST = "a" * 64
+FULL_READY = {"ready": True, "staged": {"sha256": DIGEST, "kind": "full", "size": 10, "signature_verified": False}}
+
+
+def records_of(state_dir: str) -> dict[str, t.Any]:
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import open_store
+
+    return open_store(state_dir).staged_records(DIGEST)
+
+
+def test_prestaging_run_records_the_ready_nodes_and_drops_the_unready(fleet: dict[str, t.Any]) -> None:
+    task_vars = staged(fleet, {"node1": FULL_READY, "node2": FULL_READY, "node3": {"ready": True, "staged": {"installed": "1.0.1"}}})
+    result = run_action("prestage_report", report_args(["node1", "node2", "node3", "node4"], state_dir=fleet["state_dir"]), task_vars)
+    assert result["records"]["saved"] == 3 and result["records"]["dropped"] == 0
+    found = records_of(fleet["state_dir"])
+    assert sorted(found) == ["node1", "node2", "node3"]  # node4 did not run (no result): nothing said of it
+    assert {key: found["node1"][key] for key in ("artifact_sha256", "sha256", "kind", "patch_id", "signature_verified")} == {
+        "artifact_sha256": DIGEST, "sha256": DIGEST, "kind": "full", "patch_id": "FP-UNIT-1", "signature_verified": False}
+    assert found["node3"]["kind"] == "installed" and found["node3"]["version"] == "1.0.1" and found["node3"]["sha256"] is None
+    assert found["node1"]["staged_at"] == result["report"]["at"] and found["node1"]["job"]["owner"]
+    # the next pre-staging run finds node2 without its copy: its record goes, node1's stays
+    task_vars = staged(fleet, {"node1": FULL_READY, "node2": {"ready": False, "reason": "not staged: full aaaa is not cached"}})
+    result = run_action("prestage_report", report_args(["node1", "node2"], state_dir=fleet["state_dir"]), task_vars)
+    assert result["records"] == dict(result["records"], saved=1, dropped=1)
+    assert sorted(records_of(fleet["state_dir"])) == ["node1", "node3"]
+
+
+def test_prestaging_run_in_check_mode_records_nothing(fleet: dict[str, t.Any]) -> None:
+    task_vars = staged(fleet, {"node1": FULL_READY})
+    result = run_action("prestage_report", report_args(["node1"], state_dir=fleet["state_dir"]), task_vars, check_mode=True)
+    assert "records" not in result and records_of(fleet["state_dir"]) == {}
+
+
+def save_records(state_dir: str, records: dict[str, dict[str, t.Any]]) -> None:
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import iso, open_store, utc_now
+
+    now = iso(utc_now())
+    open_store(state_dir).save_staged(DIGEST, {host: {"artifact_sha256": DIGEST, "sha256": DIGEST, "kind": "full", "staged_at": now,
+                                                      "signature_verified": False, **record} for host, record in records.items()})
+
+
+def test_lookup_takes_recorded_hosts_as_staged_and_queues_the_others(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    save_records(fleet["state_dir"], {"node1": {}, "node2": {"staged_at": "2026-01-01T00:00:00.000000Z"}, "node3": {"sha256": "c" * 64}})
+    result = run_action("prestage_report", report_args(["node1", "node2", "node3", "node4"], planned, lookup=True), fleet["task_vars"])
+    assert not result.get("failed"), result.get("msg")
+    # node2's record is older than max_age, node3's names another copy, node4 has none
+    assert list(result["staged"]) == ["node1"] and result["check_hosts"] == ["node2", "node3", "node4"]
+    assert result["msg"] == "1 of 4 host(s) staged by their pre-staging record; 3 to check on the host"
+    for changes in ({"readiness": "host"}, {"max_age": 0}):
+        every = run_action("prestage_report", report_args(["node1", "node2"], planned, lookup=True, **changes), fleet["task_vars"])
+        assert every["staged"] == {} and every["check_hosts"] == ["node1", "node2"]
+
+
+def test_lookup_wants_a_verified_signature_when_the_policy_verifies_them(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    save_records(fleet["state_dir"], {"node1": {}, "node2": {"signature_verified": True}})
+    run = dict(planned, artifacts=dict(planned.get("artifacts") or {}, allowed_signers="release@example ssh-ed25519 AAAA"))
+    patch = dict(copy.deepcopy(MANIFEST))
+    patch["artifact"] = dict(patch["artifact"], signature="-----BEGIN SSH SIGNATURE-----")
+    args = dict(report_args(["node1", "node2"], run, lookup=True), patch=patch)
+    result = run_action("prestage_report", args, fleet["task_vars"])
+    assert list(result["staged"]) == ["node2"] and result["check_hosts"] == ["node1"]
+
+
+def test_lookup_needs_the_run(fleet: dict[str, t.Any]) -> None:
+    result = run_action("prestage_report", report_args(["node1"], lookup=True), fleet["task_vars"])
+    assert result["failed"] and result["msg"].startswith("lookup needs run")
+
+
+def test_report_counts_recorded_hosts_as_ready_with_the_checked_ones(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    record = {"artifact_sha256": DIGEST, "sha256": DIGEST, "kind": "full", "size": 10}
+    task_vars = staged(fleet, {"node3": READY, "node4": {"ready": False, "reason": "not staged: full aaaa is not cached"}})
+    result = run_action("prestage_report", report_args(["node1", "node2", "node3", "node4"], planned, unstaged="skip",
+                                                       staged={"node1": record, "node2": record}), task_vars)
+    assert not result.get("failed"), result.get("msg")
+    report = result["report"]
+    assert (report["ready"], report["hosts"], report["from_records"]) == (3, 4, 2)
+    assert result["skip_hosts"] == ["node4"] and report["kinds"] == {"full": 3}
+    assert result["lines"][1] == "  2 host(s) staged by their pre-staging record (nothing ran on them)"
+    state = stored_run(planned)
+    assert state["hosts"]["node4"]["outcome"] == "not_staged"
+    # the gate reads the choice: a copy missing at apply time is not_staged unless rollout_unstaged=fail
+    assert state["attempts"][-1]["unstaged"] == "skip"

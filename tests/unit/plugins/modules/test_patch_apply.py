@@ -595,3 +595,19 @@ def test_downgrade_refused_unless_allowed(fleet: Fleet) -> None:
     assert fleet.snapshot() == before
     allowed = fleet.run(fleet.args("1.0.1", restart_command=TRUE, affected_versions=["1.0.2"], allow_downgrade=True))
     assert not allowed.get("failed") and allowed["downgrade"] == {"from": "1.0.2", "to": "1.0.1"} and fleet.current() == "1.0.1"
+
+
+def test_missing_cached_copy_without_url_says_not_cached(fleet: Fleet) -> None:
+    # rollout_stage=prestaged: the copy the readiness gate trusted is gone; the gate keeps the host out (not_staged)
+    fleet.install("1.0.0")
+    _path, sha = fleet.artifacts["1.0.1"]
+    before = fleet.snapshot()
+    missing = fleet.run({k: v for k, v in fleet.args("1.0.1").items() if k != "artifact_url"})
+    assert missing["failed"] is True and missing["not_cached"] is True and missing["changed"] is False
+    assert missing["msg"] == f"artifact {sha} is not in {fleet.layout.cache_dir} and no artifact_url was given"
+    assert fleet.snapshot() == before
+    # a copy that is there but corrupt is not "not cached": it stays a failure of its own
+    os.makedirs(fleet.layout.cache_dir, exist_ok=True)
+    Path(fleet.layout.cache_path(sha)).write_bytes(b"bitrot")
+    corrupt = fleet.run({k: v for k, v in fleet.args("1.0.1").items() if k != "artifact_url"})
+    assert corrupt["failed"] is True and "not_cached" not in corrupt
