@@ -1,6 +1,12 @@
 # Copyright (c) fleetpatch developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin for fleetpatch.rollout.patch_apply: staging from the controller folded into the one apply execution.
+"""Action plugin for fleetpatch.rollout.patch_apply: the rollout's arguments built once per host in Python, and staging
+from the controller folded into the one apply execution.
+
+With ``plan_var`` (the role's apply and rollback steps) the module's arguments come from the registered result of
+``fleetpatch.rollout.rollout_plan`` on localhost, the no_log artifact URLs (``urls_var``) and this host's own variables,
+read once per host: the task templates no expression per argument, and never the whole plan. Explicit arguments of the
+task win over the ones built from the plan. Without ``plan_var`` the task's arguments are the module's, as written.
 
 Without ``src`` the module runs as it would without this plugin. With ``src`` (a file on the controller) the artifact
 travels over the task's connection (``put_file``: no module, no Python process on the host) into the task's remote
@@ -12,6 +18,7 @@ module a third. A host whose cache already holds a verified copy takes that copy
 
 from __future__ import annotations
 
+import collections.abc as c
 import os
 import typing as t
 import urllib.parse
@@ -20,6 +27,11 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 MODULE = "fleetpatch.rollout.patch_apply"
+# the play that registers the plan and sets the URLs runs on this host (playbooks/rollout.yml's plan play)
+PLAN_HOST = "localhost"
+STAGES = ("url", "copy", "prestaged")
+# the host's own variables the arguments take (the inventory contract, docs/architecture.md "Host variables")
+HOST_VARS = ("fleetpatch_host_root", "fleetpatch_restart_command", "fleetpatch_health_url", "fleet_environment")
 
 
 class ActionModule(ActionBase):
@@ -29,6 +41,8 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
+        if "plan_var" in args:
+            args = self._from_plan(args, task_vars)
         src = args.pop("src", None)
         if src is None:
             result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
@@ -49,6 +63,21 @@ class ActionModule(ActionBase):
             self._remove_tmp_path(self._connection._shell.tmpdir)  # pylint: disable=protected-access
         return result
 
+    def _from_plan(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The module's arguments from the plan on localhost, the no_log URLs and this host's variables; explicit ones win."""
+        plan_var, urls_var, stage = args.pop("plan_var"), args.pop("urls_var", None), args.pop("stage", None) or "url"
+        for name, value in (("plan_var", plan_var), ("urls_var", urls_var)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise AnsibleActionFail(f"{name} must be the name of a variable of {PLAN_HOST}")
+        if stage not in STAGES:
+            raise AnsibleActionFail(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        planner = _raw_host_vars(task_vars, PLAN_HOST)
+        host = {name: self._templar.template(task_vars[name]) for name in HOST_VARS if name in task_vars}
+        built = plan_module_args(planner.get(plan_var), planner.get(urls_var) if urls_var else None, plan_var=plan_var, host=host, stage=stage,
+                                 state=args.get("state", "present"))
+        built.update(args)
+        return built
+
     @staticmethod
     def _source(src: t.Any, args: t.Mapping[str, t.Any]) -> str:
         """The controller file to stage: an absolute path to a regular file, and the only source of the artifact."""
@@ -62,3 +91,72 @@ class ActionModule(ActionBase):
         if not os.path.isfile(path):
             raise AnsibleActionFail(f"src {path} is not a file on the controller")
         return path
+
+
+def _raw_host_vars(task_vars: t.Mapping[str, t.Any], host: str) -> t.Mapping[str, t.Any]:
+    """One host's variables, computed once and not templated: a registered result and a set_fact value are data already,
+    and templating them would walk the whole plan (ansible-core recomputes a host's variables at every hostvars[host])."""
+    hostvars = task_vars.get("hostvars") or {}
+    found = hostvars.raw_get(host) if hasattr(hostvars, "raw_get") else hostvars.get(host)
+    return found if isinstance(found, c.Mapping) else {}
+
+
+def plan_module_args(planned: t.Any, urls: t.Any, *, plan_var: str, host: t.Mapping[str, t.Any], stage: str, state: str) -> dict[str, t.Any]:
+    """patch_apply's arguments for one host of the rollout, exactly what the role's apply (or rollback) task wrote in Jinja.
+
+    planned is the registered result of rollout_plan (its URLs masked); urls the raw ones ({url, delta_url}) or None;
+    host the host's variables (HOST_VARS, templated) that it defines.
+    """
+    try:
+        patch = planned["patch"]
+        artifact = patch["artifact"]
+        args: dict[str, t.Any] = {"service": patch["service"], "version": patch["target_version"], "sha256": artifact["sha256"],
+                                  "patch_id": patch["patch_id"]}
+        args.update({"state": "rollback"} if state == "rollback" else _apply_args(planned, urls, host=host, stage=stage))
+    except (KeyError, TypeError, AttributeError):
+        raise AnsibleActionFail(f"{plan_var} on {PLAN_HOST} is not the registered result of fleetpatch.rollout.rollout_plan") from None
+    if "fleetpatch_host_root" in host:
+        args["root"] = host["fleetpatch_host_root"]
+    for option, name in (("restart_command", "fleetpatch_restart_command"), ("health_url", "fleetpatch_health_url")):
+        if name in host:
+            args[option] = host[name]
+    return args
+
+
+def _apply_args(planned: t.Mapping[str, t.Any], urls: t.Any, *, host: t.Mapping[str, t.Any], stage: str) -> dict[str, t.Any]:
+    """The arguments of state=present: the artifact's source for the stage, signature, applicability and transfer bounds."""
+    patch, artifacts = planned["patch"], planned["artifacts"]
+    artifact = patch["artifact"]
+    delta = artifact.get("delta")
+    if not isinstance(urls, c.Mapping):
+        # no hand-over (the plan play set none): the plan's own URLs, as the Jinja default did
+        urls = {"url": artifact.get("url"), "delta_url": delta.get("url") if isinstance(delta, c.Mapping) else None}
+    args: dict[str, t.Any] = {}
+    if stage == "copy":
+        if "path" not in artifact:
+            raise AnsibleActionFail("rollout_stage=copy needs artifact.path in the patch manifest (the file on the controller)")
+        args["src"] = artifact["path"]
+    if stage == "url" and urls.get("url"):
+        args["artifact_url"] = urls["url"]
+    if "size" in artifact:
+        args["artifact_size"] = artifact["size"]
+    # verified on the host against the exact cached file, whatever brought it there (copy, url, pre-staging, delta)
+    for option, value in (("signature", artifact.get("signature")), ("allowed_signers", artifacts.get("allowed_signers")),
+                          ("signer_identity", artifacts.get("signer_identity"))):
+        if value:
+            args[option] = value
+    require = artifacts.get("require_signature")
+    args["require_signature"] = require is True or (require == "auto" and host.get("fleet_environment", "") in artifacts["production_environments"])
+    args["affected_versions"] = patch.get("affected_versions", [])
+    args["allow_downgrade"] = patch.get("allow_downgrade", False)
+    # bounded transfer (rollout_policy.artifacts): byte cap without a declared size, deadline, minimum throughput
+    args.update({key: artifacts[key] for key in ("max_artifact_bytes", "max_time", "min_throughput", "throughput_window")})
+    commands = (planned.get("checks") or {}).get("command")
+    if commands:
+        # the policy's command checks run in this same execution after the step (no second module execution per host)
+        args["command_checks"] = commands
+    if isinstance(delta, c.Mapping):
+        # a host on the delta's base builds the release from the (pre-staged) delta bundle, else the full artifact
+        args["delta"] = {"sha256": delta["sha256"], "base_version": delta["base_version"], "size": delta.get("size"),
+                         "url": urls.get("delta_url") if stage == "url" else None, "signature": delta.get("signature")}
+    return args

@@ -73,6 +73,32 @@ options:
         that applies it; a host whose cache already holds a verified copy uses that copy.
       - Mutually exclusive with O(artifact_url); only with O(state=present). Nothing is transferred in check mode.
     type: path
+  plan_var:
+    description:
+      - Name of the variable of C(localhost) that holds the registered result of M(fleetpatch.rollout.rollout_plan) (the
+        role C(fleetpatch.rollout.rollout) registers C(__rollout_plan)). The action plugin of this module then builds
+        O(root), O(service), O(version), O(sha256), O(patch_id), the artifact's source for O(stage), O(artifact_size),
+        O(signature), O(allowed_signers), O(signer_identity), O(require_signature) (from the policy and the host's
+        C(fleet_environment)), O(affected_versions), O(allow_downgrade), the transfer bounds, O(delta) and the plan's
+        command checks (O(command_checks)) from that result, and O(restart_command) and O(health_url) from the host's
+        C(fleetpatch_restart_command) and C(fleetpatch_health_url), once per host, in Python.
+      - Options given in the task win over the ones built from the plan. Handled by the action plugin, never passed to
+        the host.
+    type: str
+  urls_var:
+    description:
+      - With O(plan_var), name of the variable of C(localhost) that holds the raw artifact URLs (C(url), C(delta_url);
+        the plan's are masked), set by a C(no_log) task with the P(fleetpatch.rollout.artifact_urls#lookup) lookup.
+        Without it, or when C(localhost) has no such variable, the plan's own URLs are used.
+    type: str
+  stage:
+    description:
+      - With O(plan_var), how the artifact reaches the host's cache (the role's C(rollout_stage)). V(url) downloads from
+        the raw URL (O(artifact_url), and the delta's), V(copy) stages the manifest's C(artifact.path) from the controller
+        (O(src)), V(prestaged) expects it in the cache already.
+    type: str
+    choices: [url, copy, prestaged]
+    default: url
   artifact_size:
     description:
       - Declared size of the artifact in bytes; a download or cached copy of another size is refused.
@@ -293,6 +319,13 @@ EXAMPLES = r"""
     require_rollback_point: false
     restart_command: [systemctl, restart, web]
 
+- name: One host of a rollout the role planned (arguments from the plan result on localhost and this host's variables)
+  fleetpatch.rollout.patch_apply:
+    plan_var: __rollout_plan
+    urls_var: __rollout_artifact_urls
+    stage: url
+  register: fleetpatch_apply
+
 - name: Roll this host back from 1.0.1
   fleetpatch.rollout.patch_apply:
     root: "{{ fleetpatch_host_root }}"
@@ -500,6 +533,10 @@ def main() -> None:
         artifact_url=dict(type="str", no_log=True),
         # handled by the action plugin (plugins/action/patch_apply.py), which hands the module a file:// artifact_url instead
         src=dict(type="path"),
+        # handled by the action plugin too: the rollout's arguments built from the plan result (never reach the module)
+        plan_var=dict(type="str"),
+        urls_var=dict(type="str"),
+        stage=dict(type="str", default="url", choices=["url", "copy", "prestaged"]),
         artifact_size=dict(type="int"),
         url_headers=dict(type="dict", no_log=True),
         timeout=dict(type="int", default=30),
