@@ -16,6 +16,7 @@ Terms used below:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import math
@@ -25,6 +26,7 @@ from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
+from operator import itemgetter
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
@@ -78,6 +80,11 @@ _STABILIZATION_KEYS = ("interval", "response", "seconds")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _COUNT = re.compile(r"^\s*(\d+)\s*$")
 _DIGITS = re.compile(r"(\d+)")
+# natural order in bulk (_natural_keys): a name's shape (every digit as 0), its runs of digits, and digits made to
+# sort below every character a hostname may hold (control characters are refused), in their own order
+_SHAPE = str.maketrans("123456789", "000000000")
+_ZERO_RUN = re.compile("0+")
+_DIGITS_LOW = str.maketrans("0123456789", "".join(map(chr, range(10))))
 _MISSING = object()
 # the preview's screen names at most this many groups per wave and hosts per group (the plan file has them all)
 PLAN_TEXT_GROUPS = 12
@@ -363,6 +370,10 @@ def error_budget_spent(failures: int, limit: int, halt_when: str = "exceeded") -
 
 # ---------------------------------------------------------------------------------------------------------
 # compiling
+#
+# The compile is one linear pass over parallel lists (hostnames and, per host, one shared tuple of its groups): what is
+# done per host is C-level work (itemgetter, translate, sort, slicing, groupby, join); validation, ranks, paths and
+# JSON fragments are made once per distinct group combination, which a fleet has few of.
 
 
 def _required_levels(policy: Mapping[str, t.Any]) -> list[str]:
@@ -372,12 +383,59 @@ def _required_levels(policy: Mapping[str, t.Any]) -> list[str]:
     return [level for level in LEVELS if level in used]
 
 
-def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]]:
-    """Return hostname -> {level: group} for the levels the policy uses; first error in natural host order."""
+class _Fleet(t.NamedTuple):
+    """The hosts to plan: names, and per host the tuple of its groups at ``levels`` (one shared tuple per combination)."""
+
+    levels: tuple[str, ...]
+    names: list[str]
+    groups: list[tuple[str, ...]]
+    distinct: dict[tuple[str, ...], int]  # each distinct groups tuple and its number of hosts
+
+    def projection(self, levels: t.Sequence[str]) -> dict[tuple[str, ...], tuple[str, ...]]:
+        """Each distinct groups tuple -> its groups at `levels` only."""
+        getter = itemgetter(*(self.levels.index(level) for level in levels))
+        projected = map(getter, self.distinct) if len(levels) > 1 else zip(map(getter, self.distinct))
+        return dict(zip(self.distinct, projected))
+
+
+def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
+    """Every host's groups at `levels`, validated; the first error in natural host order, as _validate_hosts names it."""
     fleet = _mapping(hosts, "hosts")
     names = _hostnames(fleet)
     if not names:
         raise PlanError("hosts: the fleet is empty; there is nothing to plan")
+    read = _read_groups(list(fleet.values()), levels)
+    if read is not None:
+        return _Fleet(tuple(levels), names, *read)
+    # something is wrong or unusual (a missing or bad value, variables that are not plain dicts): the careful path
+    attributes = _validate_hosts(fleet, levels)
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    groups = [shared.setdefault(path, path) for path in (tuple(attrs[level] for level in levels) for attrs in attributes.values())]
+    return _Fleet(tuple(levels), list(attributes), groups, Counter(groups))
+
+
+def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], int]] | None:
+    """Every host's groups read in bulk and each distinct value checked once; None when anything needs the careful path."""
+    if set(map(type, variables)) != {dict}:
+        return None
+    getter = itemgetter(*(_var(level) for level in levels))
+    try:
+        groups = list(map(getter, variables)) if len(levels) > 1 else list(zip(map(getter, variables)))
+        distinct = Counter(groups)
+    except (KeyError, TypeError):  # a missing variable, or an unhashable value
+        return None
+    for index in range(len(levels)):
+        values = set(map(itemgetter(index), distinct))
+        # plain str only (a tagged subclass takes the careful path, which makes it one); NAME_RE has no control character
+        if set(map(type, values)) != {str} or not all(len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in values):
+            return None
+    return groups, distinct
+
+
+def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]]:
+    """Return hostname -> {level: group} for the levels the policy uses; first error in natural host order."""
+    fleet = _mapping(hosts, "hosts")
+    names = _hostnames(fleet)
     attributes: dict[str, dict[str, str]] = {}
     # a fleet has few distinct group names: each is checked once (the first host that carries it is the one named)
     checked: dict[str, dict[str, str]] = {level: {} for level in levels}
@@ -399,11 +457,15 @@ def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]
 def _hostnames(fleet: Mapping[t.Any, t.Any]) -> list[str]:
     """Every hostname checked (a string, 1-255 characters, no control character); the first bad one is named."""
     names = list(fleet)
-    if all(isinstance(name, str) and 0 < len(name) <= 255 for name in names):
+    if names and set(map(type, names)) == {str} and "" not in fleet and max(map(len, names)) <= 255:
+        # one scan of them all: a control character anywhere is in one of them, found again one by one below (printable
+        # ASCII has none: a C-level test instead of a regex over every character)
+        joined = "".join(names)
+        if joined.isascii() and joined.isprintable():
+            return names
         try:
-            # one scan of them all: a control character anywhere is in one of them, found again one by one below
-            check_text("".join(names), field="hostnames", max_len=sum(map(len, names)), error=PlanError)
-            return [str(name) for name in names]
+            check_text(joined, field="hostnames", max_len=len(joined), error=PlanError)
+            return names
         except PlanError:
             pass
     checked = []
@@ -425,92 +487,131 @@ def _check_group(host: str, var: str, value: t.Any) -> str:
     return check_text(value, field=f"variable {var!r}", where=f"host {host!r}", max_len=NAME_MAX, pattern=NAME_RE, error=PlanError)
 
 
-def _group_path(attrs: Mapping[str, str], levels: t.Sequence[str]) -> str:
-    return "/".join(f"{level}={attrs[level]}" for level in levels)
+def _natural_keys(names: list[str]) -> list[t.Any]:
+    """Sort keys in natural_key's order, one per name.
+
+    Hostnames are validated (no control character), so newline joins them for bulk work. When every name is ASCII and
+    digit runs that start after the same text always have the same length (``web-001`` .. ``web-120``), natural order is
+    the text order with digits sorting below every other character (a shorter text part first, as natural_key's tuples
+    compare): one translate of the joined names instead of a regex split and a tuple per host.
+    """
+    joined = "\n".join(names)
+    if joined.isascii() and _digit_runs_aligned(set(joined.translate(_SHAPE).split("\n"))):
+        return joined.translate(_DIGITS_LOW).split("\n")
+    return list(map(natural_key, names))
 
 
-def _plan_order(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> list[str]:
-    ranks = {level: {name: index for index, name in enumerate(names)} for level, names in policy["order"].items()}
+def _digit_runs_aligned(shapes: set[str]) -> bool:
+    """Whether, in these shapes (digits as 0), every digit run after the same text has the same length."""
+    length_after: dict[str, int] = {}
+    for shape in shapes:
+        for run in _ZERO_RUN.finditer(shape):
+            if length_after.setdefault(shape[: run.start()], run.end() - run.start()) != run.end() - run.start():
+                return False
+    return True
 
-    levels = policy["levels"]
-    keys: dict[tuple[str, ...], tuple[t.Any, ...]] = {}
 
-    def key(host: str) -> tuple[t.Any, ...]:
-        path = tuple(attributes[host][level] for level in levels)
-        found = keys.get(path)
-        if found is None:
-            groups = []
-            for level, value in zip(levels, path):
-                rank = ranks.get(level, {}).get(value)
-                groups.append((0, rank, ()) if rank is not None else (1, 0, natural_key(value)))
-            found = keys[path] = tuple(groups)
-        return found
+def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Hostnames and their groups in plan order: groups at every planning level (explicit order, then natural), then host."""
+    paths = fleet.projection(policy["levels"])
+    # each level's groups ranked once (explicit order first, then natural); a path compares as its tuple of ranks
+    ranks = []
+    for index, level in enumerate(policy["levels"]):
+        explicit = {name: position for position, name in enumerate(policy["order"].get(level, []))}
 
-    # attributes come in natural host order and sorted() is stable: sorting by group alone keeps hosts in natural order
-    # within each group, the order a (groups, natural_key(host)) key gives, without a second key per host
-    return sorted(attributes, key=key)
+        def group_key(value: str, explicit: dict[str, int] = explicit) -> tuple[t.Any, ...]:
+            rank = explicit.get(value)
+            return (0, rank, ()) if rank is not None else (1, 0, natural_key(value))
+
+        ranks.append({value: rank for rank, value in enumerate(sorted(set(map(itemgetter(index), paths.values())), key=group_key))})
+    distinct_paths = list(set(paths.values()))
+    path_keys = list(zip(*(map(rank.__getitem__, map(itemgetter(index), distinct_paths)) for index, rank in enumerate(ranks))))
+    rank_of_path = dict(zip(map(itemgetter(1), sorted(zip(path_keys, distinct_paths))), itertools.count()))
+    rank_of = dict(zip(paths, map(rank_of_path.__getitem__, paths.values())))
+    keys = _natural_keys(fleet.names)
+    positions = sorted(range(len(keys)), key=keys.__getitem__)
+    # sort() is stable: by group alone keeps natural host order within each group (and costs little when hosts are
+    # named after their groups: the natural order is then mostly the plan order already)
+    positions.sort(key=list(map(rank_of.__getitem__, fleet.groups)).__getitem__)
+    order = list(map(fleet.names.__getitem__, positions))
+    if len(rank_of) > len(rank_of_path):
+        return order, list(map(fleet.groups.__getitem__, positions))
+    # one groups tuple per path (the usual case): in plan order they are blocks, one per path in rank order
+    in_rank_order = sorted(rank_of, key=rank_of.__getitem__)
+    return order, list(itertools.chain.from_iterable(map(itertools.repeat, in_rank_order, map(fleet.distinct.__getitem__, in_rank_order))))
 
 
 class _Budgets:
     """Per-batch limits: hosts of one group per level (disruption budget) and hosts per batch (max concurrency)."""
 
-    def __init__(self, attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> None:
-        self.attributes = attributes
+    def __init__(self, fleet: _Fleet, policy: Mapping[str, t.Any]) -> None:
         self.specs: dict[str, Size] = {level: policy["disruption_budget"][level] for level in LEVELS if level in policy["disruption_budget"]}
+        self.where = {level: fleet.levels.index(level) for level in self.specs}
         self.limits: dict[str, dict[str, int]] = {}
         for level, spec in self.specs.items():
-            sizes = Counter(attrs[level] for attrs in attributes.values())
+            sizes: Counter[str] = Counter()
+            for combination, count in fleet.distinct.items():
+                sizes[combination[self.where[level]]] += count
             self.limits[level] = {group: _resolve(spec, count, rounding="floor", at_least_one=True) for group, count in sizes.items()}
         spec = policy["max_concurrency"]
         self.concurrency_spec: Size | None = spec
-        self.concurrency = None if spec is None else _resolve(spec, len(attributes), rounding="floor", at_least_one=True)
+        self.concurrency = None if spec is None else _resolve(spec, len(fleet.names), rounding="floor", at_least_one=True)
+        # per distinct groups tuple, its (level, group) keys at the budgeted levels
+        self.budgeted = {combination: tuple((level, combination[self.where[level]]) for level in self.limits) for combination in fleet.distinct}
 
-    def fits(self, batch: list[str], counts: Mapping[str, Counter[str]], host: str) -> bool:
-        if self.concurrency is not None and len(batch) >= self.concurrency:
-            return False
-        return all(counts[level][self.attributes[host][level]] < self.limits[level][self.attributes[host][level]] for level in self.limits)
-
-    def split(self, hosts: list[str]) -> list[list[str]]:
+    def split(self, hosts: list[str], groups: list[tuple[str, ...]]) -> list[tuple[list[str], list[tuple[str, ...]]]]:
         """First fit in plan order: each host joins the earliest batch of the wave it fits in.
 
-        A batch that is full (max concurrency), or full for a group (its budget), stays full: ``first`` keeps, per
-        group and for the concurrency, the first batch that may still have room, so a host starts its search there
-        instead of at batch 0 (linear in the wave's hosts, not hosts x batches). The result is the plain first fit's.
+        Hosts with the same groups at the budgeted levels are alike to the budgets, and a batch's room only shrinks, so a
+        run of such hosts fills the batch the first of them fits in, then the next one that fits, and so on: a run is
+        placed with list slices, the result being the plain first fit's. ``first`` keeps, per group and for the
+        concurrency, the first batch that may still have room, so a run starts its search there instead of at batch 0.
         """
-        batches: list[tuple[list[str], dict[str, Counter[str]]]] = []
-        first: dict[tuple[str, str], int] = {}  # ("", "") is the concurrency
-        for host in hosts:
-            attrs = self.attributes[host]
-            keys = [("", "")] + [(level, attrs[level]) for level in self.limits]
-            index = max(first.get(key, 0) for key in keys)
-            while index < len(batches) and not self.fits(batches[index][0], batches[index][1], host):
-                index += 1
-            if index == len(batches):
-                batches.append(([], {level: Counter() for level in self.limits}))
-            batch, counts = batches[index]
-            batch.append(host)
-            for level in self.limits:
-                counts[level][attrs[level]] += 1
+        if not self.limits:
+            size = self.concurrency or len(hosts)
+            return [(hosts[start : start + size], groups[start : start + size]) for start in range(0, len(hosts), size)]
+        batches: list[tuple[list[str], list[tuple[str, ...]]]] = []
+        counts: list[dict[tuple[str, str], int]] = []
+        first: dict[t.Any, int] = {}  # per (level, group), and None for the concurrency
+        start = 0
+        for keys, run in itertools.groupby(map(self.budgeted.__getitem__, groups)):
+            left = len(list(run))
+            index = max(first.get(None, 0), *(first.get(key, 0) for key in keys))
+            while left:
+                if index == len(batches):
+                    batches.append(([], []))
+                    counts.append({})
+                batch, batch_counts = batches[index], counts[index]
+                room = min(self.limits[level][group] - batch_counts.get((level, group), 0) for level, group in keys)
+                if self.concurrency is not None:
+                    room = min(room, self.concurrency - len(batch[0]))
+                if room > 0:
+                    take = min(room, left)
+                    batch[0].extend(hosts[start : start + take])
+                    batch[1].extend(groups[start : start + take])
+                    for key in keys:
+                        batch_counts[key] = batch_counts.get(key, 0) + take
+                    start, left = start + take, left - take
+                if left:
+                    index += 1
             for key in keys:
                 position = first.get(key, 0)
-                while position < len(batches) and self._closed(batches[position], key):
+                while position < len(batches) and counts[position].get(key, 0) >= self.limits[key[0]][key[1]]:
                     position += 1
                 first[key] = position
-        return [batch for batch, _counts in batches]
+            if self.concurrency is not None:
+                position = first.get(None, 0)
+                while position < len(batches) and len(batches[position][0]) >= self.concurrency:
+                    position += 1
+                first[None] = position
+        return batches
 
-    def _closed(self, entry: tuple[list[str], dict[str, Counter[str]]], key: tuple[str, str]) -> bool:
-        """Whether no host of this group (or, for ("", ""), no host at all) can join the batch any more."""
-        level, group = key
-        if not level:
-            return self.concurrency is not None and len(entry[0]) >= self.concurrency
-        return entry[1][level][group] >= self.limits[level][group]
-
-    def check_canary(self, hosts: list[str]) -> None:
+    def check_canary(self, groups: list[tuple[str, ...]]) -> None:
         """The canary is one batch: a budget it breaks on its own is a policy error, not something to split."""
-        if self.concurrency is not None and len(hosts) > self.concurrency:
-            raise PlanError(f"canary has {len(hosts)} hosts but policy.max_concurrency allows {self.concurrency}{self._why(self.concurrency_spec, None)}")
+        if self.concurrency is not None and len(groups) > self.concurrency:
+            raise PlanError(f"canary has {len(groups)} hosts but policy.max_concurrency allows {self.concurrency}{self._why(self.concurrency_spec, None)}")
         for level, limits in self.limits.items():
-            counts = Counter(self.attributes[host][level] for host in hosts)
+            counts = Counter(map(itemgetter(self.where[level]), groups))
             for group in sorted(counts, key=natural_key):
                 if counts[group] > limits[group]:
                     raise PlanError(
@@ -524,49 +625,79 @@ class _Budgets:
         return f" ({spec} of its hosts)" if group is not None else f" ({spec} of the fleet)"
 
 
-def _pick_canary(order: list[str], attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any]) -> list[str]:
+def _pick_canary(order: list[str], groups: list[tuple[str, ...]], fleet: _Fleet, policy: Mapping[str, t.Any]) -> list[int]:
+    """Positions (in plan order) of the canary's hosts: pinned groups first, then the rest of the fleet, in plan order."""
     canary = policy["canary"]
     size = _resolve(canary["size"], len(order), rounding="ceil", at_least_one=True)
     if size > len(order):
         raise PlanError(f"policy.canary.size: {size} hosts is more than the fleet of {len(order)} hosts")
-    pinned: set[str] = set()
+    if not canary["groups"]:
+        return list(range(size))
+    pinned: set[tuple[str, ...]] = set()
     for index, text in enumerate(canary["groups"]):
         pairs = _parse_selector(text, f"policy.canary.groups[{index}]")
-        matches = {host for host in order if all(attributes[host][level] == group for level, group in pairs)}
+        selected = fleet.projection([level for level, _group in pairs])
+        wanted = tuple(group for _level, group in pairs)
+        matches = {combination for combination, values in selected.items() if values == wanted}
         if not matches:
             raise PlanError(f"policy.canary.groups[{index}]: no host matches {text!r}")
         pinned |= matches
-    # pinned groups first, then the rest of the fleet, both in plan order
-    candidates = [host for host in order if host in pinned] + [host for host in order if host not in pinned]
-    chosen = set(candidates[:size])
-    return [host for host in order if host in chosen]
+    inside = [position for position, combination in enumerate(groups) if combination in pinned]
+    if len(inside) >= size:
+        return inside[:size]
+    taken = set(inside)
+    outside = [position for position in range(len(order)) if position not in taken][: size - len(inside)]
+    return sorted(inside + outside)
 
 
-def _fill_waves(remaining: list[str], attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any], fleet_size: int) -> list[list[str]]:
+def _fill_waves(remaining: list[tuple[str, ...]], fleet: _Fleet, policy: Mapping[str, t.Any], fleet_size: int) -> list[int]:
+    """Wave sizes over the hosts after the canary (their groups given in plan order)."""
     sizes = [_resolve(spec, fleet_size, rounding="ceil", at_least_one=True) for spec in policy["waves"]]
     if sum(sizes) < len(remaining):
         raise PlanError(f"policy.waves cover {sum(sizes)} of {len(remaining)} hosts after the canary; add a final wave such as '100%'")
     boundary = policy["wave_boundary"]
-    cut_levels = policy["levels"][: policy["levels"].index(boundary) + 1] if boundary else []
-    waves: list[list[str]] = []
+    # where the path of groups down to the boundary level changes: a wave never runs past the next of them
+    cuts = [len(remaining)]
+    if boundary:
+        cut_of = fleet.projection(policy["levels"][: policy["levels"].index(boundary) + 1])
+        cuts = list(itertools.accumulate(len(list(run)) for _path, run in itertools.groupby(map(cut_of.__getitem__, remaining))))
+    waves: list[int] = []
     position = 0
     while position < len(remaining):
         # the sizes cover the fleet; only boundary cuts can run past them, and then the last size repeats
         size = sizes[min(len(waves), len(sizes) - 1)]
-        wave = remaining[position : position + size]
-        if cut_levels:
-            first = _group_path(attributes[wave[0]], cut_levels)
-            wave = list(itertools.takewhile(lambda host: _group_path(attributes[host], cut_levels) == first, wave))
-        waves.append(wave)
-        position += len(wave)
+        end = min(position + size, cuts[bisect.bisect_right(cuts, position)])
+        waves.append(end - position)
+        position = end
     return waves
 
 
-def _fingerprint(attributes: Mapping[str, Mapping[str, str]], policy: Mapping[str, t.Any], patch_id: str) -> str:
-    names = {level: _var(level) for level in LEVELS}
-    hosts = {host: {names[level]: value for level, value in attrs.items()} for host, attrs in attributes.items()}
-    payload = canonical_json({"hosts": hosts, "patch_id": patch_id, "policy": policy})
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def _fingerprint(fleet: _Fleet, order: list[str], groups: list[tuple[str, ...]], policy: Mapping[str, t.Any], patch_id: str) -> str:
+    """sha256 of the canonical JSON of every host's groups (as fleet_<level>), the policy and the patch id.
+
+    The bytes are canonical_json's of the whole mapping, written from parts: group names match NAME_RE (no quote, no
+    backslash, ASCII), so one fragment per distinct groups tuple is its JSON; a hostname without a quote or backslash
+    is ``"name"`` (control characters are refused). canonical_json sorts the hostnames: the entries ``name":{...}``
+    sort the same way unless a name holds a character below the quote (space, ``!``); then NUL, below them all, joins a
+    name to its fragment for the sort and becomes ``":`` after it. The entries start in plan order (order, groups), which
+    is often nearly sorted already.
+    """
+    names = [_var(level) for level in fleet.levels]
+    tail = canonical_json({"patch_id": patch_id, "policy": policy})
+    joined = "".join(order)
+    if '"' in joined or "\\" in joined:
+        return hashlib.sha256(canonical_json({"hosts": {host: dict(zip(names, values)) for host, values in zip(order, groups)},
+                                              "patch_id": patch_id, "policy": policy}).encode("utf-8")).hexdigest()
+    # {"fleet_region":"{0}",...}: the variables in sorted order, each filled from its position in the groups tuple
+    template = "{{" + ",".join(f'"{name}":"{{{index}}}"' for name, index in sorted(zip(names, itertools.count()))) + "}}"
+    fragment = dict(zip(fleet.distinct, itertools.starmap(template.format, fleet.distinct)))
+    low = " " in joined or "!" in joined
+    entries = sorted(map("\0".join if low else '":'.join, zip(order, map(fragment.__getitem__, groups))))
+    body = ',"'.join(entries)
+    digest = hashlib.sha256(b'{"hosts":{"')
+    digest.update((body.replace("\0", '":') if low else body).encode("utf-8"))
+    digest.update(("}," + tail[1:]).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, t.Any] | None, patch_id: str) -> dict[str, t.Any]:
@@ -577,52 +708,27 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
     if not patch_id:
         raise PlanError("patch_id must be a non-empty string, got an empty string")
     patch_id = str(patch_id)
-    attributes = _validate_hosts(hosts, _required_levels(normalized))
-    fleet_size = len(attributes)
-    order = _plan_order(attributes, normalized)
-    budgets = _Budgets(attributes, normalized)
+    fleet = _read_fleet(hosts, _required_levels(normalized))
+    fleet_size = len(fleet.names)
+    order, groups = _plan_order(fleet, normalized)
+    budgets = _Budgets(fleet, normalized)
 
-    canary = _pick_canary(order, attributes, normalized)
-    budgets.check_canary(canary)
-    chosen = set(canary)
-    filled = _fill_waves([host for host in order if host not in chosen], attributes, normalized, fleet_size)
-
-    bake = normalized["bake_seconds"]
-    gates = ["health", "error_budget"] + [f"check:{check['name']}" for check in normalized["checks"]] + ([f"bake:{bake}s"] if bake > 0 else [])
-    named = ([(CANARY, [canary], normalized["canary_response"])] if canary else []) + [
-        (f"wave-{number}", budgets.split(hosts_of_wave), normalized["response"]) for number, hosts_of_wave in enumerate(filled, start=1)
-    ]
-
-    waves: list[dict[str, t.Any]] = []
-    batches: list[dict[str, t.Any]] = []
-    paths: dict[tuple[str, ...], str] = {}
-    for wave_index, (name, wave_batches, response) in enumerate(named):
-        indexes = []
-        for position, batch_hosts in enumerate(wave_batches):
-            indexes.append(len(batches))
-            batches.append({"index": len(batches), "wave": wave_index, "hosts": batch_hosts, "last_in_wave": position == len(wave_batches) - 1})
-        wave_hosts = [host for batch_hosts in wave_batches for host in batch_hosts]
-        groups: dict[str, list[str]] = {}
-        for host in wave_hosts:
-            attrs = attributes[host]
-            path = tuple(attrs[level] for level in normalized["levels"])
-            text = paths.get(path)
-            if text is None:
-                text = paths[path] = _group_path(attrs, normalized["levels"])
-            groups.setdefault(text, []).append(host)
-        waves.append(
-            {
-                "index": wave_index,
-                "name": name,
-                "hosts": wave_hosts,
-                "groups": groups,
-                "batches": indexes,
-                "bake_seconds": bake,
-                "response": response,
-                "gates": list(gates),
-            }
-        )
-
+    canary = _pick_canary(order, groups, fleet, normalized)
+    budgets.check_canary([groups[position] for position in canary])
+    if canary == list(range(len(canary))):
+        rest, rest_groups = order[len(canary) :], groups[len(canary) :]
+    else:
+        chosen = set(canary)
+        rest = [host for position, host in enumerate(order) if position not in chosen]
+        rest_groups = [combination for position, combination in enumerate(groups) if position not in chosen]
+    named: list[tuple[str, list[tuple[list[str], list[tuple[str, ...]]]], str]] = []
+    if canary:
+        named.append((CANARY, [([order[position] for position in canary], [groups[position] for position in canary])], normalized["canary_response"]))
+    start = 0
+    for number, size in enumerate(_fill_waves(rest_groups, fleet, normalized, fleet_size), start=1):
+        named.append((f"wave-{number}", budgets.split(rest[start : start + size], rest_groups[start : start + size]), normalized["response"]))
+        start += size
+    waves, batches = _assemble(named, fleet, normalized)
     return {
         "schema": SCHEMA,
         "patch_id": patch_id,
@@ -637,9 +743,36 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
         "waves": waves,
         "batches": batches,
         "serial": [len(batch["hosts"]) for batch in batches],
-        "host_order": [host for batch in batches for host in batch["hosts"]],
-        "fingerprint": _fingerprint(attributes, normalized, patch_id),
+        "host_order": list(itertools.chain.from_iterable(batch["hosts"] for batch in batches)),
+        "fingerprint": _fingerprint(fleet, order, groups, normalized, patch_id),
     }
+
+
+def _assemble(named: list[tuple[str, list[tuple[list[str], list[tuple[str, ...]]]], str]], fleet: _Fleet,
+              policy: Mapping[str, t.Any]) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any]]]:
+    """The plan's waves and batches; a wave's groups (path of groups -> its hosts, in batch order) are filled by runs."""
+    bake = policy["bake_seconds"]
+    gates = ["health", "error_budget"] + [f"check:{check['name']}" for check in policy["checks"]] + ([f"bake:{bake}s"] if bake > 0 else [])
+    paths = fleet.projection(policy["levels"])
+    template = "/".join(f"{level}={{}}" for level in policy["levels"])
+    path_text = dict(zip(paths, itertools.starmap(template.format, paths.values())))
+    waves: list[dict[str, t.Any]] = []
+    batches: list[dict[str, t.Any]] = []
+    for wave_index, (name, wave_batches, response) in enumerate(named):
+        indexes = list(range(len(batches), len(batches) + len(wave_batches)))
+        for position, (batch_hosts, _groups) in enumerate(wave_batches):
+            batches.append({"index": len(batches), "wave": wave_index, "hosts": batch_hosts, "last_in_wave": position == len(wave_batches) - 1})
+        wave_hosts = list(itertools.chain.from_iterable(batch_hosts for batch_hosts, _groups in wave_batches))
+        wave_groups = itertools.chain.from_iterable(batch_groups for _hosts, batch_groups in wave_batches)
+        groups: dict[str, list[str]] = {}
+        start = 0
+        for combination, run in itertools.groupby(wave_groups):
+            end = start + len(list(run))
+            groups.setdefault(path_text[combination], []).extend(wave_hosts[start:end])
+            start = end
+        waves.append({"index": wave_index, "name": name, "hosts": wave_hosts, "groups": groups, "batches": indexes, "bake_seconds": bake,
+                      "response": response, "gates": list(gates)})
+    return waves, batches
 
 
 # ---------------------------------------------------------------------------------------------------------

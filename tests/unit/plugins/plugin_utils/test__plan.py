@@ -814,3 +814,74 @@ def test_golden_plan_bytes_of_the_bench_fleet() -> None:
     plan = compile_plan(_golden_bench_fleet(3000), policy, "FP-PLAN-BENCH")
     assert len(plan["batches"]) == 52
     assert hashlib.sha256(plan_json(plan).encode()).hexdigest() == "5a5620938ad9b744f673360f09fd1889f23590de427a2da204ad6f25f43fc80f"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the bulk paths of the compile (natural order by translate, fingerprint from fragments, hosts read by itemgetter) give
+# what the careful paths give
+
+
+def _reference_fingerprint(hosts: Hosts, policy: t.Any, patch_id: str, levels: t.Sequence[str] = ("region", "tenant", "segment")) -> str:
+    part = {name: {f"fleet_{level}": hosts[name][f"fleet_{level}"] for level in levels} for name in hosts}
+    payload = canonical_json({"hosts": part, "patch_id": patch_id, "policy": normalize_policy(policy)})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("names", [
+    ["web 1", "web!2", "web-3", "web1"],  # below the quote: the NUL-joined sort
+    ['we"b-1', "web\\2", "web-3"],  # a quote or backslash: canonical_json of the mapping
+    ["wéb-1", "web-2", "веб-3", "web-10"],  # non-ASCII: the natural_key path
+    ["a1", "a01", "a001", "a-1", "a.1", "a", "a10b", "a9b", "b"],  # digit runs of several lengths after one text
+])
+def test_fingerprint_and_order_of_unusual_hostnames(names: list[str]) -> None:
+    hosts = {name: host("eu", "acme") for name in names}
+    plan = compile_plan(hosts, FLAT, "p-1")
+    assert plan["fingerprint"] == _reference_fingerprint(hosts, FLAT, "p-1")
+    assert plan["host_order"] == sorted(names, key=natural_order_key)
+
+
+def natural_order_key(text: str) -> tuple[t.Any, ...]:
+    parts: list[t.Any] = re.split(r"(\d+)", text)
+    parts[1::2] = map(int, parts[1::2])
+    return (tuple(parts), text)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_natural_order_of_random_hostnames(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = rng.choice(["ab-.09", "ab0123456789", "a-_ 7!", "xyz"])
+    names = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 60))}
+    names.discard("")
+    names = {name for name in names if name.strip() == name} or {"h1"}
+    hosts = {name: host(rng.choice(["eu", "us"]), rng.choice(["a", "b"])) for name in sorted(names)}
+    plan = compile_plan(hosts, {**FLAT, "levels": ["region"]}, "p-1")
+    expected = sorted(names, key=lambda name: (0 if hosts[name]["fleet_region"] == "eu" else 1, natural_order_key(name)))
+    assert plan["host_order"] == expected
+    assert plan["fingerprint"] == _reference_fingerprint(hosts, {**FLAT, "levels": ["region"]}, "p-1", ("region",))
+
+
+class _Vars(dict):  # a Mapping that is not a plain dict (as Ansible's host variables can be): the careful path
+    pass
+
+
+def test_host_variables_that_are_not_plain_dicts_plan_the_same() -> None:
+    policy = {"canary": {"size": 2, "groups": ["region=us-east"]}, "disruption_budget": {"tenant": "50%"}, "max_concurrency": 3}
+    expected = plan_json(compile_plan(FLEET16, policy, "p-1"))
+    assert plan_json(compile_plan({name: _Vars(variables) for name, variables in FLEET16.items()}, policy, "p-1")) == expected
+    assert plan_json(compile_plan({name: _Vars(variables) if index % 2 else variables for index, (name, variables) in enumerate(FLEET16.items())},
+                                  policy, "p-1")) == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (["eu"], "variable 'fleet_region' must be a non-empty string, got list"),
+    (("eu",), "variable 'fleet_region' must be a non-empty string, got tuple"),
+    ("eu west", "does not match"),
+    ("x" * 129, "is longer than 128 characters"),
+])
+def test_bad_group_values_are_named_by_the_first_host_in_natural_order(value: t.Any, message: str) -> None:
+    hosts = {f"web-{number}": host("eu") for number in (10, 2, 1)}
+    hosts["web-10"]["fleet_region"] = value
+    hosts["web-2"]["fleet_region"] = value
+    with pytest.raises(PlanError, match=re.escape(message)) as caught:
+        compile_plan(hosts, None, "p-1")
+    assert "host 'web-2'" in str(caught.value)
