@@ -89,3 +89,47 @@ def test_edges_are_excluded_with_a_warning(fleet: dict[str, t.Any], no_event_log
 def test_unknown_option_is_an_argument_error(fleet: dict[str, t.Any]) -> None:
     with pytest.raises(AnsibleActionFail, match="lock_tll"):
         run_action("rollout_plan", plan_args(fleet["state_dir"], lock_tll=5), fleet["task_vars"])
+
+
+def test_host_variables_read_as_hostvars_gives_them(tmp_path: t.Any) -> None:
+    """rollout_plan reads a host's variables once (raw) and templates only what may be a template: the values are what
+    Ansible's hostvars[host][name] gives, for templates from the inventory (trusted) and data set by a plugin (not)."""
+    # pylint: disable=import-outside-toplevel
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.hostvars import HostVars
+    from ansible.vars.manager import VariableManager
+
+    from conftest import make_action
+
+    inventory_file = tmp_path / "hosts.yml"
+    inventory_file.write_text(
+        "all:\n"
+        "  vars:\n"
+        "    fleetpatch_host_root: \"/srv/{{ fleet_region }}/{{ inventory_hostname }}\"\n"
+        "    fleetpatch_restart_command: [\"systemctl\", \"restart\", \"{{ inventory_hostname }}\"]\n"
+        "  hosts:\n"
+        "    web-1: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web, fleet_environment: prod, fleetpatch_health_url: \"http://{{ inventory_hostname }}:8080/h\"}\n"
+        "    web-2: {fleet_region: us, fleet_tenant: acme, fleet_segment: web, fleet_environment: prod}\n"
+        "    edge-1: {fleet_role: edge, fleet_region: eu}\n",
+        encoding="utf-8",
+    )
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(inventory_file)])
+    # data a plugin sets (not trusted as a template) stays as written, braces and all
+    inventory._inventory.set_variable("web-2", "fleetpatch_health_url", "http://web-2:8080/h?q={{x}}")  # pylint: disable=protected-access
+    hostvars = HostVars(inventory=inventory, variable_manager=VariableManager(loader=loader, inventory=inventory), loader=loader)
+    action = make_action("rollout_plan", {})
+    module = __import__(type(action).__module__, fromlist=["_HostVariables"])
+    names = ("fleet_role", "fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment", "fleetpatch_host_root",
+             "fleetpatch_health_url", "fleetpatch_restart_command", "not_set")
+    for host in ("web-1", "web-2", "edge-1", "unknown-host"):
+        variables = module._HostVariables(hostvars, host, action._templar)  # pylint: disable=protected-access
+        expected = {name: hostvars[host].get(name, "-") for name in names} if host in hostvars else dict.fromkeys(names, "-")
+        assert {name: variables.get(name, "-") for name in names} == expected
+    assert variables.get("fleet_role", "node") == "node"
+    read = module._HostVariables(hostvars, "web-1", action._templar)  # pylint: disable=protected-access
+    assert read.get("fleetpatch_host_root") == "/srv/eu/web-1" and read.get("fleetpatch_restart_command") == ["systemctl", "restart", "web-1"]
+    assert module._HostVariables(hostvars, "web-2", action._templar).get("fleetpatch_health_url") == "http://web-2:8080/h?q={{x}}"  # pylint: disable=protected-access
+    hosts, edges = action._collect_hosts(["web-1", "web-2", "edge-1"], {"hostvars": hostvars})  # pylint: disable=protected-access
+    assert edges == ["edge-1"] and hosts["web-1"] == {"fleet_region": "eu", "fleet_tenant": "acme", "fleet_segment": "web", "fleet_environment": "prod"}
