@@ -49,7 +49,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import 
     validate_change,
     validate_override,
 )
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError, check_plan_signatures, validate_artifacts_policy
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import TrustError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._trust_policy import check_plan_signatures, validate_artifacts_policy
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import (
@@ -321,7 +322,7 @@ class ActionModule(ControllerAction):
         classified = change_policy["change"]
         # rollout_policy.redaction: validated here, returned as the plan result's redaction for the recorder
         args["policy"], redaction = split_redaction(args["policy"])
-        # policy.artifacts (module_utils/_trust.py): trusted signers and transfer limits, for the hosts, not the plan
+        # policy.artifacts (plugin_utils/_trust_policy.py): trusted signers and transfer limits, for the hosts, not the plan
         plan_policy = {key: value for key, value in args["policy"].items() if key != "artifacts"}
         artifacts = validate_artifacts_policy(args["policy"].get("artifacts"))
         rollout_policy, overridden = merge_rollout(classified["profile"], plan_policy)

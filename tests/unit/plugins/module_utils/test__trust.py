@@ -1,4 +1,5 @@
-"""rollout_policy.artifacts validation and host-side signature verification (module_utils/_trust.py), with real ssh-keygen keys."""
+"""rollout_policy.artifacts validation (plugin_utils/_trust_policy.py) and host-side signature verification
+(module_utils/_trust.py), with real ssh-keygen keys."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import (
-    DEFAULTS,
     TrustError,
-    check_plan_signatures,
     fingerprint,
     parse_allowed_signers,
     signature_key,
+    verify_artifact_signature,
+)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._trust_policy import (
+    DEFAULTS,
+    check_plan_signatures,
     signature_required,
     validate_artifacts_policy,
-    verify_artifact_signature,
 )
 
 
