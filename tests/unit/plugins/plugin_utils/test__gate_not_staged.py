@@ -6,8 +6,8 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import cl
 
 MISSING = {"failed": True, "not_cached": True, "changed": False,
            "msg": "artifact aaaa is not in /srv/fleetpatch/cache/sha256 and no artifact_url was given"}
-CORRUPT = {"failed": True, "changed": False, "msg": "artifact /srv/fleetpatch/cache/sha256/aaaa has sha256 bbbb, expected aaaa; "
-                                                   "the cached copy is corrupt and no artifact_url was given"}
+CORRUPT = {"failed": True, "changed": False,
+           "msg": "artifact /srv/fleetpatch/cache/sha256/aaaa has sha256 bbbb, expected aaaa; the cached copy is corrupt and no artifact_url was given"}
 
 
 def test_missing_copy_is_not_staged_and_spends_no_budget() -> None:
