@@ -35,7 +35,9 @@ HOST_VARS = ("fleetpatch_host_root", "fleetpatch_restart_command", "fleetpatch_h
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    # False: the copy stage makes its remote tmp dir itself (run); a url or prestaged apply needs none when the connection
+    # pipelines, and True would create (and remove) one per host anyway, two more remote commands per host
+    TRANSFERS_FILES = False
 
     def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
         task_vars = task_vars or {}

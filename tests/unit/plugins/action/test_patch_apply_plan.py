@@ -219,3 +219,16 @@ def test_refused_before_the_host_is_touched(planned: dict[str, t.Any], task_args
     with pytest.raises(AnsibleActionFail) as raised:
         action.run(task_vars=task_vars)
     assert str(raised.value.message) == message
+
+
+@pytest.mark.parametrize("stage", ["url", "prestaged"])
+def test_no_remote_tmp_dir_unless_a_file_is_staged(planned: dict[str, t.Any], stage: str) -> None:
+    # a pipelining connection (ssh) runs the module with no remote tmp dir: the plugin must not ask for one
+    action = action_for({"plan_var": "__rollout_plan", "urls_var": "__rollout_artifact_urls", "stage": stage},
+                        play_vars(planned, dict(RAW_URLS), stage, host_vars()))
+    action._connection._shell.tmpdir = None  # pylint: disable=protected-access
+    made: list[bool] = []
+    action._make_tmp_path = lambda *args, **kwargs: made.append(True)  # pylint: disable=protected-access
+    action._execute_module = lambda **kwargs: {"changed": False}  # pylint: disable=protected-access
+    assert action.run(task_vars=play_vars(planned, dict(RAW_URLS), stage, host_vars())) == {"changed": False}
+    assert made == []
