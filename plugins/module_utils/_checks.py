@@ -681,7 +681,7 @@ def _command_samples(check: Mapping[str, t.Any], *, run: t.Callable[[list[str]],
     # checked before the first sample: behind timeout(1) a missing program would read as exit code 127, an answer
     problem = _cannot_run(argv, find=find)
     if problem:
-        return [sample("unavailable", None, problem) for _ in range(check["samples"])]
+        return [sample("unavailable", None, problem) for number in range(check["samples"])]
     if timeout_bin:
         argv = [timeout_bin, "--kill-after=1", f"{check['timeout']:g}"] + argv
     samples = []

@@ -297,8 +297,8 @@ def test_run_command_checks_behind_timeout() -> None:
     host = FakeHost({"slow": (124, "", ""), "killed": (137, "", ""), "fine": (0, "", "")})
     checks = [{"name": name, "kind": "command", "command": ["probe", name], "samples": 1, "timeout": 1.5} for name in ("slow", "killed", "fine")]
     samples = host.samples(checks, timeout_bin="/usr/bin/timeout")
-    assert {name: items[0]["reason"] for name, items in samples.items()} == {"slow": "timed out after 1.5 s", "killed": "timed out after 1.5 s",
-                                                                            "fine": ""}
+    reasons = {name: items[0]["reason"] for name, items in samples.items()}
+    assert reasons == {"slow": "timed out after 1.5 s", "killed": "timed out after 1.5 s", "fine": ""}
     assert host.calls[0] == ("run", ["/usr/bin/timeout", "--kill-after=1", "1.5", "probe", "slow"])
     # without timeout(1) an exit code 124 is an answer like any other
     assert FakeHost({"slow": (124, "", "")}).samples(checks[:1])["slow"][0]["reason"] == "exit code 124, expected 0"
