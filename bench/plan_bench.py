@@ -197,7 +197,9 @@ def main() -> int:
             kept = {size: row for size, row in json.load(handle).items() if isinstance(row, dict) and "measured_at" in row}
     except (OSError, ValueError, AttributeError):
         kept = {}
-    kept.update({str(size): dict(row, measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())) for size, row in summary.items()})
+    for size, row in summary.items():
+        # --skip-preview keeps the size's earlier (a) figures
+        kept[str(size)] = dict(kept.get(str(size), {}), **row, measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     with open(results, "w", encoding="utf-8") as handle:
         json.dump(kept, handle, indent=2, sort_keys=True)
     return 0

@@ -384,18 +384,21 @@ def _required_levels(policy: Mapping[str, t.Any]) -> list[str]:
 
 
 class _Fleet(t.NamedTuple):
-    """The hosts to plan: names, and per host the tuple of its groups at ``levels`` (one shared tuple per combination)."""
+    """The hosts to plan: names and, per host, the key of its groups at ``levels`` (the values joined by NUL, which no group
+    name holds); each distinct key's number of hosts and its values. A string per host, not a tuple: strings hash once
+    and are no work for the garbage collector, which walks every container object of the process (an inventory of
+    100,000 hosts holds millions of them) each time enough new ones exist."""
 
     levels: tuple[str, ...]
     names: list[str]
-    groups: list[tuple[str, ...]]
-    distinct: dict[tuple[str, ...], int]  # each distinct groups tuple and its number of hosts
+    groups: list[str]
+    distinct: dict[str, int]
+    values: dict[str, tuple[str, ...]]
 
-    def projection(self, levels: t.Sequence[str]) -> dict[tuple[str, ...], tuple[str, ...]]:
-        """Each distinct groups tuple -> its groups at `levels` only."""
-        getter = itemgetter(*(self.levels.index(level) for level in levels))
-        projected = map(getter, self.distinct) if len(levels) > 1 else zip(map(getter, self.distinct))
-        return dict(zip(self.distinct, projected))
+    def projection(self, levels: t.Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """Each distinct key -> its groups at `levels` only."""
+        where = [self.levels.index(level) for level in levels]
+        return {key: tuple(values[index] for index in where) for key, values in self.values.items()}
 
 
 def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
@@ -409,27 +412,30 @@ def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
         return _Fleet(tuple(levels), names, *read)
     # something is wrong or unusual (a missing or bad value, variables that are not plain dicts): the careful path
     attributes = _validate_hosts(fleet, levels)
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
-    groups = [shared.setdefault(path, path) for path in (tuple(attrs[level] for level in levels) for attrs in attributes.values())]
-    return _Fleet(tuple(levels), list(attributes), groups, Counter(groups))
+    keys = ["\0".join(attrs[level] for level in levels) for attrs in attributes.values()]
+    distinct = Counter(keys)
+    return _Fleet(tuple(levels), list(attributes), keys, distinct, {key: tuple(key.split("\0")) for key in distinct})
 
 
-def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], int]] | None:
-    """Every host's groups read in bulk and each distinct value checked once; None when anything needs the careful path."""
+def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], dict[str, int], dict[str, tuple[str, ...]]] | None:
+    """Every host's groups read in bulk and each distinct value checked once; None when anything needs the careful path.
+
+    The key joins the values as they are; a tagged str subclass (Ansible's) comes out of the split a plain str."""
     if set(map(type, variables)) != {dict}:
         return None
-    getter = itemgetter(*(_var(level) for level in levels))
     try:
-        groups = list(map(getter, variables)) if len(levels) > 1 else list(zip(map(getter, variables)))
-        distinct = Counter(groups)
-    except (KeyError, TypeError):  # a missing variable, or an unhashable value
+        columns = [list(map(itemgetter(_var(level)), variables)) for level in levels]
+        keys = list(map("\0".join, zip(*columns)))
+    except (KeyError, TypeError):  # a missing variable, or a value that is not a string
         return None
+    distinct = Counter(keys)
+    values = {key: tuple(key.split("\0")) for key in distinct}
     for index in range(len(levels)):
-        values = set(map(itemgetter(index), distinct))
-        # plain str only (a tagged subclass takes the careful path, which makes it one); NAME_RE has no control character
-        if set(map(type, values)) != {str} or not all(len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in values):
+        # NAME_RE holds no NUL and no control character: a value with a NUL splits into too many parts and fails here
+        found = {parts[index] if len(parts) == len(levels) else "" for parts in values.values()}
+        if not all(len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in found):
             return None
-    return groups, distinct
+    return keys, distinct, values
 
 
 def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]]:
@@ -511,7 +517,7 @@ def _digit_runs_aligned(shapes: set[str]) -> bool:
     return True
 
 
-def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], list[tuple[str, ...]]]:
+def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], list[str]]:
     """Hostnames and their groups in plan order: groups at every planning level (explicit order, then natural), then host."""
     paths = fleet.projection(policy["levels"])
     # each level's groups ranked once (explicit order first, then natural); a path compares as its tuple of ranks
@@ -550,16 +556,17 @@ class _Budgets:
         self.limits: dict[str, dict[str, int]] = {}
         for level, spec in self.specs.items():
             sizes: Counter[str] = Counter()
-            for combination, count in fleet.distinct.items():
-                sizes[combination[self.where[level]]] += count
+            for key, count in fleet.distinct.items():
+                sizes[fleet.values[key][self.where[level]]] += count
             self.limits[level] = {group: _resolve(spec, count, rounding="floor", at_least_one=True) for group, count in sizes.items()}
         spec = policy["max_concurrency"]
         self.concurrency_spec: Size | None = spec
         self.concurrency = None if spec is None else _resolve(spec, len(fleet.names), rounding="floor", at_least_one=True)
         # per distinct groups tuple, its (level, group) keys at the budgeted levels
-        self.budgeted = {combination: tuple((level, combination[self.where[level]]) for level in self.limits) for combination in fleet.distinct}
+        self.budgeted = {key: tuple((level, values[self.where[level]]) for level in self.limits) for key, values in fleet.values.items()}
+        self.values = fleet.values
 
-    def split(self, hosts: list[str], groups: list[tuple[str, ...]]) -> list[tuple[list[str], list[tuple[str, ...]]]]:
+    def split(self, hosts: list[str], groups: list[str]) -> list[tuple[list[str], list[str]]]:
         """First fit in plan order: each host joins the earliest batch of the wave it fits in.
 
         Hosts with the same groups at the budgeted levels are alike to the budgets, and a batch's room only shrinks, so a
@@ -570,7 +577,7 @@ class _Budgets:
         if not self.limits:
             size = self.concurrency or len(hosts)
             return [(hosts[start : start + size], groups[start : start + size]) for start in range(0, len(hosts), size)]
-        batches: list[tuple[list[str], list[tuple[str, ...]]]] = []
+        batches: list[tuple[list[str], list[str]]] = []
         counts: list[dict[tuple[str, str], int]] = []
         first: dict[t.Any, int] = {}  # per (level, group), and None for the concurrency
         start = 0
@@ -606,12 +613,12 @@ class _Budgets:
                 first[None] = position
         return batches
 
-    def check_canary(self, groups: list[tuple[str, ...]]) -> None:
+    def check_canary(self, groups: list[str]) -> None:
         """The canary is one batch: a budget it breaks on its own is a policy error, not something to split."""
         if self.concurrency is not None and len(groups) > self.concurrency:
             raise PlanError(f"canary has {len(groups)} hosts but policy.max_concurrency allows {self.concurrency}{self._why(self.concurrency_spec, None)}")
         for level, limits in self.limits.items():
-            counts = Counter(map(itemgetter(self.where[level]), groups))
+            counts = Counter(self.values[key][self.where[level]] for key in groups)
             for group in sorted(counts, key=natural_key):
                 if counts[group] > limits[group]:
                     raise PlanError(
@@ -625,7 +632,7 @@ class _Budgets:
         return f" ({spec} of its hosts)" if group is not None else f" ({spec} of the fleet)"
 
 
-def _pick_canary(order: list[str], groups: list[tuple[str, ...]], fleet: _Fleet, policy: Mapping[str, t.Any]) -> list[int]:
+def _pick_canary(order: list[str], groups: list[str], fleet: _Fleet, policy: Mapping[str, t.Any]) -> list[int]:
     """Positions (in plan order) of the canary's hosts: pinned groups first, then the rest of the fleet, in plan order."""
     canary = policy["canary"]
     size = _resolve(canary["size"], len(order), rounding="ceil", at_least_one=True)
@@ -633,7 +640,7 @@ def _pick_canary(order: list[str], groups: list[tuple[str, ...]], fleet: _Fleet,
         raise PlanError(f"policy.canary.size: {size} hosts is more than the fleet of {len(order)} hosts")
     if not canary["groups"]:
         return list(range(size))
-    pinned: set[tuple[str, ...]] = set()
+    pinned: set[str] = set()
     for index, text in enumerate(canary["groups"]):
         pairs = _parse_selector(text, f"policy.canary.groups[{index}]")
         selected = fleet.projection([level for level, _group in pairs])
@@ -650,7 +657,7 @@ def _pick_canary(order: list[str], groups: list[tuple[str, ...]], fleet: _Fleet,
     return sorted(inside + outside)
 
 
-def _fill_waves(remaining: list[tuple[str, ...]], fleet: _Fleet, policy: Mapping[str, t.Any], fleet_size: int) -> list[int]:
+def _fill_waves(remaining: list[str], fleet: _Fleet, policy: Mapping[str, t.Any], fleet_size: int) -> list[int]:
     """Wave sizes over the hosts after the canary (their groups given in plan order)."""
     sizes = [_resolve(spec, fleet_size, rounding="ceil", at_least_one=True) for spec in policy["waves"]]
     if sum(sizes) < len(remaining):
@@ -672,7 +679,7 @@ def _fill_waves(remaining: list[tuple[str, ...]], fleet: _Fleet, policy: Mapping
     return waves
 
 
-def _fingerprint(fleet: _Fleet, order: list[str], groups: list[tuple[str, ...]], policy: Mapping[str, t.Any], patch_id: str) -> str:
+def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Mapping[str, t.Any], patch_id: str) -> str:
     """sha256 of the canonical JSON of every host's groups (as fleet_<level>), the policy and the patch id.
 
     The bytes are canonical_json's of the whole mapping, written from parts: group names match NAME_RE (no quote, no
@@ -686,11 +693,11 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[tuple[str, ...]],
     tail = canonical_json({"patch_id": patch_id, "policy": policy})
     joined = "".join(order)
     if '"' in joined or "\\" in joined:
-        return hashlib.sha256(canonical_json({"hosts": {host: dict(zip(names, values)) for host, values in zip(order, groups)},
+        return hashlib.sha256(canonical_json({"hosts": {host: dict(zip(names, fleet.values[key])) for host, key in zip(order, groups)},
                                               "patch_id": patch_id, "policy": policy}).encode("utf-8")).hexdigest()
     # {"fleet_region":"{0}",...}: the variables in sorted order, each filled from its position in the groups tuple
     template = "{{" + ",".join(f'"{name}":"{{{index}}}"' for name, index in sorted(zip(names, itertools.count()))) + "}}"
-    fragment = dict(zip(fleet.distinct, itertools.starmap(template.format, fleet.distinct)))
+    fragment = dict(zip(fleet.values, itertools.starmap(template.format, fleet.values.values())))
     low = " " in joined or "!" in joined
     entries = sorted(map("\0".join if low else '":'.join, zip(order, map(fragment.__getitem__, groups))))
     body = ',"'.join(entries)
@@ -721,7 +728,7 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
         chosen = set(canary)
         rest = [host for position, host in enumerate(order) if position not in chosen]
         rest_groups = [combination for position, combination in enumerate(groups) if position not in chosen]
-    named: list[tuple[str, list[tuple[list[str], list[tuple[str, ...]]]], str]] = []
+    named: list[tuple[str, list[tuple[list[str], list[str]]], str]] = []
     if canary:
         named.append((CANARY, [([order[position] for position in canary], [groups[position] for position in canary])], normalized["canary_response"]))
     start = 0
@@ -748,7 +755,7 @@ def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, 
     }
 
 
-def _assemble(named: list[tuple[str, list[tuple[list[str], list[tuple[str, ...]]]], str]], fleet: _Fleet,
+def _assemble(named: list[tuple[str, list[tuple[list[str], list[str]]], str]], fleet: _Fleet,
               policy: Mapping[str, t.Any]) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any]]]:
     """The plan's waves and batches; a wave's groups (path of groups -> its hosts, in batch order) are filled by runs."""
     bake = policy["bake_seconds"]
