@@ -12,17 +12,23 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar impor
     iso_z,
     parse_calendar,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, decision_clock, host_var
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import (
+    RUN_VAR_OPTIONS,
+    Run,
+    RunStateError,
+    plan_for_action,
+    play_batch_index,
+    run_for_action,
+)
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import SliceError, before_batch, slice_from_plan
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
-    **RUN_OPTIONS,
+    **RUN_VAR_OPTIONS,
     "clock": {"type": "str"},
     # check mode stores no run, so the readiness gate's skip list reaches the dry run through its registered result
     "readiness_var": {"type": "str", "default": "__rollout_readiness"},
@@ -38,17 +44,18 @@ class ActionModule(ControllerAction):
     errors = (WindowError, CalendarError, RunStateError, StoreError, SliceError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
-        planned = args["plan"]
+        planned = plan_for_action(args, task_vars) or {}
         plan = planned.get("plan")
         change = planned.get("change")
-        if not isinstance(plan, dict) or not isinstance(change, dict):
-            raise WindowError("plan has no plan or change policy: pass the registered result of fleetpatch.rollout.rollout_plan")
+        if not isinstance(plan, t.Mapping) or not isinstance(change, t.Mapping):
+            raise WindowError(f"plan has no plan or change policy: pass the registered result of fleetpatch.rollout.rollout_plan as plan,"
+                              f" or name the variable of localhost that holds it (plan_var, now {args['plan_var']!r})")
         check_mode = bool(self._task.check_mode or planned.get("preview"))
-        run_state = run_for_action(run_id=args["run_id"], plan=planned, state_dir=args["state_dir"], check_mode=check_mode)
+        # no host outcome is needed to check the calendar: none is read (hosts=()), so the step costs O(batch), not O(fleet)
+        run_state = run_for_action(run_id=args["run_id"], plan=planned, state_dir=args["state_dir"], check_mode=check_mode, hosts=())
         if run_state.dry_run:
             run_state.skip((batch_result(task_vars, args["readiness_var"]) or {}).get("skip_hosts") or [])
-        index_of = host_batch_index(plan)
-        indexes = {index_of[host] for host in task_vars.get("ansible_play_batch", []) if host in index_of}
+        indexes = play_batch_index(planned, task_vars.get("ansible_play_batch", []))
         if len(indexes) != 1:
             raise WindowError(f"cannot tell which plan batch is starting: play batch maps to batches {sorted(indexes)}")
         index = indexes.pop()

@@ -16,14 +16,15 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import 
 )
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_VAR_OPTIONS, Run, RunStateError, plan_for_action, run_for_action
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
     "checks": {"type": "list", "elements": "dict"},
-    # optional here: checks given directly need no run (run_id and plan go together)
-    **{name: dict(spec, required=False) for name, spec in RUN_OPTIONS.items()},
+    # optional here: checks given directly need no run (a plan needs its run_id; with a run_id alone the plan result is read
+    # from plan_var)
+    **{name: dict(spec, required=False) for name, spec in RUN_VAR_OPTIONS.items()},
     "baseline": {"type": "bool", "default": False},
     "correlation_id": {"type": "str"},
     "fail_on": {"type": "str", "choices": ["fail", "inconclusive", "never"], "default": "fail"},
@@ -35,12 +36,15 @@ _KEEP_BASELINE = ("patched", "quarantined", "unhealthy")
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    argument_constraints = {"required_together": [["run_id", "plan"]]}
+    argument_constraints = {"required_by": {"plan": "run_id"}}
     errors = (CheckError, RunStateError, StoreError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         # run: the plan's immutable outputs (data); the run itself is loaded by its id when a baseline is kept with it
-        run = args["plan"] or {}
+        run = (plan_for_action(args, task_vars) or {}) if args["run_id"] else {}
+        if args["run_id"] and not isinstance(run.get("plan"), t.Mapping):
+            raise CheckError(f"run {args['run_id']}: no plan result; pass the registered result of fleetpatch.rollout.rollout_plan as plan,"
+                             f" or name the variable of localhost that holds it (plan_var, now {args['plan_var']!r})")
         if args["checks"] is not None:
             checks = normalize_checks(args["checks"], "checks")
         elif run:
@@ -55,7 +59,8 @@ class ActionModule(ControllerAction):
         validate_targets(checks, _probes.contexts_for(hosts, checks, task_vars, names), "checks")
         if self._task.check_mode or run.get("preview"):
             return {"changed": False, "skipped": True, "status": "skipped", "results": [], "msg": "check mode: no check was run"}
-        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=args["state_dir"], check_mode=False) if run else None
+        # the outcomes of the hosts checked only (a batch's baseline reads no other host's)
+        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=args["state_dir"], check_mode=False, hosts=hosts) if run else None
         # the attempt's correlation id: the X-Correlation-ID of every request, as its events and registry rows carry it
         correlation_id = args["correlation_id"] or (run_state.correlation_id if run_state else None) or str(uuid.uuid4())
         if args["baseline"]:

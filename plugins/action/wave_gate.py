@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import typing as t
 
@@ -16,17 +17,23 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import (
     classify_host,
     decide,
 )
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, host_var, probe_many
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_OPTIONS, Run, RunStateError, run_for_action
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import (
+    RUN_VAR_OPTIONS,
+    Run,
+    RunStateError,
+    plan_for_action,
+    play_batch_index,
+    run_for_action,
+)
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._slices import SliceError, after_batch, slice_from_plan
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, outcome_entry, utc_now
 
 ARGUMENT_SPEC = {
-    **RUN_OPTIONS,
+    **RUN_VAR_OPTIONS,
     # check mode stores no run, so the readiness gate's skip list reaches the dry run through its registered result
     "readiness_var": {"type": "str", "default": "__rollout_readiness"},
     "result_var": {"type": "str", "default": "__rollout_apply"},
@@ -43,13 +50,31 @@ class GateError(FleetpatchError):
     """The gate cannot evaluate the batch."""
 
 
+def control_hosts(plan: t.Mapping[str, t.Any], run_state: Run, *, exclude: t.Collection[str], count: int, start: int) -> list[str]:
+    """Up to count hosts this run has not touched (no outcome, not skipped, not in exclude), in plan order from batch start
+    on: every host before it was handed to an earlier batch. Candidates are read from the store a few at a time, so the
+    gate reads O(batch) hosts, not every host of the fleet."""
+    if count <= 0:
+        return []
+    skip = set(run_state.skip_hosts) | set(exclude)
+    candidates = (host for batch in plan["batches"][start:] for host in batch["hosts"] if host not in skip)
+    picked: list[str] = []
+    while len(picked) < count:
+        part = list(itertools.islice(candidates, max(4 * count, 32)))
+        if not part:
+            break
+        picked.extend(pick_control_hosts(part, exclude=run_state.outcomes_of(part), count=count - len(picked)))
+    return picked
+
+
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
     errors = (GateError, RunStateError, StoreError, SliceError)
+    # the index of the batch this execution gates (control hosts are picked from it on)
+    _gated = 0
 
-    def _batch_index(self, plan: dict[str, t.Any], task_vars: dict[str, t.Any]) -> int:
-        index_of = host_batch_index(plan)
-        indexes = {index_of[host] for host in task_vars.get("ansible_play_batch", []) if host in index_of}
+    def _batch_index(self, run: dict[str, t.Any], task_vars: dict[str, t.Any]) -> int:
+        indexes = play_batch_index(run, task_vars.get("ansible_play_batch", []))
         if len(indexes) != 1:
             raise GateError(f"cannot tell which plan batch is running: play batch maps to batches {sorted(indexes)}")
         return indexes.pop()
@@ -76,22 +101,25 @@ class ActionModule(ControllerAction):
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         # run: the plan's immutable outputs (data); run_state: the run itself, loaded by its id from the store
-        run = args["plan"]
-        if not isinstance(run.get("plan"), dict) or not isinstance(run.get("patch"), dict):
-            raise GateError("plan has no plan or patch: pass the registered result of fleetpatch.rollout.rollout_plan")
+        run = plan_for_action(args, task_vars) or {}
+        if not isinstance(run.get("plan"), t.Mapping) or not isinstance(run.get("patch"), t.Mapping):
+            raise GateError(f"plan has no plan or patch: pass the registered result of fleetpatch.rollout.rollout_plan as plan, or name"
+                            f" the variable of localhost that holds it (plan_var, now {args['plan_var']!r})")
         plan = run["plan"]
         check_mode = bool(self._task.check_mode or run.get("preview"))
-        index = self._batch_index(plan, task_vars)
+        index = self._gated = self._batch_index(run, task_vars)
         batch = plan["batches"][index]
         wave = plan["waves"][batch["wave"]]
-        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=args["state_dir"], check_mode=check_mode)
+        # the batch's outcomes only: other hosts' are read when a step needs them (bake, rollback, control hosts)
+        run_state = run_for_action(run_id=args["run_id"], plan=run, state_dir=args["state_dir"], check_mode=check_mode, hosts=batch["hosts"])
         if run_state.dry_run:
             run_state.skip((batch_result(task_vars, args["readiness_var"]) or {}).get("skip_hosts") or [])
         state = run_state.state
         now = iso(utc_now())
         # a slice of a sliced job gates its own hosts of the batch (run["host_order"] is the slice's; the whole plan's otherwise)
-        ctx, own, arrived = slice_from_plan(run), set(run["host_order"]), None
-        gated = [host for host in batch["hosts"] if host in own]
+        ctx, arrived = slice_from_plan(run), None
+        own = self._own(run, ctx)
+        gated = [host for host in batch["hosts"] if own is None or host in own]
 
         # In check mode no host changed, so probing would only report the old version.
         verdicts, health = self._verdicts(gated, run, run_state, args["result_var"], task_vars, args["health_timeout"], probe=not check_mode)
@@ -105,12 +133,14 @@ class ActionModule(ControllerAction):
             time.sleep(float(bake))
             baked = round(time.monotonic() - started, 3)
             # Health after the bake decides again: a host that degrades while baking stops the next wave.
-            wave_hosts = [host for host in wave["hosts"] if host in own and state["hosts"].get(host, {}).get("outcome") == "patched"]
+            mine = [host for host in wave["hosts"] if own is None or host in own]
+            known = run_state.outcomes_of(mine)
+            wave_hosts = [host for host in mine if known.get(host, {}).get("outcome") == "patched"]
             verdicts, health = self._verdicts(wave_hosts, run, run_state, args["result_var"], task_vars, args["health_timeout"])
             verdicts, checks = self._run_checks(verdicts, run, run_state, wave["name"], args, task_vars)
             decision = self._decide(run_state, verdicts, plan, wave, iso(utc_now()), batch_index=index, checks=checks)
 
-        rollback_hosts = [host for host in self._rollback_hosts(decision, state, plan, wave, index) if host in own]
+        rollback_hosts = [host for host in self._rollback_hosts(decision, run_state, plan, wave, index) if own is None or host in own]
         stop = decision.action in STOPPING_ACTIONS
         last_batch = index == len(plan["batches"]) - 1
         if not check_mode:
@@ -155,6 +185,12 @@ class ActionModule(ControllerAction):
         return result
 
     @staticmethod
+    def _own(run: t.Mapping[str, t.Any], ctx: t.Any) -> set[str] | None:
+        """The hosts this gate decides for: a slice's own hosts (its host_order), or None: every planned host (no set of
+        the whole fleet is built per batch)."""
+        return set(run["host_order"]) if ctx is not None else None
+
+    @staticmethod
     def _halt(decision: GateDecision, stop: bool) -> dict[str, t.Any] | None:
         """What every other slice is told when this slice's gate stops the run."""
         return {"trigger": decision.trigger or decision.action, "action": decision.action} if stop else None
@@ -189,7 +225,6 @@ class ActionModule(ControllerAction):
         if not checks or not probe:
             return verdicts, None
         hosts = [verdict.host for verdict in verdicts if verdict.outcome == "patched"]
-        touched = set(run_state.hosts) | {verdict.host for verdict in verdicts} | set(run_state.skip_hosts)
         wanted = max([(check.get("baseline") or {}).get("control_hosts", 0) for check in checks] or [0])
         names = [check["name"] for check in checks if check["kind"] in HOST_KINDS]
         host_samples = {}
@@ -206,7 +241,7 @@ class ActionModule(ControllerAction):
             correlation_id=run_state.correlation_id or run_state.run_id,
             wave=wave_name,
             baselines=_probes.load_baselines(run_state.paths.run_dir),
-            control_hosts=pick_control_hosts(plan["host_order"], exclude=touched, count=wanted),
+            control_hosts=control_hosts(plan, run_state, exclude={verdict.host for verdict in verdicts}, count=wanted, start=self._gated),
             host_samples=host_samples,
             workers=args["check_workers"],
         )
@@ -242,7 +277,8 @@ class ActionModule(ControllerAction):
         spec = plan["policy"]["stabilization"]
         state = run_state.state
         # run["host_order"]: a slice keeps checking its own hosts
-        hosts = [host for host in run["host_order"] if state["hosts"].get(host, {}).get("outcome") == "patched"]
+        known = run_state.outcomes_of(run["host_order"])
+        hosts = [host for host in run["host_order"] if known.get(host, {}).get("outcome") == "patched"]
         window = {"name": "stabilization", "response": spec["response"]}
         run_state.event("stabilization.started", batch=index, wave=window["name"], status="started",
                         message=f"checks keep running on {len(hosts)} host(s) for {spec['seconds']:g} s",
@@ -269,7 +305,7 @@ class ActionModule(ControllerAction):
         decision = self._decide(run_state, breached, plan, window, now, batch_index=index, checks=checks)
         window_text = f"stabilization: {rounds} round(s) of checks over {elapsed:g} s of {spec['seconds']:g} s on {len(hosts)} host(s)"
         decision = dataclasses.replace(decision, reasons=(window_text,) + decision.reasons)
-        rollback_hosts = self._rollback_hosts(decision, state, plan, wave, index)
+        rollback_hosts = self._rollback_hosts(decision, run_state, plan, wave, index)
         stop = decision.action in STOPPING_ACTIONS
         run_state.decide({"at": now, "batch": index, "wave": window["name"], "action": decision.action, "reasons": list(decision.reasons)})
         if stop:
@@ -324,7 +360,7 @@ class ActionModule(ControllerAction):
         return decision
 
     @staticmethod
-    def _rollback_hosts(decision: GateDecision, state: dict[str, t.Any], plan: dict[str, t.Any], wave: dict[str, t.Any], index: int) -> list[str]:
+    def _rollback_hosts(decision: GateDecision, run_state: Run, plan: dict[str, t.Any], wave: dict[str, t.Any], index: int) -> list[str]:
         touched = ("patched", "unhealthy", "failed")
         if decision.action == "rollback_wave":
             done = [b for b in wave["batches"] if b <= index]
@@ -333,4 +369,6 @@ class ActionModule(ControllerAction):
             hosts = [host for batch in plan["batches"][: index + 1] for host in batch["hosts"]]
         else:
             return []
-        return [host for host in hosts if state["hosts"].get(host, {}).get("outcome") in touched]
+        # the outcomes of those hosts only, read once for a rollback decision
+        known = run_state.outcomes_of(hosts)
+        return [host for host in hosts if known.get(host, {}).get("outcome") in touched]

@@ -55,19 +55,27 @@ options:
     elements: dict
   run_id:
     description:
-      - The rollout run (with O(plan)). Loaded from the run store - its attempt's correlation id, the hosts it skips and,
-        for O(baseline=true), where the baseline is kept.
+      - The rollout run. Loaded from the run store - its attempt's correlation id, the outcomes of O(hosts), the hosts it
+        skips and, for O(baseline=true), where the baseline is kept.
     type: str
   plan:
     description:
       - The registered result of M(fleetpatch.rollout.rollout_plan), read as data - the checks and the run's template
-        names. Required with O(run_id).
+        names. Needs O(run_id).
+      - Without it, a given O(run_id) reads the result from the variable O(plan_var) of C(localhost), as stored, without
+        the copy of the whole plan (every host) a templated argument costs per batch.
     type: dict
+  plan_var:
+    description:
+      - The variable of C(localhost) that holds the registered result of M(fleetpatch.rollout.rollout_plan), read when
+        O(run_id) is given without O(plan).
+    type: str
+    default: __rollout_plan
   state_dir:
     description: Controller state directory. Default the plan's, else C($FLEETPATCH_STATE_DIR) or C(~/.local/state/fleetpatch).
     type: str
   baseline:
-    description: Capture the pre-patch baseline of O(hosts) for the run instead of judging the checks. Needs O(run_id) and O(plan).
+    description: Capture the pre-patch baseline of O(hosts) for the run instead of judging the checks. Needs O(run_id).
     type: bool
     default: false
   correlation_id:

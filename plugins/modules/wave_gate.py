@@ -28,7 +28,7 @@ description:
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
   - fleetpatch.rollout._attributes
-  - fleetpatch.rollout._run
+  - fleetpatch.rollout._run.per_batch
 attributes:
   check_mode:
     support: full
@@ -76,8 +76,8 @@ options:
 EXAMPLES = r"""
 - name: Gate the batch
   fleetpatch.rollout.wave_gate:
+    # the plan result is read from localhost's __rollout_plan (plan_var), not templated into an argument
     run_id: "{{ hostvars['localhost']['__rollout_plan']['run_id'] }}"
-    plan: "{{ hostvars['localhost']['__rollout_plan'] }}"
   delegate_to: localhost
   run_once: true
   register: gate

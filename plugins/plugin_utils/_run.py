@@ -35,6 +35,7 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import resolve_state_dir
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import host_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     DEFAULT_BACKEND,
     FAILED_OUTCOMES,
@@ -55,12 +56,15 @@ __all__ = [
     "STATUSES",
     "TRANSITIONS",
     "RUN_OPTIONS",
+    "RUN_VAR_OPTIONS",
     "LockError",
     "Run",
     "RunNotFound",
     "RunPaths",
     "RunStateError",
     "append_event",
+    "play_batch_index",
+    "plan_for_action",
     "queued_events",
     "run_for_action",
 ]
@@ -153,6 +157,9 @@ class Run:
         self.lock_id = paths.run_id
         # a slice of a sliced job: other slices save the same run document at the same time (see save)
         self.sliced = False
+        # loaded for one batch: state["hosts"] holds the outcomes of the hosts read so far, not every host's (outcomes_of)
+        self.scoped = False
+        self._read: set[str] = set()
 
     @classmethod
     def open(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, dry_run: bool = False,
@@ -164,13 +171,21 @@ class Run:
 
     @classmethod
     def load(cls, *, state_dir: str, run_id: str, dry_run: bool = False, backend: str | None = None,
-             store: Store | None = None) -> Run | None:
-        """The stored run, or None when it was never planned. backend: fleetpatch_state_backend."""
+             store: Store | None = None, hosts: t.Iterable[str] | None = None) -> Run | None:
+        """The stored run, or None when it was never planned. backend: fleetpatch_state_backend.
+
+        hosts: load only these hosts' outcomes (a batch's), so that a step per batch costs O(batch), not O(fleet); the
+        others are read when asked for (outcomes_of). A dry run always loads every host (its budget counts in memory).
+        """
         store = store or open_store(state_dir, backend=backend)
-        state = store.load_run(run_id)
+        scoped = hosts is not None and not dry_run
+        state = store.load_run(run_id, hosts=hosts) if scoped else store.load_run(run_id)
         if state is None:
             return None
-        return cls(store=store, paths=RunPaths(state_dir, run_id), state=state, dry_run=dry_run)
+        run = cls(store=store, paths=RunPaths(state_dir, run_id), state=state, dry_run=dry_run)
+        if scoped:
+            run.scoped, run._read = True, set(t.cast(t.Iterable[str], hosts))
+        return run
 
     @classmethod
     def rebuilt(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, attempt: t.Mapping[str, t.Any],
@@ -278,15 +293,31 @@ class Run:
 
     @property
     def hosts(self) -> dict[str, t.Any]:
+        """Outcome by host: every host's, or for a run loaded for one batch (scoped) the hosts read so far."""
         return self.state.setdefault("hosts", {})
+
+    def outcomes_of(self, hosts: t.Iterable[str]) -> dict[str, t.Any]:
+        """{host: outcome entry} of those of hosts that have one; a scoped run reads the ones it has not read from the store."""
+        wanted = list(dict.fromkeys(hosts))
+        known = self.hosts
+        if self.scoped:
+            missing = [host for host in wanted if host not in known and host not in self._read]
+            if missing:
+                known.update(self.store.outcomes(self.run_id, missing))
+                # hosts without an outcome are remembered as read, so they are not asked for again
+                self._read.update(missing)
+        return {host: known[host] for host in wanted if known.get(host) is not None}
 
     def record_outcomes(self, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> int:
         """Merge outcomes by host (latest wins) through the store, atomically; returns the hosts spending the budget."""
         if self.dry_run:
             self.hosts.update({host: dict(entry) for host, entry in outcomes.items()})
             return len(failures(self.state))
-        hosts, spent = self.store.record_outcomes(self.run_id, outcomes)
-        self.state["hosts"] = hosts
+        hosts, spent = self.store.record_outcomes(self.run_id, outcomes, all_hosts=not self.scoped)
+        if self.scoped:
+            self.hosts.update(hosts)
+        else:
+            self.state["hosts"] = hosts
         return spent
 
     def record(self, host: str, outcome: str, *, at: str, **details: t.Any) -> int:
@@ -311,7 +342,8 @@ class Run:
         return self.store.acquire_lock(self.lock_id, **lock)
 
     def refresh_lock(self, *, ttl_seconds: int | None = None) -> dict[str, t.Any] | None:
-        return None if self.dry_run else self.store.refresh_lock(self.lock_id, ttl_seconds=ttl_seconds)
+        """Renew the lock (every gate and window check does): the lock without its hosts, so O(1), not a read per locked host."""
+        return None if self.dry_run else self.store.refresh_lock(self.lock_id, ttl_seconds=ttl_seconds, with_hosts=False)
 
     def release_lock(self) -> bool:
         return False if self.dry_run else self.store.release_lock(self.lock_id)
@@ -338,21 +370,61 @@ RUN_OPTIONS: dict[str, dict[str, t.Any]] = {
     "state_dir": {"type": "str"},
     "plan": {"type": "dict", "required": True},
 }
+# The same for the steps that run once per batch (change_window, synthetic_checks, wave_gate): the plan result is read
+# by variable name from the plan host's variables (plan_for_action) unless a playbook passes it as plan. A templated
+# plan argument costs a walk and a copy of the whole plan (every host) per task, so per batch O(fleet).
+RUN_VAR_OPTIONS: dict[str, dict[str, t.Any]] = {
+    **RUN_OPTIONS,
+    "plan": {"type": "dict"},
+    "plan_var": {"type": "str", "default": "__rollout_plan"},
+}
+# the host rollout_plan runs on (the role's plan play): its variables hold the registered plan result
+PLAN_HOST = "localhost"
 
 
-def run_for_action(*, run_id: str, plan: t.Mapping[str, t.Any], state_dir: str | None, check_mode: bool) -> Run:
+def plan_for_action(args: t.Mapping[str, t.Any], task_vars: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
+    """The plan result an action works with: its plan argument, else the variable plan_var of the plan host, read as
+    stored (hostvars' raw_get: Ansible's item access would template, walk and copy the whole result). Read only: the
+    play's variable is not copied, so the caller never changes it. None when neither is there."""
+    if args.get("plan") is not None:
+        return dict(args["plan"])
+    hostvars = task_vars.get("hostvars") or {}
+    raw_get = getattr(hostvars, "raw_get", None)
+    found = raw_get(PLAN_HOST) if raw_get is not None else hostvars.get(PLAN_HOST)
+    value = found.get(args.get("plan_var") or "__rollout_plan") if isinstance(found, t.Mapping) else None
+    if value is None and isinstance(task_vars.get(args.get("plan_var") or "__rollout_plan"), t.Mapping):
+        # a play on the plan host itself
+        value = task_vars[args.get("plan_var") or "__rollout_plan"]
+    return dict(value) if isinstance(value, t.Mapping) else None
+
+
+def play_batch_index(run: t.Mapping[str, t.Any], play_batch: t.Iterable[str]) -> set[int]:
+    """The plan batches the hosts of a play batch belong to (one, when the play runs the plan's serial), by the host ->
+    batch index rollout_plan computed once (``fleetpatch_run.hosts``), so O(batch); a plan result without it (an older
+    one) is indexed here."""
+    announced = (run.get("fleetpatch_run") or {}).get("hosts")
+    if isinstance(announced, t.Mapping) and announced:
+        found = (announced.get(host) for host in play_batch)
+        return {int(entry["batch"]) for entry in found if isinstance(entry, t.Mapping) and entry.get("batch") is not None}
+    index_of = host_batch_index(run["plan"])
+    return {index_of[host] for host in play_batch if host in index_of}
+
+
+def run_for_action(*, run_id: str, plan: t.Mapping[str, t.Any], state_dir: str | None, check_mode: bool,
+                   hosts: t.Iterable[str] | None = None) -> Run:
     """The Run an action works on, loaded by its id from the store the plan chose (``plan["state_backend"]``).
 
     In check mode or a preview nothing was stored: the action gets a dry run, the stored run when there is one (a
     check over a run in progress sees its outcomes), else one rebuilt from the plan's outputs. A run that should be
-    stored and is not (never planned, another state dir or backend) is a RunNotFound.
+    stored and is not (never planned, another state dir or backend) is a RunNotFound. hosts: the outcomes to load (a
+    batch's, see Run.load; None: every host's).
     """
     if plan.get("run_id") not in (None, run_id):
         raise RunNotFound(f"run_id {run_id!r} is not the run of the given plan ({plan.get('run_id')!r})")
     directory = resolve_state_dir(state_dir or plan.get("state_dir"))
     backend = plan.get("state_backend")
     dry_run = bool(check_mode or plan.get("preview"))
-    stored = Run.load(state_dir=directory, run_id=run_id, dry_run=dry_run, backend=backend)
+    stored = Run.load(state_dir=directory, run_id=run_id, dry_run=dry_run, backend=backend, hosts=hosts)
     if stored is not None and isinstance(plan.get("slice"), dict):
         stored.lock_id, stored.sliced = str(plan["slice"]["lock_id"]), True
     if not dry_run:

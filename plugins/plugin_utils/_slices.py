@@ -165,7 +165,7 @@ def own_part(plan: t.Mapping[str, t.Any], own: t.Iterable[str]) -> tuple[list[in
 
 def _spent(store: t.Any, run_id: str, plan: t.Mapping[str, t.Any]) -> tuple[int, bool]:
     # an empty record_outcomes is the store's atomic count of the hosts spending the budget, across every slice
-    _hosts, spent = store.record_outcomes(run_id, {})
+    _hosts, spent = store.record_outcomes(run_id, {}, all_hosts=False)
     budget = plan["error_budget"]
     return spent, error_budget_spent(spent, budget["limit"], budget["halt_when"])
 

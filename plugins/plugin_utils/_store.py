@@ -150,8 +150,8 @@ class Store(t.Protocol):
 
     name: str
 
-    def load_run(self, run_id: str) -> dict[str, t.Any] | None:
-        """The run document, or None when the run was never planned."""
+    def load_run(self, run_id: str, *, hosts: t.Iterable[str] | None = None) -> dict[str, t.Any] | None:
+        """The run document, or None when the run was never planned; hosts: only these hosts' outcomes (None: every host's)."""
 
     def save_run(self, run_id: str, state: t.Mapping[str, t.Any]) -> None:
         """Write the run document; host outcomes are the store's and only ``record_outcomes`` changes them."""
@@ -162,15 +162,21 @@ class Store(t.Protocol):
     def save_plan(self, run_id: str, content: str) -> bool:
         """Save the canonical plan JSON (untouched when identical); True when written."""
 
-    def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict[str, t.Any], int]:
-        """Atomically merge outcomes by host (latest wins): (every host's outcome, hosts spending the error budget)."""
+    def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]], *,
+                        all_hosts: bool = True) -> tuple[dict[str, t.Any], int]:
+        """Atomically merge outcomes by host (latest wins): (every host's outcome, or with all_hosts=False the recorded
+        hosts' only, hosts spending the error budget)."""
+
+    def outcomes(self, run_id: str, hosts: t.Iterable[str]) -> dict[str, t.Any]:
+        """{host: outcome entry} of those of hosts that have one: a read scoped to a batch, not the whole run."""
 
     def acquire_lock(self, run_id: str, *, hosts: t.Sequence[str], owner: str, controller: str, pid: int, ttl_seconds: int,
                      break_stale: bool = False, now: _dt.datetime | None = None) -> dict[str, t.Any]:
         """Atomically take the lock over hosts: {"lock", "notes"}; LockError when another live run holds one of them."""
 
-    def refresh_lock(self, run_id: str, *, ttl_seconds: int | None = None, now: _dt.datetime | None = None) -> dict[str, t.Any] | None:
-        """Extend this run's lock; None when it holds none."""
+    def refresh_lock(self, run_id: str, *, ttl_seconds: int | None = None, now: _dt.datetime | None = None,
+                     with_hosts: bool = True) -> dict[str, t.Any] | None:
+        """Extend this run's lock; None when it holds none. with_hosts=False: returned without its hosts (no read per host)."""
 
     def read_lock(self, run_id: str) -> dict[str, t.Any] | None:
         """This run's lock as acquire_lock returned it, or None."""

@@ -74,6 +74,8 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS fp_plans_patch ON fp_plans (patch_id, plan_digest)",
     "CREATE TABLE IF NOT EXISTS fp_outcomes (run_id TEXT NOT NULL, host TEXT NOT NULL, outcome TEXT NOT NULL, at TEXT,"
     " entry TEXT NOT NULL, PRIMARY KEY (run_id, host))",
+    # the error budget's count per batch reads the failed outcomes only, not a row per host of the run
+    "CREATE INDEX IF NOT EXISTS fp_outcomes_outcome ON fp_outcomes (run_id, outcome)",
     "CREATE TABLE IF NOT EXISTS fp_locks (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, controller TEXT NOT NULL, pid INTEGER NOT NULL,"
     " acquired TEXT NOT NULL, expires TEXT NOT NULL, ttl_seconds INTEGER NOT NULL)",
     # one row per locked host: the primary key is what makes two runs over one host conflict in SQL
@@ -245,14 +247,21 @@ class _SqlStore:
 
     # -- the run document ----------------------------------------------------------------------------------
 
-    def load_run(self, run_id: str) -> dict[str, t.Any] | None:
+    def load_run(self, run_id: str, *, hosts: t.Iterable[str] | None = None) -> dict[str, t.Any] | None:
+        """hosts: load only these hosts' outcomes (a batch's; None: every host's). A run with a document, or with outcomes
+        of any host, is found either way."""
         with self._transaction(write=False) as tx:
             document = tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,))
-            hosts = _hosts(tx, run_id)
-        if document is None and not hosts:
+            if hosts is None:
+                outcomes = _hosts(tx, run_id)
+            else:
+                outcomes = _some_hosts(tx, run_id, hosts)
+                if document is None and not outcomes and not tx.value("SELECT count(*) FROM fp_outcomes WHERE run_id = ?", (run_id,)):
+                    return None
+        if document is None and hosts is None and not outcomes:
             return None
         state = json.loads(document) if document is not None else {}
-        state["hosts"] = hosts
+        state["hosts"] = outcomes
         return state
 
     def save_run(self, run_id: str, state: t.Mapping[str, t.Any], *, merge: t.Sequence[str] = ()) -> None:
@@ -414,14 +423,22 @@ class _SqlStore:
 
     # -- outcomes and the error budget ---------------------------------------------------------------------
 
-    def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict[str, t.Any], int]:
+    def record_outcomes(self, run_id: str, outcomes: t.Mapping[str, t.Mapping[str, t.Any]], *,
+                        all_hosts: bool = True) -> tuple[dict[str, t.Any], int]:
+        """all_hosts=False: return the recorded hosts' outcomes only (a batch's), not every host's (the budget's count is
+        the whole run's either way)."""
         spending = sorted(FAILED_OUTCOMES)
         marks = ", ".join("?" * len(spending))
         with self._transaction(serialize=run_id) as tx:
             _upsert_outcomes(tx, run_id, outcomes)
-            hosts = _hosts(tx, run_id)
+            hosts = _hosts(tx, run_id) if all_hosts else {host: json.loads(_dumps(dict(entry))) for host, entry in sorted(outcomes.items())}
             spent = tx.value(f"SELECT count(*) FROM fp_outcomes WHERE run_id = ? AND outcome IN ({marks})", (run_id, *spending))
         return hosts, int(spent or 0)
+
+    def outcomes(self, run_id: str, hosts: t.Iterable[str]) -> dict[str, t.Any]:
+        """{host: outcome entry} of the given hosts that have one (a batch, a wave, candidates for control hosts)."""
+        with self._transaction(write=False) as tx:
+            return _some_hosts(tx, run_id, hosts)
 
     # -- locks ---------------------------------------------------------------------------------------------
 
@@ -456,10 +473,12 @@ class _SqlStore:
         with self._transaction(write=False) as tx:
             return next((lock for lock in _locks(tx, run_id=run_id)), None)
 
-    def refresh_lock(self, run_id: str, *, ttl_seconds: int | None = None, now: _dt.datetime | None = None) -> dict[str, t.Any] | None:
+    def refresh_lock(self, run_id: str, *, ttl_seconds: int | None = None, now: _dt.datetime | None = None,
+                     with_hosts: bool = True) -> dict[str, t.Any] | None:
+        """with_hosts=False: the lock without its hosts (a gate renews it per batch without reading a row per locked host)."""
         now = now or utc_now()
         with self._transaction(serialize=_LOCK_KEY) as tx:
-            lock = next((found for found in _locks(tx, run_id=run_id)), None)
+            lock = next((found for found in _locks(tx, run_id=run_id, with_hosts=with_hosts)), None)
             if lock is None:
                 return None
             ttl = ttl_seconds or int(lock.get("ttl_seconds") or 900)
@@ -696,13 +715,29 @@ def _hosts(tx: _Tx, run_id: str) -> dict[str, t.Any]:
     return {host: json.loads(entry) for host, entry in tx.rows("SELECT host, entry FROM fp_outcomes WHERE run_id = ? ORDER BY host", (run_id,))}
 
 
-def _locks(tx: _Tx, *, run_id: str | None = None) -> list[dict[str, t.Any]]:
+# hosts per statement of a host-scoped read (SQLite allows 32766 parameters, PostgreSQL 65535)
+_HOST_CHUNK = 500
+
+
+def _some_hosts(tx: _Tx, run_id: str, hosts: t.Iterable[str]) -> dict[str, t.Any]:
+    wanted = sorted(set(hosts))
+    found: dict[str, t.Any] = {}
+    for start in range(0, len(wanted), _HOST_CHUNK):
+        chunk = wanted[start:start + _HOST_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.rows(f"SELECT host, entry FROM fp_outcomes WHERE run_id = ? AND host IN ({marks})", (run_id, *chunk))
+        found.update((host, json.loads(entry)) for host, entry in rows)
+    return dict(sorted(found.items()))
+
+
+def _locks(tx: _Tx, *, run_id: str | None = None, with_hosts: bool = True) -> list[dict[str, t.Any]]:
     where, params = (" WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
     locks = [dict(zip(_LOCK_COLUMNS, row)) for row in tx.rows(f"SELECT {', '.join(_LOCK_COLUMNS)} FROM fp_locks{where} ORDER BY run_id", params)]
     hosts: dict[str, list[str]] = {}
-    for host, owner in tx.rows(f"SELECT host, run_id FROM fp_lock_hosts{where} ORDER BY host", params):
+    for host, owner in tx.rows(f"SELECT host, run_id FROM fp_lock_hosts{where} ORDER BY host", params) if with_hosts else ():
         hosts.setdefault(owner, []).append(host)
-    return [{"schema": 1, **lock, "pid": int(lock["pid"]), "ttl_seconds": int(lock["ttl_seconds"]), "hosts": hosts.get(lock["run_id"], [])}
+    return [{"schema": 1, **lock, "pid": int(lock["pid"]), "ttl_seconds": int(lock["ttl_seconds"]),
+             **({"hosts": hosts.get(lock["run_id"], [])} if with_hosts else {})}
             for lock in locks]
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+import typing as t
 
 import pytest
 
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import STATUSES, TRANSITIONS, Run, RunStateError
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import STATUSES, TRANSITIONS, Run, RunStateError, plan_for_action, play_batch_index
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     LockError,
     SqliteStore,
@@ -155,3 +156,27 @@ def test_unknown_backend_is_named(tmp_path) -> None:
     assert isinstance(open_store(str(tmp_path)), SqliteStore)
     with pytest.raises(StoreError, match=r"unknown fleetpatch_state_backend 'nosuch': choose one of embedded"):
         open_store(str(tmp_path), backend="nosuch")
+
+
+def test_play_batch_index_uses_the_plans_announcement_or_indexes_the_plan() -> None:
+    plan = {"batches": [{"index": 0, "hosts": ["a"]}, {"index": 1, "hosts": ["b", "c"]}]}
+    announced = {"plan": plan, "fleetpatch_run": {"hosts": {"a": {"batch": 0}, "b": {"batch": 1}, "c": {"batch": 1}}}}
+    for run in (announced, {"plan": plan}):
+        assert play_batch_index(run, ["b", "c"]) == {1}
+        assert play_batch_index(run, ["a", "b", "stranger"]) == {0, 1}
+        assert play_batch_index(run, ["stranger"]) == set()
+
+
+def test_plan_for_action_prefers_the_argument_then_reads_the_variable_as_stored() -> None:
+    class HostVars(dict):
+        def raw_get(self, host: str) -> t.Any:
+            return {"__rollout_plan": {"run_id": f"raw-{host}"}, "other": {"run_id": "other"}}
+
+    task_vars = {"hostvars": HostVars(localhost={"__rollout_plan": {"run_id": "templated"}})}
+    assert plan_for_action({"plan": {"run_id": "given"}, "plan_var": "__rollout_plan"}, task_vars) == {"run_id": "given"}
+    assert plan_for_action({"plan": None, "plan_var": "__rollout_plan"}, task_vars) == {"run_id": "raw-localhost"}
+    assert plan_for_action({"plan": None, "plan_var": "other"}, task_vars) == {"run_id": "other"}
+    assert plan_for_action({"plan": None, "plan_var": "missing"}, task_vars) is None
+    # plain task variables (a play on localhost itself, or unit tests): a dict of hosts, or the variable at the top level
+    assert plan_for_action({"plan": None, "plan_var": "__rollout_plan"}, {"hostvars": {"localhost": {"__rollout_plan": {"run_id": "x"}}}}) == {"run_id": "x"}
+    assert plan_for_action({"plan": None, "plan_var": "__rollout_plan"}, {"__rollout_plan": {"run_id": "top"}}) == {"run_id": "top"}

@@ -254,6 +254,54 @@ def test_run_works_the_same_over_every_backend(spec) -> None:
     assert loaded.status == "running" and loaded.correlation_id == "c-1" and loaded.failures() == ["a"]
 
 
+def test_a_batch_scoped_read_loads_only_the_hosts_asked_for(store) -> None:
+    store.save_run("FP-1", dict(empty_state("FP-1", "FP-1", "f" * 64), status="running"))
+    store.record_outcomes("FP-1", {f"h{number:03d}": outcome_entry("failed" if number % 7 == 0 else "patched", at="t1") for number in range(1200)})
+    scoped = store.load_run("FP-1", hosts=["h001", "h007", "h999", "nobody"])
+    assert scoped["status"] == "running"
+    assert scoped["hosts"] == {"h001": {"outcome": "patched", "at": "t1"}, "h007": {"outcome": "failed", "at": "t1"},
+                               "h999": {"outcome": "patched", "at": "t1"}}
+    assert store.load_run("FP-1", hosts=())["hosts"] == {} and store.load_run("FP-2", hosts=["h001"]) is None
+    # more hosts than one statement takes: read in chunks, all of them
+    assert len(store.outcomes("FP-1", [f"h{number:03d}" for number in range(1200)])) == 1200
+    assert store.outcomes("FP-1", ["h014", "nobody"]) == {"h014": {"outcome": "failed", "at": "t1"}}
+    # the recorded hosts come back, the budget counts the whole run
+    hosts, spent = store.record_outcomes("FP-1", {"h001": outcome_entry("unhealthy", at="t2", reason="slow")}, all_hosts=False)
+    assert hosts == {"h001": {"outcome": "unhealthy", "at": "t2", "reason": "slow"}} and spent == 173
+    assert store.load_run("FP-1")["hosts"]["h001"]["outcome"] == "unhealthy" and len(store.load_run("FP-1")["hosts"]) == 1200
+
+
+def test_a_run_with_outcomes_only_is_found_by_a_scoped_read(store) -> None:
+    store.record_outcomes("FP-1", {"a": outcome_entry("patched", at="t1")})
+    assert store.load_run("FP-1", hosts=["b"]) == {"hosts": {}} and store.load_run("FP-1", hosts=["a"])["hosts"] == {"a": {"outcome": "patched", "at": "t1"}}
+
+
+def test_refresh_without_hosts_renews_the_same_lock(store) -> None:
+    _acquire(store, "FP-1", ["a", "b"], pid=os.getpid())
+    refreshed = store.refresh_lock("FP-1", ttl_seconds=60, now=NOW + dt.timedelta(minutes=5), with_hosts=False)
+    assert refreshed["expires"] == "2026-11-27T12:06:00.000000Z" and "hosts" not in refreshed
+    assert store.read_lock("FP-1")["expires"] == "2026-11-27T12:06:00.000000Z" and store.read_lock("FP-1")["hosts"] == ["a", "b"]
+
+
+def test_a_run_loaded_for_a_batch_reads_other_hosts_on_demand_and_decides_the_same(spec) -> None:
+    store = spec.open()
+    run = Run.open(state_dir=spec.state_dir, run_id="FP-1", patch_id="FP-1", fingerprint="f" * 64, store=store)
+    run.start_attempt({"correlation_id": "c-1"}, fingerprint="f" * 64)
+    run.save()
+    run.record_outcomes({"a": outcome_entry("failed", at="t1"), "b": outcome_entry("patched", at="t1"), "c": outcome_entry("patched", at="t1")})
+    batch = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open(), hosts=["b", "d"])
+    assert batch.scoped and batch.hosts == {"b": {"outcome": "patched", "at": "t1"}}
+    assert batch.record_outcomes({"d": outcome_entry("unreachable", at="t2")}) == 2
+    assert batch.hosts == {"b": {"outcome": "patched", "at": "t1"}, "d": {"outcome": "unreachable", "at": "t2"}}
+    assert batch.outcomes_of(["a", "c", "e"]) == {"a": {"outcome": "failed", "at": "t1"}, "c": {"outcome": "patched", "at": "t1"}}
+    batch.save()
+    # the scoped run's save keeps every outcome; a full load sees them all
+    full = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open())
+    assert not full.scoped and sorted(full.hosts) == ["a", "b", "c", "d"] and full.failures() == ["a", "d"]
+    # a dry run (check mode) always loads every host: its budget counts in memory
+    assert not Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open(), hosts=["b"], dry_run=True).scoped
+
+
 def test_open_store_names_every_backend(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(DSN_VAR, "host=/nonexistent dbname=x")
     # embedded is SQLite (one source of truth: there is no JSON-file store); sqlite, 1.0.0's name, is the same file
