@@ -99,7 +99,7 @@ from ansible.errors import AnsibleParserError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import InputError, check_text
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._yaml import YamlError, load_file
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-from ansible.template import trust_as_template
+from ansible.template import is_trusted_as_template, trust_as_template
 
 LEVELS = ("region", "tenant", "segment", "environment")
 ROLE_GROUPS = {"node": "fleet_nodes", "edge": "fleet_edges"}
@@ -161,8 +161,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             _check_role(path, name, merged)
             fleet.append((name, merged))
         options = {name: self.get_option(name) for name in ("strict", "compose", "groups", "keyed_groups", "fleet_groups")}
+        shared: dict[tuple[t.Any, ...], t.Any] = {}
         for name, variables in fleet:
-            self._add_fleet_host(path, name, variables, options)
+            self._add_fleet_host(path, name, variables, options, shared)
+        # the file's host data is in the inventory now: the plugin (which the inventory manager keeps) drops its copy
+        self.set_option("hosts", {})
 
     def _read_config_data(self, path: str) -> dict[str, t.Any]:
         """The file read once, by the strict loader (duplicate keys, alias bombs and size refused, naming the file), with
@@ -184,11 +187,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self.set_options(direct=config, var_options=self._vars)
         return config
 
-    def _add_fleet_host(self, path: str, name: str, variables: Mapping[str, t.Any], options: Mapping[str, t.Any]) -> None:
+    def _add_fleet_host(self, path: str, name: str, variables: Mapping[str, t.Any], options: Mapping[str, t.Any],
+                        shared: dict[tuple[t.Any, ...], t.Any]) -> None:
         strict = options["strict"]
         host = self.inventory.add_host(name)
         for key, value in variables.items():
-            self.inventory.set_variable(host, key, value)
+            self.inventory.set_variable(host, key, self._shared_value(shared, value))
+            if isinstance(value, str):
+                # the inventory stores a copy of a string with the file's origin tag; a string already tagged so is stored
+                # as it is: one copy per distinct value (fleet_region of 100,000 hosts) instead of one per host and variable
+                shared.setdefault((type(value), is_trusted_as_template(value), value), self.inventory.get_host(host).vars[key])
         constructed = options["compose"] or options["groups"] or options["keyed_groups"]
         # the host's variables as compose/groups see them; without those, the fleet variables as set are all we read
         hostvars = self.inventory.get_host(host).get_vars() if constructed else variables
@@ -201,6 +209,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             self._add_host_to_composed_groups(options["groups"], hostvars, host, strict=strict)
         if options["keyed_groups"]:
             self._add_host_to_keyed_groups(options["keyed_groups"], hostvars, host, strict=strict)
+
+    @staticmethod
+    def _shared_value(shared: dict[tuple[t.Any, ...], t.Any], value: t.Any) -> t.Any:
+        """The copy the inventory made of an equal string (same type, same template trust), if any."""
+        if not isinstance(value, str):
+            return value
+        return shared.get((type(value), is_trusted_as_template(value), value), value)
 
     def _add_fleet_groups(self, path: str, host: str, hostvars: Mapping[str, t.Any]) -> None:
         """The groups ``keyed_groups: [{key: fleet_region, prefix: region}, ...]`` would build, without Jinja.

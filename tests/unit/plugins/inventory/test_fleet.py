@@ -267,3 +267,24 @@ def test_example_inventory_parses(tmp_path: pathlib.Path) -> None:
     assert len(groups["fleet_nodes"]) == 7
     node_vars = [own_vars(inventory, name) for name in groups["fleet_nodes"]]
     assert all(all(variables.get(f"fleet_{level}") for level in ("region", "tenant", "segment", "environment")) for variables in node_vars)
+
+
+def test_equal_values_are_stored_once_with_their_own_trust(tmp_path: pathlib.Path) -> None:
+    """One stored copy per distinct value (the inventory tags a copy of each value it is given, per host and variable),
+    and a value from defaults (a template) never stands in for an equal one from a host (data), or the reverse."""
+    inventory = parse(tmp_path, """
+        plugin: fleetpatch.rollout.fleet
+        defaults:
+          fleetpatch_host_root: "/srv/{{ inventory_hostname }}"
+          fleet_environment: prod
+        hosts:
+          a-1: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web}
+          a-2: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web, fleet_environment: prod}
+          a-3: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web, note: "/srv/{{ inventory_hostname }}"}
+    """)
+    one, two, three = (inventory.get_host(name).vars for name in ("a-1", "a-2", "a-3"))
+    assert one["fleet_region"] is two["fleet_region"] is three["fleet_region"] == "eu"
+    assert one["fleetpatch_host_root"] is three["fleetpatch_host_root"] and is_trusted_as_template(one["fleetpatch_host_root"])
+    assert three["note"] == three["fleetpatch_host_root"] and not is_trusted_as_template(three["note"])
+    assert is_trusted_as_template(one["fleet_environment"]) and not is_trusted_as_template(two["fleet_environment"])
+    assert inventory.get_host("a-1").vars == {**one}  # nothing else changed
