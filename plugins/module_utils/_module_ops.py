@@ -33,19 +33,26 @@ def plain_http(url: str) -> bool:
     return not os.path.exists(os.path.expanduser("~/.netrc") if netrc is None else netrc)
 
 
+def _redirects() -> type:
+    """urllib's redirect handler (what open_url uses by default), except that a redirect out of plain http stops it."""
+    import urllib.request
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: t.Any, fp: t.Any, code: int, msg: str, headers: t.Any, newurl: str) -> t.Any:
+            if not plain_http(newurl):
+                fp.close()
+                raise _NotPlain(newurl)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return Redirects
+
+
 def _open_plain(url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
     """GET a plain_http url as ansible's open_url would (urllib, proxies from the environment, urllib's redirects),
     without importing ansible.module_utils.urls (its TLS and crypto imports) and loading the system CA store."""
     import urllib.request
 
-    class Redirects(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req: t.Any, fp: t.Any, code: int, msg: str, hdrs: t.Any, newurl: str) -> t.Any:
-            if not plain_http(newurl):
-                fp.close()
-                raise _NotPlain(newurl)
-            return super().redirect_request(req, fp, code, msg, hdrs, newurl)
-
-    response = urllib.request.build_opener(Redirects).open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
+    response = urllib.request.build_opener(_redirects()).open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
     if response.headers.get("content-encoding", "").lower() == "gzip":
         response.close()
         raise _NotPlain(url)
