@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
-from operator import itemgetter
+from operator import itemgetter, methodcaller
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
@@ -397,8 +397,9 @@ class _Fleet(t.NamedTuple):
 
     def projection(self, levels: t.Sequence[str]) -> dict[str, tuple[str, ...]]:
         """Each distinct key -> its groups at `levels` only."""
-        where = [self.levels.index(level) for level in levels]
-        return {key: tuple(values[index] for index in where) for key, values in self.values.items()}
+        getter = itemgetter(*(self.levels.index(level) for level in levels))
+        projected = map(getter, self.values.values()) if len(levels) > 1 else zip(map(getter, self.values.values()))
+        return dict(zip(self.values, projected))
 
 
 def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
@@ -429,11 +430,12 @@ def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], 
     except (KeyError, TypeError):  # a missing variable, or a value that is not a string
         return None
     distinct = Counter(keys)
-    values = {key: tuple(key.split("\0")) for key in distinct}
+    values = dict(zip(distinct, map(tuple, map(methodcaller("split", "\0"), distinct))))
+    # NAME_RE holds no NUL and no control character: a value with a NUL splits into too many parts
+    if set(map(len, values.values())) != {len(levels)}:
+        return None
     for index in range(len(levels)):
-        # NAME_RE holds no NUL and no control character: a value with a NUL splits into too many parts and fails here
-        found = {parts[index] if len(parts) == len(levels) else "" for parts in values.values()}
-        if not all(len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in found):
+        if not all(len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in set(map(itemgetter(index), values.values()))):
             return None
     return keys, distinct, values
 
@@ -562,8 +564,9 @@ class _Budgets:
         spec = policy["max_concurrency"]
         self.concurrency_spec: Size | None = spec
         self.concurrency = None if spec is None else _resolve(spec, len(fleet.names), rounding="floor", at_least_one=True)
-        # per distinct groups tuple, its (level, group) keys at the budgeted levels
-        self.budgeted = {key: tuple((level, values[self.where[level]]) for level in self.limits) for key, values in fleet.values.items()}
+        # per distinct key, its (level, group) keys at the budgeted levels
+        pairs = [zip(itertools.repeat(level), map(itemgetter(self.where[level]), fleet.values.values())) for level in self.limits]
+        self.budgeted = dict(zip(fleet.values, zip(*pairs)))
         self.values = fleet.values
 
     def split(self, hosts: list[str], groups: list[str]) -> list[tuple[list[str], list[str]]]:
