@@ -109,7 +109,8 @@ def test_host_variables_read_as_hostvars_gives_them(tmp_path: t.Any) -> None:
         "    fleetpatch_host_root: \"/srv/{{ fleet_region }}/{{ inventory_hostname }}\"\n"
         "    fleetpatch_restart_command: [\"systemctl\", \"restart\", \"{{ inventory_hostname }}\"]\n"
         "  hosts:\n"
-        "    web-1: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web, fleet_environment: prod, fleetpatch_health_url: \"http://{{ inventory_hostname }}:8080/h\"}\n"
+        "    web-1: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web, fleet_environment: prod,\n"
+        "            fleetpatch_health_url: \"http://{{ inventory_hostname }}:8080/h\"}\n"
         "    web-2: {fleet_region: us, fleet_tenant: acme, fleet_segment: web, fleet_environment: prod}\n"
         "    edge-1: {fleet_role: edge, fleet_region: eu}\n",
         encoding="utf-8",
@@ -130,6 +131,7 @@ def test_host_variables_read_as_hostvars_gives_them(tmp_path: t.Any) -> None:
     assert variables.get("fleet_role", "node") == "node"
     read = module._HostVariables(hostvars, "web-1", action._templar)  # pylint: disable=protected-access
     assert read.get("fleetpatch_host_root") == "/srv/eu/web-1" and read.get("fleetpatch_restart_command") == ["systemctl", "restart", "web-1"]
-    assert module._HostVariables(hostvars, "web-2", action._templar).get("fleetpatch_health_url") == "http://web-2:8080/h?q={{x}}"  # pylint: disable=protected-access
+    plugin_set = module._HostVariables(hostvars, "web-2", action._templar)  # pylint: disable=protected-access
+    assert plugin_set.get("fleetpatch_health_url") == "http://web-2:8080/h?q={{x}}"
     hosts, edges = action._collect_hosts(["web-1", "web-2", "edge-1"], {"hostvars": hostvars})  # pylint: disable=protected-access
     assert edges == ["edge-1"] and hosts["web-1"] == {"fleet_region": "eu", "fleet_tenant": "acme", "fleet_segment": "web", "fleet_environment": "prod"}

@@ -850,7 +850,7 @@ def natural_order_key(text: str) -> tuple[t.Any, ...]:
 def test_natural_order_of_random_hostnames(seed: int) -> None:
     rng = random.Random(seed)
     alphabet = rng.choice(["ab-.09", "ab0123456789", "a-_ 7!", "xyz"])
-    names = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 60))}
+    names = {"".join(rng.choice(alphabet) for _letter in range(rng.randint(1, 6))) for _name in range(rng.randint(1, 60))}
     names.discard("")
     names = {name for name in names if name.strip() == name} or {"h1"}
     hosts = {name: host(rng.choice(["eu", "us"]), rng.choice(["a", "b"])) for name in sorted(names)}
