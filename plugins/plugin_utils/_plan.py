@@ -425,8 +425,9 @@ def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], 
     if set(map(type, variables)) != {dict}:
         return None
     try:
-        columns = [list(map(itemgetter(_var(level)), variables)) for level in levels]
-        keys = list(map("\0".join, zip(*columns)))
+        getter = itemgetter(*(_var(level) for level in levels))
+        # each host's tuple of values lives only until its key is joined (str.__add__ refuses a non-str single value)
+        keys = list(map("\0".join, map(getter, variables)) if len(levels) > 1 else map(str.__add__, map(getter, variables), itertools.repeat("")))
     except (KeyError, TypeError):  # a missing variable, or a value that is not a string
         return None
     distinct = Counter(keys)
