@@ -39,6 +39,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import ho
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import (
     DEFAULT_BACKEND,
     FAILED_OUTCOMES,
+    ROW_LISTS,
     LockError,
     RunPaths,
     Store,
@@ -160,6 +161,9 @@ class Run:
         # loaded for one batch: state["hosts"] holds the outcomes of the hosts read so far, not every host's (outcomes_of)
         self.scoped = False
         self._read: set[str] = set()
+        # how many entries of each per-batch list (ROW_LISTS) the store holds of what state has: a save appends the rest.
+        # A run loaded for one batch holds none of the earlier ones, so a batch's save never reads or rewrites them
+        self._stored_entries = self._entry_counts()
 
     @classmethod
     def open(cls, *, state_dir: str, run_id: str, patch_id: str, fingerprint: str, dry_run: bool = False,
@@ -280,14 +284,15 @@ class Run:
         self.state["status"] = status
         return old
 
+    def _entry_counts(self) -> dict[str, int]:
+        return {key: len(self.state.get(key) or []) for key in ROW_LISTS}
+
     def save(self) -> None:
         if self.dry_run:
             return
-        if self.sliced:
-            # the slices' attempts and decisions are merged in the store's transaction; the rest is this slice's
-            self.store.save_run(self.run_id, self.state, merge=SLICE_MERGED)
-        else:
-            self.store.save_run(self.run_id, self.state)
+        # the slices' attempts and decisions are merged in the store's transaction; the rest is this slice's
+        self.store.save_run(self.run_id, self.state, merge=SLICE_MERGED if self.sliced else (), appended_from=self._stored_entries)
+        self._stored_entries = self._entry_counts()
 
     # -- hosts and the error budget ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_base import (
     FAILED_OUTCOMES,
+    ROW_LISTS,
     TERMINAL_OUTCOMES,
     LockError,
     StoreError,
@@ -51,6 +52,7 @@ __all__ = [
     "BACKEND_VAR",
     "DEFAULT_BACKEND",
     "FAILED_OUTCOMES",
+    "ROW_LISTS",
     "TERMINAL_OUTCOMES",
     "LockError",
     "PostgresStore",
@@ -153,8 +155,11 @@ class Store(t.Protocol):
     def load_run(self, run_id: str, *, hosts: t.Iterable[str] | None = None) -> dict[str, t.Any] | None:
         """The run document, or None when the run was never planned; hosts: only these hosts' outcomes (None: every host's)."""
 
-    def save_run(self, run_id: str, state: t.Mapping[str, t.Any]) -> None:
-        """Write the run document; host outcomes are the store's and only ``record_outcomes`` changes them."""
+    def save_run(self, run_id: str, state: t.Mapping[str, t.Any], *, merge: t.Sequence[str] = (),
+                 appended_from: t.Mapping[str, int] | None = None) -> None:
+        """Write the run document; host outcomes are the store's and only ``record_outcomes`` changes them. The ROW_LISTS
+        (decisions, completed_batches, waits) are appended to: appended_from {list: n} marks the state's entries from n
+        on as new (None: the lists are whole and replace the stored ones); merge: lists several slices append to."""
 
     def read_plan(self, run_id: str) -> str | None:
         """The canonical plan JSON saved for the run."""

@@ -18,6 +18,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import 
 __all__ = [
     "FAILED_OUTCOMES",
     "TERMINAL_OUTCOMES",
+    "ROW_LISTS",
     "LockError",
     "StoreError",
     "describe_lock",
@@ -32,6 +33,10 @@ __all__ = [
 FAILED_OUTCOMES = frozenset({"failed", "unreachable", "quarantined", "unhealthy"})
 # not_applicable: the installed version is not one the patch applies to (never patched, never rolled back, no failure)
 TERMINAL_OUTCOMES = FAILED_OUTCOMES | {"patched", "rolled_back", "rollback_failed", "not_applicable"}
+# The lists of a run document that gain an entry per batch (gate and window decisions, completed batches, window waits):
+# a store keeps their entries as rows of their own, so that a batch's save appends its new entries and neither reads
+# nor rewrites the run's earlier ones (O(batch), not O(batches) per batch). Read whole only by a load of the whole run.
+ROW_LISTS = ("decisions", "completed_batches", "waits")
 
 
 class StoreError(FleetpatchError, RuntimeError):

@@ -35,6 +35,7 @@ import uuid
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import write_file_atomic
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store_base import (
     FAILED_OUTCOMES,
+    ROW_LISTS,
     LockError,
     StoreError,
     iso,
@@ -59,7 +60,10 @@ __all__ = [
 DB_FILE = "fleetpatch.db"
 DSN_VAR = "FLEETPATCH_STATE_DSN"
 TIMEOUT_VAR = "FLEETPATCH_STATE_TIMEOUT"
-SCHEMA_VERSION = 1
+# 2: the run document's per-batch lists (ROW_LISTS) are rows of fp_run_entries; a version 1 store (their entries inline
+# in the document) is upgraded on open, and each run's inline entries move into rows at its next save (read both ways)
+SCHEMA_VERSION = 2
+_UPGRADABLE = ("1",)
 # libpq's variables that point a client at a server (any one of them set is a deliberate choice of server)
 _PG_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
@@ -69,6 +73,12 @@ SCHEMA = (
     # the run document without its hosts (those are fp_outcomes), with the columns a query needs
     "CREATE TABLE IF NOT EXISTS fp_runs (run_id TEXT PRIMARY KEY, patch_id TEXT, plan_digest TEXT, status TEXT NOT NULL,"
     " document TEXT NOT NULL, updated TEXT NOT NULL)",
+    # the entries of the document's lists that grow per batch (ROW_LISTS: decisions, completed_batches, waits), one row
+    # each in list order (seq), appended in the save's transaction; ident (sha256 of the entry's identity) finds a
+    # duplicate without reading the list (a sliced job's merge, completed batches)
+    "CREATE TABLE IF NOT EXISTS fp_run_entries (run_id TEXT NOT NULL, list_name TEXT NOT NULL, seq BIGINT NOT NULL, ident TEXT NOT NULL,"
+    " entry TEXT NOT NULL, PRIMARY KEY (run_id, list_name, seq))",
+    "CREATE INDEX IF NOT EXISTS fp_run_entries_ident ON fp_run_entries (run_id, list_name, ident)",
     "CREATE TABLE IF NOT EXISTS fp_plans (run_id TEXT PRIMARY KEY, patch_id TEXT, plan_digest TEXT NOT NULL, content TEXT NOT NULL,"
     " saved TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS fp_plans_patch ON fp_plans (patch_id, plan_digest)",
@@ -242,6 +252,10 @@ class _SqlStore:
             tx.run(statement)
         tx.run("INSERT INTO fp_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", ("schema_version", str(SCHEMA_VERSION)))
         found = tx.value("SELECT value FROM fp_meta WHERE key = ?", ("schema_version",))
+        if str(found) in _UPGRADABLE:
+            # the tables above are all the upgrade needs: run documents of version 1 are read as they are
+            tx.run("UPDATE fp_meta SET value = ? WHERE key = ?", (str(SCHEMA_VERSION), "schema_version"))
+            found = SCHEMA_VERSION
         if str(found) != str(SCHEMA_VERSION):
             raise StoreError(f"{self.describe()} has schema version {found}; this fleetpatch reads version {SCHEMA_VERSION}")
 
@@ -252,8 +266,10 @@ class _SqlStore:
         of any host, is found either way."""
         with self._transaction(write=False) as tx:
             document = tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,))
+            entries: dict[str, list[t.Any]] = {}
             if hosts is None:
                 outcomes = _hosts(tx, run_id)
+                entries = _entries(tx, run_id)
             else:
                 outcomes = _some_hosts(tx, run_id, hosts)
                 if document is None and not outcomes and not tx.value("SELECT count(*) FROM fp_outcomes WHERE run_id = ?", (run_id,)):
@@ -261,18 +277,33 @@ class _SqlStore:
         if document is None and hosts is None and not outcomes:
             return None
         state = json.loads(document) if document is not None else {}
+        for key in ROW_LISTS:
+            # the document holds [] where the list stands (or, saved by schema version 1, its entries); the rows follow
+            if key in state or entries.get(key):
+                state[key] = list(state.get(key) or []) + entries.get(key, [])
         state["hosts"] = outcomes
         return state
 
-    def save_run(self, run_id: str, state: t.Mapping[str, t.Any], *, merge: t.Sequence[str] = ()) -> None:
+    def save_run(self, run_id: str, state: t.Mapping[str, t.Any], *, merge: t.Sequence[str] = (),
+                 appended_from: t.Mapping[str, int] | None = None) -> None:
         """merge: lists of the document that several controllers append to at once (the slices of a sliced job: attempts,
-        decisions): the stored entries are kept and this writer's added, in the same transaction (``merge_lists``)."""
-        # "hosts" keeps its place in the document (an empty placeholder); its content lives in fp_outcomes
-        document = {key: ({} if key == "hosts" else value) for key, value in state.items()}
+        decisions): the stored entries are kept and this writer's added, in the same transaction (``merge_lists``).
+
+        The lists in ROW_LISTS are rows (fp_run_entries): appended_from {list: n} says the state's entries from n on are
+        new (the run was loaded with n of them; a run loaded for one batch holds none), and only those are written, so a
+        batch's save costs O(its entries). Without it a list in state is the whole list and replaces the stored one.
+        New entries of a merged list, and of completed_batches, are added only when no equal entry is stored."""
+        # "hosts" and the ROW_LISTS keep their place in the document (empty placeholders); their content is rows
+        document = {key: ({} if key == "hosts" else [] if key in ROW_LISTS else value) for key, value in state.items()}
         with self._transaction(serialize=run_id) as tx:
-            if merge:
-                stored = tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,))
-                document.update(merge_lists(json.loads(stored) if stored else {}, document, keys=merge))
+            stored_text = tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,))
+            stored = json.loads(stored_text) if stored_text else {}
+            inline = [key for key in merge if key not in ROW_LISTS]
+            if inline:
+                document.update(merge_lists(stored, document, keys=inline))
+            for key in ROW_LISTS:
+                _save_entries(tx, run_id, key, state, legacy=stored.get(key) or [], merged=key in merge,
+                              since=None if appended_from is None else appended_from.get(key, 0))
             known = tx.value("SELECT count(*) FROM fp_runs WHERE run_id = ?", (run_id,))
             if not known and not tx.value("SELECT count(*) FROM fp_outcomes WHERE run_id = ?", (run_id,)):
                 # the first save of a run brings its hosts; later saves never overwrite outcomes (record_outcomes does)
@@ -610,7 +641,7 @@ class _SqlStore:
         the demo's teardown, so that a run after it starts over. False when the store held nothing of it."""
         with self._transaction(serialize=_LOCK_KEY) as tx:
             dropped = _drop_lock(tx, run_id)
-            for table in ("fp_runs", "fp_plans", "fp_outcomes", "fp_slices", "fp_barriers", "fp_log_status", "fp_events"):
+            for table in ("fp_runs", "fp_run_entries", "fp_plans", "fp_outcomes", "fp_slices", "fp_barriers", "fp_log_status", "fp_events"):
                 dropped = tx.run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,)) > 0 or dropped
             return dropped
 
@@ -677,17 +708,68 @@ def merge_lists(stored: t.Mapping[str, t.Any], mine: t.Mapping[str, t.Any], *, k
     new entries. An entry's identity is its (started, owner, pid) when it has started (an attempt, changed later by its
     own slice: its skip list), else its whole content."""
 
-    def identity(entry: t.Any) -> str:
-        if isinstance(entry, dict) and "started" in entry:
-            return _dumps([entry.get("started"), entry.get("owner"), entry.get("pid")])
-        return _dumps(entry)
-
     merged: dict[str, list[t.Any]] = {}
     for key in keys:
-        own = {identity(entry): entry for entry in mine.get(key) or []}
-        old = [own.pop(identity(entry), entry) for entry in stored.get(key) or []]
+        own = {_identity(entry): entry for entry in mine.get(key) or []}
+        old = [own.pop(_identity(entry), entry) for entry in stored.get(key) or []]
         merged[key] = old + list(own.values())
     return merged
+
+
+def _identity(entry: t.Any) -> str:
+    """An entry of a merged list: its (started, owner, pid) when it has started (an attempt, changed later by its own
+    slice), else its whole content."""
+    if isinstance(entry, dict) and "started" in entry:
+        return _dumps([entry.get("started"), entry.get("owner"), entry.get("pid")])
+    return _dumps(entry)
+
+
+# lists whose entries are a set: an entry equal to a stored one is not added again (a batch completes once)
+_SET_LISTS = frozenset({"completed_batches"})
+
+
+def _save_entries(tx: _Tx, run_id: str, key: str, state: t.Mapping[str, t.Any], *, legacy: t.Sequence[t.Any], merged: bool,
+                  since: int | None) -> None:
+    """Write the entries of one of the document's ROW_LISTS (see save_run): a document of schema version 1 kept them
+    inline (legacy), which become its first rows; then the state's new entries (from since on) are appended, or, with
+    since None, its whole list replaces the stored one (merged: added where no equal entry is stored)."""
+    if legacy:
+        _append_entries(tx, run_id, key, legacy, unique=False)
+    if key not in state:
+        return
+    entries = list(state.get(key) or [])
+    if since is None or since > len(entries):
+        if not merged:
+            tx.run("DELETE FROM fp_run_entries WHERE run_id = ? AND list_name = ?", (run_id, key))
+        _append_entries(tx, run_id, key, entries, unique=merged)
+    else:
+        _append_entries(tx, run_id, key, entries[since:], unique=merged or key in _SET_LISTS)
+
+
+def _append_entries(tx: _Tx, run_id: str, key: str, entries: t.Sequence[t.Any], *, unique: bool) -> None:
+    """Append entries to a run's list key; unique: skip an entry whose identity is stored already (or came earlier)."""
+    if not entries:
+        return
+    last = tx.value("SELECT max(seq) FROM fp_run_entries WHERE run_id = ? AND list_name = ?", (run_id, key))
+    seq = -1 if last is None else int(last)
+    rows, seen = [], set()
+    for entry in entries:
+        ident = hashlib.sha256(_identity(entry).encode("utf-8")).hexdigest()
+        if unique:
+            if ident in seen or tx.value("SELECT 1 FROM fp_run_entries WHERE run_id = ? AND list_name = ? AND ident = ?", (run_id, key, ident)):
+                continue
+            seen.add(ident)
+        seq += 1
+        rows.append((run_id, key, seq, ident, _dumps(entry)))
+    tx.many("INSERT INTO fp_run_entries (run_id, list_name, seq, ident, entry) VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def _entries(tx: _Tx, run_id: str) -> dict[str, list[t.Any]]:
+    """Every entry of the run's ROW_LISTS kept as rows, {list: entries in order}."""
+    found: dict[str, list[t.Any]] = {}
+    for key, entry in tx.rows("SELECT list_name, entry FROM fp_run_entries WHERE run_id = ? ORDER BY list_name, seq", (run_id,)):
+        found.setdefault(key, []).append(json.loads(entry))
+    return found
 
 
 def _halt(tx: _Tx, run_id: str) -> dict[str, t.Any] | None:

@@ -377,3 +377,100 @@ def test_postgresql_store_connects_again_after_losing_its_connection(postgres, t
         store.load_run("FP-1")
     assert store.load_run("FP-1")["status"] == "pending"
     store.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the lists that grow per batch (decisions, completed_batches, waits): rows of their own, appended per save
+
+
+def _stored_document(store: t.Any, run_id: str) -> str:
+    with store._transaction(write=False) as tx:  # pylint: disable=protected-access  # the row as stored, not as load_run assembles it
+        return str(tx.value("SELECT document FROM fp_runs WHERE run_id = ?", (run_id,)))
+
+
+def test_a_batch_appends_its_decisions_without_the_earlier_ones_and_a_full_load_reads_them_all(spec) -> None:
+    run = Run.open(state_dir=spec.state_dir, run_id="FP-1", patch_id="FP-1", fingerprint="f" * 64, store=spec.open())
+    run.start_attempt({"correlation_id": "c-1"}, fingerprint="f" * 64)
+    run.save()
+    sizes = set()
+    for index in range(30):
+        batch = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open(), hosts=[f"h{index}"])
+        # loaded for one batch: none of the earlier batches' entries come with it
+        assert batch.state["decisions"] == [] and batch.state["completed_batches"] == []
+        batch.decide({"at": "t1", "batch": index, "action": "continue", "reasons": [f"batch {index}"]})
+        batch.state["completed_batches"].append(index)
+        batch.save()
+        batch.save()  # saved again by the same step: nothing is appended twice
+        sizes.add(len(_stored_document(batch.store, "FP-1")))
+    # the stored document does not grow with the batches
+    assert len(sizes) == 1
+    # a batch gated again (a resume) is not completed twice; its decision is recorded again, as it was taken again
+    again = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open(), hosts=["h3"])
+    again.decide({"at": "t2", "batch": 3, "action": "continue", "reasons": []})
+    again.state["completed_batches"].append(3)
+    again.save()
+    full = spec.open().load_run("FP-1")
+    assert full["completed_batches"] == list(range(30)) and full["attempts"] == [{"correlation_id": "c-1"}]
+    assert [(decision["batch"], decision["at"]) for decision in full["decisions"]] == [(index, "t1") for index in range(30)] + [(3, "t2")]
+    # a full load's save appends what it adds after the entries it read
+    loaded = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open())
+    loaded.state.setdefault("waits", []).append({"at": "t3", "batch": 30})
+    loaded.save()
+    assert spec.open().load_run("FP-1")["waits"] == [{"at": "t3", "batch": 30}] and len(spec.open().load_run("FP-1")["decisions"]) == 31
+
+
+def test_a_whole_list_given_to_save_run_replaces_the_stored_one(store) -> None:
+    state = empty_state("FP-1", "FP-1", "f" * 64)
+    state["decisions"] = [{"batch": 0}, {"batch": 1}]
+    store.save_run("FP-1", state)
+    state["decisions"] = [{"batch": 1}]
+    store.save_run("FP-1", state)
+    assert store.load_run("FP-1")["decisions"] == [{"batch": 1}]
+    assert store.load_run("FP-1", hosts=[])["decisions"] == []
+    store.forget_run("FP-1")
+    assert store.load_run("FP-1") is None
+
+
+def test_a_run_document_of_schema_version_1_loads_and_moves_its_lists_into_rows_at_the_next_save(spec) -> None:
+    store = spec.open()
+    legacy = dict(empty_state("FP-1", "FP-1", "f" * 64), status="running", attempts=[{"correlation_id": "c-1"}],
+                  decisions=[{"batch": 0, "action": "continue"}, {"batch": 1, "action": "continue"}], completed_batches=[0, 1],
+                  waits=[{"batch": 0, "at": "t0"}])
+    with store._transaction(serialize="FP-1") as tx:  # pylint: disable=protected-access  # written as fleetpatch 1.0.0 wrote it
+        tx.run("INSERT INTO fp_runs (run_id, patch_id, plan_digest, status, document, updated) VALUES (?, ?, ?, ?, ?, ?)",
+               ("FP-1", "FP-1", "f" * 64, "running", json.dumps(dict(legacy, hosts={})), "t0"))
+    assert spec.open().load_run("FP-1") == legacy
+    batch = Run.load(state_dir=spec.state_dir, run_id="FP-1", store=spec.open(), hosts=["a"])
+    batch.decide({"batch": 2, "action": "halt"})
+    batch.state["completed_batches"].append(2)
+    batch.save()
+    assert '"batch":0' not in _stored_document(store, "FP-1")
+    loaded = spec.open().load_run("FP-1")
+    assert loaded["decisions"] == [*legacy["decisions"], {"batch": 2, "action": "halt"}] and loaded["completed_batches"] == [0, 1, 2]
+    assert loaded["waits"] == legacy["waits"]
+
+
+def test_a_sqlite_store_of_schema_version_1_is_upgraded_on_open(tmp_path) -> None:
+    SqliteStore(str(tmp_path)).save_run("FP-1", empty_state("FP-1", "FP-1", "f" * 64))
+    with sqlite3.connect(str(tmp_path / "fleetpatch.db")) as conn:
+        conn.execute("DROP TABLE fp_run_entries")
+        conn.execute("UPDATE fp_meta SET value = '1' WHERE key = 'schema_version'")
+    upgraded = SqliteStore(str(tmp_path))
+    assert upgraded.load_run("FP-1")["status"] == "pending"
+    with sqlite3.connect(str(tmp_path / "fleetpatch.db")) as conn:
+        assert conn.execute("SELECT value FROM fp_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        conn.execute("UPDATE fp_meta SET value = '3' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 3"):
+        SqliteStore(str(tmp_path)).load_run("FP-1")
+
+
+def test_slices_appending_decisions_at_once_keep_each_others_and_one_completed_batch(spec) -> None:
+    first, second = spec.open(), spec.open()
+    first.save_run("FP-1", dict(empty_state("FP-1", "FP-1", "f" * 64), status="running"))
+    merged = ("attempts", "decisions", "completed_batches", "waits")
+    for number, store in enumerate((first, second), start=1):
+        store.save_run("FP-1", {"status": "running", "decisions": [{"batch": 0, "slice": number}, {"batch": 0, "same": True}],
+                                "completed_batches": [0]}, merge=merged, appended_from={"decisions": 0, "completed_batches": 0})
+    loaded = spec.open().load_run("FP-1")
+    assert loaded["decisions"] == [{"batch": 0, "slice": 1}, {"batch": 0, "same": True}, {"batch": 0, "slice": 2}]
+    assert loaded["completed_batches"] == [0]
