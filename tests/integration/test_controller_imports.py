@@ -67,7 +67,7 @@ def test_action_plugins_and_plugin_utils_compile_only_in_ansible_playbook(tmp_pa
     command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(tmp_path / "inventory"),
                str(tmp_path / "playbook.yml")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = process.communicate(timeout=300)
+    output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output
     for host in HOSTS:  # both tasks ran on every host: the action in a worker of its own
         assert re.search(rf"^{host} +: ok=2 +changed=0 +unreachable=0 +failed=0 ", output, re.MULTILINE), output
