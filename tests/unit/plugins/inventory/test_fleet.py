@@ -283,7 +283,8 @@ def test_equal_values_are_stored_once_with_their_own_trust(tmp_path: pathlib.Pat
           a-3: {fleet_region: eu, fleet_tenant: acme, fleet_segment: web, note: "/srv/{{ inventory_hostname }}"}
     """)
     one, two, three = (inventory.get_host(name).vars for name in ("a-1", "a-2", "a-3"))
-    assert one["fleet_region"] is two["fleet_region"] is three["fleet_region"] == "eu"
+    assert one["fleet_region"] is two["fleet_region"] is three["fleet_region"]
+    assert one["fleet_region"] == "eu"
     assert one["fleetpatch_host_root"] is three["fleetpatch_host_root"] and is_trusted_as_template(one["fleetpatch_host_root"])
     assert three["note"] == three["fleetpatch_host_root"] and not is_trusted_as_template(three["note"])
     assert is_trusted_as_template(one["fleet_environment"]) and not is_trusted_as_template(two["fleet_environment"])
