@@ -8,7 +8,14 @@ again and again as plain processes, rounds interleaved so load on the machine hi
   (ssh-keygen), unpack, switch, restart (the demo's restart command), manifest, health, prune;
 * fresh (cached): the same with the artifact already in the host's cache (pre-staged or copied);
 * idempotent: the host runs the target already (a resumed rollout): verify the release tree, health;
-* ping: the floor, one ``ansible.builtin.ping``.
+* ping: the floor, one ``ansible.builtin.ping``;
+* fresh (url), cold cache: fresh (url) with the host's bytecode cache (module_utils/_bytecode.py) emptied before: the
+  first execution per host and collection version, which compiles the collection's module_utils and stores them;
+* fresh (url), no cache: fresh (url) with FLEETPATCH_BYTECODE_CACHE=off (every file compiled from the zip, as before
+  the cache).
+
+Every other arm runs with a warm cache (a real fleet's steady state: the first run per host and collection version
+fills it); the cache lives in the bench's temp dir (FLEETPATCH_BYTECODE_CACHE_DIR), filled before the rounds.
 
 CPU seconds are the children's rusage of each execution (the module process and every process it waits for: the
 restart command, ssh-keygen), not the demo supervisor's. Then one ``-X importtime`` run per arm lists what the module
@@ -42,7 +49,7 @@ sys.path.insert(0, REPO)
 import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # installs the collection loader
 from tests.integration.rollout_harness import DemoFleet, envvars  # noqa: E402
 
-ARMS = ("fresh_url", "fresh_cached", "idempotent", "ping")
+ARMS = ("fresh_url", "fresh_cached", "idempotent", "ping", "fresh_url_cold", "fresh_url_nocache")
 
 
 def children_cpu() -> float:
@@ -85,10 +92,10 @@ def payload(fleet: DemoFleet, host: str, module: str, args: dict[str, t.Any], re
     return found[0]
 
 
-def execute(path: str, *extra: str) -> tuple[dict[str, t.Any], float, str]:
+def execute(path: str, *extra: str, env: dict[str, str] | None = None) -> tuple[dict[str, t.Any], float, str]:
     """(module result, CPU seconds, stderr) of one execution of an AnsiballZ payload."""
     cpu0 = children_cpu()
-    proc = subprocess.run([sys.executable, *extra, path], capture_output=True, text=True, check=False, cwd=os.path.dirname(path))
+    proc = subprocess.run([sys.executable, *extra, path], capture_output=True, text=True, check=False, cwd=os.path.dirname(path), env=env)
     cpu = children_cpu() - cpu0
     try:
         result = json.loads(proc.stdout)
@@ -104,6 +111,7 @@ class Host:
 
     def __init__(self, root: str, snapshot: str, sha256: str, artifact: str) -> None:
         self.root, self.snapshot, self.sha256, self.artifact = root, snapshot, sha256, artifact
+        self.bytecode = os.path.join(os.path.dirname(snapshot), "bytecode")  # the host's bytecode cache
 
     def reset(self, *, cached: bool) -> None:
         shutil.rmtree(self.root)
@@ -115,13 +123,18 @@ class Host:
 
 
 def run_arm(arm: str, host: Host, apply_path: str, ping_path: str, *extra: str) -> tuple[float, str]:
+    env = dict(os.environ, FLEETPATCH_BYTECODE_CACHE_DIR=host.bytecode)
     if arm == "ping":
-        _result, cpu, err = execute(ping_path, *extra)
+        _result, cpu, err = execute(ping_path, *extra, env=env)
         return cpu, err
+    if arm == "fresh_url_cold":
+        shutil.rmtree(host.bytecode, ignore_errors=True)
+    if arm == "fresh_url_nocache":
+        env["FLEETPATCH_BYTECODE_CACHE"] = "off"
     if arm != "idempotent":
         host.reset(cached=arm == "fresh_cached")
-    result, cpu, err = execute(apply_path, *extra)
-    expected = "download artifact" in result["actions"] if arm == "fresh_url" else None
+    result, cpu, err = execute(apply_path, *extra, env=env)
+    expected = "download artifact" in result["actions"] if arm.startswith("fresh_url") else None
     if result["changed"] is (arm == "idempotent") or (expected is not None and not expected) or not result["health"]["ok"]:
         raise SystemExit(f"{arm}: unexpected result {result}")
     return cpu, err
@@ -160,6 +173,8 @@ def main() -> None:
         ping_path = payload(fleet, node, "ansible.builtin.ping", {}, os.path.join(base, "remote-ping"))
 
         samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
+        for arm in ("fresh_url", "ping"):  # fills the bytecode cache: the rounds measure a warm one (cold has its own arm)
+            run_arm(arm, host, apply_path, ping_path)
         started = time.monotonic()
         for _round in range(options.rounds):
             for arm in ARMS:
@@ -176,7 +191,7 @@ def main() -> None:
             figures["arms"][arm] = {"median_cpu": round(median, 4), "min_cpu": round(min(samples[arm]), 4),
                                     "ratio_to_ping": round(median / ping, 2), "import_self_ms": round(imported_ms, 1)}
             print(f"{arm:<14}{median:>9.3f}{min(samples[arm]):>9.3f}{median / ping:>9.2f}{imported_ms:>12.1f}")
-        for arm in ARMS[:-1]:
+        for arm in (arm for arm in ARMS if arm != "ping"):
             beyond = {name: cost for name, cost in imports[arm].items() if name not in imports["ping"]}
             top = sorted(beyond.items(), key=lambda item: -item[1][0])[:options.top]
             total = sum(self_us for self_us, _cum in beyond.values()) / 1000

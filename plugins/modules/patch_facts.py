@@ -126,10 +126,7 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._patch_facts import (
-    PatchFactsError,
-    read_patch_facts,
-)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode import install as install_bytecode_cache
 
 
 def main() -> None:
@@ -141,6 +138,15 @@ def main() -> None:
             package_manager=dict(type="str", choices=["auto", "dpkg", "rpm"], default="auto"),
         ),
         supports_check_mode=True,
+    )
+    # the collection's own code loads from here on, through the host bytecode cache (module_utils/_bytecode.py): the
+    # AnsiballZ payload is a zip, whose files zipimport compiles from source on every execution. Only the collection's
+    # code is cached (the AnsiballZ wrapper imported ansible.module_utils.basic before this module ran). In main, not at
+    # import time: the import sanity test refuses a module that changes sys.meta_path on import.
+    install_bytecode_cache()
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._patch_facts import (
+        PatchFactsError,
+        read_patch_facts,
     )
     if not module.params["root"]:
         module.fail_json(msg="root is empty: set fleetpatch_host_root for this host")

@@ -346,13 +346,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostLayout, ReleaseError
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import ModuleOps
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import (
-    StageResult,
-    build_stage_request,
-    run_stage,
-)
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode import install as install_bytecode_cache
 
 
 def main() -> None:
@@ -394,6 +388,18 @@ def main() -> None:
         keep=dict(type="int", default=3),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    # the collection's own code loads from here on, through the host bytecode cache (module_utils/_bytecode.py): the
+    # AnsiballZ payload is a zip, whose files zipimport compiles from source on every execution. Only the collection's
+    # code is cached (the AnsiballZ wrapper imported ansible.module_utils.basic before this module ran). In main, not at
+    # import time: the import sanity test refuses a module that changes sys.meta_path on import.
+    install_bytecode_cache()
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostLayout, ReleaseError
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import ModuleOps
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils._prestage import (
+        StageResult,
+        build_stage_request,
+        run_stage,
+    )
     result = StageResult()
     try:
         layout = HostLayout(root=module.params["root"], service=module.params["service"])
