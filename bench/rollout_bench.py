@@ -65,8 +65,13 @@ def layout(hosts: int) -> dict[str, t.Any]:
         regions = max(1, hosts // 25)
         return {"demo_fleet_regions": REGIONS[:regions], "demo_fleet_tenants": TENANTS, "demo_fleet_segments": SEGMENTS,
                 "demo_fleet_hosts_per_cell": 1}
-    return {"demo_fleet_regions": REGIONS, "demo_fleet_tenants": TENANTS, "demo_fleet_segments": SEGMENTS,
-            "demo_fleet_hosts_per_cell": max(1, hosts // 100)}
+    params = {"demo_fleet_regions": REGIONS, "demo_fleet_tenants": TENANTS, "demo_fleet_segments": SEGMENTS,
+              "demo_fleet_hosts_per_cell": max(1, hosts // 100)}
+    if hosts > 240:
+        # a /24 holds 254 addresses (nodes, edges and the origin): a larger fleet gets a /22 of its own on loopback,
+        # away from the 127.90+ /24s the test harness hands out
+        params["demo_fleet_cidr"] = "127.250.0.0/22"
+    return params
 
 
 def _proc_stats() -> dict[int, tuple[int, float]]:
