@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import typing as t
 
 import pytest
 
 from .rollout_harness import DemoFleet
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_bytecode_cache(tmp_path_factory) -> t.Iterator[str]:
+    """The demo hosts run as the user running the tests: their module_utils bytecode cache goes to a session temp dir,
+    not to that user's ~/.cache/fleetpatch (a test that studies the cache points FLEETPATCH_BYTECODE_CACHE_DIR elsewhere)."""
+    cache = str(tmp_path_factory.mktemp("host-bytecode"))
+    before = os.environ.get("FLEETPATCH_BYTECODE_CACHE_DIR")
+    os.environ["FLEETPATCH_BYTECODE_CACHE_DIR"] = cache
+    yield cache
+    if before is None:
+        os.environ.pop("FLEETPATCH_BYTECODE_CACHE_DIR", None)
+    else:
+        os.environ["FLEETPATCH_BYTECODE_CACHE_DIR"] = before
 
 
 @pytest.fixture
