@@ -15,7 +15,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar impor
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, decision_clock, host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, decision_clock, host_vars
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import (
     RUN_VAR_OPTIONS,
     Run,
@@ -75,7 +75,8 @@ class ActionModule(ControllerAction):
             # the other slices' hosts of this batch are theirs (their variables are not in this slice's inventory)
             playing = set(task_vars.get("ansible_play_batch", []))
             hosts = [host for host in hosts if host in playing]
-        scopes = {host: {key: host_var(task_vars, host, f"fleet_{key}") for key in SCOPE_KEYS} for host in hosts}
+        names = {f"fleet_{key}": key for key in SCOPE_KEYS}
+        scopes = {host: {names[name]: value for name, value in host_vars(task_vars, host, names).items()} for host in hosts}
         now, clock_source = decision_clock(args["clock"])
         limits = constraints(change["constraints"], change.get("override"))
         found = evaluate_wave(parse_calendar(change["calendar"]), scopes, now, limits)

@@ -20,7 +20,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._gate import (
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, host_var, probe_many
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import batch_result, controller_identity, host_var, host_vars, probe_many
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import (
     RUN_VAR_OPTIONS,
     Run,
@@ -83,11 +83,13 @@ class ActionModule(ControllerAction):
                   timeout: float, *, probe: bool = True):
         target = run["patch"]["target_version"]
         skip = set(run_state.skip_hosts)
-        results = {host: host_var(task_vars, host, result_var) for host in hosts}
+        # one hostvars lookup per host (each builds every variable of the host)
+        found = {host: host_vars(task_vars, host, (result_var, "fleetpatch_health_url")) for host in hosts}
+        results = {host: found[host][result_var] for host in hosts}
         to_probe = {}
         for host in hosts:
             outcome = results[host]
-            url = host_var(task_vars, host, "fleetpatch_health_url")
+            url = found[host]["fleetpatch_health_url"]
             if (probe and url and host not in skip and isinstance(outcome, dict) and not outcome.get("failed") and not outcome.get("unreachable")
                     and not outcome.get("not_applicable")):
                 to_probe[host] = url

@@ -21,7 +21,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops imp
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import parse_instant
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import utc_now
 
-__all__ = ["CLOCK_ENV", "batch_result", "controller_identity", "decision_clock", "host_var", "probe_many", "resolve_state_dir"]
+__all__ = ["CLOCK_ENV", "batch_result", "controller_identity", "decision_clock", "host_var", "host_vars", "probe_many", "resolve_state_dir"]
 
 DEFAULT_STATE_DIR = "~/.local/state/fleetpatch"
 
@@ -69,6 +69,15 @@ def host_var(task_vars: t.Mapping[str, t.Any], host: str, name: str, default: t.
         return hostvars[host].get(name, default)
     except KeyError:
         return default
+
+
+def host_vars(task_vars: t.Mapping[str, t.Any], host: str, names: t.Iterable[str]) -> dict[str, t.Any]:
+    """Several variables of host (None when unset): hostvars[host] builds all of the host's variables, so it is asked once."""
+    try:
+        found = task_vars.get("hostvars", {})[host]
+    except KeyError:
+        return dict.fromkeys(names)
+    return {name: found.get(name) for name in names}
 
 
 def batch_result(task_vars: t.Mapping[str, t.Any], name: str) -> dict[str, t.Any] | None:
