@@ -1,17 +1,20 @@
 # Copyright (c) fleetpatch developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin for fleetpatch.rollout.change_window: may this batch start now? Runs on the controller only."""
+"""Action plugin for fleetpatch.rollout.change_window: may this batch start now (and its pre-patch baseline)? Controller only."""
 
 from __future__ import annotations
 
 import typing as t
+import uuid
 
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import (
     SCOPE_KEYS,
     CalendarError,
     iso_z,
     parse_calendar,
 )
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import CheckError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._policy import constraints, evaluate_wave
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
@@ -41,7 +44,7 @@ class WindowError(FleetpatchError):
 
 class ActionModule(ControllerAction):
     argument_spec = ARGUMENT_SPEC
-    errors = (WindowError, CalendarError, RunStateError, StoreError, SliceError)
+    errors = (WindowError, CalendarError, CheckError, RunStateError, StoreError, SliceError)
 
     def _act(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         planned = plan_for_action(args, task_vars) or {}
@@ -107,6 +110,12 @@ class ActionModule(ControllerAction):
                             hosts=sorted(set(hosts) & set(override["hosts"])))
         if not found["fits"]:
             self._wait(run_state, found, clock=at, batch=index, wave=wave["name"])
+        elif (planned.get("checks") or {}).get("baseline"):
+            # the batch may start: its pre-patch baseline is sampled now, in this execution (a task of its own would cost
+            # every batch a worker, also when the policy has no baseline check)
+            result["baseline"] = _probes.capture_baseline(plan["policy"].get("checks") or [], list(task_vars.get("ansible_play_batch", [])),
+                                                          run_state=run_state, task_vars=task_vars, run_context=_probes.run_names(planned),
+                                                          correlation_id=run_state.correlation_id or str(uuid.uuid4()))
         # The event callback, the only writer of events.jsonl, records these from the result.
         result["fleetpatch_events"] = run_state.events()
         return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 import typing as t
 import uuid
 
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import compact, summarize
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import compact
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import (
     CONTROLLER_KINDS,
     CheckError,
@@ -17,7 +17,7 @@ from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_VAR_OPTIONS, Run, RunStateError, plan_for_action, run_for_action
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError, iso, utc_now
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import StoreError
 
 ARGUMENT_SPEC = {
     "hosts": {"type": "list", "elements": "str", "required": True},
@@ -30,8 +30,6 @@ ARGUMENT_SPEC = {
     "fail_on": {"type": "str", "choices": ["fail", "inconclusive", "never"], "default": "fail"},
     "workers": {"type": "int", "default": _probes.DEFAULT_WORKERS},
 }
-# a host at the target (or set aside) already: its first pre-patch baseline stays
-_KEEP_BASELINE = ("patched", "quarantined", "unhealthy")
 
 
 class ActionModule(ControllerAction):
@@ -64,7 +62,10 @@ class ActionModule(ControllerAction):
         # the attempt's correlation id: the X-Correlation-ID of every request, as its events and registry rows carry it
         correlation_id = args["correlation_id"] or (run_state.correlation_id if run_state else None) or str(uuid.uuid4())
         if args["baseline"]:
-            return self._baseline(checks, hosts, t.cast(Run, run_state), names, correlation_id, task_vars, args["workers"])
+            state = t.cast(Run, run_state)
+            captured = _probes.capture_baseline(checks, hosts, run_state=state, task_vars=task_vars, run_context=names, correlation_id=correlation_id,
+                                                workers=args["workers"])
+            return {"changed": False, **captured, "fleetpatch_events": state.events()}
 
         results, outcome = _probes.evaluate(
             checks, hosts, task_vars=task_vars, run_context=names, correlation_id=correlation_id, wave=str(run.get("wave", "")), workers=args["workers"]
@@ -80,41 +81,4 @@ class ActionModule(ControllerAction):
             "host_failures": dict(outcome.host_failures),
             "correlation_id": correlation_id,
             "msg": f"{len(results)} check result(s): {outcome.status}" + (": " + "; ".join(lines) if lines else ""),
-        }
-
-    def _baseline(self, checks: list[dict[str, t.Any]], hosts: list[str], run_state: Run, names: dict[str, t.Any],
-                  correlation_id: str, task_vars: dict[str, t.Any], workers: int) -> dict[str, t.Any]:
-        """Sample the checks that compare against a baseline on hosts not patched yet; keep the samples with the run."""
-        paths = run_state.paths
-        known = run_state.hosts
-        skip = set(run_state.skip_hosts)
-        fresh = [host for host in hosts if host not in skip and known.get(host, {}).get("outcome") not in _KEEP_BASELINE]
-        wanted = [check for check in checks if check["kind"] in CONTROLLER_KINDS and check.get("baseline")]
-        sampled = _probes.run_jobs(_probes.jobs_for(wanted, _probes.contexts_for(fresh, wanted, task_vars, names), None),
-                                   correlation_id=correlation_id, workers=workers)
-        now = iso(utc_now())
-        baselines = _probes.load_baselines(paths.run_dir)
-        captured: dict[str, dict[str, t.Any]] = {}
-        for host in fresh:
-            entry = baselines.setdefault(host, {})
-            for check in wanted:
-                samples = sampled[check["name"]][host]
-                entry[check["name"]] = {"captured_at": now, "samples": samples}
-                summary = summarize(samples)
-                captured.setdefault(host, {})[check["name"]] = {key: summary[key] for key in ("samples", "measured", "error_rate", "latency_ms")}
-        if fresh and wanted:
-            _probes.save_baselines(paths.run_dir, baselines)
-            run_state.event("checks.baseline", ts=now, status="captured",
-                            message=f"pre-patch baseline of {len(wanted)} check(s) on {len(fresh)} host(s)",
-                            hosts=fresh, checks=[check["name"] for check in wanted], baseline=captured)
-        kept = [host for host in hosts if host not in fresh]
-        message = f"baseline of {len(wanted)} check(s) captured on {len(fresh)} host(s)"
-        return {
-            "changed": False,
-            "status": "captured",
-            "baseline": captured,
-            "kept": kept,
-            "path": _probes.baseline_path(paths.run_dir),
-            "fleetpatch_events": run_state.events(),
-            "msg": message + (f"; kept the earlier baseline of {len(kept)} host(s)" if kept else ""),
         }

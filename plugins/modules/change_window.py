@@ -17,8 +17,12 @@ description:
   - When the batch may not start, the run pauses. The run state gets status C(waiting_window) with the reasons and the
     next opening, the event C(window.checked) (status V(waiting)) is queued, and RV(stop) tells the play to end. Running
     the rollout again resumes it, as after a hold.
-  - Returns the events C(window.checked) and, when an override let hosts through, C(override.applied), for the event
-    callback C(fleetpatch.rollout.events).
+  - When the batch may start and the plan's policy has checks with a baseline (the plan result's C(checks.baseline)), the
+    same execution samples those checks on the hosts of the play batch that are not patched yet and keeps the samples with
+    the run (C(runs/<run_id>/baseline.json)), as M(fleetpatch.rollout.synthetic_checks) with C(baseline=true)
+    does; a host patched by an earlier attempt keeps its first baseline. Nothing is sampled in check mode.
+  - Returns the events C(window.checked), C(override.applied) when an override let hosts through and C(checks.baseline)
+    when a baseline was captured, for the event callback C(fleetpatch.rollout.events).
   - This is an action plugin; it runs on the controller only. See C(docs/policy.md).
 author: fleetpatch developers (@fleetpatch)
 extends_documentation_fragment:
@@ -104,8 +108,15 @@ skip_hosts:
   returned: success
   type: list
   elements: str
+baseline:
+  description:
+    - The pre-patch baseline captured for the batch - C(status) (V(captured)), C(baseline) (host -> check -> summary of
+      the samples), C(kept) (hosts that keep an earlier baseline), C(path) and C(msg).
+  returned: when the batch may start, the policy has checks with a baseline and not in check mode
+  type: dict
 fleetpatch_events:
-  description: C(window.checked), and C(override.applied) when an override let hosts through, for the event callback.
+  description: C(window.checked), C(override.applied) when an override let hosts through, C(checks.baseline) when a baseline
+    was captured, for the event callback.
   returned: when not in check mode
   type: list
   elements: dict

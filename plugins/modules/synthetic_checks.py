@@ -25,7 +25,8 @@ description:
   - No data is never a pass. A check without any measured sample is V(inconclusive) unless it sets C(must_have_data=false).
   - With O(baseline=true) the checks that compare against a baseline are sampled on hosts not yet patched and the samples
     are kept with the rollout run (C(runs/<run_id>/baseline.json)); M(fleetpatch.rollout.wave_gate) compares against them.
-    A host already patched by the run keeps its first baseline.
+    A host already patched by the run keeps its first baseline. The rollout role has M(fleetpatch.rollout.change_window)
+    capture it, in the execution that opens the batch.
   - Spec errors (unknown keys, bad JMESPath or regex, a template that cannot be filled for some host) fail the task
     before any request is made.
   - This is an action plugin; it runs on the controller only.

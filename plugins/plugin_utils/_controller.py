@@ -71,13 +71,14 @@ def host_var(task_vars: t.Mapping[str, t.Any], host: str, name: str, default: t.
         return default
 
 
-def host_vars(task_vars: t.Mapping[str, t.Any], host: str, names: t.Iterable[str]) -> dict[str, t.Any]:
-    """Several variables of host (None when unset): hostvars[host] builds all of the host's variables, so it is asked once."""
+def host_vars(task_vars: t.Mapping[str, t.Any], host: str, names: t.Iterable[str], *, missing: t.Any = None) -> dict[str, t.Any]:
+    """Several variables of host (missing when unset): hostvars[host] builds all of the host's variables, so it is asked
+    once."""
     try:
         found = task_vars.get("hostvars", {})[host]
     except KeyError:
-        return dict.fromkeys(names)
-    return {name: found.get(name) for name in names}
+        return dict.fromkeys(names, missing)
+    return {name: found.get(name, missing) for name in names}
 
 
 def batch_result(task_vars: t.Mapping[str, t.Any], name: str) -> dict[str, t.Any] | None:

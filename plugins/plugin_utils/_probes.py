@@ -28,11 +28,16 @@ import urllib.request
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _checks
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _analysis
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json, write_json_atomic
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_var
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._controller import host_vars
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import iso, utc_now
+
+if t.TYPE_CHECKING:
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import Run
 
 __all__ = [
     "DEFAULT_WORKERS",
     "baseline_path",
+    "capture_baseline",
     "contexts_for",
     "evaluate",
     "fleet_context",
@@ -270,10 +275,11 @@ def contexts_for(
 ) -> dict[str, dict[str, t.Any]]:
     """Template names per host: the host variables the checks read (missing ones stay missing) and the run's names."""
     names = _checks.referenced_vars(checks)
-    return {
-        host: _checks.host_context(host, {name: host_var(task_vars, host, name, _checks.MISSING) for name in names}, run)
-        for host in hosts
-    }
+    contexts = {}
+    for host in hosts:
+        found = host_vars(task_vars, host, names, missing=_checks.MISSING)  # one hostvars lookup per host
+        contexts[host] = _checks.host_context(host, found, run)
+    return contexts
 
 
 def run_names(run: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
@@ -301,6 +307,43 @@ def load_baselines(run_dir: str) -> dict[str, dict[str, t.Any]]:
 
 def save_baselines(run_dir: str, hosts: t.Mapping[str, t.Mapping[str, t.Any]]) -> None:
     write_json_atomic(baseline_path(run_dir), {"schema": 1, "hosts": {host: hosts[host] for host in sorted(hosts)}})
+
+
+# a host at the target (or set aside) already: its first pre-patch baseline stays
+KEEP_BASELINE = ("patched", "quarantined", "unhealthy")
+
+
+def capture_baseline(checks: t.Sequence[t.Mapping[str, t.Any]], hosts: t.Sequence[str], *, run_state: Run, task_vars: t.Mapping[str, t.Any],
+                     run_context: t.Mapping[str, t.Any], correlation_id: str, workers: int = DEFAULT_WORKERS) -> dict[str, t.Any]:
+    """Sample the checks that compare against a baseline on the hosts not patched yet and keep the samples with the run
+    (baseline.json, event checks.baseline); a host patched by an earlier attempt keeps its first baseline. The result of
+    a capture: status, baseline (summary by host and check), kept, path, msg."""
+    paths = run_state.paths
+    known = run_state.hosts
+    skip = set(run_state.skip_hosts)
+    fresh = [host for host in hosts if host not in skip and known.get(host, {}).get("outcome") not in KEEP_BASELINE]
+    wanted = [check for check in checks if check["kind"] in _checks.CONTROLLER_KINDS and check.get("baseline")]
+    contexts = contexts_for(fresh, wanted, task_vars, run_context)
+    _checks.validate_targets(wanted, contexts, "checks")  # a check that cannot be rendered for a host: CheckError, nothing sampled
+    sampled = run_jobs(jobs_for(wanted, contexts, None), correlation_id=correlation_id, workers=workers)
+    now = iso(utc_now())
+    baselines = load_baselines(paths.run_dir)
+    captured: dict[str, dict[str, t.Any]] = {}
+    for host in fresh:
+        entry = baselines.setdefault(host, {})
+        for check in wanted:
+            samples = sampled[check["name"]][host]
+            entry[check["name"]] = {"captured_at": now, "samples": samples}
+            summary = _analysis.summarize(samples)
+            captured.setdefault(host, {})[check["name"]] = {key: summary[key] for key in ("samples", "measured", "error_rate", "latency_ms")}
+    if fresh and wanted:
+        save_baselines(paths.run_dir, baselines)
+        run_state.event("checks.baseline", ts=now, status="captured", message=f"pre-patch baseline of {len(wanted)} check(s) on {len(fresh)} host(s)",
+                        hosts=fresh, checks=[check["name"] for check in wanted], baseline=captured)
+    kept = [host for host in hosts if host not in fresh]
+    message = f"baseline of {len(wanted)} check(s) captured on {len(fresh)} host(s)"
+    return {"status": "captured", "baseline": captured, "kept": kept, "path": baseline_path(paths.run_dir),
+            "msg": message + (f"; kept the earlier baseline of {len(kept)} host(s)" if kept else "")}
 
 
 def baseline_samples(baselines: t.Mapping[str, t.Mapping[str, t.Any]], host: str, check: str) -> Samples | None:

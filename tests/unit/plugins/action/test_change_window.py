@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import socket
 import typing as t
 
 from conftest import run_action, run_args, stored_run
@@ -59,3 +62,38 @@ def test_run_without_change_policy_is_refused(fleet: dict[str, t.Any], planned: 
 def test_unknown_batch_is_an_error(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
     result = run_action("change_window", window_args(planned), dict(fleet["task_vars"], ansible_play_batch=["nobody"]))
     assert result["failed"] and result["msg"] == "cannot tell which plan batch is starting: play batch maps to batches []"
+
+
+def with_baseline_check(fleet: dict[str, t.Any], run: dict[str, t.Any], port: int) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """The run, with a policy check that compares against a baseline (a TCP port on loopback), and task vars that reach it."""
+    run = copy.deepcopy(run)
+    run["plan"]["policy"]["checks"] = [{"name": "port", "kind": "tcp", "address": "${var.fleet_address}", "port": port, "samples": 1, "timeout": 1,
+                                        "baseline": {"latency_ratio": 2}}]
+    run["checks"] = dict(run.get("checks") or {}, baseline=True)
+    task_vars = copy.deepcopy(batch(fleet, run, 1))
+    for host_vars in task_vars["hostvars"].values():
+        host_vars["fleet_address"] = "127.0.0.1"
+    return run, task_vars
+
+
+def test_an_open_batch_captures_its_pre_patch_baseline(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        run, task_vars = with_baseline_check(fleet, planned, server.getsockname()[1])
+        result = run_action("change_window", window_args(run), task_vars)
+    assert not result.get("failed"), result.get("msg")
+    hosts = run["plan"]["batches"][1]["hosts"]
+    assert result["baseline"]["status"] == "captured" and sorted(result["baseline"]["baseline"]) == sorted(hosts)
+    assert result["baseline"]["path"] == os.path.join(planned["run_dir"], "baseline.json")
+    with open(result["baseline"]["path"], encoding="utf-8") as handle:
+        assert sorted(json.load(handle)["hosts"]) == sorted(hosts)
+    assert [event["event"] for event in result["fleetpatch_events"]] == ["window.checked", "checks.baseline"]
+
+
+def test_a_waiting_batch_and_check_mode_capture_no_baseline(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    run, task_vars = with_baseline_check(fleet, planned, 9)
+    waiting = run_action("change_window", window_args(frozen(run)), task_vars)
+    checked = run_action("change_window", window_args(run), task_vars, check_mode=True)
+    assert waiting["stop"] is True and "baseline" not in waiting and "baseline" not in checked
+    assert not os.path.exists(os.path.join(planned["run_dir"], "baseline.json"))
