@@ -22,7 +22,11 @@ restart command, ssh-keygen), not the demo supervisor's. Then one ``-X importtim
 imports beyond what ping imports, by self time (an AnsiballZ module runs from a zip: every module_utils file it imports
 is compiled from source on every execution).
 
-    .venv/bin/python bench/apply_bench.py [--rounds 10] [--top 15] [--json FILE]
+With ``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~3``), the patch_apply
+payload is built a second time from DIR's collection and its fresh (url), fresh (cached) and idempotent arms run
+interleaved with this checkout's (``base:`` arms): a before/after under the same machine state.
+
+    .venv/bin/python bench/apply_bench.py [--rounds 10] [--top 15] [--json FILE] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # ins
 from tests.integration.rollout_harness import DemoFleet, envvars  # noqa: E402
 
 ARMS = ("fresh_url", "fresh_cached", "idempotent", "ping", "fresh_url_cold", "fresh_url_nocache")
+BASELINE_ARMS = ("base:fresh_url", "base:fresh_cached", "base:idempotent")
 
 
 def children_cpu() -> float:
@@ -76,10 +81,13 @@ def apply_args(fleet: DemoFleet, host: str) -> dict[str, t.Any]:
     }
 
 
-def payload(fleet: DemoFleet, host: str, module: str, args: dict[str, t.Any], remote_tmp: str) -> str:
-    """Run module once on host through ansible (ad hoc) and return the AnsiballZ file it left behind."""
+def payload(fleet: DemoFleet, host: str, module: str, args: dict[str, t.Any], remote_tmp: str, *, collections: str | None = None) -> str:
+    """Run module once on host through ansible (ad hoc) and return the AnsiballZ file it left behind (the collection
+    from the collections path given, else this checkout's)."""
     os.makedirs(remote_tmp)
     env = dict(os.environ, **envvars(ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TMP=remote_tmp))
+    if collections:
+        env["ANSIBLE_COLLECTIONS_PATH"] = collections
     command = [os.path.join(os.path.dirname(sys.executable), "ansible"), host, "-i", fleet.inventory, "-m", module]
     if args:
         command += ["-a", json.dumps(args)]
@@ -122,8 +130,12 @@ class Host:
             shutil.copyfile(self.artifact, os.path.join(cache, self.sha256))
 
 
-def run_arm(arm: str, host: Host, apply_path: str, ping_path: str, *extra: str) -> tuple[float, str]:
+def run_arm(arm: str, host: Host, paths: dict[str, str], *extra: str) -> tuple[float, str]:
+    """One execution of arm (paths: "apply", "ping" and, with a baseline, "base:apply" payloads): CPU seconds, stderr."""
     env = dict(os.environ, FLEETPATCH_BYTECODE_CACHE_DIR=host.bytecode)
+    ping_path = paths["ping"]
+    prefix, _sep, arm = arm.rpartition(":")
+    apply_path = paths[f"{prefix}:apply" if prefix else "apply"]
     if arm == "ping":
         _result, cpu, err = execute(ping_path, *extra, env=env)
         return cpu, err
@@ -156,6 +168,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--top", type=int, default=15, help="imports listed per arm (self time beyond ping's)")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--baseline", help="a checkout of another commit: its patch_apply runs interleaved as base: arms")
     options = parser.parse_args()
 
     base = tempfile.mkdtemp(prefix="fleetpatch-apply-bench-")
@@ -169,29 +182,36 @@ def main() -> None:
             artifact = yaml.safe_load(handle)["artifact"]
         host = Host(args["root"], os.path.join(base, "snapshot"), args["sha256"], artifact["path"])
         shutil.copytree(args["root"], host.snapshot, symlinks=True)
-        apply_path = payload(fleet, node, "fleetpatch.rollout.patch_apply", args, os.path.join(base, "remote-apply"))
-        ping_path = payload(fleet, node, "ansible.builtin.ping", {}, os.path.join(base, "remote-ping"))
+        paths = {"apply": payload(fleet, node, "fleetpatch.rollout.patch_apply", args, os.path.join(base, "remote-apply")),
+                 "ping": payload(fleet, node, "ansible.builtin.ping", {}, os.path.join(base, "remote-ping"))}
+        arms = ARMS
+        if options.baseline:
+            host.reset(cached=False)
+            paths["base:apply"] = payload(fleet, node, "fleetpatch.rollout.patch_apply", args, os.path.join(base, "remote-base"),
+                                          collections=os.path.join(os.path.abspath(options.baseline), "collections"))
+            arms = ARMS + BASELINE_ARMS
+        host.reset(cached=False)
 
-        samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
-        for arm in ("fresh_url", "ping"):  # fills the bytecode cache: the rounds measure a warm one (cold has its own arm)
-            run_arm(arm, host, apply_path, ping_path)
+        samples: dict[str, list[float]] = {arm: [] for arm in arms}
+        for arm in ("fresh_url", "ping", *(("base:fresh_url",) if options.baseline else ())):  # fills the bytecode cache:
+            run_arm(arm, host, paths)  # the rounds measure a warm one (cold has its own arm)
         started = time.monotonic()
         for _round in range(options.rounds):
-            for arm in ARMS:
-                samples[arm].append(run_arm(arm, host, apply_path, ping_path)[0])
-        imports = {arm: import_costs(run_arm(arm, host, apply_path, ping_path, "-X", "importtime")[1]) for arm in ARMS}
+            for arm in arms:
+                samples[arm].append(run_arm(arm, host, paths)[0])
+        imports = {arm: import_costs(run_arm(arm, host, paths, "-X", "importtime")[1]) for arm in arms}
 
         ping = statistics.median(samples["ping"])
         figures: dict[str, t.Any] = {"rounds": options.rounds, "seconds": round(time.monotonic() - started, 1), "arms": {}}
         print(f"one execution on demo host {node}, CPU seconds (module process and what it waits for), {options.rounds} rounds")
-        print(f"{'arm':<14}{'median':>9}{'min':>9}{'x ping':>9}{'imports ms':>12}")
-        for arm in ARMS:
+        print(f"{'arm':<20}{'median':>9}{'min':>9}{'x ping':>9}{'imports ms':>12}")
+        for arm in arms:
             median = statistics.median(samples[arm])
             imported_ms = sum(self_us for self_us, _cum in imports[arm].values()) / 1000
             figures["arms"][arm] = {"median_cpu": round(median, 4), "min_cpu": round(min(samples[arm]), 4),
                                     "ratio_to_ping": round(median / ping, 2), "import_self_ms": round(imported_ms, 1)}
-            print(f"{arm:<14}{median:>9.3f}{min(samples[arm]):>9.3f}{median / ping:>9.2f}{imported_ms:>12.1f}")
-        for arm in (arm for arm in ARMS if arm != "ping"):
+            print(f"{arm:<20}{median:>9.3f}{min(samples[arm]):>9.3f}{median / ping:>9.2f}{imported_ms:>12.1f}")
+        for arm in (arm for arm in arms if arm != "ping"):
             beyond = {name: cost for name, cost in imports[arm].items() if name not in imports["ping"]}
             top = sorted(beyond.items(), key=lambda item: -item[1][0])[:options.top]
             total = sum(self_us for self_us, _cum in beyond.values()) / 1000

@@ -9,7 +9,6 @@ unpack or verify a tree.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -18,6 +17,7 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import RELEASE_METADATA, SHA256_PATTERN, ReleaseError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import CHUNK_SIZE, fsync_directory, read_json, sha256_file
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._record import Record
 
 if t.TYPE_CHECKING:
     import tarfile
@@ -47,27 +47,23 @@ class DeltaNotApplicable(ReleaseError):
 # ------------------------------------------------------------------------------------------- members
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     """One validated tar member. kind: skip (the archive root), dir, file, hardlink, symlink."""
 
-    name: str
-    kind: str
-    path: str = ""
-    mode: int = 0o644
-    size: int = 0
-    target: str = ""
+    __slots__ = ("name", "kind", "path", "mode", "size", "target")
+
+    def __init__(self, name: str, kind: str, path: str = "", mode: int = 0o644, size: int = 0, target: str = "") -> None:
+        self._set(name=name, kind=kind, path=path, mode=mode, size=size, target=target)
 
 
-@dataclasses.dataclass(frozen=True)
-class ArtifactPlan:
-    """Every member of an artifact, validated, in archive order."""
+class ArtifactPlan(Record):
+    """Every member of an artifact, validated, in archive order; bundle: a fleetpatch bundle (_bundle.BundlePlan)
+    instead of a plain release tarball."""
 
-    artifact: str
-    entries: tuple[Entry, ...]
-    total_size: int
-    # a fleetpatch bundle (_bundle.BundlePlan) instead of a plain release tarball
-    bundle: t.Any = None
+    __slots__ = ("artifact", "entries", "total_size", "bundle")
+
+    def __init__(self, artifact: str, entries: tuple[Entry, ...], total_size: int, bundle: t.Any = None) -> None:
+        self._set(artifact=artifact, entries=entries, total_size=total_size, bundle=bundle)
 
 
 def _refuse(artifact: str, member: str, reason: str) -> ReleaseError:

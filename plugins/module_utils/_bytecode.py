@@ -12,9 +12,12 @@ importer would use, so tracebacks look the same.
 Trust model (as Python's ``__pycache__`` and ssh's): the directory must be a real directory (not a symlink) owned by
 the effective uid and writable by nobody else, a cache file a regular file owned by the effective uid and readable by
 nobody else. Anything else, or any error at all, means a plain import: a module never fails or behaves differently
-because of the cache. Standard library only (the cache is there before anything else of the collection loads), and
-its own writes are done here (temp file in the directory, ``os.replace``), not by ``_io``, which this module must not
-import: it is loaded before the cache is in place.
+because of the cache. Standard library only (the cache is there before anything else of the collection loads).
+
+Every execution compiles this module from the zip (twice: zipimport's find_spec compiles to tell the file name), so
+it holds only what a warm cache takes: find the spec, read and check the cache file, run the code. A miss (compile,
+store: temp file in the directory, ``os.replace``) and the creation of the directory are in ``_bytecode_store``,
+imported on a miss only (not ``_io``, which must not be loaded before the cache is in place).
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ class _Cache:
         source = loader.get_data(origin)
         parts = (FORMAT, (sys.implementation.cache_tag or "").encode(), str(sys.flags.optimize).encode(), hashlib.sha256(source).digest())
         key = hashlib.sha256(b"\0".join(parts)).hexdigest()
-        dir_fd = self._open_dir()
+        dir_fd = self.dir_fd if self.dir_fd is not None else self._open_dir()
         if dir_fd is None:
             return None
         name = key + ".bin"
@@ -181,23 +184,22 @@ class _Cache:
             _fix_filename(code, origin)
             self.loaded += 1
             return code
-        # as zipimport compiles: line endings normalized, the file's own future imports only
-        code = compile(source.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), origin, "exec", dont_inherit=True)
+        # a miss: the store's code is imported now (the plain zip import: its own lookup through this finder comes back
+        # here and finds it half-imported, which means the plain import)
+        from ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode_store import compile_and_store
+
+        code = compile_and_store(dir_fd, name, source, origin, header=HEADER)
         self.compiled += 1
-        try:
-            self._write(dir_fd, name, marshal.dumps(code))
-        except OSError:
-            pass  # a full disk or a race with another execution: this execution has its code all the same
         return code
 
     def _open_dir(self) -> int | None:
         """A descriptor of the trusted cache directory (created 0700 when missing), None when it is not trusted."""
-        if self.dir_fd is not None:
-            return self.dir_fd
         self.usable = False  # until the directory passed the checks
         path = cache_dir()
         if not os.path.lexists(path):
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            from ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode_store import make_dir
+
+            make_dir(path)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
         info = os.fstat(fd)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
@@ -216,8 +218,7 @@ class _Cache:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
                 return None
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                data = handle.read()
+            data = os.read(fd, info.st_size + 1)
         finally:
             os.close(fd)
         start = len(HEADER) + DIGEST_SIZE
@@ -228,22 +229,6 @@ class _Cache:
         except (EOFError, ValueError, TypeError):
             return None
         return code if isinstance(code, types.CodeType) else None
-
-    @staticmethod
-    def _write(dir_fd: int, name: str, data: bytes) -> None:
-        """Store data under name atomically: a 0600 temp file in the directory, then os.replace."""
-        temp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(HEADER + hashlib.sha256(data).digest() + data)
-            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            try:
-                os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
 
 
 def _fix_filename(code: types.CodeType, filename: str) -> None:

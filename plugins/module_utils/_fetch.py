@@ -12,7 +12,6 @@ Imported only when an artifact has to be fetched: a host that finds everything s
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import re
@@ -29,6 +28,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     url_errors,
 )
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import fsync_directory, sha256_file
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._record import Record
 
 if t.TYPE_CHECKING:
     from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostOps
@@ -41,20 +41,23 @@ PART_SUFFIX = ".part"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-@dataclasses.dataclass(frozen=True)
-class FetchPolicy:
-    """How hard a download tries: per-request timeout, retries with backoff, minimum throughput, deadline, headers."""
+class FetchPolicy(Record):
+    """How hard a download tries: per-request timeout, retries with backoff, minimum throughput, deadline, headers (not
+    in the repr: they may carry credentials); max_artifact_bytes: the byte cap of a transfer whose size is not declared
+    (the apply path; prestage always declares one)."""
 
-    timeout: float = 30.0
-    retries: int = 3
-    backoff: float = 1.0
-    backoff_max: float = 30.0
-    min_throughput: int = 0
-    throughput_window: float = 10.0
-    max_time: float = 0.0
-    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
-    # the byte cap of a transfer whose size is not declared (the apply path; prestage always declares one)
-    max_artifact_bytes: int = DEFAULT_MAX_BYTES
+    __slots__ = ("timeout", "retries", "backoff", "backoff_max", "min_throughput", "throughput_window", "max_time", "headers",
+                 "max_artifact_bytes")
+    _hidden = frozenset({"headers"})
+
+    def __init__(  # pylint: disable=too-many-arguments
+        self, timeout: float = 30.0, retries: int = 3, backoff: float = 1.0, backoff_max: float = 30.0, min_throughput: int = 0,
+        throughput_window: float = 10.0, max_time: float = 0.0, headers: t.Mapping[str, str] | None = None,
+        max_artifact_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self._set(timeout=timeout, retries=retries, backoff=backoff, backoff_max=backoff_max, min_throughput=min_throughput,
+                  throughput_window=throughput_window, max_time=max_time, headers={} if headers is None else headers,
+                  max_artifact_bytes=max_artifact_bytes)
 
 
 class FetchRefused(ReleaseError):
@@ -111,24 +114,23 @@ def part_path(cache_dir: str, sha256: str) -> str:
     return f"{cache_dir}/.{sha256}{PART_SUFFIX}"
 
 
-@dataclasses.dataclass
-class Transfer:
-    """What fetching one artifact did."""
+class Transfer(Record):
+    """What fetching one artifact did; corrupt: sources whose complete bytes did not have the declared digest (an edge
+    reported by its nodes). as_dict() gives every field."""
 
-    sha256: str
-    kind: str
-    source: str | None = None
-    bytes: int = 0
-    bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)
-    resumed: bool = False
-    restarts: int = 0
-    attempts: int = 0
-    errors: list[str] = dataclasses.field(default_factory=list)
-    # sources whose complete bytes did not have the declared digest (an edge reported by its nodes)
-    corrupt: dict[str, str] = dataclasses.field(default_factory=dict)
+    __slots__ = ("sha256", "kind", "source", "bytes", "bytes_by_source", "resumed", "restarts", "attempts", "errors", "corrupt")
+    _frozen = False
 
-    def as_dict(self) -> dict[str, t.Any]:
-        return dataclasses.asdict(self)
+    def __init__(  # pylint: disable=too-many-arguments
+        self, sha256: str, kind: str, source: str | None = None, bytes: int = 0,  # pylint: disable=redefined-builtin
+        bytes_by_source: dict[str, int] | None = None, resumed: bool = False, restarts: int = 0, attempts: int = 0,
+        errors: list[str] | None = None, corrupt: dict[str, str] | None = None,
+    ) -> None:
+        self.sha256, self.kind, self.source, self.bytes = sha256, kind, source, bytes
+        self.bytes_by_source = {} if bytes_by_source is None else bytes_by_source
+        self.resumed, self.restarts, self.attempts = resumed, restarts, attempts
+        self.errors = [] if errors is None else errors
+        self.corrupt = {} if corrupt is None else corrupt
 
 
 def _header(response: t.Any, name: str) -> str | None:

@@ -10,7 +10,6 @@ every module execution recompiles what it imports.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import fcntl
 import os
@@ -22,6 +21,7 @@ import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import read_json
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._record import Record
 
 __all__ = [
     "HostLayout",
@@ -82,19 +82,17 @@ class StageError(ReleaseError):
 # --------------------------------------------------------------------------------------------- layout
 
 
-@dataclasses.dataclass(frozen=True)
-class HostLayout:
+class HostLayout(Record):
     """Paths under ``fleetpatch_host_root`` for one service (see docs/architecture.md)."""
 
-    root: str
-    service: str
+    __slots__ = ("root", "service")
 
-    def __post_init__(self) -> None:
-        if not self.root:
+    def __init__(self, root: str, service: str) -> None:
+        if not root:
             raise ReleaseError("host root must not be empty")
-        check_name(self.service, what="service")
+        check_name(service, what="service")
         # "/srv/fp/" and "/srv/fp" must give the same paths in manifests and results
-        object.__setattr__(self, "root", os.path.normpath(self.root))
+        self._set(root=os.path.normpath(root), service=service)
 
     @property
     def apps_dir(self) -> str:

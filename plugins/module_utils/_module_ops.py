@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
-import os
 import typing as t
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import HostOps
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plain_http import Fallback, plain_http
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plain_http import get as plain_get
 
 if t.TYPE_CHECKING:
     from ansible.module_utils.basic import AnsibleModule
@@ -18,19 +19,6 @@ __all__ = ["ModuleOps", "plain_http"]
 
 class _NotPlain(FleetpatchError):
     """The answer needs what only ansible's open_url does (a redirect out of plain http, a gzip-encoded body)."""
-
-
-def plain_http(url: str) -> bool:
-    """Whether ansible's open_url would do nothing for url that urllib does not do alike.
-
-    Plain http (no TLS context, so no CA bundle to load), no credentials in the URL (open_url turns them into basic
-    auth) and no netrc file (open_url reads one for credentials).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "http" or "@" in rest.split("/", 1)[0]:
-        return False
-    netrc = os.environ.get("NETRC")
-    return not os.path.exists(os.path.expanduser("~/.netrc") if netrc is None else netrc)
 
 
 def _redirects() -> type:
@@ -74,10 +62,17 @@ class ModuleOps(HostOps):
 
     def open_url(self, url: str, *, headers: t.Mapping[str, str], timeout: float) -> t.Any:
         # A health check or download over plain http costs no TLS stack: ansible's open_url would load the system CA
-        # store (tens of ms of CPU) and its module imports cryptography, on every execution, for nothing.
+        # store (tens of ms of CPU) and its module imports cryptography, on every execution, for nothing. The common
+        # answer does not even import urllib.request (module_utils/_plain_http.py); anything else is asked again, from
+        # the start, through urllib, and what only open_url does through open_url.
         if plain_http(url):
             try:
-                return _open_plain(url, headers=headers, timeout=timeout)
+                return plain_get(url, headers=headers, timeout=timeout)
+            except Fallback as exc:
+                ask_urllib = not exc.open_url
+            try:
+                if ask_urllib:
+                    return _open_plain(url, headers=headers, timeout=timeout)
             except _NotPlain:
                 pass  # asked again below, from the start, through ansible's open_url
         # imported here: a host with nothing to download over TLS (a re-run) never loads the HTTP and TLS stack

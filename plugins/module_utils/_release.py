@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import secrets
 import shlex
 import shutil
 import tempfile
@@ -46,6 +44,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils._host import (
     url_errors,
     utc_now,
 )
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._record import Record
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._trust import (
     TrustError,
     check_armored,
@@ -179,7 +178,7 @@ def extract_release(
         os.chmod(tmp, 0o755)
         fsync_directory(tmp)
         if os.path.lexists(final):
-            aside = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}replaced-{secrets.token_hex(4)}")
+            aside = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}replaced-{os.urandom(4).hex()}")
             os.rename(final, aside)
         try:
             os.rename(tmp, final)
@@ -249,7 +248,7 @@ def remove_release(layout: HostLayout, version: str) -> None:
     path = layout.release_path(version)
     if not os.path.lexists(path):
         return
-    doomed = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}prune-{secrets.token_hex(4)}")
+    doomed = os.path.join(layout.releases_dir, f".{version}{_TMP_MARK}prune-{os.urandom(4).hex()}")
     os.rename(path, doomed)
     remove_path(doomed)
 
@@ -270,7 +269,7 @@ def switch_current(layout: HostLayout, version: str) -> None:
     for name in os.listdir(apps_dir):
         if name.startswith(f"current{_TMP_MARK}"):
             remove_path(os.path.join(apps_dir, name))
-    tmp = os.path.join(apps_dir, f"current{_TMP_MARK}{secrets.token_hex(6)}")
+    tmp = os.path.join(apps_dir, f"current{_TMP_MARK}{os.urandom(6).hex()}")
     os.symlink(f"releases/{version}", tmp)
     try:
         os.replace(tmp, current)
@@ -471,40 +470,65 @@ def check_health(
 # ---------------------------------------------------------------------------------------------- apply
 
 
-@dataclasses.dataclass(frozen=True)
-class ApplyRequest:
-    """Validated options of one patch_apply execution."""
+class ApplyRequest(Record):
+    """Validated options of one patch_apply execution (build_request makes it; fields by keyword).
 
-    version: str
-    sha256: str
-    state: str = "present"
-    artifact_url: str | None = None
-    artifact_size: int | None = None
-    url_headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
-    timeout: float = 30
-    patch_id: str | None = None
-    restart_command: tuple[str, ...] | None = None
-    health_url: str | None = None
-    health_timeout: float = 10
-    health_retries: int = 5
-    health_delay: float = 0.5
-    require_rollback_point: bool = True
-    keep_releases: int = 3
-    # delta bundle against base_version: {sha256, base_version, size, url, signature}; used when the host runs that base
-    delta: t.Mapping[str, t.Any] | None = None
-    # detached SSH signature (armored text) of the artifact, and who may have made it
-    signature: str | None = dataclasses.field(default=None, repr=False)
-    allowed_signers: str = dataclasses.field(default="", repr=False)
-    signer_identity: str | None = None
-    require_signature: bool = False
-    # installed versions this patch applies to (empty: any); an older target is refused unless allow_downgrade
-    affected_versions: tuple[str, ...] = ()
-    allow_downgrade: bool = False
-    # transfer limits handed to fetch_artifact; None: the downloader's defaults
-    max_artifact_bytes: int | None = None
-    max_time: float | None = None
-    min_throughput: float | None = None
-    throughput_window: float | None = None
+    delta: a delta bundle against base_version ({sha256, base_version, size, url, signature}), used when the host runs
+    that base; signature: the detached SSH signature (armored text) of the artifact, allowed_signers who may have made it
+    (neither in the repr, nor url_headers); affected_versions: installed versions this patch applies to (empty: any), an
+    older target is refused unless allow_downgrade; the transfer limits are handed to fetch_artifact (None: the
+    downloader's defaults).
+    """
+
+    __slots__ = ("version", "sha256", "state", "artifact_url", "artifact_size", "url_headers", "timeout", "patch_id",
+                 "restart_command", "health_url", "health_timeout", "health_retries", "health_delay", "require_rollback_point",
+                 "keep_releases", "delta", "signature", "allowed_signers", "signer_identity", "require_signature",
+                 "affected_versions", "allow_downgrade", "max_artifact_bytes", "max_time", "min_throughput", "throughput_window")
+    _hidden = frozenset({"url_headers", "signature", "allowed_signers"})
+    _DEFAULTS: t.ClassVar[dict[str, t.Any]] = {
+        "state": "present", "artifact_url": None, "artifact_size": None, "url_headers": None, "timeout": 30, "patch_id": None,
+        "restart_command": None, "health_url": None, "health_timeout": 10, "health_retries": 5, "health_delay": 0.5,
+        "require_rollback_point": True, "keep_releases": 3, "delta": None, "signature": None, "allowed_signers": "",
+        "signer_identity": None, "require_signature": False, "affected_versions": (), "allow_downgrade": False,
+        "max_artifact_bytes": None, "max_time": None, "min_throughput": None, "throughput_window": None,
+    }
+
+    def __init__(self, version: str, sha256: str, **options: t.Any) -> None:
+        unknown = set(options) - set(self._DEFAULTS)
+        if unknown:
+            raise TypeError(f"ApplyRequest got unexpected keyword arguments {sorted(unknown)}")
+        values = dict(self._DEFAULTS, **options)
+        if values["url_headers"] is None:
+            values["url_headers"] = {}
+        self._set(version=version, sha256=sha256, **values)
+
+    if t.TYPE_CHECKING:  # the fields, for type checkers (__init__ takes them by keyword)
+        version: str
+        sha256: str
+        state: str
+        artifact_url: str | None
+        artifact_size: int | None
+        url_headers: t.Mapping[str, str]
+        timeout: float
+        patch_id: str | None
+        restart_command: tuple[str, ...] | None
+        health_url: str | None
+        health_timeout: float
+        health_retries: int
+        health_delay: float
+        require_rollback_point: bool
+        keep_releases: int
+        delta: t.Mapping[str, t.Any] | None
+        signature: str | None
+        allowed_signers: str
+        signer_identity: str | None
+        require_signature: bool
+        affected_versions: tuple[str, ...]
+        allow_downgrade: bool
+        max_artifact_bytes: int | None
+        max_time: float | None
+        min_throughput: float | None
+        throughput_window: float | None
 
     def transfer_limits(self) -> dict[str, t.Any]:
         limits = {"max_bytes": self.max_artifact_bytes, "max_time": self.max_time, "min_throughput": self.min_throughput,
@@ -621,22 +645,26 @@ def _side(version: str | None, sha256: str | None, release: str | None) -> dict[
     return {"version": version, "sha256": sha256, "release": release}
 
 
-@dataclasses.dataclass
-class ApplyResult:
+class ApplyResult(Record):
     """What one execution did or (in check mode) would do; as_dict() is the module result."""
 
-    changed: bool = False
-    version: str | None = None
-    previous_version: str | None = None
-    sha256: str | None = None
-    release: str | None = None
-    rollback_point: dict[str, t.Any] | None = None
-    actions: list[str] = dataclasses.field(default_factory=list)
-    health: dict[str, t.Any] | None = None
-    reverted: bool = False
-    before: dict[str, t.Any] = dataclasses.field(default_factory=lambda: _side(None, None, None))
-    after: dict[str, t.Any] = dataclasses.field(default_factory=lambda: _side(None, None, None))
-    extra: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    __slots__ = ("changed", "version", "previous_version", "sha256", "release", "rollback_point", "actions", "health", "reverted",
+                 "before", "after", "extra")
+    _frozen = False
+
+    def __init__(self) -> None:
+        self.changed = False
+        self.version: str | None = None
+        self.previous_version: str | None = None
+        self.sha256: str | None = None
+        self.release: str | None = None
+        self.rollback_point: dict[str, t.Any] | None = None
+        self.actions: list[str] = []
+        self.health: dict[str, t.Any] | None = None
+        self.reverted = False
+        self.before: dict[str, t.Any] = _side(None, None, None)
+        self.after: dict[str, t.Any] = _side(None, None, None)
+        self.extra: dict[str, t.Any] = {}
 
     def act(self, action: str) -> None:
         self.actions.append(action)

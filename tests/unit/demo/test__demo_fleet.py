@@ -454,7 +454,7 @@ def test_inventory_file() -> None:
         "fleetpatch_service": "myapp",
         "fleetpatch_health_url": "http://127.77.0.4:18080/health",
         "fleetpatch_metrics_url": "http://127.77.0.4:18080/metrics",
-        "fleetpatch_restart_command": ["/py", "/f/bin/fleetctl.py", "restart", "eu-west-acme-web-prod-01"],
+        "fleetpatch_restart_command": ["/py", "-I", "-S", "/f/bin/fleetctl.py", "restart", "eu-west-acme-web-prod-01"],
         "fleet_address": "127.77.0.4",
         "fleet_port": 18080,
         "fleet_edge": "edge-eu-west",

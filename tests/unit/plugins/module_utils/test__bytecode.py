@@ -23,6 +23,7 @@ from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bytecod
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[4]
 BYTECODE_SOURCE = REPO_ROOT / "plugins" / "module_utils" / "_bytecode.py"
+STORE_SOURCE = REPO_ROOT / "plugins" / "module_utils" / "_bytecode_store.py"
 MODULE = '''\
 """A module of the test payload."""
 VALUE = {value!r}
@@ -53,6 +54,7 @@ CHILD = textwrap.dedent('''\
         "source": mod.__loader__.get_source(mod.__name__), "tb_file": frame.filename, "tb_line": frame.line,
         "compiled": [name for name in compiled if "zztest" in name],
         "cache": None if finder is None else {"compiled": finder.cache.compiled, "loaded": finder.cache.loaded},
+        "store_loaded": "ansible_collections.fleetpatch.rollout.plugins.module_utils._bytecode_store" in sys.modules,
     }))
 ''')
 
@@ -64,6 +66,7 @@ def build_payload(path: pathlib.Path, *, value: str = "one") -> pathlib.Path:
                         "ansible_collections/fleetpatch/zztest"):
             archive.writestr(f"{package}/__init__.py", "")
         archive.write(BYTECODE_SOURCE, "ansible_collections/fleetpatch/rollout/plugins/module_utils/_bytecode.py")
+        archive.write(STORE_SOURCE, "ansible_collections/fleetpatch/rollout/plugins/module_utils/_bytecode_store.py")
         archive.writestr("ansible_collections/fleetpatch/zztest/mod.py", MODULE.format(value=value))
     return path
 
@@ -97,6 +100,7 @@ def test_second_execution_uses_the_cache(tmp_path: pathlib.Path) -> None:
     first = run(payload, cache)
     assert first["value"] == "one"
     assert len(first["compiled"]) == 2 and first["cache"] == {"compiled": 2, "loaded": 0}  # zztest/__init__.py, zztest/mod.py
+    assert first["store_loaded"]  # the miss path (compile, store, create the directory) is a module of its own
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     files = entries(cache)
     assert len(files) == 2 and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
@@ -104,6 +108,7 @@ def test_second_execution_uses_the_cache(tmp_path: pathlib.Path) -> None:
 
     second = run(payload, cache)
     assert second["compiled"] == [] and second["cache"] == {"compiled": 0, "loaded": 2}
+    assert not second["store_loaded"]  # a warm cache never loads (so never compiles) the miss path
     assert second["value"] == "one"
     assert_plain_import_semantics(second, payload)
 
