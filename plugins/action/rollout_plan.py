@@ -10,6 +10,7 @@ import os
 import typing as t
 from collections.abc import Mapping
 
+from ansible.inventory.manager import split_host_pattern
 from ansible.template import is_trusted_as_template
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import CalendarError, iso_z
@@ -94,6 +95,18 @@ ARGUMENT_SPEC = {
 }
 FLEET_VARS = ("fleet_region", "fleet_tenant", "fleet_segment", "fleet_environment")
 
+
+# characters that can make a hostname more than one host pattern (then Ansible's own split decides)
+_PATTERN_CHARS = frozenset(",:[]")
+
+
+def names_one_host(name: str) -> bool:
+    """Whether a play's hosts list that holds this hostname selects that host: Ansible reads it back as this one pattern
+    (a comma or a colon outside an address or port splits it, spaces around it are dropped) and neither as an
+    exclusion (leading ``!``) nor as an intersection (leading ``&``)."""
+    if name[:1] in ("!", "&"):
+        return False
+    return not (_PATTERN_CHARS.intersection(name) or name != name.strip()) or split_host_pattern(name) == [name]
 
 class RolloutPlanError(FleetpatchError):
     """Input that must stop the run before any host is touched."""
@@ -297,6 +310,11 @@ class ActionModule(ControllerAction):
                                    " is named in a warning above)")
         for index, target in enumerate(args["targets"]):
             check_text(target, field=f"targets[{index}]", max_len=255, error=RolloutPlanError)
+            # the batch play's hosts are these names as a list of host patterns (fleetpatch_plan_hosts): each must read
+            # back as itself, not as several patterns, an exclusion or an intersection
+            if not names_one_host(target):
+                raise RolloutPlanError(f"targets[{index}]: host {target!r} cannot be named in a play's hosts (a host pattern that is"
+                                       " not this one host: a comma, a colon outside an address, a leading '!' or '&', or spaces around it)")
         if args["clock"]:
             check_text(args["clock"], field="clock", max_len=64, error=RolloutPlanError)
         # every string of the rollout policy: bounded, no control characters (its own validators say what each means)

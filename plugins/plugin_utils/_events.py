@@ -77,6 +77,8 @@ _CORRELATION_RE = re.compile(r"[^A-Za-z0-9._:@/+-]")
 FIELDS = ("v", "ts", "event", "correlation_id", "traceparent", "run_id", "patch_id", "wave", "batch", "host", "region",
           "tenant", "segment", "environment", "task", "action", "status", "changed", "duration", "message", "data")
 HOST_ATTRIBUTES = ("region", "tenant", "segment", "environment")
+# play.started names at most this many of a play's hosts (and then their count)
+_PLAY_HOSTS_SHOWN = 20
 # Events after which the file is flushed at once: wave boundaries and the decisions taken at them.
 BOUNDARY_EVENTS = frozenset({"wave.started", "wave.finished", "gate.decision", "run.started", "run.finished", "playbook.finished"})
 # the operator's explicit correlation id (an input read by the callback and rollout_plan alike; nothing exports it)
@@ -466,8 +468,14 @@ class RunRecorder:
             self.hooks[hook] += 1
             if not self.played:
                 self._first_play(extra_vars, variables, host_attributes or {})
-            self.in_plan_play = bool(serial and self.plan_group and self.plan_group in hosts)
-            data: dict[str, t.Any] = {"play": name, "hosts": list(hosts), "serial": serial}
+            # the rollout play runs over the plan's hosts: the list fleetpatch_plan_hosts (its first host has a wave), or the
+            # plan group in a playbook that names it
+            planned = bool(hosts) and (self.plan_group in hosts or self.hosts.get(hosts[0], {}).get("wave") is not None)
+            self.in_plan_play = bool(serial and self.plan_group and planned)
+            # a play over a list of hostnames (the batch play: the whole plan, at every batch) is recorded by its first names
+            data: dict[str, t.Any] = {"play": name, "hosts": list(hosts[:_PLAY_HOSTS_SHOWN]), "serial": serial}
+            if len(hosts) > _PLAY_HOSTS_SHOWN:
+                data["host_count"] = len(hosts)
             if self._awx:  # the first play names the AWX job: id, template, workflow job, schedule, slice, launched_by
                 data["awx"], self._awx = self._awx, {}
             self.emit("play.started", data=data)

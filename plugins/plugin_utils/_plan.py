@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
-from operator import itemgetter, methodcaller
+from operator import add, itemgetter, methodcaller, mul
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
@@ -533,10 +533,14 @@ def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], 
             return (0, rank, ()) if rank is not None else (1, 0, natural_key(value))
 
         ranks.append({value: rank for rank, value in enumerate(sorted(set(map(itemgetter(index), paths.values())), key=group_key))})
-    distinct_paths = list(set(paths.values()))
-    path_keys = list(zip(*(map(rank.__getitem__, map(itemgetter(index), distinct_paths)) for index, rank in enumerate(ranks))))
-    rank_of_path = dict(zip(map(itemgetter(1), sorted(zip(path_keys, distinct_paths))), itertools.count()))
-    rank_of = dict(zip(paths, map(rank_of_path.__getitem__, paths.values())))
+    # a path's ranks as one int (mixed radix, the first level most significant): ints compare as the rank tuples do, and
+    # cheaply; one per distinct key, each level's column at once
+    combined: t.Iterable[int] = itertools.repeat(0, len(paths))
+    for index, rank in enumerate(ranks):
+        combined = map(add, map(mul, combined, itertools.repeat(len(rank))), map(rank.__getitem__, map(itemgetter(index), paths.values())))
+    path_rank = list(combined)
+    rank_of_path = dict(zip(sorted(set(path_rank)), itertools.count()))
+    rank_of = dict(zip(paths, map(rank_of_path.__getitem__, path_rank)))
     keys = _natural_keys(fleet.names)
     positions = sorted(range(len(keys)), key=keys.__getitem__)
     # sort() is stable: by group alone keeps natural host order within each group (and costs little when hosts are
@@ -688,10 +692,10 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Map
 
     The bytes are canonical_json's of the whole mapping, written from parts: group names match NAME_RE (no quote, no
     backslash, ASCII), so one fragment per distinct groups tuple is its JSON; a hostname without a quote or backslash
-    is ``"name"`` (control characters are refused). canonical_json sorts the hostnames: the entries ``name":{...}``
-    sort the same way unless a name holds a character below the quote (space, ``!``); then NUL, below them all, joins a
-    name to its fragment for the sort and becomes ``":`` after it. The entries start in plan order (order, groups), which
-    is often nearly sorted already.
+    is ``"name"`` (control characters are refused). canonical_json sorts the hosts by name: the names are sorted (a
+    linear pass when the plan order is the name order already, as when hosts are named after their groups), then
+    joined, each followed by the text up to the next name (``":{...},"``, one string per distinct groups tuple), in one
+    join: no string per host.
     """
     names = [_var(level) for level in fleet.levels]
     tail = canonical_json({"patch_id": patch_id, "policy": policy})
@@ -700,13 +704,15 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Map
         return hashlib.sha256(canonical_json({"hosts": {host: dict(zip(names, fleet.values[key])) for host, key in zip(order, groups)},
                                               "patch_id": patch_id, "policy": policy}).encode("utf-8")).hexdigest()
     # {"fleet_region":"{0}",...}: the variables in sorted order, each filled from its position in the groups tuple
-    template = "{{" + ",".join(f'"{name}":"{{{index}}}"' for name, index in sorted(zip(names, itertools.count()))) + "}}"
-    fragment = dict(zip(fleet.values, itertools.starmap(template.format, fleet.values.values())))
-    low = " " in joined or "!" in joined
-    entries = sorted(map("\0".join if low else '":'.join, zip(order, map(fragment.__getitem__, groups))))
-    body = ',"'.join(entries)
+    template = '":{{' + ",".join(f'"{name}":"{{{index}}}"' for name, index in sorted(zip(names, itertools.count()))) + '}},"'
+    between = dict(zip(fleet.values, itertools.starmap(template.format, fleet.values.values())))
+    by_name = sorted(range(len(order)), key=order.__getitem__)
+    parts: list[str] = [""] * (2 * len(order))
+    parts[0::2] = map(order.__getitem__, by_name)
+    parts[1::2] = map(between.__getitem__, map(groups.__getitem__, by_name))
+    body = "".join(parts).encode("utf-8")
     digest = hashlib.sha256(b'{"hosts":{"')
-    digest.update((body.replace("\0", '":') if low else body).encode("utf-8"))
+    digest.update(memoryview(body)[:-2])  # the last host's fragment ends without the ',"' of a next name
     digest.update(("}," + tail[1:]).encode("utf-8"))
     return digest.hexdigest()
 

@@ -25,7 +25,9 @@ def hosts_of(play: dict[str, t.Any], *, groups: dict[str, list[str]], localhost:
     return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(play["hosts"]))
 
 
-PLANNED = {"all": ["n1", "n2"], "fleetpatch_plan_hosts": ["n1", "n2"]}
+PLANNED = {"all": ["n1", "n2"]}
+# the plan play's fact: the batch play's hosts in plan order (empty in a preview)
+QUEUED = {"fleetpatch_plan_hosts": ["n1", "n2"]}
 
 
 def test_three_readiness_plays_controller_hosts_controller() -> None:
@@ -36,16 +38,17 @@ def test_three_readiness_plays_controller_hosts_controller() -> None:
 @pytest.mark.parametrize("localhost", [{"rollout_stage": "url"}, {"rollout_stage": "copy"}, {}], ids=["url", "copy", "default"])
 def test_no_hosts_unless_prestaged(localhost: dict[str, t.Any]) -> None:
     for play in readiness_plays():
-        assert not hosts_of(play, groups=PLANNED, localhost=localhost), play["name"]
+        assert not hosts_of(play, groups=PLANNED, localhost=dict(QUEUED, **localhost)), play["name"]
 
 
 def test_prestaged_runs_on_the_controller_and_the_queued_hosts_only() -> None:
     first, check, verdict = readiness_plays()
-    prestaged = {"rollout_stage": "prestaged"}
+    prestaged = {"rollout_stage": "prestaged", **QUEUED}
     assert hosts_of(first, groups=PLANNED, localhost=prestaged) == "localhost"
     assert hosts_of(verdict, groups=PLANNED, localhost=prestaged) == "localhost"
     # every host had a record: no group, no hosts
     assert not hosts_of(check, groups=PLANNED, localhost=prestaged)
     assert hosts_of(check, groups=dict(PLANNED, fleetpatch_ready_hosts=["n2"]), localhost=prestaged) == "fleetpatch_ready_hosts"
     # a preview queues no planned host: nothing runs
-    assert not hosts_of(first, groups={"all": ["n1"]}, localhost=prestaged)
+    assert not hosts_of(first, groups={"all": ["n1"]}, localhost=dict(prestaged, fleetpatch_plan_hosts=[]))
+    assert not hosts_of(first, groups={"all": ["n1"]}, localhost={"rollout_stage": "prestaged"})

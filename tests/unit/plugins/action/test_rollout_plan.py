@@ -8,8 +8,10 @@ import typing as t
 
 import pytest
 from ansible.errors import AnsibleActionFail
-
+from ansible.inventory.manager import split_host_pattern
 from conftest import HOSTS, MANIFEST, plan_args, run_action, stored_lock, stored_run
+
+from ansible_collections.fleetpatch.rollout.plugins.action.rollout_plan import names_one_host
 
 
 def test_plan_writes_plan_state_lock_and_masks_credentials(fleet: dict[str, t.Any], no_event_log: None) -> None:
@@ -65,12 +67,27 @@ def test_refuses_without_event_log(fleet: dict[str, t.Any], monkeypatch: pytest.
         ({"manifest": 42}, "manifest must be a path to a patch manifest file or a mapping"),
         ({"manifest": "/nonexistent/patch.yml"}, "patch manifest /nonexistent/patch.yml does not exist"),
         ({"manifest": dict(MANIFEST, approvals=[{"by": "alice"}])}, "alice requested this patch and cannot approve it"),
+        # the batch play names the planned hosts as host patterns: a name that reads as other patterns is refused
+        ({"targets": ["node1", "web,db"]}, "targets[1]: host 'web,db' cannot be named in a play's hosts"),
+        ({"targets": ["!node1"]}, "targets[0]: host '!node1' cannot be named in a play's hosts"),
+        ({"targets": ["&node1"]}, "targets[0]: host '&node1' cannot be named in a play's hosts"),
+        ({"targets": ["web:db"]}, "targets[0]: host 'web:db' cannot be named in a play's hosts"),
     ],
 )
 def test_bad_input_fails_with_its_reason(fleet: dict[str, t.Any], no_event_log: None, changes: dict[str, t.Any], message: str) -> None:
     result = run_action("rollout_plan", plan_args(fleet["state_dir"], **changes), fleet["task_vars"])
     assert result["failed"] and message in result["msg"], result["msg"]
     assert not os.path.exists(os.path.join(fleet["state_dir"], "runs"))
+
+
+@pytest.mark.parametrize(("name", "one"), [
+    ("node1", True), ("db-01.example.com", True), ("fe80::1", True), ("[fe80::1]:22", True), ("web[1]", True), ("10.0.0.1:2222", True),
+    ("web,db", False), ("web:db", False), ("!node1", False), ("&node1", False), (" node1", False), ("node1 ", False),
+])
+def test_names_one_host_as_ansible_reads_play_hosts(name: str, one: bool) -> None:
+    """The check agrees with what Ansible's split of a play's hosts list gives back (and its ordering of '!'/'&' patterns)."""
+    assert names_one_host(name) is one
+    assert (split_host_pattern([name]) == [name] and name[0] not in "!&") is one
 
 
 def test_host_without_root_is_named(fleet: dict[str, t.Any], no_event_log: None) -> None:

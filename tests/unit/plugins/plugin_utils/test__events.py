@@ -99,9 +99,9 @@ def gate(batch: int, wave: str, action: str = "continue") -> dict[str, t.Any]:
 
 
 def simulate_rollout(recorder: RunRecorder, tmp_path, *, extra_vars: dict[str, t.Any] | None = None,
-                     correlation: dict[str, str] | None = None) -> dict[str, t.Any]:
+                     correlation: dict[str, str] | None = None, rollout_hosts: list[str] | None = None) -> dict[str, t.Any]:
     """The hook calls of a two-wave rollout, as the callback makes them. correlation: the attempt's correlation id
-    as rollout_plan returns it (fleetpatch_correlation)."""
+    as rollout_plan returns it (fleetpatch_correlation); rollout_hosts: the rollout play's hosts (default: the plan group)."""
     recorder.playbook_start(playbook="playbooks/rollout.yml", check_mode=False, ansible_version="2.19.0")
     recorder.play_start(name="Plan the rollout", hosts=["localhost"], extra_vars=extra_vars or {},
                         variables=[{"db": {"password": "vars-secret-value"}}], host_attributes={"h1": {"region": "eu"}})
@@ -117,7 +117,7 @@ def simulate_rollout(recorder: RunRecorder, tmp_path, *, extra_vars: dict[str, t
         recorder.host_task_start(host=host, task_uuid="ready")
         recorder.host_task_result(host=host, task_uuid="ready", task="Ready", action="fleetpatch.rollout.ready", status="ok",
                                   result={"changed": False}, hook="v2_runner_on_ok")
-    recorder.play_start(name="Roll out", hosts=["fleetpatch_plan_hosts"], extra_vars={}, serial=True)
+    recorder.play_start(name="Roll out", hosts=rollout_hosts or ["fleetpatch_plan_hosts"], extra_vars={}, serial=True)
     for batch, (wave, hosts) in enumerate([("canary", ["h1"]), ("wave-1", ["h2", "h3"])]):
         for host in hosts:
             recorder.host_task_start(host=host, task_uuid=f"apply{batch}")
@@ -134,6 +134,23 @@ def simulate_rollout(recorder: RunRecorder, tmp_path, *, extra_vars: dict[str, t
     recorder.host_task_result(host="h3", task_uuid="secret", task="Secret", action="ansible.builtin.command", status="ok",
                               result={"changed": True, "stdout": CANARY, "_ansible_no_log": True}, hook="v2_runner_on_ok")
     return recorder.playbook_end(stats={"h1": {"ok": 2}, "h3": {"failures": 1}})
+
+
+def test_a_rollout_play_over_the_plan_hosts_list_starts_the_waves(tmp_path) -> None:
+    """playbooks/rollout.yml's batch play names the plan's hosts (fleetpatch_plan_hosts, a list in plan order), not a group;
+    its play.started events name the first hosts and their count, not the whole plan at every batch."""
+    recorder, warnings, _said = make_recorder()
+    simulate_rollout(recorder, tmp_path, rollout_hosts=["h1", "h2", "h3"])
+    events = read_events(str(tmp_path / "runs" / "FP-1" / "events.jsonl"))
+    names = [event["event"] for event in events]
+    rollout_play = [index for index, name in enumerate(names) if name == "play.started"][2]
+    assert names.index("wave.started") == rollout_play + 1 and names.count("wave.started") == 2 and not warnings
+    assert events[rollout_play]["data"]["hosts"] == ["h1", "h2", "h3"] and "host_count" not in events[rollout_play]["data"]
+    # a serial play over hosts that are not planned starts no wave; a long list is named by its first hosts and its count
+    recorder, _warnings, _said = make_recorder()
+    recorder.play_start(name="Other", hosts=[f"x{index}" for index in range(50)], extra_vars={}, serial=True)
+    assert not recorder.in_plan_play
+    assert recorder.pre_run[-1]["data"] == {"play": "Other", "hosts": [f"x{index}" for index in range(20)], "serial": True, "host_count": 50}
 
 
 def test_a_rollout_gives_a_chained_schema_valid_log(tmp_path) -> None:

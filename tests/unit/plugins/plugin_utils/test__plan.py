@@ -828,7 +828,7 @@ def _reference_fingerprint(hosts: Hosts, policy: t.Any, patch_id: str, levels: t
 
 
 @pytest.mark.parametrize("names", [
-    ["web 1", "web!2", "web-3", "web1"],  # below the quote: the NUL-joined sort
+    ["web 1", "web!2", "web-3", "web1"],  # below the quote: sorted by name as canonical_json sorts
     ['we"b-1', "web\\2", "web-3"],  # a quote or backslash: canonical_json of the mapping
     ["wéb-1", "web-2", "веб-3", "web-10"],  # non-ASCII: the natural_key path
     ["a1", "a01", "a001", "a-1", "a.1", "a", "a10b", "a9b", "b"],  # digit runs of several lengths after one text
