@@ -17,7 +17,7 @@ import urllib.request
 from ansible.module_utils import urls as ansible_urls
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
-from ansible_collections.fleetpatch.rollout.plugins.module_utils._module_ops import plain_http
+from ansible_collections.fleetpatch.rollout.plugins.module_utils._plain_http import plain_http
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import parse_instant
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._store import utc_now
 
