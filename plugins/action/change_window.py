@@ -78,8 +78,7 @@ class ActionModule(ControllerAction):
             # the other slices' hosts of this batch are theirs (their variables are not in this slice's inventory)
             playing = set(task_vars.get("ansible_play_batch", []))
             hosts = [host for host in hosts if host in playing]
-        names = {f"fleet_{key}": key for key in SCOPE_KEYS}
-        scopes = {host: {names[name]: value for name, value in host_vars(task_vars, host, names).items()} for host in hosts}
+        scopes = self._scopes(planned, hosts, task_vars)
         now, clock_source = decision_clock(args["clock"])
         limits = constraints(change["constraints"], change.get("override"))
         found = evaluate_wave(parse_calendar(change["calendar"]), scopes, now, limits)
@@ -119,6 +118,22 @@ class ActionModule(ControllerAction):
         # The event callback, the only writer of events.jsonl, records these from the result.
         result["fleetpatch_events"] = run_state.events()
         return result
+
+    @staticmethod
+    def _scopes(planned: t.Mapping[str, t.Any], hosts: list[str], task_vars: dict[str, t.Any]) -> dict[str, dict[str, t.Any]]:
+        """Each host's calendar scope (region, tenant, environment): the attributes rollout_plan read from the host's
+        fleet_* variables and announces per host (fleetpatch_run.hosts), so no host's variables are built again per batch;
+        a host the result does not announce (an older plan result) is read from hostvars."""
+        announced = (planned.get("fleetpatch_run") or {}).get("hosts") or {}
+        names = {f"fleet_{key}": key for key in SCOPE_KEYS}
+        scopes = {}
+        for host in hosts:
+            entry = announced.get(host)
+            if isinstance(entry, t.Mapping):
+                scopes[host] = {key: entry.get(key) for key in SCOPE_KEYS}
+            else:
+                scopes[host] = {names[name]: value for name, value in host_vars(task_vars, host, names).items()}
+        return scopes
 
     @staticmethod
     def _slice_stop(run_state: Run, sliced: dict[str, t.Any], *, index: int, wave: str, task_vars: dict[str, t.Any]) -> dict[str, t.Any]:

@@ -97,3 +97,29 @@ def test_a_waiting_batch_and_check_mode_capture_no_baseline(fleet: dict[str, t.A
     checked = run_action("change_window", window_args(run), task_vars, check_mode=True)
     assert waiting["stop"] is True and "baseline" not in waiting and "baseline" not in checked
     assert not os.path.exists(os.path.join(planned["run_dir"], "baseline.json"))
+
+
+def eu_freeze(run: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The run, with a freeze over March 2026 for region eu only."""
+    run = copy.deepcopy(run)
+    run["change"]["calendar"] = dict(run["change"]["calendar"] or {}, freezes=[
+        {"name": "eu close", "scope": {"region": ["eu"]}, "once": {"start": "2026-03-01T00:00", "end": "2026-04-01T00:00"}}])
+    return run
+
+
+def test_scopes_are_the_attributes_the_plan_read(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    # the hosts' variables are not read again per batch: the plan announced each host's region, tenant and environment
+    hosts = planned["plan"]["batches"][1]["hosts"]
+    task_vars = dict(batch(fleet, planned, 1), hostvars={host: {} for host in fleet["task_vars"]["hostvars"]})
+    result = run_action("change_window", window_args(eu_freeze(planned)), task_vars)
+    eu = [host for host in hosts if fleet["task_vars"]["hostvars"][host]["fleet_region"] == "eu"]
+    assert eu and result["stop"] is True and sorted(result["blocked_hosts"]) == sorted(eu)
+
+
+def test_a_host_the_plan_did_not_announce_is_read_from_hostvars(fleet: dict[str, t.Any], planned: dict[str, t.Any]) -> None:
+    run = eu_freeze(planned)
+    run["fleetpatch_run"] = dict(run["fleetpatch_run"], hosts={})
+    hosts = planned["plan"]["batches"][1]["hosts"]
+    result = run_action("change_window", window_args(run), batch(fleet, planned, 1))
+    eu = [host for host in hosts if fleet["task_vars"]["hostvars"][host]["fleet_region"] == "eu"]
+    assert result["stop"] is True and sorted(result["blocked_hosts"]) == sorted(eu)
