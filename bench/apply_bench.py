@@ -9,8 +9,9 @@ again and again as plain processes, rounds interleaved so load on the machine hi
 * fresh (cached): the same with the artifact already in the host's cache (pre-staged or copied);
 * idempotent: the host runs the target already (a resumed rollout): verify the release tree, health;
 * ping: the floor, one ``ansible.builtin.ping``;
-* fresh (url), cold cache: fresh (url) with the host's bytecode cache (module_utils/_bytecode.py) emptied before: the
-  first execution per host and collection version, which compiles the collection's module_utils and stores them;
+* fresh (url), cold cache: fresh (url) with an empty bytecode cache (module_utils/_bytecode.py; a directory of its
+  own, emptied before each execution, so the other arms keep their warm one): the first execution per host and
+  collection version, which compiles the collection's module_utils and stores them;
 * fresh (url), no cache: fresh (url) with FLEETPATCH_BYTECODE_CACHE=off (every file compiled from the zip, as before
   the cache).
 
@@ -140,7 +141,8 @@ def run_arm(arm: str, host: Host, paths: dict[str, str], *extra: str) -> tuple[f
         _result, cpu, err = execute(ping_path, *extra, env=env)
         return cpu, err
     if arm == "fresh_url_cold":
-        shutil.rmtree(host.bytecode, ignore_errors=True)
+        env["FLEETPATCH_BYTECODE_CACHE_DIR"] = host.bytecode + "-cold"
+        shutil.rmtree(env["FLEETPATCH_BYTECODE_CACHE_DIR"], ignore_errors=True)
     if arm == "fresh_url_nocache":
         env["FLEETPATCH_BYTECODE_CACHE"] = "off"
     if arm != "idempotent":

@@ -10,21 +10,24 @@
 
 Exit codes: 0 done, 1 restart failed, 2 usage, 3 unknown host, 4 supervisor not running, 5 bad reply.
 Messages go to stderr; status prints JSON on stdout. Standard library only.
+
+`restart HOST` is what every patch_apply runs (the inventory's fleetpatch_restart_command, `python -I -S`): a real
+fleet's restart is systemctl, so this path imports as little as it can. The socket and json modules cost more CPU to
+import than the rest of the script (socket's enums, json's regular expressions), so it speaks through their C halves
+(_socket, _json's encoder and scanner) and falls back to json for any reply they do not take (its own errors then).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
-import types
 
 # not `from typing import TYPE_CHECKING`: this script runs once per restart, and importing typing costs more than the
 # rest of it (type checkers read any TYPE_CHECKING name as true)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    import types
     import typing as t
 
 EXIT_OK = 0
@@ -42,12 +45,53 @@ class ControlError(Exception):
         self.code = code
 
 
+class _ScanContext:
+    """What json's C scanner reads of a JSONDecoder: json.loads's defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+def dumps(payload: dict[str, str]) -> str:
+    """json.dumps(payload) of a request (string keys and values), through json's C encoder when it is there."""
+    try:
+        from _json import encode_basestring_ascii
+    except ImportError:
+        import json
+
+        return json.dumps(payload)
+    return "{" + ", ".join(f"{encode_basestring_ascii(key)}: {encode_basestring_ascii(value)}" for key, value in payload.items()) + "}"
+
+
+def loads(data: bytes) -> t.Any:
+    """json.loads(data), through json's C scanner when it takes the whole reply; json.loads (and its errors) otherwise."""
+    try:
+        from _json import make_scanner
+
+        text = data.decode("utf-8")
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        value, end = make_scanner(_ScanContext)(text, start)
+        if not text[end:].strip(" \t\n\r"):
+            return value
+    except (ImportError, StopIteration, ValueError):
+        pass
+    import json
+
+    return json.loads(data)
+
+
 def request(fleet_dir: str, payload: dict[str, t.Any], *, timeout: float = 30.0) -> dict[str, t.Any]:
     """Send one JSON line to the supervisor and return its JSON reply.
 
     The socket is reached through /proc/self/fd/<dir fd>/control.sock so the path stays under the
     108-byte AF_UNIX limit however deep the fleet directory is.
     """
+    import _socket  # the C module: socket.py's enums cost more than this whole request
+
     run_dir = os.path.join(fleet_dir, "run")
     try:
         dir_fd = os.open(run_dir, os.O_RDONLY)
@@ -57,7 +101,8 @@ def request(fleet_dir: str, payload: dict[str, t.Any], *, timeout: float = 30.0)
         path = f"/proc/self/fd/{dir_fd}/{CONTROL_SOCKET}"
         if not os.path.exists(path):
             path = os.path.join(run_dir, CONTROL_SOCKET)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             conn.settimeout(timeout)
             try:
                 conn.connect(path)
@@ -66,7 +111,7 @@ def request(fleet_dir: str, payload: dict[str, t.Any], *, timeout: float = 30.0)
                     f"demo fleet supervisor is not running (cannot connect to {run_dir}/{CONTROL_SOCKET}: {exc.strerror or exc})",
                     EXIT_NOT_RUNNING,
                 ) from exc
-            conn.sendall((json.dumps(payload) + "\n").encode())
+            conn.sendall((dumps(payload) + "\n").encode())
             chunks = []
             try:
                 while True:
@@ -74,12 +119,14 @@ def request(fleet_dir: str, payload: dict[str, t.Any], *, timeout: float = 30.0)
                     if not chunk:
                         break
                     chunks.append(chunk)
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 raise ControlError(f"no reply from the demo fleet supervisor within {timeout:g}s", EXIT_BAD_REPLY) from exc
+        finally:
+            conn.close()
     finally:
         os.close(dir_fd)
     try:
-        reply = json.loads(b"".join(chunks))
+        reply = loads(b"".join(chunks))
     except ValueError as exc:
         raise ControlError(f"bad reply from the demo fleet supervisor: {exc}", EXIT_BAD_REPLY) from exc
     if not isinstance(reply, dict):
@@ -87,7 +134,7 @@ def request(fleet_dir: str, payload: dict[str, t.Any], *, timeout: float = 30.0)
     return reply
 
 
-def run(args: argparse.Namespace | types.SimpleNamespace) -> int:
+def run(args: argparse.Namespace | types.SimpleNamespace | _Restart) -> int:
     payload: dict[str, t.Any] = {"cmd": args.command}
     if getattr(args, "host", None):
         payload["host"] = args.host
@@ -97,12 +144,27 @@ def run(args: argparse.Namespace | types.SimpleNamespace) -> int:
         print(f"fleetctl: {reply.get('error') or 'failed'}", file=sys.stderr)
         return code
     if args.command == "status":
+        import json
+
         print(json.dumps(reply, indent=2, sort_keys=True))
     elif args.command == "restart" and args.verbose:
         print(reply.get("message", ""), file=sys.stderr)
     elif args.command == "reload-faults" and args.verbose:
+        import json
+
         print(json.dumps(reply, sort_keys=True), file=sys.stderr)
     return EXIT_OK
+
+
+class _Restart:
+    """The arguments of `restart HOST` (what argparse would give), without importing argparse or types."""
+
+    command = "restart"
+    timeout = 30.0
+    verbose = False
+
+    def __init__(self, *, host: str, dir: str) -> None:  # pylint: disable=redefined-builtin  # argparse's name
+        self.host, self.dir = host, dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 2 and argv[0] == "restart" and not argv[1].startswith("-"):
         # what every patch_apply runs (the inventory's fleetpatch_restart_command), read without argparse: importing
         # and building the parser cost more CPU than the rest of this script
-        args = types.SimpleNamespace(command="restart", host=argv[1], dir=default_dir, timeout=30.0, verbose=False)
+        args = _Restart(host=argv[1], dir=default_dir)
     else:
         args = _parser(default_dir).parse_args(argv)
     try:
