@@ -23,6 +23,7 @@ import os
 import typing as t
 import urllib.parse
 
+from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
@@ -43,6 +44,12 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
+        skipped = _skipped(args.pop("skip_var", None), task_vars)
+        if skipped is not None:
+            # decided here rather than by a `when` on the role's block: a conditional is compiled by Jinja in every forked
+            # worker (no template cache survives the fork), one per host and batch
+            result.update(skipped)
+            return result
         if "plan_var" in args:
             args = self._from_plan(args, task_vars)
         src = args.pop("src", None)
@@ -67,13 +74,20 @@ class ActionModule(ActionBase):
 
     def _from_plan(self, args: dict[str, t.Any], task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         """The module's arguments from the plan on localhost, the no_log URLs and this host's variables; explicit ones win."""
-        plan_var, urls_var, stage = args.pop("plan_var"), args.pop("urls_var", None), args.pop("stage", None) or "url"
+        plan_var, urls_var, stage, stage_var = args.pop("plan_var"), args.pop("urls_var", None), args.pop("stage", None), args.pop("stage_var", None)
         for name, value in (("plan_var", plan_var), ("urls_var", urls_var)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise AnsibleActionFail(f"{name} must be the name of a variable of {PLAN_HOST}")
+        if stage_var is not None and (not isinstance(stage_var, str) or not stage_var):
+            raise AnsibleActionFail("stage_var must be the name of a variable of this host")
+        if stage is None and stage_var is not None and stage_var in task_vars:
+            # the host's variable as the task would have templated it ("{{ rollout_stage }}"): a plain value costs no Jinja
+            # compile, which a templated task argument costs in every forked worker
+            stage = self._templar.template(task_vars[stage_var])
+        stage = stage or "url"
         if stage not in STAGES:
             raise AnsibleActionFail(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-        planner = _raw_host_vars(task_vars, PLAN_HOST)
+        planner = _planner_vars(task_vars, [name for name in (plan_var, urls_var) if name])
         host = {name: self._templar.template(task_vars[name]) for name in HOST_VARS if name in task_vars}
         built = plan_module_args(planner.get(plan_var), planner.get(urls_var) if urls_var else None, plan_var=plan_var, host=host, stage=stage,
                                  state=args.get("state", "present"))
@@ -93,6 +107,41 @@ class ActionModule(ActionBase):
         if not os.path.isfile(path):
             raise AnsibleActionFail(f"src {path} is not a file on the controller")
         return path
+
+
+def _skipped(skip_var: t.Any, task_vars: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
+    """The skipped result of a host that skip_var's skip_hosts (this host's registered change_window result) lists, else None."""
+    if skip_var is None:
+        return None
+    if not isinstance(skip_var, str) or not skip_var:
+        raise AnsibleActionFail("skip_var must be the name of a variable of this host")
+    window = task_vars.get(skip_var)
+    skip_hosts = window.get("skip_hosts") if isinstance(window, c.Mapping) else None
+    if skip_hosts is None:
+        raise AnsibleActionFail(f"{skip_var} is not the registered result of fleetpatch.rollout.change_window (no skip_hosts)")
+    if task_vars.get("inventory_hostname") not in skip_hosts:
+        return None
+    return {"changed": False, "skipped": True, "skip_reason": f"this attempt skips the host ({skip_var}.skip_hosts)"}
+
+
+def _planner_vars(task_vars: t.Mapping[str, t.Any], names: t.Sequence[str]) -> t.Mapping[str, t.Any]:
+    """The named variables of the plan host as stored, without computing its whole variable set when they can be read directly.
+
+    A registered result and a set_fact value of localhost live in the variable manager's non-persistent fact cache, and only
+    extra variables (and magic ones, which no such name can be) take precedence over it, so with the default hash behaviour
+    (replace) they are exactly what hostvars.raw_get('localhost') holds for them. raw_get computes every variable of the host,
+    including the magic groups with every host's name: a cost per host that grows with the fleet, in every forked worker.
+    Any other case (the names not all there, another ansible-core, merged hashes) takes raw_get.
+    """
+    hostvars = task_vars.get("hostvars")
+    manager = getattr(hostvars, "_variable_manager", None)
+    facts = getattr(manager, "_nonpersistent_fact_cache", None)
+    if isinstance(facts, c.Mapping) and C.DEFAULT_HASH_BEHAVIOUR == "replace":
+        stored = facts.get(PLAN_HOST)
+        extra = getattr(manager, "extra_vars", None)
+        if isinstance(stored, c.Mapping) and isinstance(extra, c.Mapping) and all(name in stored or name in extra for name in names):
+            return {name: extra[name] if name in extra else stored[name] for name in names}
+    return _raw_host_vars(task_vars, PLAN_HOST)
 
 
 def _raw_host_vars(task_vars: t.Mapping[str, t.Any], host: str) -> t.Mapping[str, t.Any]:

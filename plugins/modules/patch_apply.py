@@ -91,6 +91,13 @@ options:
         the plan's are masked), set by a C(no_log) task with the P(fleetpatch.rollout.artifact_urls#lookup) lookup.
         Without it, or when C(localhost) has no such variable, the plan's own URLs are used.
     type: str
+  skip_var:
+    description:
+      - Name of a variable of this host that holds the registered result of M(fleetpatch.rollout.change_window) (the role
+        C(fleetpatch.rollout.rollout) registers C(__rollout_window)). A host its C(skip_hosts) lists (one this attempt of the
+        run skips) is skipped by the action plugin of this module: nothing runs on it and the result says RV(skipped=true),
+        as a C(when) on the task would. Handled by the action plugin, never passed to the host.
+    type: str
   stage:
     description:
       - With O(plan_var), how the artifact reaches the host's cache (the role's C(rollout_stage)). V(url) downloads from
@@ -99,6 +106,12 @@ options:
     type: str
     choices: [url, copy, prestaged]
     default: url
+  stage_var:
+    description:
+      - With O(plan_var) and without O(stage), name of a variable of this host that holds the stage (the role passes
+        C(rollout_stage)); read by the action plugin, as the task would have templated it. Unset, or the variable undefined,
+        means O(stage)'s default. Handled by the action plugin, never passed to the host.
+    type: str
   artifact_size:
     description:
       - Declared size of the artifact in bytes; a download or cached copy of another size is refused.
@@ -425,6 +438,18 @@ health:
       description: Why the check failed.
       type: str
       returned: when RV(health.ok) is false
+skipped:
+  description:
+    - V(true) when O(skip_var) lists this host; nothing ran on it, and the result holds only RV(changed), RV(skipped) and
+      RV(skip_reason).
+  returned: when the host is skipped
+  type: bool
+  sample: true
+skip_reason:
+  description: Why the host was skipped.
+  returned: when the host is skipped
+  type: str
+  sample: this attempt skips the host (__rollout_window.skip_hosts)
 not_applicable:
   description:
     - V(true) when the installed version is not in O(affected_versions); the host was not changed (RV(version) is the
@@ -529,6 +554,8 @@ def main() -> None:
         # handled by the action plugin too: the rollout's arguments built from the plan result (never reach the module)
         plan_var=dict(type="str"),
         urls_var=dict(type="str"),
+        skip_var=dict(type="str"),
+        stage_var=dict(type="str"),
         stage=dict(type="str", default="url", choices=["url", "copy", "prestaged"]),
         artifact_size=dict(type="int"),
         url_headers=dict(type="dict", no_log=True),
