@@ -25,7 +25,8 @@ is compiled from source on every execution).
 
 With ``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~3``), the patch_apply
 payload is built a second time from DIR's collection and its fresh (url), fresh (cached) and idempotent arms run
-interleaved with this checkout's (``base:`` arms): a before/after under the same machine state.
+interleaved with this checkout's (``base:`` arms): a before/after under the same machine state. The base arms restart
+the service with DIR's demo ``fleetctl.py`` (copied next to the fleet's own, run as ``python fleetctl.py restart HOST``).
 
     .venv/bin/python bench/apply_bench.py [--rounds 10] [--top 15] [--json FILE] [--baseline DIR]
 """
@@ -189,7 +190,11 @@ def main() -> None:
         arms = ARMS
         if options.baseline:
             host.reset(cached=False)
-            paths["base:apply"] = payload(fleet, node, "fleetpatch.rollout.patch_apply", args, os.path.join(base, "remote-base"),
+            ctl = os.path.join(os.path.dirname(args["restart_command"][-3]), "fleetctl-baseline.py")  # next to bin/fleetctl.py
+            shutil.copyfile(os.path.join(options.baseline, "collections", "ansible_collections", "fleetpatch", "demo", "roles",
+                                         "demo_fleet", "files", "fleetctl.py"), ctl)
+            base_args = dict(args, restart_command=[args["restart_command"][0], ctl, "restart", node])
+            paths["base:apply"] = payload(fleet, node, "fleetpatch.rollout.patch_apply", base_args, os.path.join(base, "remote-base"),
                                           collections=os.path.join(os.path.abspath(options.baseline), "collections"))
             arms = ARMS + BASELINE_ARMS
         host.reset(cached=False)

@@ -51,6 +51,12 @@ class Entry(Record):
     """One validated tar member. kind: skip (the archive root), dir, file, hardlink, symlink."""
 
     __slots__ = ("name", "kind", "path", "mode", "size", "target")
+    name: str
+    kind: str
+    path: str
+    mode: int
+    size: int
+    target: str
 
     def __init__(self, name: str, kind: str, path: str = "", mode: int = 0o644, size: int = 0, target: str = "") -> None:
         self._set(name=name, kind=kind, path=path, mode=mode, size=size, target=target)
@@ -61,6 +67,10 @@ class ArtifactPlan(Record):
     instead of a plain release tarball."""
 
     __slots__ = ("artifact", "entries", "total_size", "bundle")
+    artifact: str
+    entries: tuple[Entry, ...]
+    total_size: int
+    bundle: t.Any
 
     def __init__(self, artifact: str, entries: tuple[Entry, ...], total_size: int, bundle: t.Any = None) -> None:
         self._set(artifact=artifact, entries=entries, total_size=total_size, bundle=bundle)

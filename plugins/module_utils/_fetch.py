@@ -49,6 +49,15 @@ class FetchPolicy(Record):
     __slots__ = ("timeout", "retries", "backoff", "backoff_max", "min_throughput", "throughput_window", "max_time", "headers",
                  "max_artifact_bytes")
     _hidden = frozenset({"headers"})
+    timeout: float
+    retries: int
+    backoff: float
+    backoff_max: float
+    min_throughput: int
+    throughput_window: float
+    max_time: float
+    headers: t.Mapping[str, str]
+    max_artifact_bytes: int
 
     def __init__(  # pylint: disable=too-many-arguments
         self, timeout: float = 30.0, retries: int = 3, backoff: float = 1.0, backoff_max: float = 30.0, min_throughput: int = 0,

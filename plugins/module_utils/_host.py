@@ -86,6 +86,8 @@ class HostLayout(Record):
     """Paths under ``fleetpatch_host_root`` for one service (see docs/architecture.md)."""
 
     __slots__ = ("root", "service")
+    root: str
+    service: str
 
     def __init__(self, root: str, service: str) -> None:
         if not root:

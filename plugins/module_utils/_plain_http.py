@@ -30,7 +30,7 @@ MAX_LINE = 65536  # http.client's limits
 MAX_HEADERS = 100
 MAX_REDIRECTS = 10  # urllib's HTTPRedirectHandler.max_redirections
 REDIRECTS = (301, 302, 303, 307, 308)
-USER_AGENT = "Python-urllib/%d.%d" % sys.version_info[:2]  # what urllib's opener sends
+USER_AGENT = f"Python-urllib/{sys.version_info[0]}.{sys.version_info[1]}"  # what urllib's opener sends
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -167,9 +167,9 @@ def _target(url: str) -> tuple[str, str, int, str]:
         raise Fallback("not plain printable ASCII")
     parts = urllib.parse.urlsplit(url.split("#", 1)[0])
     netloc = parts.netloc
-    host, _sep, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
-    if not _sep:
-        host, port = netloc, ""
+    host, port = netloc, ""
+    if ":" in netloc and not netloc.endswith("]"):  # host:port, [v6]:port
+        host, _sep, port = netloc.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not host or not all(char in "0123456789abcdefABCDEF:." for char in host):

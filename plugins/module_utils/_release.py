@@ -502,33 +502,32 @@ class ApplyRequest(Record):
             values["url_headers"] = {}
         self._set(version=version, sha256=sha256, **values)
 
-    if t.TYPE_CHECKING:  # the fields, for type checkers (__init__ takes them by keyword)
-        version: str
-        sha256: str
-        state: str
-        artifact_url: str | None
-        artifact_size: int | None
-        url_headers: t.Mapping[str, str]
-        timeout: float
-        patch_id: str | None
-        restart_command: tuple[str, ...] | None
-        health_url: str | None
-        health_timeout: float
-        health_retries: int
-        health_delay: float
-        require_rollback_point: bool
-        keep_releases: int
-        delta: t.Mapping[str, t.Any] | None
-        signature: str | None
-        allowed_signers: str
-        signer_identity: str | None
-        require_signature: bool
-        affected_versions: tuple[str, ...]
-        allow_downgrade: bool
-        max_artifact_bytes: int | None
-        max_time: float | None
-        min_throughput: float | None
-        throughput_window: float | None
+    version: str
+    sha256: str
+    state: str
+    artifact_url: str | None
+    artifact_size: int | None
+    url_headers: t.Mapping[str, str]
+    timeout: float
+    patch_id: str | None
+    restart_command: tuple[str, ...] | None
+    health_url: str | None
+    health_timeout: float
+    health_retries: int
+    health_delay: float
+    require_rollback_point: bool
+    keep_releases: int
+    delta: t.Mapping[str, t.Any] | None
+    signature: str | None
+    allowed_signers: str
+    signer_identity: str | None
+    require_signature: bool
+    affected_versions: tuple[str, ...]
+    allow_downgrade: bool
+    max_artifact_bytes: int | None
+    max_time: float | None
+    min_throughput: float | None
+    throughput_window: float | None
 
     def transfer_limits(self) -> dict[str, t.Any]:
         limits = {"max_bytes": self.max_artifact_bytes, "max_time": self.max_time, "min_throughput": self.min_throughput,
