@@ -8,12 +8,7 @@ import typing as t
 import uuid
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._analysis import compact
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import (
-    CONTROLLER_KINDS,
-    CheckError,
-    normalize_checks,
-    validate_targets,
-)
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import CheckError, normalize_checks, validate_targets
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _probes
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._action import ControllerAction
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._run import RUN_VAR_OPTIONS, Run, RunStateError, plan_for_action, run_for_action

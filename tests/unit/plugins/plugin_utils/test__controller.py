@@ -113,8 +113,8 @@ def test_credentials_in_the_url_go_through_open_url(health_server: str, open_url
     assert open_url_calls == [url]
 
 
-def test_a_netrc_file_sends_every_probe_through_open_url(health_server: str, open_url_calls: list[str],
-                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+def test_a_netrc_file_sends_every_probe_through_open_url(health_server: str, open_url_calls: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: pathlib.Path) -> None:
     (tmp_path / "netrc").write_text("machine 127.0.0.1 login user password secret\n", encoding="utf-8")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     assert probe_many({"a": f"{health_server}/ok"}, timeout=5)["a"]["ok"] is True
