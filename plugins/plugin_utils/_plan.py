@@ -158,6 +158,16 @@ def _resolve(size: Size, total: int, *, rounding: str, at_least_one: bool) -> in
     return count
 
 
+def _floor_at_least_one(size: Size, totals: t.Iterable[int]) -> list[int]:
+    """``_resolve(size, total, rounding="floor", at_least_one=True)`` for many totals (a group budget per group): the
+    percent read once, each count in integers (``floor(num / den * total / 100)`` is ``num * total // (den * 100)``)."""
+    if isinstance(size, int):
+        return [size for _total in totals]
+    percent = _percent(size)
+    num, den = percent.numerator, percent.denominator * 100
+    return [max(total * num // den, 1) if total * num > 0 else 0 for total in totals]
+
+
 def _level(value: t.Any, where: str) -> str:
     if not isinstance(value, str) or value not in LEVELS:
         shown = repr(value) if isinstance(value, str) else _type_name(value)
@@ -394,6 +404,7 @@ class _Fleet(t.NamedTuple):
     groups: list[str]
     distinct: dict[str, int]
     values: dict[str, tuple[str, ...]]
+    text: str  # the names joined by newlines (no name holds one): one string for the scans over every name
 
     def projection(self, levels: t.Sequence[str]) -> dict[str, tuple[str, ...]]:
         """Each distinct key -> its groups at `levels` only."""
@@ -405,17 +416,17 @@ class _Fleet(t.NamedTuple):
 def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
     """Every host's groups at `levels`, validated; the first error in natural host order, as _validate_hosts names it."""
     fleet = _mapping(hosts, "hosts")
-    names = _hostnames(fleet)
+    names, text = _hostnames(fleet)
     if not names:
         raise PlanError("hosts: the fleet is empty; there is nothing to plan")
     read = _read_groups(list(fleet.values()), levels)
     if read is not None:
-        return _Fleet(tuple(levels), names, *read)
+        return _Fleet(tuple(levels), names, *read, text)
     # something is wrong or unusual (a missing or bad value, variables that are not plain dicts): the careful path
     attributes = _validate_hosts(fleet, levels)
     keys = ["\0".join(attrs[level] for level in levels) for attrs in attributes.values()]
     distinct = Counter(keys)
-    return _Fleet(tuple(levels), list(attributes), keys, distinct, {key: tuple(key.split("\0")) for key in distinct})
+    return _Fleet(tuple(levels), list(attributes), keys, distinct, {key: tuple(key.split("\0")) for key in distinct}, "\n".join(attributes))
 
 
 def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], dict[str, int], dict[str, tuple[str, ...]]] | None:
@@ -430,6 +441,10 @@ def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], 
         keys = list(map("\0".join, map(getter, variables)) if len(levels) > 1 else map(str.__add__, map(getter, variables), itertools.repeat("")))
     except (KeyError, TypeError):  # a missing variable, or a value that is not a string
         return None
+    # every host's key made the first equal string seen: later passes find 1,000 keys (identity compares, lookups and
+    # memory a cache holds) instead of 10,000 strings spread over a large heap (the inventory's, in rollout_plan)
+    first: dict[str, str] = {}
+    keys = list(map(first.setdefault, keys, keys))
     distinct = Counter(keys)
     values = dict(zip(distinct, map(tuple, map(methodcaller("split", "\0"), distinct))))
     # NAME_RE holds no NUL and no control character: a value with a NUL splits into too many parts
@@ -444,7 +459,7 @@ def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], 
 def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]]:
     """Return hostname -> {level: group} for the levels the policy uses; first error in natural host order."""
     fleet = _mapping(hosts, "hosts")
-    names = _hostnames(fleet)
+    names, _text = _hostnames(fleet)
     attributes: dict[str, dict[str, str]] = {}
     # a fleet has few distinct group names: each is checked once (the first host that carries it is the one named)
     checked: dict[str, dict[str, str]] = {level: {} for level in levels}
@@ -463,26 +478,30 @@ def _validate_hosts(hosts: t.Any, levels: list[str]) -> dict[str, dict[str, str]
     return attributes
 
 
-def _hostnames(fleet: Mapping[t.Any, t.Any]) -> list[str]:
-    """Every hostname checked (a string, 1-255 characters, no control character); the first bad one is named."""
+def _hostnames(fleet: Mapping[t.Any, t.Any]) -> tuple[list[str], str]:
+    """Every hostname checked (a string, 1-255 characters, no control character); the first bad one is named. Returns
+    the names and their text joined by newlines."""
     names = list(fleet)
     if names and set(map(type, names)) == {str} and "" not in fleet and max(map(len, names)) <= 255:
         # one scan of them all: a control character anywhere is in one of them, found again one by one below (printable
-        # ASCII has none: a C-level test instead of a regex over every character)
-        joined = "".join(names)
-        if joined.isascii() and joined.isprintable():
-            return names
-        try:
-            check_text(joined, field="hostnames", max_len=len(joined), error=PlanError)
-            return names
-        except PlanError:
-            pass
+        # ASCII has none: a C-level test instead of a regex over every character). A newline inside a name shows as one
+        # newline too many; the separators read as spaces for the scan
+        text = "\n".join(names)
+        if text.count("\n") == len(names) - 1:
+            flat = text.replace("\n", " ")
+            if flat.isascii() and flat.isprintable():
+                return names, text
+            try:
+                check_text(flat, field="hostnames", max_len=len(flat), error=PlanError)
+                return names, text
+            except PlanError:
+                pass
     checked = []
     for name in names:
         if not isinstance(name, str) or not name:
             raise PlanError(f"hosts: every hostname must be a non-empty string, got {_type_name(name)}")
         checked.append(check_text(name, field="hostname", where="hosts", max_len=255, error=PlanError))
-    return checked
+    return checked, "\n".join(checked)
 
 
 def _check_group(host: str, var: str, value: t.Any) -> str:
@@ -496,15 +515,14 @@ def _check_group(host: str, var: str, value: t.Any) -> str:
     return check_text(value, field=f"variable {var!r}", where=f"host {host!r}", max_len=NAME_MAX, pattern=NAME_RE, error=PlanError)
 
 
-def _natural_keys(names: list[str]) -> list[t.Any]:
+def _natural_keys(names: list[str], joined: str) -> list[t.Any]:
     """Sort keys in natural_key's order, one per name.
 
-    Hostnames are validated (no control character), so newline joins them for bulk work. When every name is ASCII and
+    Hostnames are validated (no control character), so newline joins them for bulk work (`joined`). When every name is ASCII and
     digit runs that start after the same text always have the same length (``web-001`` .. ``web-120``), natural order is
     the text order with digits sorting below every other character (a shorter text part first, as natural_key's tuples
     compare): one translate of the joined names instead of a regex split and a tuple per host.
     """
-    joined = "\n".join(names)
     if joined.isascii() and _digit_runs_aligned(set(joined.translate(_SHAPE).split("\n"))):
         return joined.translate(_DIGITS_LOW).split("\n")
     return list(map(natural_key, names))
@@ -541,7 +559,7 @@ def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], 
     path_rank = list(combined)
     rank_of_path = dict(zip(sorted(set(path_rank)), itertools.count()))
     rank_of = dict(zip(paths, map(rank_of_path.__getitem__, path_rank)))
-    keys = _natural_keys(fleet.names)
+    keys = _natural_keys(fleet.names, fleet.text)
     positions = sorted(range(len(keys)), key=keys.__getitem__)
     # sort() is stable: by group alone keeps natural host order within each group (and costs little when hosts are
     # named after their groups: the natural order is then mostly the plan order already)
@@ -565,7 +583,7 @@ class _Budgets:
             sizes: Counter[str] = Counter()
             for key, count in fleet.distinct.items():
                 sizes[fleet.values[key][self.where[level]]] += count
-            self.limits[level] = {group: _resolve(spec, count, rounding="floor", at_least_one=True) for group, count in sizes.items()}
+            self.limits[level] = dict(zip(sizes, _floor_at_least_one(spec, sizes.values())))
         spec = policy["max_concurrency"]
         self.concurrency_spec: Size | None = spec
         self.concurrency = None if spec is None else _resolve(spec, len(fleet.names), rounding="floor", at_least_one=True)
@@ -699,17 +717,20 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Map
     """
     names = [_var(level) for level in fleet.levels]
     tail = canonical_json({"patch_id": patch_id, "policy": policy})
-    joined = "".join(order)
-    if '"' in joined or "\\" in joined:
+    if '"' in fleet.text or "\\" in fleet.text:  # the names of the plan order, joined
         return hashlib.sha256(canonical_json({"hosts": {host: dict(zip(names, fleet.values[key])) for host, key in zip(order, groups)},
                                               "patch_id": patch_id, "policy": policy}).encode("utf-8")).hexdigest()
     # {"fleet_region":"{0}",...}: the variables in sorted order, each filled from its position in the groups tuple
     template = '":{{' + ",".join(f'"{name}":"{{{index}}}"' for name, index in sorted(zip(names, itertools.count()))) + '}},"'
     between = dict(zip(fleet.values, itertools.starmap(template.format, fleet.values.values())))
-    by_name = sorted(range(len(order)), key=order.__getitem__)
     parts: list[str] = [""] * (2 * len(order))
-    parts[0::2] = map(order.__getitem__, by_name)
-    parts[1::2] = map(between.__getitem__, map(groups.__getitem__, by_name))
+    if sorted(order) == order:  # a linear pass; the list compare is one identity test per name
+        parts[0::2] = order
+        parts[1::2] = map(between.__getitem__, groups)
+    else:
+        by_name = sorted(range(len(order)), key=order.__getitem__)
+        parts[0::2] = map(order.__getitem__, by_name)
+        parts[1::2] = map(between.__getitem__, map(groups.__getitem__, by_name))
     body = "".join(parts).encode("utf-8")
     digest = hashlib.sha256(b'{"hosts":{"')
     digest.update(memoryview(body)[:-2])  # the last host's fragment ends without the ',"' of a next name

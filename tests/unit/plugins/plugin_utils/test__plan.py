@@ -885,3 +885,13 @@ def test_bad_group_values_are_named_by_the_first_host_in_natural_order(value: t.
     with pytest.raises(PlanError, match=re.escape(message)) as caught:
         compile_plan(hosts, None, "p-1")
     assert "host 'web-2'" in str(caught.value)
+
+
+@pytest.mark.parametrize("spec", ["25%", "2.5%", "33.3%", "0.01%", "100%", "0%", 3])
+def test_group_budgets_in_integers_match_the_exact_resolution(spec: t.Any) -> None:
+    """The budget per group, computed for many groups at once in integers, is _resolve's exact fraction rounded down."""
+    from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _plan  # pylint: disable=import-outside-toplevel
+
+    totals = list(range(0, 400)) + [9999, 10000, 100001]
+    expected = [_plan._resolve(spec, total, rounding="floor", at_least_one=True) for total in totals]  # pylint: disable=protected-access
+    assert _plan._floor_at_least_one(spec, totals) == expected  # pylint: disable=protected-access
