@@ -149,7 +149,7 @@ def in_process(inventory_path: str, data: dict[str, dict[str, t.Any]], workdir: 
     text, steps["render"] = timed(lambda: _plan.render_plan_text(plan))
 
     def queue() -> None:
-        # what the batch play pays for its hosts: they are the list fleetpatch_plan_hosts (the plan's host_order), which
+        # what the batch play pays for its hosts: they are the list __rollout_plan_hosts (the plan's host_order), which
         # the playbook executor resolves once to cut the batches and again under each batch's restriction (the play
         # iterator's get_hosts; the strategy's later calls hit the pattern cache). No add_host: Ansible reconciles the
         # whole inventory after each added host (quadratic)

@@ -310,7 +310,7 @@ class ActionModule(ControllerAction):
                                    " is named in a warning above)")
         for index, target in enumerate(args["targets"]):
             check_text(target, field=f"targets[{index}]", max_len=255, error=RolloutPlanError)
-            # the batch play's hosts are these names as a list of host patterns (fleetpatch_plan_hosts): each must read
+            # the batch play's hosts are these names as a list of host patterns (__rollout_plan_hosts): each must read
             # back as itself, not as several patterns, an exclusion or an intersection
             if not names_one_host(target):
                 raise RolloutPlanError(f"targets[{index}]: host {target!r} cannot be named in a play's hosts (a host pattern that is"

@@ -468,7 +468,7 @@ class RunRecorder:
             self.hooks[hook] += 1
             if not self.played:
                 self._first_play(extra_vars, variables, host_attributes or {})
-            # the rollout play runs over the plan's hosts: the list fleetpatch_plan_hosts (its first host has a wave), or the
+            # the rollout play runs over the plan's hosts: the list __rollout_plan_hosts (its first host has a wave), or the
             # plan group in a playbook that names it
             planned = bool(hosts) and (self.plan_group in hosts or self.hosts.get(hosts[0], {}).get("wave") is not None)
             self.in_plan_play = bool(serial and self.plan_group and planned)

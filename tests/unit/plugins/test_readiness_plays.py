@@ -27,7 +27,7 @@ def hosts_of(play: dict[str, t.Any], *, groups: dict[str, list[str]], localhost:
 
 PLANNED = {"all": ["n1", "n2"]}
 # the plan play's fact: the batch play's hosts in plan order (empty in a preview)
-QUEUED = {"fleetpatch_plan_hosts": ["n1", "n2"]}
+QUEUED = {"__rollout_plan_hosts": ["n1", "n2"]}
 
 
 def test_three_readiness_plays_controller_hosts_controller() -> None:
@@ -50,5 +50,5 @@ def test_prestaged_runs_on_the_controller_and_the_queued_hosts_only() -> None:
     assert not hosts_of(check, groups=PLANNED, localhost=prestaged)
     assert hosts_of(check, groups=dict(PLANNED, fleetpatch_ready_hosts=["n2"]), localhost=prestaged) == "fleetpatch_ready_hosts"
     # a preview queues no planned host: nothing runs
-    assert not hosts_of(first, groups={"all": ["n1"]}, localhost=dict(prestaged, fleetpatch_plan_hosts=[]))
+    assert not hosts_of(first, groups={"all": ["n1"]}, localhost=dict(prestaged, **{"__rollout_plan_hosts": []}))
     assert not hosts_of(first, groups={"all": ["n1"]}, localhost={"rollout_stage": "prestaged"})

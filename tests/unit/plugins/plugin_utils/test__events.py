@@ -137,7 +137,7 @@ def simulate_rollout(recorder: RunRecorder, tmp_path, *, extra_vars: dict[str, t
 
 
 def test_a_rollout_play_over_the_plan_hosts_list_starts_the_waves(tmp_path) -> None:
-    """playbooks/rollout.yml's batch play names the plan's hosts (fleetpatch_plan_hosts, a list in plan order), not a group;
+    """playbooks/rollout.yml's batch play names the plan's hosts (__rollout_plan_hosts, a list in plan order), not a group;
     its play.started events name the first hosts and their count, not the whole plan at every batch."""
     recorder, warnings, _said = make_recorder()
     simulate_rollout(recorder, tmp_path, rollout_hosts=["h1", "h2", "h3"])
