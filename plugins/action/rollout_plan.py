@@ -108,6 +108,7 @@ def names_one_host(name: str) -> bool:
         return False
     return not (_PATTERN_CHARS.intersection(name) or name != name.strip()) or split_host_pattern(name) == [name]
 
+
 class RolloutPlanError(FleetpatchError):
     """Input that must stop the run before any host is touched."""
 
