@@ -95,8 +95,8 @@ options:
     description:
       - Name of a variable of this host that holds the registered result of M(fleetpatch.rollout.change_window) (the role
         C(fleetpatch.rollout.rollout) registers C(__rollout_window)). A host its C(skip_hosts) lists (one this attempt of the
-        run skips) is skipped by the action plugin of this module: nothing runs on it and the result says RV(skipped=true),
-        as a C(when) on the task would. Handled by the action plugin, never passed to the host.
+        run skips) is skipped by the action plugin of this module, with nothing run on it, and the result says
+        RV(skipped=true), as a C(when) on the task would. Handled by the action plugin, never passed to the host.
     type: str
   stage:
     description:

@@ -24,9 +24,10 @@ URLS = {"url": "http://deploy:hunter22@artifacts.invalid/myapp-1.0.1.tar.gz", "d
 WINDOW = {"stop": False, "skip_hosts": ["node2"]}
 
 
-def run_for(host: str, window: t.Any = WINDOW, **args: t.Any) -> tuple[dict[str, t.Any], list[dict[str, t.Any]]]:
-    """The plugin's result for one host of the batch, and the module executions it asked for."""
-    task_vars = {"inventory_hostname": host, "__rollout_window": window, "fleetpatch_host_root": f"/srv/{host}",
+def run_for(host: str, window: t.Any = "the window", **args: t.Any) -> tuple[dict[str, t.Any], list[dict[str, t.Any]]]:
+    """The plugin's result for one host of the batch (the change window's result WINDOW unless given), and the module
+    executions it asked for."""
+    task_vars = {"inventory_hostname": host, "__rollout_window": dict(WINDOW) if window == "the window" else window, "fleetpatch_host_root": f"/srv/{host}",
                  "hostvars": {"localhost": {"__rollout_plan": PLAN}}}
     action = make_action("patch_apply", {"plan_var": "__rollout_plan", "skip_var": "__rollout_window", "state": "rollback", **args})
     calls: list[dict[str, t.Any]] = []
