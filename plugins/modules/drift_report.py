@@ -200,7 +200,9 @@ paths:
   type: dict
   sample: {json: /home/ops/.local/state/fleetpatch/reports/drift/drift-report.json}
 fingerprint:
-  description: sha256 of the report's content without times of writing and gathering; equal reports have equal fingerprints.
+  description:
+    - sha256 of the report's content without times of writing and gathering, and without the connection's wording of why a
+      host was unreachable (the row keeps it); equal reports have equal fingerprints.
   returned: when a report was built
   type: str
 matrix:

@@ -69,6 +69,8 @@ DAY = 86400.0
 DEFAULT_SLO_TARGETS = {"critical": 7 * DAY, "high": 30 * DAY, "medium": 90 * DAY, "low": 180 * DAY}
 MATCH_KEYS = ("region", "tenant", "segment")
 NO_SERVICE = "*"
+# the start of an unreachable host's reason ("unreachable: <what the connection said>")
+UNREACHABLE = "unreachable"
 # row fields, in the order the JSON report writes them (docs/drift-report.schema.json)
 ROW_FIELDS = ("host", "environment", "service", "status", "reason", "version", "desired", "missing_patches",
               "equivalent_to", "artifact_sha256", "installed_at", "region", "tenant", "segment", "collected_at")
@@ -715,7 +717,7 @@ def host_record(host: str, *, attrs: t.Mapping[str, t.Any], result: t.Mapping[st
     if result is None:
         record.update(state="no_data", reason="no facts from this host (not in the run, or it left the play)")
     elif result.get("unreachable"):
-        record.update(state="unreachable", reason=f"unreachable: {str(result.get('msg') or '').strip()[:500]}")
+        record.update(state="unreachable", reason=f"{UNREACHABLE}: {str(result.get('msg') or '').strip()[:500]}")
     elif result.get("skipped"):
         record.update(state="no_data", reason=f"facts were skipped: {str(result.get('skip_reason') or '').strip()[:200]}")
     elif result.get("failed") or result.get("failed_when_result") or not isinstance(facts, t.Mapping):
@@ -748,7 +750,7 @@ class Verdict:
     """
 
     __slots__ = ("environment", "service", "status", "reason", "version", "desired", "missing", "equivalent_to", "sha256",
-                 "count", "installed", "first_host", "fragment", "facts_status")
+                 "count", "installed", "first_host", "fragment", "fingerprint_fragment", "facts_status")
 
     def __init__(self, environment: str, service: str, status: str, reason: str | None, *, version: str | None = None,
                  desired: str | None = None, missing: tuple[str, ...] = (), equivalent_to: str | None = None,
@@ -762,10 +764,18 @@ class Verdict:
         self.installed: list[tuple[int, list[t.Any]]] = []
         self.first_host: str | None = None
         # everything of a row's JSON between the host and installed_at (ROW_FIELDS order)
-        self.fragment = (',"environment":' + _j(environment) + ',"service":' + _j(service) + ',"status":"' + status
-                         + '","reason":' + _j(reason) + ',"version":' + _j(version) + ',"desired":' + _j(desired)
-                         + ',"missing_patches":' + _j(list(missing)) + ',"equivalent_to":' + _j(equivalent_to)
-                         + ',"artifact_sha256":' + _j(sha256))
+        self.fragment = self._fragment(reason)
+        # what the fingerprint hashes instead: the same, but an unreachable host's reason without the transport's
+        # wording, which varies for one cause (ansible-core's ssh connection reports a refused connection with or
+        # without ssh's own message, depending on whether ssh had exited when the module was written to it)
+        self.fingerprint_fragment = (self._fragment(UNREACHABLE) if status == "unknown" and reason is not None
+                                     and reason.startswith(UNREACHABLE + ": ") else self.fragment)
+
+    def _fragment(self, reason: str | None) -> str:
+        return (',"environment":' + _j(self.environment) + ',"service":' + _j(self.service) + ',"status":"' + self.status
+                + '","reason":' + _j(reason) + ',"version":' + _j(self.version) + ',"desired":' + _j(self.desired)
+                + ',"missing_patches":' + _j(list(self.missing)) + ',"equivalent_to":' + _j(self.equivalent_to)
+                + ',"artifact_sha256":' + _j(self.sha256))
 
     def as_dict(self) -> dict[str, t.Any]:
         return {"status": self.status, "reason": self.reason, "desired": self.desired, "missing": list(self.missing),
@@ -2001,6 +2011,8 @@ def _json_spec(shape: Shape, middles: dict[tuple[Verdict, bool], str]) -> tuple[
             middle = middles[(verdict, given)] = '"' + verdict.fragment + ',"installed_at":' + ('"' if given else "null")
         fixed += [middle, ('"' if given else "") + attrs_text + ',"collected_at":' + ('"' if collected else "null"),
                   ('"' if collected else "") + '},\n    {"host":"']
+        if verdict.fingerprint_fragment is not verdict.fragment:
+            middle = '"' + verdict.fingerprint_fragment + ',"installed_at":' + ('"' if given else "null")
         fixed_fingerprint += [middle, ('"' if given else "") + attrs_text + '}\n{"host":"']
         slots.append(slot)
     if slots:
@@ -2032,20 +2044,21 @@ def attrs_json(attrs: tuple[t.Any, ...]) -> str:
     return text
 
 
-def row_core(row: Row) -> str:
-    """One row's JSON up to, not including, collected_at and the closing brace (ROW_FIELDS order)."""
+def row_core(row: Row, *, fingerprint: bool = False) -> str:
+    """One row's JSON up to, not including, collected_at and the closing brace (ROW_FIELDS order); with fingerprint,
+    as the fingerprint hashes it (Verdict.fingerprint_fragment)."""
     host, verdict, installed, _collected, attrs = row
-    return '{"host":%s%s,"installed_at":%s%s' % (json_text(host), verdict.fragment, json_text(installed), attrs_json(attrs))
+    fragment = verdict.fingerprint_fragment if fingerprint else verdict.fragment
+    return '{"host":%s%s,"installed_at":%s%s' % (json_text(host), fragment, json_text(installed), attrs_json(attrs))
 
 
 class RowJson(t.NamedTuple):
     full: str  # the JSON text of one row
-    core: str  # the same without collected_at, for the fingerprint
+    core: str  # what the fingerprint hashes of it: no collected_at, an unreachable host's reason without its wording
 
 
 def row_json(row: Row) -> RowJson:
-    core = row_core(row)
-    return RowJson(core + ',"collected_at":' + json_text(row[3] or None) + "}", core + "}")
+    return RowJson(row_core(row) + ',"collected_at":' + json_text(row[3] or None) + "}", row_core(row, fingerprint=True) + "}")
 
 
 VOLATILE_KEYS = ("generated_at", "inputs", "fingerprint", "rows")
@@ -2061,9 +2074,10 @@ def fingerprint(document: t.Mapping[str, t.Any], rows: t.Iterable[Row]) -> str:
     """sha256 of the report's content: the document without volatile keys, then every row without collected_at.
 
     Two reports with the same fingerprint say the same thing about the same hosts, however their facts were gathered
-    (one run or slices) and whenever they were written.
+    (one run or slices) and whenever they were written; an unreachable host counts as unreachable, whatever words
+    the connection found for it.
     """
     digest = fingerprint_start(document)
     for row in rows:
-        digest.update(("\n" + row_core(row) + "}").encode("utf-8"))
+        digest.update(("\n" + row_core(row, fingerprint=True) + "}").encode("utf-8"))
     return digest.hexdigest()

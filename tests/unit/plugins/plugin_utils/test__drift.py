@@ -489,6 +489,7 @@ def test_json_rows_are_the_row_dicts_and_the_fingerprint() -> None:
                    ('q"uote', "dev", "1.1.0", None, None),
                    ("ü-host", "staging", "1.0.1", "2026-03-03T00:00:00Z", "2026-03-09T12:00:00Z")]]
     records.append(host("z", "prod", {"app": svc("1.0.0"), "db": svc("2.0.0"), "extra": svc("9")}))
+    records.append(host("down", "prod", state="unreachable", reason="unreachable: ssh: connect to host down port 22: Connection refused"))
     report = build(records)
     document = report.document()
     pieces = list(report.json_rows(hosts=2))

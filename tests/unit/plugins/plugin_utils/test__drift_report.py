@@ -93,6 +93,24 @@ def test_fingerprint_ignores_collection_and_writing_times(tmp_path: Path) -> Non
     assert write(tmp_path / "c", changed)[0]["fingerprint"] != write(tmp_path / "a")[0]["fingerprint"]
 
 
+def test_fingerprint_ignores_how_the_connection_worded_an_unreachable_host(tmp_path: Path) -> None:
+    """ansible-core words one refused ssh connection two ways (with ssh's message or without, as the race between its
+    write and ssh's exit goes): the rows keep the words, the fingerprint counts the host unreachable either way."""
+    def worded(reason: str) -> list[dict[str, t.Any]]:
+        return [dict(r, reason=reason) if r["state"] == "unreachable" else r for r in RECORDS]
+    refused = 'unreachable: Task failed: Data could not be sent to remote host "10.0.0.9". Make sure this host can be ' \
+              "reached over ssh: ssh: connect to host 10.0.0.9 port 22: Connection refused"
+    raced = "unreachable: Task failed: Data could not be sent to remote host '10.0.0.9'. Make sure this host can be reached over SSH."
+    (one, one_paths), (two, two_paths) = write(tmp_path / "a", worded(refused)), write(tmp_path / "b", worded(raced))
+    assert one["fingerprint"] == two["fingerprint"]
+    for paths, reason in ((one_paths, refused), (two_paths, raced)):
+        rows = json.loads(Path(paths["json"]).read_text())["rows"]
+        assert [row["reason"] for row in rows if row["status"] == "unknown"] == [reason]
+    # anything else about the host still counts: another environment is another report
+    moved = [dict(r, environment="dev") if r["state"] == "unreachable" else r for r in worded(raced)]
+    assert write(tmp_path / "c", moved)[0]["fingerprint"] != one["fingerprint"]
+
+
 def test_junit_has_one_testcase_per_host_and_service(tmp_path: Path) -> None:
     _document, paths = write(tmp_path)
     root = ET.parse(paths["junit"]).getroot()
