@@ -7,6 +7,8 @@ again and again as plain processes, rounds interleaved so load on the machine hi
 * fresh (url): the host as the demo fleet made it (1.0.0 current, empty cache): download, digest, signature
   (ssh-keygen), unpack, switch, restart (the demo's restart command), manifest, health, prune;
 * fresh (cached): the same with the artifact already in the host's cache (pre-staged or copied);
+* fresh (copy): the module as ``rollout_stage=copy`` runs it: the artifact came over the connection into the task's
+  remote tmp dir and the module takes it from there (``file://``) instead of the origin;
 * idempotent: the host runs the target already (a resumed rollout): verify the release tree, health;
 * ping: the floor, one ``ansible.builtin.ping``;
 * fresh (url), cold cache: fresh (url) with an empty bytecode cache (module_utils/_bytecode.py; a directory of its
@@ -55,7 +57,7 @@ sys.path.insert(0, REPO)
 import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # installs the collection loader
 from tests.integration.rollout_harness import DemoFleet, envvars  # noqa: E402
 
-ARMS = ("fresh_url", "fresh_cached", "idempotent", "ping", "fresh_url_cold", "fresh_url_nocache")
+ARMS = ("fresh_url", "fresh_cached", "fresh_copy", "idempotent", "ping", "fresh_url_cold", "fresh_url_nocache")
 BASELINE_ARMS = ("base:fresh_url", "base:fresh_cached", "base:idempotent")
 
 
@@ -137,7 +139,7 @@ def run_arm(arm: str, host: Host, paths: dict[str, str], *extra: str) -> tuple[f
     env = dict(os.environ, FLEETPATCH_BYTECODE_CACHE_DIR=host.bytecode)
     ping_path = paths["ping"]
     prefix, _sep, arm = arm.rpartition(":")
-    apply_path = paths[f"{prefix}:apply" if prefix else "apply"]
+    apply_path = paths[f"{prefix}:apply" if prefix else "copy" if arm == "fresh_copy" else "apply"]
     if arm == "ping":
         _result, cpu, err = execute(ping_path, *extra, env=env)
         return cpu, err
@@ -149,7 +151,7 @@ def run_arm(arm: str, host: Host, paths: dict[str, str], *extra: str) -> tuple[f
     if arm != "idempotent":
         host.reset(cached=arm == "fresh_cached")
     result, cpu, err = execute(apply_path, *extra, env=env)
-    expected = "download artifact" in result["actions"] if arm.startswith("fresh_url") else None
+    expected = "download artifact" in result["actions"] if arm.startswith("fresh_url") or arm == "fresh_copy" else None
     if result["changed"] is (arm == "idempotent") or (expected is not None and not expected) or not result["health"]["ok"]:
         raise SystemExit(f"{arm}: unexpected result {result}")
     return cpu, err
@@ -187,6 +189,13 @@ def main() -> None:
         shutil.copytree(args["root"], host.snapshot, symlinks=True)
         paths = {"apply": payload(fleet, node, "fleetpatch.rollout.patch_apply", args, os.path.join(base, "remote-apply")),
                  "ping": payload(fleet, node, "ansible.builtin.ping", {}, os.path.join(base, "remote-ping"))}
+        # the copy stage's module arguments: the artifact where the action's put_file left it (it stays: every
+        # execution reads it again)
+        transferred = os.path.join(base, "transferred-artifact")
+        shutil.copyfile(artifact["path"], transferred)
+        host.reset(cached=False)
+        paths["copy"] = payload(fleet, node, "fleetpatch.rollout.patch_apply", dict(args, artifact_url="file://" + transferred),
+                                os.path.join(base, "remote-copy"))
         arms = ARMS
         if options.baseline:
             host.reset(cached=False)

@@ -65,7 +65,10 @@ class ActionModule(ActionBase):
             tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()  # pylint: disable=protected-access
             remote = self._connection._shell.join_path(tmpdir, "artifact")  # pylint: disable=protected-access
             self._transfer_file(source, remote)
-            self._fixup_perms2((tmpdir, remote))
+            # read, never run: without become, execute=False needs no remote command (execute=True costs a chmod per
+            # host); with an unprivileged become the artifact still gets read access for the become user, and the
+            # tmp dir its traverse bit from the module's own fixup that follows
+            self._fixup_perms2((remote,), execute=False)
             args["artifact_url"] = "file://" + urllib.parse.quote(remote)
             result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
         finally:
