@@ -14,7 +14,15 @@ from ansible.inventory.manager import split_host_pattern
 from ansible.template import is_trusted_as_template
 
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._calendar import CalendarError, iso_z
-from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import CheckError, overview, validate_targets
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._checks import (
+    MISSING,
+    CheckError,
+    host_context,
+    overview,
+    referenced_vars,
+    template_names,
+    validate_targets,
+)
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._inputs import (
     InputError,
     check_command,
@@ -107,6 +115,26 @@ def names_one_host(name: str) -> bool:
     if name[:1] in ("!", "&"):
         return False
     return not (_PATTERN_CHARS.intersection(name) or name != name.strip()) or split_host_pattern(name) == [name]
+
+
+def template_vars(*documents: t.Any) -> list[str]:
+    """The host variable names of every ``${var.<name>}`` placeholder in the strings of documents, sorted."""
+    found: set[str] = set()
+    pending = list(documents)
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "${" in item:
+                try:
+                    names = template_names(item, "policy")
+                except CheckError:
+                    continue  # the checks' own validation names it, where it belongs
+                found.update(name[4:] for name in names if name.startswith("var."))
+        elif isinstance(item, Mapping):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return sorted(found)
 
 
 class RolloutPlanError(FleetpatchError):
@@ -229,10 +257,14 @@ class ActionModule(ControllerAction):
         data = load_file(path, what="patch manifest", loader=self._loader)
         return validate_patch_manifest(data, source=f"patch manifest {path}"), path
 
-    def _collect_hosts(self, targets: list[str], task_vars: dict[str, t.Any]) -> tuple[dict[str, dict[str, t.Any]], list[str]]:
+    def _collect_hosts(self, targets: list[str], task_vars: dict[str, t.Any], *,
+                       check_names: t.Collection[str] = ()) -> tuple[dict[str, dict[str, t.Any]], list[str]]:
+        """Each node's planning attributes (checked) and the edges; the variables check_names of each node are kept in
+        self._check_vars, so that rendering the checks' targets needs no second pass over the hosts' variables."""
         hosts: dict[str, dict[str, t.Any]] = {}
         edges: list[str] = []
         all_vars = task_vars.get("hostvars", {})
+        self._check_vars = check_vars = {}
         for host in targets:
             # every variable of the host computed once (Ansible's hostvars[host] computes them anew on every lookup)
             variables = _HostVariables(all_vars, host, self._templar)
@@ -242,7 +274,19 @@ class ActionModule(ControllerAction):
             attributes = {name: variables.get(name) for name in FLEET_VARS}
             hosts[host] = {name: value for name, value in attributes.items() if value is not None}
             self._check_host_vars(host, variables, hosts[host])
+            if check_names:
+                check_vars[host] = {name: variables.get(name, MISSING) for name in check_names}
         return hosts, edges
+
+    def _check_contexts(self, hosts: list[str], checks: list[dict[str, t.Any]], task_vars: dict[str, t.Any],
+                        names: dict[str, t.Any]) -> dict[str, dict[str, t.Any]]:
+        """Template names per host for the checks: from the variables _collect_hosts kept when it kept every one the
+        checks read, else from hostvars (a second pass: Ansible computes all of a host's variables per lookup)."""
+        wanted = referenced_vars(checks)
+        kept = self._check_vars
+        if all(host in kept for host in hosts) and all(name in kept[host] for host in hosts[:1] for name in wanted):
+            return {host: host_context(host, {name: kept[host][name] for name in wanted}, names) for host in hosts}
+        return contexts_for(hosts, checks, task_vars, names)
 
     @staticmethod
     def _check_host_vars(host: str, variables: _HostVariables, attributes: dict[str, t.Any]) -> None:
@@ -328,7 +372,8 @@ class ActionModule(ControllerAction):
         # approvers are mandatory change fields: every rollout needs an approval that is not a self-approval
         approval = approval_chain(manifest, require=True)
         now, clock_source = decision_clock(args["clock"])
-        hosts, edges = self._collect_hosts(args["targets"], task_vars)
+        # the host variables any check may read (${var.x} anywhere in the policies: a superset of what the checks use)
+        hosts, edges = self._collect_hosts(args["targets"], task_vars, check_names=template_vars(args["policy"], change_policy))
         own, ctx = list(hosts), None
         if store is not None:
             ctx = slice_context(task_vars, run_id=run_id_for(manifest["patch_id"]), generation=(self._correlation or ("",))[0])
@@ -358,7 +403,7 @@ class ActionModule(ControllerAction):
         # (a slice renders its own hosts' checks: the other slices' host variables are theirs)
         mine = set(own)
         rendered = [host for host in plan["host_order"] if host in mine]
-        validate_targets(plan["policy"]["checks"], contexts_for(rendered, plan["policy"]["checks"], task_vars, names))
+        validate_targets(plan["policy"]["checks"], self._check_contexts(rendered, plan["policy"]["checks"], task_vars, names))
         # an allowed downgrade is part of the plan (plan.json, the registry's plan record) and its first line
         plan["downgrade"] = manifest["downgrade"]
         plan_text = downgrade_text(manifest["downgrade"]) + render_plan_text(plan) + schedule_text(change, schedule)

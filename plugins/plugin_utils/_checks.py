@@ -61,6 +61,7 @@ __all__ = [
     "render_json",
     "render_target",
     "sample",
+    "template_names",
     "validate_targets",
 ]
 

@@ -73,7 +73,10 @@ def host_var(task_vars: t.Mapping[str, t.Any], host: str, name: str, default: t.
 
 def host_vars(task_vars: t.Mapping[str, t.Any], host: str, names: t.Iterable[str], *, missing: t.Any = None) -> dict[str, t.Any]:
     """Several variables of host (missing when unset): hostvars[host] builds all of the host's variables, so it is asked
-    once."""
+    once, and not at all for no names."""
+    names = list(names)
+    if not names:
+        return {}
     try:
         found = task_vars.get("hostvars", {})[host]
     except KeyError:

@@ -9,7 +9,7 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleActionFail
 from ansible.inventory.manager import split_host_pattern
-from conftest import HOSTS, MANIFEST, plan_args, run_action, stored_lock, stored_run
+from conftest import HOSTS, MANIFEST, POLICY, plan_args, run_action, stored_lock, stored_run
 
 from ansible_collections.fleetpatch.rollout.plugins.action.rollout_plan import names_one_host
 
@@ -152,3 +152,40 @@ def test_host_variables_read_as_hostvars_gives_them(tmp_path: t.Any) -> None:
     assert plugin_set.get("fleetpatch_health_url") == "http://web-2:8080/h?q={{x}}"
     hosts, edges = action._collect_hosts(["web-1", "web-2", "edge-1"], {"hostvars": hostvars})  # pylint: disable=protected-access
     assert edges == ["edge-1"] and hosts["web-1"] == {"fleet_region": "eu", "fleet_tenant": "acme", "fleet_segment": "web", "fleet_environment": "prod"}
+
+
+def test_template_vars_finds_every_host_variable_placeholder() -> None:
+    module = __import__("ansible_collections.fleetpatch.rollout.plugins.action.rollout_plan", fromlist=["template_vars"])
+    policy = {"checks": [{"name": "a", "address": "${var.fleet_address}", "steps": [{"url": "http://${ var.port }/${host}"}]}],
+              "note": "$${var.literal} and ${run_id}", "broken": "${var.unterminated"}
+    profiles = {"profiles": {"standard": {"checks": [{"headers": {"X": "${var.token_header}"}}]}}}
+    assert module.template_vars(policy, profiles) == ["fleet_address", "port", "token_header"]
+
+
+class CountingHostvars(dict):
+    """A plain hostvars mapping that counts how often each host's variables are asked for (Ansible builds them anew each time)."""
+
+    def __init__(self, data: dict[str, t.Any]) -> None:
+        super().__init__(data)
+        self.reads: dict[str, int] = {}
+
+    def __getitem__(self, host: str) -> t.Any:
+        self.reads[host] = self.reads.get(host, 0) + 1
+        return super().__getitem__(host)
+
+
+def test_checks_that_read_host_variables_cost_no_second_pass_over_the_hosts(fleet: dict[str, t.Any], no_event_log: None) -> None:
+    """The plan renders every check's targets for every host from the variables it read for the plan itself."""
+    counting = CountingHostvars(fleet["task_vars"]["hostvars"])
+    for variables in counting.values():
+        variables["fleet_address"] = "127.0.0.1"
+    policy = dict(POLICY, checks=[{"name": "port", "kind": "tcp", "address": "${var.fleet_address}", "port": 9, "samples": 1, "timeout": 1}])
+    result = run_action("rollout_plan", plan_args(fleet["state_dir"], preview=True, policy=policy), dict(fleet["task_vars"], hostvars=counting))
+    assert not result.get("failed"), result.get("msg")
+    assert counting.reads == dict.fromkeys(HOSTS, 1)
+
+
+def test_a_check_variable_missing_on_a_host_is_still_named(fleet: dict[str, t.Any], no_event_log: None) -> None:
+    policy = dict(POLICY, checks=[{"name": "port", "kind": "tcp", "address": "${var.fleet_address}", "port": 9, "samples": 1, "timeout": 1}])
+    result = run_action("rollout_plan", plan_args(fleet["state_dir"], preview=True, policy=policy), fleet["task_vars"])
+    assert result["failed"] and "fleet_address" in result["msg"], result["msg"]
