@@ -283,7 +283,8 @@ class ActionModule(ControllerAction):
         """Template names per host for the checks: from the variables _collect_hosts kept when it kept every one the
         checks read, else from hostvars (a second pass: Ansible computes all of a host's variables per lookup)."""
         wanted = referenced_vars(checks)
-        kept = self._check_vars
+        # nothing kept (hosts collected another way): the second pass
+        kept: dict[str, dict[str, t.Any]] = getattr(self, "_check_vars", {})
         if all(host in kept for host in hosts) and all(name in kept[host] for host in hosts[:1] for name in wanted):
             return {host: host_context(host, {name: kept[host][name] for name in wanted}, names) for host in hosts}
         return contexts_for(hosts, checks, task_vars, names)
