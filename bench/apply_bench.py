@@ -15,7 +15,14 @@ again and again as plain processes, rounds interleaved so load on the machine hi
   own, emptied before each execution, so the other arms keep their warm one): the first execution per host and
   collection version, which compiles the collection's module_utils and stores them;
 * fresh (url), no cache: fresh (url) with FLEETPATCH_BYTECODE_CACHE=off (every file compiled from the zip, as before
-  the cache).
+  the cache);
+* hook arms (``fresh_url_hook``, ``idempotent_hook``, ``fresh_url_hook_cold``): the execution as the action plugin runs
+  it where the connection does not pipeline (the local one, ssh without pipelining, the copy stage): the host bytecode
+  cache put beside the payload as ``sitecustomize.py`` and that directory first on PYTHONPATH
+  (plugin_utils/_host_startup.py), so ansible-core's module_utils load from the cache too. The file is put there
+  again before each execution (a task's remote tmp dir is new every time: Python compiles the hook itself each time).
+  The cold one starts from an empty cache directory (the first execution per host, user, ansible-core and collection
+  version). The other arms run the payload as a pipelined connection would (no hook).
 
 Every other arm runs with a warm cache (a real fleet's steady state: the first run per host and collection version
 fills it); the cache lives in the bench's temp dir (FLEETPATCH_BYTECODE_CACHE_DIR), filled before the rounds.
@@ -55,9 +62,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import  # installs the collection loader
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils import _host_startup  # noqa: E402
 from tests.integration.rollout_harness import DemoFleet, envvars  # noqa: E402
 
-ARMS = ("fresh_url", "fresh_cached", "fresh_copy", "idempotent", "ping", "fresh_url_cold", "fresh_url_nocache")
+ARMS = ("fresh_url", "fresh_cached", "fresh_copy", "idempotent", "ping", "fresh_url_cold", "fresh_url_nocache", "fresh_url_hook",
+        "idempotent_hook", "fresh_url_hook_cold")
 BASELINE_ARMS = ("base:fresh_url", "base:fresh_cached", "base:idempotent")
 
 
@@ -134,6 +143,15 @@ class Host:
             shutil.copyfile(self.artifact, os.path.join(cache, self.sha256))
 
 
+def put_hook(host: Host) -> str:
+    """The startup hook as the action plugin leaves it in a new remote tmp dir (no bytecode of it yet): its directory."""
+    directory = os.path.join(os.path.dirname(host.snapshot), "hook-tmp")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, mode=0o700)
+    shutil.copyfile(_host_startup.hook_source_path(), os.path.join(directory, _host_startup.FILE_NAME))
+    return directory
+
+
 def run_arm(arm: str, host: Host, paths: dict[str, str], *extra: str) -> tuple[float, str]:
     """One execution of arm (paths: "apply", "ping" and, with a baseline, "base:apply" payloads): CPU seconds, stderr."""
     env = dict(os.environ, FLEETPATCH_BYTECODE_CACHE_DIR=host.bytecode)
@@ -143,16 +161,18 @@ def run_arm(arm: str, host: Host, paths: dict[str, str], *extra: str) -> tuple[f
     if arm == "ping":
         _result, cpu, err = execute(ping_path, *extra, env=env)
         return cpu, err
-    if arm == "fresh_url_cold":
+    if arm.endswith("_hook") or arm.endswith("_hook_cold"):
+        env["PYTHONPATH"] = put_hook(host)
+    if arm.endswith("_cold"):
         env["FLEETPATCH_BYTECODE_CACHE_DIR"] = host.bytecode + "-cold"
         shutil.rmtree(env["FLEETPATCH_BYTECODE_CACHE_DIR"], ignore_errors=True)
     if arm == "fresh_url_nocache":
         env["FLEETPATCH_BYTECODE_CACHE"] = "off"
-    if arm != "idempotent":
+    if not arm.startswith("idempotent"):
         host.reset(cached=arm == "fresh_cached")
     result, cpu, err = execute(apply_path, *extra, env=env)
     expected = "download artifact" in result["actions"] if arm.startswith("fresh_url") or arm == "fresh_copy" else None
-    if result["changed"] is (arm == "idempotent") or (expected is not None and not expected) or not result["health"]["ok"]:
+    if result["changed"] is arm.startswith("idempotent") or (expected is not None and not expected) or not result["health"]["ok"]:
         raise SystemExit(f"{arm}: unexpected result {result}")
     return cpu, err
 
@@ -209,7 +229,7 @@ def main() -> None:
         host.reset(cached=False)
 
         samples: dict[str, list[float]] = {arm: [] for arm in arms}
-        for arm in ("fresh_url", "ping", *(("base:fresh_url",) if options.baseline else ())):  # fills the bytecode cache:
+        for arm in ("fresh_url", "fresh_url_hook", "ping", *(("base:fresh_url",) if options.baseline else ())):  # fills the bytecode cache:
             run_arm(arm, host, paths)  # the rounds measure a warm one (cold has its own arm)
         started = time.monotonic()
         for _round in range(options.rounds):

@@ -14,6 +14,9 @@ temporary directory, and the module takes it from there as a ``file://`` source,
 digest, size and signature checks as a download, into ``cache/sha256/<digest>``. A host therefore runs one Python
 process for staging and applying together, where ``ansible.builtin.copy`` before it ran two (stat, then copy) and the
 module a third. A host whose cache already holds a verified copy takes that copy and never reads the transferred one.
+
+Where the execution has a remote tmp dir anyway, the host bytecode cache goes with it as the interpreter's startup hook
+(plugin_utils/_host_startup.py): ansible-core's module_utils load compiled, not compiled from the zip on every host.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import urllib.parse
 
 from ansible import constants as C
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
+
+from ansible_collections.fleetpatch.rollout.plugins.plugin_utils._host_startup import HookedModuleAction
 
 MODULE = "fleetpatch.rollout.patch_apply"
 # the play that registers the plan and sets the URLs runs on this host (playbooks/rollout.yml's plan play)
@@ -35,7 +39,7 @@ STAGES = ("url", "copy", "prestaged")
 HOST_VARS = ("fleetpatch_host_root", "fleetpatch_restart_command", "fleetpatch_health_url", "fleet_environment")
 
 
-class ActionModule(ActionBase):
+class ActionModule(HookedModuleAction):
     # False: the copy stage makes its remote tmp dir itself (run); a url or prestaged apply needs none when the connection
     # pipelines, and True would create (and remove) one per host anyway, two more remote commands per host
     TRANSFERS_FILES = False
@@ -54,12 +58,12 @@ class ActionModule(ActionBase):
             args = self._from_plan(args, task_vars)
         src = args.pop("src", None)
         if src is None:
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+            result.update(self._run_module(MODULE, args, task_vars))
             return result
         source = self._source(src, args)
         if self._task.check_mode:
             # check mode changes nothing on the host, so nothing is transferred: the module says what a run would do
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+            result.update(self._run_module(MODULE, args, task_vars))
             return result
         try:
             tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()  # pylint: disable=protected-access
@@ -70,7 +74,7 @@ class ActionModule(ActionBase):
             # tmp dir its traverse bit from the module's own fixup that follows
             self._fixup_perms2((remote,), execute=False)
             args["artifact_url"] = "file://" + urllib.parse.quote(remote)
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+            result.update(self._run_module(MODULE, args, task_vars))
         finally:
             self._remove_tmp_path(self._connection._shell.tmpdir)  # pylint: disable=protected-access
         return result

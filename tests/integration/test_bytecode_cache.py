@@ -10,7 +10,11 @@ import stat
 import subprocess
 import sys
 
+import ansible.module_utils.basic
+import ansible.module_utils.common.parameters
 import pytest
+
+from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bytecode
 
 from .rollout_harness import DemoFleet, envvars
 
@@ -39,6 +43,11 @@ def test_rollout_fills_the_host_cache_and_later_executions_read_it(make_fleet, t
     after_rollout = snapshot(cache)
     # patch_apply's own module_utils (_release, _module_ops, _host, _io, _archive, _fetch, ... and their packages)
     assert len(after_rollout) >= 8, sorted(after_rollout)
+    # and, through the startup hook the action plugin put beside the module (local connection: no pipelining),
+    # ansible-core's module_utils from the payload, which the AnsiballZ wrapper imports before any collection code
+    for core in (ansible.module_utils.basic, ansible.module_utils.common.parameters):
+        with open(core.__file__, "rb") as source:
+            assert _bytecode.cache_name(source.read()) in after_rollout, core.__name__
 
     node = fleet.nodes()[0]
     command = [os.path.join(os.path.dirname(sys.executable), "ansible"), node, "-i", fleet.inventory, "-m", "fleetpatch.rollout.patch_facts",

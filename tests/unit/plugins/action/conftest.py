@@ -41,6 +41,10 @@ POLICY: dict[str, t.Any] = {"canary": {"size": 1}, "waves": ["100%"], "max_concu
 class FakeShell:
     tmpdir: str | None = "/nonexistent-remote-tmp"
 
+    @staticmethod
+    def env_prefix(**environment: t.Any) -> str:
+        return " ".join(f"{name}={value}" for name, value in environment.items())
+
 
 @dataclasses.dataclass
 class FakeConnection:
@@ -56,6 +60,7 @@ class FakeTask:
     check_mode: bool = False
     async_val: int = 0
     diff: bool = False
+    environment: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)
     _uuid: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
 
     def get_search_path(self) -> list[str]:

@@ -264,3 +264,115 @@ def test_a_second_copy_of_the_module_adds_no_second_finder(tmp_path: pathlib.Pat
     result = run(payload, tmp_path / "cache", tweak=tweak)
     # the second _bytecode came through the first finder (so its code is cached too), then the package and the module
     assert result["value"] == "one" and result["cache"] == {"compiled": 3, "loaded": 0}
+
+
+# --- the same file as the interpreter's startup hook (sitecustomize.py in the task's remote tmp dir) ---
+
+CORE_MODULE = '''\
+"""Stands for ansible-core's module_utils in the payload."""
+CORE = "core"
+'''
+# run in the child as the AnsiballZ wrapper runs: the zip first on the path, then ansible-core's code from it, then the
+# collection's module calling install() (which must find the hook's finder and add none)
+STARTUP_CHILD = textwrap.dedent('''\
+    import json, os, sys
+    compiled = []
+    sys.addaudithook(lambda event, args: event == "compile" and compiled.append(str(args[1])))
+    sys.path.insert(0, sys.argv[1])
+    import ansible.module_utils.zzcore as core
+    import ansible_collections.fleetpatch.zztest.mod as mod
+    from ansible_collections.fleetpatch.rollout.plugins.module_utils import _bytecode
+    _bytecode.install()
+    finders = [f for f in sys.meta_path if getattr(f, "fleetpatch_bytecode_cache", False)]
+    site = sys.modules.get("sitecustomize")
+    print(json.dumps({
+        "core": core.CORE, "core_file": core.__file__, "value": mod.VALUE,
+        "compiled": sorted(os.path.relpath(name, sys.argv[1]) for name in compiled if name.startswith(sys.argv[1])),
+        "finders": [{"compiled": f.cache.compiled, "loaded": f.cache.loaded} for f in finders],
+        "path": sys.path, "pythonpath": os.environ.get("PYTHONPATH"),
+        "site_file": getattr(site, "__file__", None), "shadowed_ran": getattr(site, "SHADOWED", None),
+    }))
+''')
+
+
+def build_core_payload(path: pathlib.Path) -> pathlib.Path:
+    build_payload(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("ansible/__init__.py", "")
+        archive.writestr("ansible/module_utils/__init__.py", "")
+        archive.writestr("ansible/module_utils/zzcore.py", CORE_MODULE)
+    return path
+
+
+def hook_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The task's remote tmp dir as the action plugin leaves it: the hook as sitecustomize.py."""
+    directory = tmp_path / "ansible-tmp-1"
+    directory.mkdir(exist_ok=True)
+    (directory / "sitecustomize.py").write_bytes(BYTECODE_SOURCE.read_bytes())
+    return directory
+
+
+def run_started(payload: pathlib.Path, cache: pathlib.Path, pythonpath: str, **env: str) -> dict:
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("FLEETPATCH_BYTECODE")}
+    environ.update({_bytecode.CACHE_DIR_ENV: str(cache), "PYTHONPATH": pythonpath}, **env)
+    proc = subprocess.run([sys.executable, "-c", STARTUP_CHILD, str(payload)], env=environ, capture_output=True, text=True, check=False,
+                          cwd=str(payload.parent))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_startup_hook_caches_the_payloads_ansible_core_code_too(tmp_path: pathlib.Path) -> None:
+    payload = build_core_payload(tmp_path / "payload.zip")
+    cache = tmp_path / "cache"
+    first = run_started(payload, cache, str(hook_dir(tmp_path)))
+    assert first["core"] == "core" and first["value"] == "one"
+    assert first["core_file"] == os.path.join(str(payload), "ansible", "module_utils", "zzcore.py")
+    # one finder, the hook's: install() added none. It compiled ansible's files and the collection's once (the empty
+    # __init__.py files share one entry: a source text is compiled once, whatever its file)
+    assert len(first["finders"]) == 1 and first["finders"][0]["compiled"] >= 3
+    assert "ansible/module_utils/zzcore.py" in first["compiled"]
+
+    second = run_started(payload, cache, str(hook_dir(tmp_path)))
+    assert second["compiled"] == [], second["compiled"]  # nothing of the payload compiled: ansible's code neither
+    # everything from the cache (more than the first execution stored: there, the miss path's own imports were plain)
+    assert len(second["finders"]) == 1 and second["finders"][0]["compiled"] == 0 and second["finders"][0]["loaded"] >= first["finders"][0]["compiled"]
+    assert second["core"] == "core" and second["core_file"] == first["core_file"]
+
+
+def test_without_the_hook_ansible_core_code_is_compiled_every_time(tmp_path: pathlib.Path) -> None:
+    payload = build_core_payload(tmp_path / "payload.zip")
+    for _execution in range(2):
+        result = run_started(payload, tmp_path / "cache", "")
+        assert "ansible/module_utils/zzcore.py" in result["compiled"]
+        assert result["finders"][0]["loaded"] <= 3  # install()'s finder: the collection's code only
+
+
+def test_startup_hook_leaves_its_directory_off_the_path_and_the_environment(tmp_path: pathlib.Path) -> None:
+    payload = build_core_payload(tmp_path / "payload.zip")
+    hook = str(hook_dir(tmp_path))
+    kept = tmp_path / "site-lib"
+    kept.mkdir()
+    result = run_started(payload, tmp_path / "cache", os.pathsep.join([hook, str(kept)]))
+    assert hook not in result["path"] and str(kept) in result["path"]
+    assert result["pythonpath"] == str(kept)  # what the module's own processes inherit: the rest, as it was
+    alone = run_started(payload, tmp_path / "cache", hook)
+    assert alone["pythonpath"] is None and hook not in alone["path"]
+
+
+def test_startup_hook_runs_the_sitecustomize_it_shadows(tmp_path: pathlib.Path) -> None:
+    payload = build_core_payload(tmp_path / "payload.zip")
+    distribution = tmp_path / "dist-site"
+    distribution.mkdir()
+    (distribution / "sitecustomize.py").write_text("SHADOWED = 'ran'\n")
+    result = run_started(payload, tmp_path / "cache", os.pathsep.join([str(hook_dir(tmp_path)), str(distribution)]))
+    assert result["shadowed_ran"] == "ran" and result["site_file"] == str(distribution / "sitecustomize.py")
+    assert result["core"] == "core" and len(result["finders"]) == 1
+
+
+def test_startup_hook_disabled_by_env_still_leaves_no_trace(tmp_path: pathlib.Path) -> None:
+    payload = build_core_payload(tmp_path / "payload.zip")
+    hook = str(hook_dir(tmp_path))
+    result = run_started(payload, tmp_path / "cache", hook, FLEETPATCH_BYTECODE_CACHE="off")
+    assert result["finders"] == [] and "ansible/module_utils/zzcore.py" in result["compiled"]
+    assert hook not in result["path"] and result["pythonpath"] is None
+    assert not (tmp_path / "cache").exists()
