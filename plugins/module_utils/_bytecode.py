@@ -37,6 +37,7 @@ import marshal
 import os
 import stat
 import sys
+import time
 import types
 import typing as t
 import zipimport
@@ -53,6 +54,7 @@ HEADER = b"FPBC" + FORMAT + b"\n"
 STARTUP_NAMES = ("ansible", "ansible_collections", "ansible_collections.fleetpatch")
 STARTUP_PREFIXES = ("ansible.", PREFIX)
 DIGEST_SIZE = 32
+REFRESH_AGE = 24 * 3600  # seconds: an entry read whose mtime is older gets it refreshed (the store prunes by mtime)
 
 
 def cache_dir() -> str:
@@ -277,6 +279,12 @@ class _Cache:
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
                 return None
             data = os.read(fd, info.st_size + 1)
+            if time.time() - info.st_mtime > REFRESH_AGE:
+                # in use: the store's pruning (_bytecode_store.prune) goes by the mtime; refreshed at most once a day
+                try:
+                    os.utime(fd)
+                except OSError:
+                    pass
         finally:
             os.close(fd)
         start = len(HEADER) + DIGEST_SIZE

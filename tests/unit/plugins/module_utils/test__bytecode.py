@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 
 import pytest
@@ -376,3 +377,47 @@ def test_startup_hook_disabled_by_env_still_leaves_no_trace(tmp_path: pathlib.Pa
     assert result["finders"] == [] and "ansible/module_utils/zzcore.py" in result["compiled"]
     assert hook not in result["path"] and result["pythonpath"] is None
     assert not (tmp_path / "cache").exists()
+
+
+# --- bounded by use: reads refresh an entry's age once a day, a miss prunes what nobody read for a month ---
+
+DAY = 24 * 3600
+
+
+def age(path: pathlib.Path, seconds: float) -> None:
+    stamp = time.time() - seconds
+    os.utime(path, (stamp, stamp))
+
+
+def test_reading_an_entry_refreshes_its_age_at_most_once_a_day(tmp_path: pathlib.Path) -> None:
+    payload = build_payload(tmp_path / "payload.zip")
+    cache = tmp_path / "cache"
+    run(payload, cache)
+    for path in entries(cache):
+        age(path, 2 * DAY)
+    assert run(payload, cache)["cache"]["loaded"] == 2
+    assert all(time.time() - path.stat().st_mtime < 600 for path in entries(cache))  # in use: young again
+    for path in entries(cache):
+        age(path, 3600)
+    before = {path: path.stat().st_mtime for path in entries(cache)}
+    run(payload, cache)
+    assert {path: path.stat().st_mtime for path in entries(cache)} == before  # read within the day: no write
+
+
+def test_a_miss_prunes_entries_unread_for_a_month_and_stale_temp_files(tmp_path: pathlib.Path) -> None:
+    payload = build_payload(tmp_path / "payload.zip")
+    cache = tmp_path / "cache"
+    run(payload, cache)
+    planted = {"old.bin": 31 * DAY, "recent.bin": 29 * DAY, ".old.bin.1.ab.tmp": 2 * 3600, ".new.bin.2.cd.tmp": 600, "notes.txt": 90 * DAY}
+    for name, seconds in planted.items():
+        (cache / name).write_bytes(b"x")
+        (cache / name).chmod(0o600)
+        age(cache / name, seconds)
+    # a warm execution stores nothing and prunes nothing
+    run(payload, cache)
+    assert all((cache / name).exists() for name in planted)
+    # a changed module is a miss: its store prunes the month-old entry and the hour-old temp file, nothing else
+    result = run(build_payload(tmp_path / "payload.zip", value="two"), cache)
+    assert result["value"] == "two" and result["cache"]["compiled"] == 1
+    assert sorted(name for name in planted if (cache / name).exists()) == [".new.bin.2.cd.tmp", "notes.txt", "recent.bin"]
+    assert len(entries(cache)) == 4  # the two of the first payload, the new one and recent.bin
