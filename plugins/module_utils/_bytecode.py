@@ -306,5 +306,19 @@ def _fix_filename(code: types.CodeType, filename: str) -> None:
     _imp._fix_co_filename(code, filename)  # pylint: disable=protected-access
 
 
+def _remove_own_bytecode(cached: t.Any) -> None:
+    """Remove the bytecode Python just wrote of this file into the task's remote tmp dir (and its ``__pycache__`` when
+    empty): under become the module runs as another user than the one who owns the tmp dir and removes it after the
+    task, and a directory root made there is one that user cannot empty."""
+    if not isinstance(cached, str):
+        return
+    try:
+        os.remove(cached)
+        os.rmdir(os.path.dirname(cached))
+    except OSError:
+        pass
+
+
 if __name__ == "sitecustomize":  # put on the module's path as its interpreter's startup hook (see the module's doc)
+    _remove_own_bytecode(globals().get("__cached__"))
     startup(os.path.dirname(os.path.abspath(__file__)))

@@ -314,7 +314,8 @@ def hook_dir(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def run_started(payload: pathlib.Path, cache: pathlib.Path, pythonpath: str, **env: str) -> dict:
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("FLEETPATCH_BYTECODE")}
+    # as on a host: Python writes bytecode (the test run may have told its own processes not to)
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("FLEETPATCH_BYTECODE") and key != "PYTHONDONTWRITEBYTECODE"}
     environ.update({_bytecode.CACHE_DIR_ENV: str(cache), "PYTHONPATH": pythonpath}, **env)
     proc = subprocess.run([sys.executable, "-c", STARTUP_CHILD, str(payload)], env=environ, capture_output=True, text=True, check=False,
                           cwd=str(payload.parent))
@@ -356,6 +357,8 @@ def test_startup_hook_leaves_its_directory_off_the_path_and_the_environment(tmp_
     result = run_started(payload, tmp_path / "cache", os.pathsep.join([hook, str(kept)]))
     assert hook not in result["path"] and str(kept) in result["path"]
     assert result["pythonpath"] == str(kept)  # what the module's own processes inherit: the rest, as it was
+    # nothing written into the task's tmp dir: under become (root) the connection user's cleanup could not remove it
+    assert sorted(os.listdir(hook)) == ["sitecustomize.py"]
     alone = run_started(payload, tmp_path / "cache", hook)
     assert alone["pythonpath"] is None and hook not in alone["path"]
 
