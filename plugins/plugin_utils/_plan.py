@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
-from operator import add, itemgetter, methodcaller, mul
+from operator import add, itemgetter, mul
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
@@ -85,10 +85,12 @@ _DIGITS = re.compile(r"(\d+)")
 # sort below every character a hostname may hold (control characters are refused), in their own order
 _SHAPE = str.maketrans("123456789", "000000000")
 _ZERO_RUN = re.compile("0+")
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 _DIGITS_LOW = str.maketrans("0123456789", "".join(map(chr, range(10))))
 _MISSING = object()
 # the preview's screen names at most this many groups per wave and hosts per group (the plan file has them all)
 PLAN_TEXT_GROUPS = 12
+_FINGERPRINT_PIECE = 2048  # hosts: about 160 KB of JSON text
 PLAN_TEXT_HOSTS = 3
 
 Size = t.Union[int, str]  # a count (5) or a normalized percent ("25%", "2.5%")
@@ -395,23 +397,30 @@ def _required_levels(policy: Mapping[str, t.Any]) -> list[str]:
 
 
 class _Fleet(t.NamedTuple):
-    """The hosts to plan: names and, per host, the key of its groups at ``levels`` (the values joined by NUL, which no group
-    name holds); each distinct key's number of hosts and its values. A string per host, not a tuple: strings hash once
-    and are no work for the garbage collector, which walks every container object of the process (an inventory of
-    100,000 hosts holds millions of them) each time enough new ones exist."""
+    """The hosts to plan: names and, per host, the key of its groups at ``levels``; each distinct key's number of hosts
+    and its values. A key is an int (the position of the first host with those groups, one int object shared by every
+    such host): it hashes as itself, compares by identity and is no work for the garbage collector, which walks every
+    container object of the process (an inventory of 100,000 hosts holds millions of them) each time enough new ones
+    exist."""
 
     levels: tuple[str, ...]
     names: list[str]
-    groups: list[str]
-    distinct: dict[str, int]
-    values: dict[str, tuple[str, ...]]
+    groups: list[int]
+    distinct: dict[int, int]
+    values: dict[int, tuple[str, ...]]
     text: str  # the names joined by newlines (no name holds one): one string for the scans over every name
 
-    def projection(self, levels: t.Sequence[str]) -> dict[str, tuple[str, ...]]:
-        """Each distinct key -> its groups at `levels` only."""
-        getter = itemgetter(*(self.levels.index(level) for level in levels))
-        projected = map(getter, self.values.values()) if len(levels) > 1 else zip(map(getter, self.values.values()))
-        return dict(zip(self.values, projected))
+    def projection(self, levels: t.Sequence[str]) -> dict[int, tuple[str, ...]]:
+        """Each distinct key -> its groups at `levels` only (read-only: it may be the fleet's own mapping)."""
+        if tuple(levels) == self.levels:
+            return self.values
+        return dict(zip(self.values, map(_columns([self.levels.index(level) for level in levels]), self.values.values())))
+
+
+def _columns(indexes: list[int]) -> t.Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """A function picking these positions of a tuple, as a tuple (also for one position: ``%`` formats its values)."""
+    getter = itemgetter(*indexes)
+    return getter if len(indexes) > 1 else lambda values: (getter(values),)
 
 
 def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
@@ -425,34 +434,29 @@ def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
         return _Fleet(tuple(levels), names, *read, text)
     # something is wrong or unusual (a missing or bad value, variables that are not plain dicts): the careful path
     attributes = _validate_hosts(fleet, levels)
-    keys = ["\0".join(attrs[level] for level in levels) for attrs in attributes.values()]
-    distinct = Counter(keys)
-    return _Fleet(tuple(levels), list(attributes), keys, distinct, {key: tuple(key.split("\0")) for key in distinct}, "\n".join(attributes))
+    code: dict[tuple[str, ...], int] = {}
+    keys = list(map(code.setdefault, (tuple(attrs[level] for level in levels) for attrs in attributes.values()), itertools.count()))
+    return _Fleet(tuple(levels), list(attributes), keys, Counter(keys), dict(zip(code.values(), code)), "\n".join(attributes))
 
 
-def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[str], dict[str, int], dict[str, tuple[str, ...]]] | None:
+def _read_groups(variables: list[t.Any], levels: list[str]) -> tuple[list[int], dict[int, int], dict[int, tuple[str, ...]]] | None:
     """Every host's groups read in bulk and each distinct value checked once; None when anything needs the careful path.
 
-    The key joins the values as they are; a tagged str subclass (Ansible's) comes out of the split a plain str."""
-    if set(map(type, variables)) != {dict}:
-        return None
+    A host's key is the position of the first host with the same groups: one dict lookup of the tuple of its values,
+    and no string made per host. A value of a str subclass (Ansible's tagged strings) is kept as it is: the plan only
+    holds group names formatted into its texts, which are plain str."""
+    code: dict[t.Any, int] = {}
     try:
         getter = itemgetter(*(_var(level) for level in levels))
-        # each host's tuple of values lives only until its key is joined (str.__add__ refuses a non-str single value)
-        keys = list(map("\0".join, map(getter, variables)) if len(levels) > 1 else map(str.__add__, map(getter, variables), itertools.repeat("")))
-    except (KeyError, TypeError):  # a missing variable, or a value that is not a string
+        # the tuple of a host's values lives only until it is looked up (a single level: the value itself)
+        keys = list(map(code.setdefault, map(getter, variables), itertools.count()))
+    except (KeyError, TypeError):  # a missing variable, variables that are not a mapping, an unhashable value
         return None
-    # every host's key made the first equal string seen: later passes find 1,000 keys (identity compares, lookups and
-    # memory a cache holds) instead of 10,000 strings spread over a large heap (the inventory's, in rollout_plan)
-    first: dict[str, str] = {}
-    keys = list(map(first.setdefault, keys, keys))
     distinct = Counter(keys)
-    values = dict(zip(distinct, map(tuple, map(methodcaller("split", "\0"), distinct))))
-    # NAME_RE holds no NUL and no control character: a value with a NUL splits into too many parts
-    if set(map(len, values.values())) != {len(levels)}:
-        return None
+    values = dict(zip(code.values(), code if len(levels) > 1 else zip(code)))
     for index in range(len(levels)):
-        if not all(len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in set(map(itemgetter(index), values.values()))):
+        column = set(map(itemgetter(index), values.values()))
+        if not all(isinstance(value, str) and len(value) <= NAME_MAX and NAME_RE.fullmatch(value) for value in column):
             return None
     return keys, distinct, values
 
@@ -483,17 +487,20 @@ def _hostnames(fleet: Mapping[t.Any, t.Any]) -> tuple[list[str], str]:
     """Every hostname checked (a string, 1-255 characters, no control character); the first bad one is named. Returns
     the names and their text joined by newlines."""
     names = list(fleet)
-    if names and set(map(type, names)) == {str} and "" not in fleet and max(map(len, names)) <= 255:
-        # one scan of them all: a control character anywhere is in one of them, found again one by one below (printable
-        # ASCII has none: a C-level test instead of a regex over every character). A newline inside a name shows as one
-        # newline too many; the separators read as spaces for the scan
-        text = "\n".join(names)
-        if text.count("\n") == len(names) - 1:
-            flat = text.replace("\n", " ")
-            if flat.isascii() and flat.isprintable():
+    try:
+        text = "\n".join(names) if names and "" not in fleet else None
+    except TypeError:  # a name that is not a string: named below
+        text = None
+    if text is not None and max(map(len, names)) <= 255:
+        # one scan of them all: a control character anywhere is in one of them, found again one by one below. ASCII
+        # text: deleting every printable byte must leave exactly the separators (a newline inside a name shows as one
+        # too many), one C-level pass. Else the separators read as spaces for the scan
+        if text.isascii():
+            if text.encode("ascii").translate(None, _PRINTABLE_ASCII) == b"\n" * (len(names) - 1):
                 return names, text
+        elif text.count("\n") == len(names) - 1:
             try:
-                check_text(flat, field="hostnames", max_len=len(flat), error=PlanError)
+                check_text(text.replace("\n", " "), field="hostnames", max_len=len(text), error=PlanError)
                 return names, text
             except PlanError:
                 pass
@@ -539,7 +546,7 @@ def _digit_runs_aligned(shapes: set[str]) -> bool:
     return True
 
 
-def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], list[str]]:
+def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], list[int]]:
     """Hostnames and their groups in plan order: groups at every planning level (explicit order, then natural), then host."""
     paths = fleet.projection(policy["levels"])
     # each level's groups ranked once (explicit order first, then natural); a path compares as its tuple of ranks
@@ -557,16 +564,14 @@ def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], 
     combined: t.Iterable[int] = itertools.repeat(0, len(paths))
     for index, rank in enumerate(ranks):
         combined = map(add, map(mul, combined, itertools.repeat(len(rank))), map(rank.__getitem__, map(itemgetter(index), paths.values())))
-    path_rank = list(combined)
-    rank_of_path = dict(zip(sorted(set(path_rank)), itertools.count()))
-    rank_of = dict(zip(paths, map(rank_of_path.__getitem__, path_rank)))
+    rank_of = dict(zip(paths, combined))
     keys = _natural_keys(fleet.names, fleet.text)
     positions = sorted(range(len(keys)), key=keys.__getitem__)
     # sort() is stable: by group alone keeps natural host order within each group (and costs little when hosts are
     # named after their groups: the natural order is then mostly the plan order already)
     positions.sort(key=list(map(rank_of.__getitem__, fleet.groups)).__getitem__)
     order = list(map(fleet.names.__getitem__, positions))
-    if len(rank_of) > len(rank_of_path):
+    if len(set(rank_of.values())) < len(rank_of):  # keys alike at the planning levels (they differ at a budget's level)
         return order, list(map(fleet.groups.__getitem__, positions))
     # one groups tuple per path (the usual case): in plan order they are blocks, one per path in rank order
     in_rank_order = sorted(rank_of, key=rank_of.__getitem__)
@@ -580,20 +585,24 @@ class _Budgets:
         self.specs: dict[str, Size] = {level: policy["disruption_budget"][level] for level in LEVELS if level in policy["disruption_budget"]}
         self.where = {level: fleet.levels.index(level) for level in self.specs}
         self.limits: dict[str, dict[str, int]] = {}
+        counts = list(map(fleet.distinct.__getitem__, fleet.values))
         for level, spec in self.specs.items():
-            sizes: Counter[str] = Counter()
-            for key, count in fleet.distinct.items():
-                sizes[fleet.values[key][self.where[level]]] += count
+            sizes: dict[str, int] = {}
+            for group, count in zip(map(itemgetter(self.where[level]), fleet.values.values()), counts):
+                sizes[group] = sizes.get(group, 0) + count
             self.limits[level] = dict(zip(sizes, _floor_at_least_one(spec, sizes.values())))
+        self.limit_of = {(level, group): limit for level, limits in self.limits.items() for group, limit in limits.items()}
         spec = policy["max_concurrency"]
         self.concurrency_spec: Size | None = spec
         self.concurrency = None if spec is None else _resolve(spec, len(fleet.names), rounding="floor", at_least_one=True)
-        # per distinct key, its (level, group) keys at the budgeted levels
+        # per distinct key, its (level, group) keys at the budgeted levels; equal ones made one object, so that split's runs
+        # compare by identity and its lookups hash fewer tuples
         pairs = [zip(itertools.repeat(level), map(itemgetter(self.where[level]), fleet.values.values())) for level in self.limits]
-        self.budgeted = dict(zip(fleet.values, zip(*pairs)))
+        alike: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        self.budgeted = dict(zip(fleet.values, map(alike.setdefault, *itertools.tee(zip(*pairs)))))
         self.values = fleet.values
 
-    def split(self, hosts: list[str], groups: list[str]) -> list[tuple[list[str], list[str]]]:
+    def split(self, hosts: list[str], groups: list[int]) -> list[tuple[list[str], list[int]]]:
         """First fit in plan order: each host joins the earliest batch of the wave it fits in.
 
         Hosts with the same groups at the budgeted levels are alike to the budgets, and a batch's room only shrinks, so a
@@ -604,43 +613,46 @@ class _Budgets:
         if not self.limits:
             size = self.concurrency or len(hosts)
             return [(hosts[start : start + size], groups[start : start + size]) for start in range(0, len(hosts), size)]
-        batches: list[tuple[list[str], list[str]]] = []
+        batches: list[tuple[list[str], list[int]]] = []
         counts: list[dict[tuple[str, str], int]] = []
-        first: dict[t.Any, int] = {}  # per (level, group), and None for the concurrency
+        first: dict[tuple[str, str], int] = {}  # per (level, group)
+        first_any = 0  # for the concurrency
+        limit_of = self.limit_of
+        # no concurrency limit: a batch's room is then never below the hosts left to place
+        concurrency = len(hosts) if self.concurrency is None else self.concurrency
         start = 0
         for keys, run in itertools.groupby(map(self.budgeted.__getitem__, groups)):
             left = len(list(run))
-            index = max(first.get(None, 0), *(first.get(key, 0) for key in keys))
+            index = first_any
+            for key in keys:
+                index = max(index, first.get(key, 0))
             while left:
                 if index == len(batches):
                     batches.append(([], []))
                     counts.append({})
-                batch, batch_counts = batches[index], counts[index]
-                room = min(self.limits[level][group] - batch_counts.get((level, group), 0) for level, group in keys)
-                if self.concurrency is not None:
-                    room = min(room, self.concurrency - len(batch[0]))
+                (batch_hosts, batch_groups), batch_counts = batches[index], counts[index]
+                room = concurrency - len(batch_hosts)
+                for key in keys:
+                    room = min(room, limit_of[key] - batch_counts.get(key, 0))
                 if room > 0:
-                    take = min(room, left)
-                    batch[0].extend(hosts[start : start + take])
-                    batch[1].extend(groups[start : start + take])
+                    end = start + min(room, left)
+                    batch_hosts += hosts[start:end]
+                    batch_groups += groups[start:end]
                     for key in keys:
-                        batch_counts[key] = batch_counts.get(key, 0) + take
-                    start, left = start + take, left - take
+                        batch_counts[key] = batch_counts.get(key, 0) + end - start
+                    start, left = end, left - (end - start)
                 if left:
                     index += 1
             for key in keys:
                 position = first.get(key, 0)
-                while position < len(batches) and counts[position].get(key, 0) >= self.limits[key[0]][key[1]]:
+                while position < len(batches) and counts[position].get(key, 0) >= limit_of[key]:
                     position += 1
                 first[key] = position
-            if self.concurrency is not None:
-                position = first.get(None, 0)
-                while position < len(batches) and len(batches[position][0]) >= self.concurrency:
-                    position += 1
-                first[None] = position
+            while first_any < len(batches) and len(batches[first_any][0]) >= concurrency:
+                first_any += 1
         return batches
 
-    def check_canary(self, groups: list[str]) -> None:
+    def check_canary(self, groups: list[int]) -> None:
         """The canary is one batch: a budget it breaks on its own is a policy error, not something to split."""
         if self.concurrency is not None and len(groups) > self.concurrency:
             raise PlanError(f"canary has {len(groups)} hosts but policy.max_concurrency allows {self.concurrency}{self._why(self.concurrency_spec, None)}")
@@ -659,7 +671,7 @@ class _Budgets:
         return f" ({spec} of its hosts)" if group is not None else f" ({spec} of the fleet)"
 
 
-def _pick_canary(order: list[str], groups: list[str], fleet: _Fleet, policy: Mapping[str, t.Any]) -> list[int]:
+def _pick_canary(order: list[str], groups: list[int], fleet: _Fleet, policy: Mapping[str, t.Any]) -> list[int]:
     """Positions (in plan order) of the canary's hosts: pinned groups first, then the rest of the fleet, in plan order."""
     canary = policy["canary"]
     size = _resolve(canary["size"], len(order), rounding="ceil", at_least_one=True)
@@ -667,7 +679,7 @@ def _pick_canary(order: list[str], groups: list[str], fleet: _Fleet, policy: Map
         raise PlanError(f"policy.canary.size: {size} hosts is more than the fleet of {len(order)} hosts")
     if not canary["groups"]:
         return list(range(size))
-    pinned: set[str] = set()
+    pinned: set[int] = set()
     for index, text in enumerate(canary["groups"]):
         pairs = _parse_selector(text, f"policy.canary.groups[{index}]")
         selected = fleet.projection([level for level, _group in pairs])
@@ -684,7 +696,7 @@ def _pick_canary(order: list[str], groups: list[str], fleet: _Fleet, policy: Map
     return sorted(inside + outside)
 
 
-def _fill_waves(remaining: list[str], fleet: _Fleet, policy: Mapping[str, t.Any], fleet_size: int) -> list[int]:
+def _fill_waves(remaining: list[int], fleet: _Fleet, policy: Mapping[str, t.Any], fleet_size: int) -> list[int]:
     """Wave sizes over the hosts after the canary (their groups given in plan order)."""
     sizes = [_resolve(spec, fleet_size, rounding="ceil", at_least_one=True) for spec in policy["waves"]]
     if sum(sizes) < len(remaining):
@@ -706,7 +718,7 @@ def _fill_waves(remaining: list[str], fleet: _Fleet, policy: Mapping[str, t.Any]
     return waves
 
 
-def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Mapping[str, t.Any], patch_id: str) -> str:
+def _fingerprint(fleet: _Fleet, order: list[str], groups: list[int], policy: Mapping[str, t.Any], patch_id: str) -> str:
     """sha256 of the canonical JSON of every host's groups (as fleet_<level>), the policy and the patch id.
 
     The bytes are canonical_json's of the whole mapping, written from parts: group names match NAME_RE (no quote, no
@@ -721,20 +733,23 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[str], policy: Map
     if '"' in fleet.text or "\\" in fleet.text:  # the names of the plan order, joined
         return hashlib.sha256(canonical_json({"hosts": {host: dict(zip(names, fleet.values[key])) for host, key in zip(order, groups)},
                                               "patch_id": patch_id, "policy": policy}).encode("utf-8")).hexdigest()
-    # {"fleet_region":"{0}",...}: the variables in sorted order, each filled from its position in the groups tuple
-    template = '":{{' + ",".join(f'"{name}":"{{{index}}}"' for name, index in sorted(zip(names, itertools.count()))) + '}},"'
-    between = dict(zip(fleet.values, itertools.starmap(template.format, fleet.values.values())))
-    parts: list[str] = [""] * (2 * len(order))
-    if sorted(order) == order:  # a linear pass; the list compare is one identity test per name
-        parts[0::2] = order
-        parts[1::2] = map(between.__getitem__, groups)
-    else:
+    # {"fleet_region":"%s",...}: the variables in sorted order, each filled from its position in the groups tuple
+    ranked = sorted(zip(names, itertools.count()))
+    template = '":{' + ",".join(f'"{name}":"%s"' for name, _index in ranked) + '},"'
+    between = dict(zip(fleet.values, map(template.__mod__, map(_columns([index for _name, index in ranked]), fleet.values.values()))))
+    if sorted(order) != order:  # a linear pass when it is (the list compare is one identity test per name)
         by_name = sorted(range(len(order)), key=order.__getitem__)
-        parts[0::2] = map(order.__getitem__, by_name)
-        parts[1::2] = map(between.__getitem__, map(groups.__getitem__, by_name))
-    body = "".join(parts).encode("utf-8")
+        order, groups = list(map(order.__getitem__, by_name)), list(map(groups.__getitem__, by_name))
     digest = hashlib.sha256(b'{"hosts":{"')
-    digest.update(memoryview(body)[:-2])  # the last host's fragment ends without the ',"' of a next name
+    # in pieces: each piece's text is hashed while it is still in the CPU's cache
+    for start in range(0, len(order), _FINGERPRINT_PIECE):
+        piece = order[start : start + _FINGERPRINT_PIECE]
+        parts: list[str] = [""] * (2 * len(piece))
+        parts[0::2] = piece
+        parts[1::2] = map(between.__getitem__, groups[start : start + _FINGERPRINT_PIECE])
+        text = "".join(parts).encode("utf-8")
+        # the last host's fragment ends without the ',"' of a next name
+        digest.update(text if start + len(piece) < len(order) else memoryview(text)[:-2])
     digest.update(("}," + tail[1:]).encode("utf-8"))
     return digest.hexdigest()
 
@@ -777,7 +792,7 @@ def _compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str,
         chosen = set(canary)
         rest = [host for position, host in enumerate(order) if position not in chosen]
         rest_groups = [combination for position, combination in enumerate(groups) if position not in chosen]
-    named: list[tuple[str, list[tuple[list[str], list[str]]], str]] = []
+    named: list[tuple[str, list[tuple[list[str], list[int]]], str]] = []
     if canary:
         named.append((CANARY, [([order[position] for position in canary], [groups[position] for position in canary])], normalized["canary_response"]))
     start = 0
@@ -804,14 +819,14 @@ def _compile_plan(hosts: Mapping[str, Mapping[str, t.Any]], policy: Mapping[str,
     }
 
 
-def _assemble(named: list[tuple[str, list[tuple[list[str], list[str]]], str]], fleet: _Fleet,
+def _assemble(named: list[tuple[str, list[tuple[list[str], list[int]]], str]], fleet: _Fleet,
               policy: Mapping[str, t.Any]) -> tuple[list[dict[str, t.Any]], list[dict[str, t.Any]]]:
     """The plan's waves and batches; a wave's groups (path of groups -> its hosts, in batch order) are filled by runs."""
     bake = policy["bake_seconds"]
     gates = ["health", "error_budget"] + [f"check:{check['name']}" for check in policy["checks"]] + ([f"bake:{bake}s"] if bake > 0 else [])
     paths = fleet.projection(policy["levels"])
-    template = "/".join(f"{level}={{}}" for level in policy["levels"])
-    path_text = dict(zip(paths, itertools.starmap(template.format, paths.values())))
+    template = "/".join(f"{level}=%s" for level in policy["levels"])
+    path_text = dict(zip(paths, map(template.__mod__, paths.values())))
     waves: list[dict[str, t.Any]] = []
     batches: list[dict[str, t.Any]] = []
     for wave_index, (name, wave_batches, response) in enumerate(named):
@@ -819,13 +834,18 @@ def _assemble(named: list[tuple[str, list[tuple[list[str], list[str]]], str]], f
         for position, (batch_hosts, _groups) in enumerate(wave_batches):
             batches.append({"index": len(batches), "wave": wave_index, "hosts": batch_hosts, "last_in_wave": position == len(wave_batches) - 1})
         wave_hosts = list(itertools.chain.from_iterable(batch_hosts for batch_hosts, _groups in wave_batches))
-        wave_groups = itertools.chain.from_iterable(batch_groups for _hosts, batch_groups in wave_batches)
-        groups: dict[str, list[str]] = {}
-        start = 0
-        for combination, run in itertools.groupby(wave_groups):
-            end = start + len(list(run))
-            groups.setdefault(path_text[combination], []).extend(wave_hosts[start:end])
-            start = end
+        wave_groups = list(itertools.chain.from_iterable(batch_groups for _hosts, batch_groups in wave_batches))
+        # the runs of equal groups, found and measured in C (each run's list made and measured before groupby moves on)
+        ends = list(itertools.accumulate(map(len, map(list, map(itemgetter(1), itertools.groupby(wave_groups))))))
+        starts = [0, *ends[:-1]]
+        texts = list(map(path_text.__getitem__, map(wave_groups.__getitem__, starts)))
+        runs = map(wave_hosts.__getitem__, map(slice, starts, ends))
+        if len(set(texts)) == len(texts):  # each path in one run (its batches hold no other path between its hosts)
+            groups = dict(zip(texts, runs))
+        else:
+            groups = {}
+            for text, hosts in zip(texts, runs):
+                groups.setdefault(text, []).extend(hosts)
         waves.append({"index": wave_index, "name": name, "hosts": wave_hosts, "groups": groups, "batches": indexes, "bake_seconds": bake,
                       "response": response, "gates": list(gates)})
     return waves, batches

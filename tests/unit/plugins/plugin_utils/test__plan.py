@@ -898,6 +898,32 @@ def test_host_variables_that_are_not_plain_dicts_plan_the_same() -> None:
                                   policy, "p-1")) == expected
 
 
+class _Tagged(str):  # a str subclass, as Ansible's tagged or unsafe strings are
+    pass
+
+
+def test_group_values_of_a_str_subclass_plan_the_same_as_plain_strings() -> None:
+    policy = {"canary": {"size": 2, "groups": ["region=us-east"]}, "disruption_budget": {"tenant": "50%"}, "max_concurrency": 3}
+    tagged = {name: {key: _Tagged(value) if isinstance(value, str) else value for key, value in variables.items()} for name, variables in FLEET16.items()}
+    plan = compile_plan(tagged, policy, "p-1")
+    assert plan_json(plan) == plan_json(compile_plan(FLEET16, policy, "p-1"))
+    # the groups' names in the plan are plain str: nothing of the inputs' types reaches the plan's consumers
+    assert {type(name) for wave in plan["waves"] for name in wave["groups"]} == {str}
+
+
+@pytest.mark.parametrize("size", [2047, 2048, 2049, 4500])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_fingerprint_of_fleets_hashed_in_several_pieces(size: int, shuffled: bool) -> None:
+    """The fingerprint hashes its text in pieces of hosts; the digest is the one of the whole canonical JSON, whether
+    the plan order is the name order or not (tenant t2 ranks before t10 but sorts after it by name)."""
+    names = [f"{tenant}-{segment}-{number:04d}" for number in range(size // 6 + 1) for tenant in ("t10", "t2") for segment in ("api", "web", "db")][:size]
+    if shuffled:
+        random.Random(size).shuffle(names)
+    hosts = {name: host("eu", name.split("-")[0], name.split("-")[1]) for name in names}
+    plan = compile_plan(hosts, FLAT, "p-1")
+    assert plan["fingerprint"] == _reference_fingerprint(hosts, FLAT, "p-1")
+
+
 @pytest.mark.parametrize(("value", "message"), [
     (["eu"], "variable 'fleet_region' must be a non-empty string, got list"),
     (("eu",), "variable 'fleet_region' must be a non-empty string, got tuple"),
