@@ -85,12 +85,14 @@ _DIGITS = re.compile(r"(\d+)")
 # sort below every character a hostname may hold (control characters are refused), in their own order
 _SHAPE = str.maketrans("123456789", "000000000")
 _ZERO_RUN = re.compile("0+")
-_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 _DIGITS_LOW = str.maketrans("0123456789", "".join(map(chr, range(10))))
+# the characters a hostname may hold, when all are ASCII (_hostnames deletes them: what is left is a control character)
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+# the fingerprint hashes its canonical JSON in pieces of this many hosts (about 160 KB of text, in the CPU's cache)
+_FINGERPRINT_PIECE = 2048
 _MISSING = object()
 # the preview's screen names at most this many groups per wave and hosts per group (the plan file has them all)
 PLAN_TEXT_GROUPS = 12
-_FINGERPRINT_PIECE = 2048  # hosts: about 160 KB of JSON text
 PLAN_TEXT_HOSTS = 3
 
 Size = t.Union[int, str]  # a count (5) or a normalized percent ("25%", "2.5%")
@@ -725,8 +727,8 @@ def _fingerprint(fleet: _Fleet, order: list[str], groups: list[int], policy: Map
     backslash, ASCII), so one fragment per distinct groups tuple is its JSON; a hostname without a quote or backslash
     is ``"name"`` (control characters are refused). canonical_json sorts the hosts by name: the names are sorted (a
     linear pass when the plan order is the name order already, as when hosts are named after their groups), then
-    joined, each followed by the text up to the next name (``":{...},"``, one string per distinct groups tuple), in one
-    join: no string per host.
+    joined, each followed by the text up to the next name (``":{...},"``, one string per distinct groups tuple), a
+    piece of hosts per join: no string per host.
     """
     names = [_var(level) for level in fleet.levels]
     tail = canonical_json({"patch_id": patch_id, "policy": policy})
