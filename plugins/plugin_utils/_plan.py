@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
-from operator import add, itemgetter, mul
+from operator import add, is_not, itemgetter, mul
 
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._errors import FleetpatchError
 from ansible_collections.fleetpatch.rollout.plugins.module_utils._checks import CheckError, normalize_checks
@@ -551,6 +551,7 @@ def _digit_runs_aligned(shapes: set[str]) -> bool:
 def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], list[int]]:
     """Hostnames and their groups in plan order: groups at every planning level (explicit order, then natural), then host."""
     paths = fleet.projection(policy["levels"])
+    columns = list(zip(*paths.values()))  # per level, every distinct key's group (one transposition in C)
     # each level's groups ranked once (explicit order first, then natural); a path compares as its tuple of ranks
     ranks = []
     for index, level in enumerate(policy["levels"]):
@@ -560,12 +561,12 @@ def _plan_order(fleet: _Fleet, policy: Mapping[str, t.Any]) -> tuple[list[str], 
             rank = explicit.get(value)
             return (0, rank, ()) if rank is not None else (1, 0, natural_key(value))
 
-        ranks.append({value: rank for rank, value in enumerate(sorted(set(map(itemgetter(index), paths.values())), key=group_key))})
+        ranks.append({value: rank for rank, value in enumerate(sorted(set(columns[index]), key=group_key))})
     # a path's ranks as one int (mixed radix, the first level most significant): ints compare as the rank tuples do, and
     # cheaply; one per distinct key, each level's column at once
     combined: t.Iterable[int] = itertools.repeat(0, len(paths))
-    for index, rank in enumerate(ranks):
-        combined = map(add, map(mul, combined, itertools.repeat(len(rank))), map(rank.__getitem__, map(itemgetter(index), paths.values())))
+    for column, rank in zip(columns, ranks):
+        combined = map(add, map(mul, combined, itertools.repeat(len(rank))), map(rank.__getitem__, column))
     rank_of = dict(zip(paths, combined))
     keys = _natural_keys(fleet.names, fleet.text)
     positions = sorted(range(len(keys)), key=keys.__getitem__)
@@ -837,9 +838,10 @@ def _assemble(named: list[tuple[str, list[tuple[list[str], list[int]]], str]], f
             batches.append({"index": len(batches), "wave": wave_index, "hosts": batch_hosts, "last_in_wave": position == len(wave_batches) - 1})
         wave_hosts = list(itertools.chain.from_iterable(batch_hosts for batch_hosts, _groups in wave_batches))
         wave_groups = list(itertools.chain.from_iterable(batch_groups for _hosts, batch_groups in wave_batches))
-        # the runs of equal groups, found and measured in C (each run's list made and measured before groupby moves on)
-        ends = list(itertools.accumulate(map(len, map(list, map(itemgetter(1), itertools.groupby(wave_groups))))))
-        starts = [0, *ends[:-1]]
+        # where the groups change, found in C: a key is one int object per distinct tuple, so identity tells equal keys (two
+        # equal keys that were not one object would only cut a run in two, joined again below)
+        starts = [0, *itertools.compress(itertools.count(1), map(is_not, wave_groups, itertools.islice(wave_groups, 1, None)))] if wave_groups else []
+        ends = [*starts[1:], len(wave_groups)] if wave_groups else []
         texts = list(map(path_text.__getitem__, map(wave_groups.__getitem__, starts)))
         runs = map(wave_hosts.__getitem__, map(slice, starts, ends))
         if len(set(texts)) == len(texts):  # each path in one run (its batches hold no other path between its hosts)
