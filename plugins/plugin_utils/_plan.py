@@ -434,7 +434,8 @@ def _read_fleet(hosts: t.Any, levels: list[str]) -> _Fleet:
     read = _read_groups(list(fleet.values()), levels)
     if read is not None:
         return _Fleet(tuple(levels), names, *read, text)
-    # something is wrong or unusual (a missing or bad value, variables that are not plain dicts): the careful path
+    # something is wrong or unusual (a missing or bad value, variables that are not a mapping): the careful path, which
+    # names the first bad host in natural order
     attributes = _validate_hosts(fleet, levels)
     code: dict[tuple[str, ...], int] = {}
     keys = list(map(code.setdefault, (tuple(attrs[level] for level in levels) for attrs in attributes.values()), itertools.count()))

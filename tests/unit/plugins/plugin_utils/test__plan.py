@@ -10,6 +10,7 @@ import json
 import math
 import random
 import re
+import types
 import typing as t
 from collections import Counter
 
@@ -886,7 +887,7 @@ def test_natural_order_of_random_hostnames(seed: int) -> None:
     assert plan["fingerprint"] == _reference_fingerprint(hosts, {**FLAT, "levels": ["region"]}, "p-1", ("region",))
 
 
-class _Vars(dict):  # a Mapping that is not a plain dict (as Ansible's host variables can be): the careful path
+class _Vars(dict):  # a Mapping that is not a plain dict (as Ansible's host variables can be): read in bulk all the same
     pass
 
 
@@ -896,6 +897,7 @@ def test_host_variables_that_are_not_plain_dicts_plan_the_same() -> None:
     assert plan_json(compile_plan({name: _Vars(variables) for name, variables in FLEET16.items()}, policy, "p-1")) == expected
     assert plan_json(compile_plan({name: _Vars(variables) if index % 2 else variables for index, (name, variables) in enumerate(FLEET16.items())},
                                   policy, "p-1")) == expected
+    assert plan_json(compile_plan({name: types.MappingProxyType(variables) for name, variables in FLEET16.items()}, policy, "p-1")) == expected
 
 
 class _Tagged(str):  # a str subclass, as Ansible's tagged or unsafe strings are
