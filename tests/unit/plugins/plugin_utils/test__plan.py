@@ -165,6 +165,16 @@ def test_wave_groups_are_keyed_by_the_level_path() -> None:
     }
 
 
+def test_a_budget_below_the_planning_levels_splits_hosts_alike_in_plan_order() -> None:
+    """Hosts of one region differ only in the budgeted tenant: one place in the plan order (natural by name within the
+    region), and one group per region path however the batches interleave their tenants."""
+    hosts = {"a": host("eu", "zeta"), "b": host("eu", "acme"), "c": host("us", "acme"), "d": host("eu", "zeta")}
+    plan = compile_plan(hosts, {**FLAT, "levels": ["region"], "disruption_budget": {"tenant": 1}}, "p-1")
+    assert plan["host_order"] == ["a", "b", "d", "c"]  # batch by batch
+    assert [batch["hosts"] for batch in plan["batches"]] == [["a", "b"], ["d", "c"]]
+    assert plan["waves"][0]["groups"] == {"region=eu": ["a", "b", "d"], "region=us": ["c"]}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # determinism
 
